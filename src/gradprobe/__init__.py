@@ -1,0 +1,34 @@
+"""gradprobe: fast, trustworthy checks of hand-written gradients.
+
+>>> import gradprobe
+>>> report = gradprobe.check(loss, grad, params)   # doctest: +SKIP
+>>> print(report)                                   # doctest: +SKIP
+"""
+
+from ._version import __version__
+from .api import check
+from .errors import (
+    CheckAborted,
+    GradCheckError,
+    GradientMismatchError,
+    InvalidInputError,
+    LossEvaluationError,
+    NondeterministicLossError,
+)
+from .report import Coverage, Diagnosis, EntryCheck, ParamReport, Report
+
+__all__ = [
+    "CheckAborted",
+    "Coverage",
+    "Diagnosis",
+    "EntryCheck",
+    "GradCheckError",
+    "GradientMismatchError",
+    "InvalidInputError",
+    "LossEvaluationError",
+    "NondeterministicLossError",
+    "ParamReport",
+    "Report",
+    "__version__",
+    "check",
+]

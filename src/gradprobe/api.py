@@ -1,0 +1,364 @@
+"""The public entry point: :func:`check`.
+
+It reads as a pipeline: validate and normalise the inputs, evaluate the base point and the
+analytic gradient, then for each parameter choose entries, choose steps, evaluate, compare,
+and assemble the report. Each step lives in the module named for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import kernels
+from ._version import __version__
+from .errors import GradCheckError, InvalidInputError, LossEvaluationError
+from .execution import Evaluator, make_evaluator
+from .report import EntryCheck, ParamReport, Report
+from .sampling import sample_entries
+from .steps import central_steps, default_relative_step
+from .tolerances import NOISE_FACTOR, Tolerance, loss_epsilon, tolerance_for
+from .validation import (
+    ParamLayout,
+    SampleSpec,
+    normalize_gradient,
+    normalize_params,
+    validate_callable,
+    validate_positive,
+    validate_samples,
+)
+
+__all__ = ["DEFAULT_SAMPLES", "check"]
+
+#: Parameters with at most this many entries are checked in full by default; larger ones get
+#: this many entries checked one by one (2 loss evaluations each).
+DEFAULT_SAMPLES = 512
+
+METHODS = ("central",)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Validated options of one check."""
+
+    seed: int
+    samples: Mapping[str, SampleSpec]
+    eps: float | None
+    rtol: float | None
+    atol: float | None
+    method: str
+    n_jobs: Any
+    timeout: float | None
+    budget: int | None
+
+
+def _validate_options(
+    layout: ParamLayout,
+    *,
+    seed: Any,
+    samples: Any,
+    eps: Any,
+    rtol: Any,
+    atol: Any,
+    method: Any,
+    n_jobs: Any,
+    timeout: Any,
+    budget: Any,
+) -> CheckOptions:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidInputError(f"seed: expected an int >= 0, found {seed!r}.")
+    if method not in METHODS:
+        raise InvalidInputError(f"method: expected one of {list(METHODS)}, found {method!r}.")
+    if atol is not None:
+        if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
+            raise InvalidInputError(f"atol: expected a number >= 0, found {atol!r}.")
+        atol = float(atol)
+    if n_jobs != "auto" and (
+        isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0
+    ):
+        raise InvalidInputError(
+            f"n_jobs: expected a nonzero int (-1 = all cores) or 'auto', found {n_jobs!r}."
+        )
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1
+    ):
+        raise InvalidInputError(
+            f"budget: expected an int >= 1 (loss evaluations), found {budget!r}."
+        )
+    return CheckOptions(
+        seed=int(seed),
+        samples=validate_samples(samples, layout.names),
+        eps=validate_positive("eps", eps),
+        rtol=validate_positive("rtol", rtol),
+        atol=atol,
+        method=method,
+        n_jobs=n_jobs,
+        timeout=validate_positive("timeout", timeout),
+        budget=None if budget is None else int(budget),
+    )
+
+
+def _default_sample(n_total: int) -> int:
+    return min(n_total, DEFAULT_SAMPLES)
+
+
+def _analytic_gradient(grad: Any, layout: ParamLayout, base: list[np.ndarray]) -> list[np.ndarray]:
+    if callable(grad):
+        try:
+            value = grad(layout.pack([a.copy() for a in base]))
+        except GradCheckError:
+            raise
+        except Exception as exc:
+            raise LossEvaluationError(
+                f"grad raised {type(exc).__name__} at the base point: {exc}"
+            ) from exc
+    else:
+        value = grad
+    return normalize_gradient(layout, value)
+
+
+def _base_loss(evaluator: Evaluator) -> float:
+    try:
+        value = evaluator.base_loss()
+    except GradCheckError:
+        raise
+    except Exception as exc:
+        raise LossEvaluationError(
+            f"loss raised {type(exc).__name__} at the base point: {exc}"
+        ) from exc
+    if not np.isfinite(value):
+        raise InvalidInputError(
+            f"loss at the base point: expected a finite value, found {value}. Check the model "
+            "at its current parameters (log of zero, overflow in exp, NaN in the data)."
+        )
+    return value
+
+
+def _worst_order(rel_error: np.ndarray, excess: np.ndarray, passed: np.ndarray) -> np.ndarray:
+    """Entry order, worst first: failures by how far past tolerance, then by relative error."""
+    failing = np.flatnonzero(~passed)
+    failing = failing[np.argsort(-np.nan_to_num(excess[failing], nan=np.inf), kind="stable")]
+    rest = np.flatnonzero(passed)
+    rest = rest[np.argsort(-rel_error[rest], kind="stable")]
+    return np.concatenate([failing, rest])
+
+
+def _check_parameter(
+    evaluator: Evaluator,
+    p: int,
+    analytic: np.ndarray,
+    options: CheckOptions,
+    tolerance: Tolerance,
+    rng: np.random.Generator,
+) -> ParamReport:
+    layout = evaluator.layout
+    name, shape, dtype = layout.names[p], layout.shapes[p], layout.dtypes[p]
+    n_total = layout.sizes[p]
+    n_sample = options.samples[name].resolve(n_total, SampleSpec("count", _default_sample(n_total)))
+    flat_index = sample_entries(rng, n_total, n_sample)
+    relative_step = options.eps or default_relative_step(dtype, options.method)
+
+    values = evaluator.base[p].reshape(-1)[flat_index]
+    steps = central_steps(values, relative_step)
+    losses = evaluator.entry_losses(p, flat_index, np.stack([steps.plus, steps.minus], axis=1))
+    a = np.ascontiguousarray(analytic.reshape(-1)[flat_index])
+    numeric, abs_error, rel_error, allowed, passed = kernels.compare_central(
+        a,
+        np.ascontiguousarray(losses[:, 0]),
+        np.ascontiguousarray(losses[:, 1]),
+        steps.taken,
+        tolerance.rtol,
+        tolerance.atol,
+        NOISE_FACTOR * tolerance.loss_eps,
+    )
+    order = _worst_order(rel_error, abs_error / allowed, passed)
+    half_step = 0.5 * steps.taken
+    worst = tuple(
+        EntryCheck(
+            index=tuple(int(i) for i in np.unravel_index(flat_index[j], shape)),
+            analytic=float(a[j]),
+            numeric=float(numeric[j]),
+            rel_error=float(rel_error[j]),
+            allowed=float(allowed[j]),
+            step=float(half_step[j]),
+            passed=bool(passed[j]),
+        )
+        for j in order[:5]
+    )
+    n_failed = int(np.count_nonzero(~passed))
+    return ParamReport(
+        name=name,
+        shape=shape,
+        dtype=str(dtype),
+        n_total=n_total,
+        n_checked=int(flat_index.size),
+        sampling="all" if flat_index.size == n_total else "random",
+        max_rel_error=float(rel_error.max()) if rel_error.size else 0.0,
+        worst_index=worst[0].index if worst else None,
+        passed=n_failed == 0,
+        n_failed=n_failed,
+        worst_entries=worst,
+        rtol=tolerance.rtol,
+        atol=tolerance.atol,
+        step=relative_step,
+        method=options.method,
+        rel_errors=rel_error,
+    )
+
+
+def check(
+    loss: Callable[[Any], Any],
+    grad: Any,
+    params: Any,
+    *,
+    seed: int = 0,
+    samples: Any = None,
+    eps: float | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    method: str = "central",
+    n_jobs: int | str = 1,
+    timeout: float | None = None,
+    budget: int | None = None,
+) -> Report:
+    """Check an analytic gradient against central finite differences.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(params) -> float``, called with a container of the same kind as ``params``.
+    grad : callable or container
+        ``grad(params) -> container of arrays`` (same names and shapes as ``params``), or the
+        gradient already computed at ``params``.
+    params : mapping, sequence or ndarray
+        Float arrays by name (``{"W1": ..., "b1": ...}``), a sequence of arrays (named "0",
+        "1", ...) or one array (named "x"). Never modified.
+    seed : int
+        Seeds the choice of entries; the same seed gives the same report.
+    samples : int, float, "all" or mapping, optional
+        Entries of each parameter to check one by one: a count, a fraction in (0, 1], "all",
+        or a mapping from parameter name to one of those. Default: every entry of parameters
+        with at most 512 entries, 512 random entries (first and last included) of larger ones.
+    eps : float, optional
+        Relative step: ``h = eps * max(1, |x|)``. Default ``EPS**(1/3)`` of the dtype.
+    rtol, atol : float, optional
+        An entry fails when ``|a - n| > max(rtol * (|a| + |n|), noise) + atol`` where ``noise``
+        is the round-off floor of the difference quotient. Default rtol by dtype (float64 1e-5,
+        float32 2e-3, float16 5e-2), atol 0.
+    method : str
+        Finite-difference scheme: ``"central"``.
+    n_jobs : int or "auto"
+        Parallel workers (joblib conventions).
+    timeout : float, optional
+        Seconds after which the check stops with :class:`gradprobe.CheckAborted`.
+    budget : int, optional
+        Maximum loss evaluations before stopping with :class:`gradprobe.CheckAborted`.
+
+    Returns
+    -------
+    Report
+        ``report.passed``, ``report.params[name]``, ``str(report)``, ``report.to_json()``...
+
+    Raises
+    ------
+    InvalidInputError
+        A bad argument, a non-scalar or non-finite loss at the base point, a gradient of the
+        wrong names or shapes.
+    LossEvaluationError
+        The loss or grad raised; the message names the parameter and entry.
+    CheckAborted
+        The time limit or evaluation budget ran out (``exc.partial_report`` keeps the results).
+    """
+    start = time.perf_counter()
+    validate_callable("loss", loss)
+    layout, base = normalize_params(params)
+    options = _validate_options(
+        layout,
+        seed=seed,
+        samples=samples,
+        eps=eps,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        n_jobs=n_jobs,
+        timeout=timeout,
+        budget=budget,
+    )
+    warnings = _dtype_warnings(layout)
+    loss_eps = loss_epsilon(layout.dtypes)
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    results: dict[str, ParamReport] = {}
+    timings: dict[str, float] = {"compile": kernels.warm_up()}
+    evaluator = make_evaluator(
+        loss, layout, base, n_jobs=options.n_jobs, budget=options.budget, deadline=deadline
+    )
+
+    def assemble(complete: bool, reason: str | None = None) -> Report:
+        timings["total"] = time.perf_counter() - start
+        all_passed = complete and all(r.passed for r in results.values())
+        return Report(
+            params=results,
+            passed=all_passed,
+            warnings=tuple(warnings),
+            seed=options.seed,
+            settings=_settings(options, evaluator),
+            n_evaluations=evaluator.n_evaluations,
+            timings=timings,
+            complete=complete,
+            incomplete_reason=reason,
+            version=__version__,
+        )
+
+    try:
+        with evaluator:
+            _base_loss(evaluator)
+            analytic = _analytic_gradient(grad, layout, base)
+            seeds = np.random.SeedSequence(options.seed).spawn(len(layout.names))
+            for p, name in enumerate(layout.names):
+                tolerance = tolerance_for(layout.dtypes[p], loss_eps, options.rtol, options.atol)
+                rng = np.random.default_rng(seeds[p])
+                results[name] = _check_parameter(evaluator, p, analytic[p], options, tolerance, rng)
+    except GradCheckError as exc:
+        if exc.partial_report is None and not isinstance(exc, InvalidInputError):
+            exc.partial_report = assemble(False, f"{type(exc).__name__}: {exc}")
+        raise
+    except KeyboardInterrupt as exc:
+        exc.partial_report = assemble(False, "interrupted (KeyboardInterrupt)")  # type: ignore[attr-defined]
+        raise
+    return assemble(True)
+
+
+def _dtype_warnings(layout: ParamLayout) -> list[str]:
+    low = [n for n, dt in zip(layout.names, layout.dtypes, strict=True) if np.finfo(dt).bits < 64]
+    if not low:
+        return []
+    return [
+        f"parameters {low} are lower than float64 precision: finite differences in float32 "
+        "resolve only ~3 significant digits, so tolerances are loosened; check in float64 when "
+        "the loss allows it (params cast with .astype(np.float64))."
+    ]
+
+
+def _settings(options: CheckOptions, evaluator: Evaluator) -> dict[str, Any]:
+    def spec(s: SampleSpec) -> Any:
+        if s.mode == "default":
+            return f"default (all up to {DEFAULT_SAMPLES}, else {DEFAULT_SAMPLES})"
+        if s.mode == "all":
+            return "all"
+        return int(s.value) if s.mode == "count" else s.value
+
+    return {
+        "method": options.method,
+        "eps": options.eps,
+        "rtol": options.rtol,
+        "atol": options.atol,
+        "samples": {k: spec(v) for k, v in options.samples.items()},
+        "n_jobs": options.n_jobs,
+        "executor": type(evaluator).__name__,
+        "timeout": options.timeout,
+        "budget": options.budget,
+    }

@@ -1,0 +1,91 @@
+"""Exceptions raised by gradprobe.
+
+Every exception derives from :class:`GradCheckError`. Errors raised after some work was done
+carry it as ``partial_report`` (a :class:`gradprobe.report.Report` marked incomplete), so a
+nightly job keeps the evidence gathered before the failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CheckAborted",
+    "GradCheckError",
+    "GradientMismatchError",
+    "InvalidInputError",
+    "LossEvaluationError",
+    "NondeterministicLossError",
+]
+
+
+class GradCheckError(Exception):
+    """Base class of every error gradprobe raises.
+
+    Attributes
+    ----------
+    partial_report : Report or None
+        The work completed before the error, marked incomplete, when there was any.
+    """
+
+    def __init__(self, message: str, *, partial_report: Any = None) -> None:
+        super().__init__(message)
+        self.partial_report = partial_report
+
+
+class InvalidInputError(GradCheckError, ValueError):
+    """An argument of a public function is not usable; the message names it and the fix."""
+
+
+class GradientMismatchError(GradCheckError, AssertionError):
+    """Raised by :meth:`Report.raise_for_failures` when analytic and numeric gradients disagree.
+
+    Attributes
+    ----------
+    report : Report
+        The complete report whose failures the message lists.
+    """
+
+    def __init__(self, message: str, *, report: Any) -> None:
+        super().__init__(message, partial_report=None)
+        self.report = report
+
+
+class NondeterministicLossError(GradCheckError):
+    """The loss returned different values for the same parameters."""
+
+
+class LossEvaluationError(GradCheckError):
+    """The user's loss (or gradient) raised, or returned an unusable value, during the check.
+
+    Attributes
+    ----------
+    param : str or None
+        Name of the parameter being perturbed when it happened (None at the base point).
+    index : tuple of int or None
+        Index of the perturbed entry, when one entry was being perturbed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        index: tuple[int, ...] | None = None,
+        partial_report: Any = None,
+    ) -> None:
+        super().__init__(message, partial_report=partial_report)
+        self.param = param
+        self.index = index
+
+
+class CheckAborted(GradCheckError):
+    """The check stopped early: a time limit, an evaluation budget or an interrupt.
+
+    ``partial_report`` holds what was finished. ``reason`` is ``"timeout"``, ``"budget"`` or
+    ``"interrupt"``.
+    """
+
+    def __init__(self, message: str, *, reason: str, partial_report: Any = None) -> None:
+        super().__init__(message, partial_report=partial_report)
+        self.reason = reason

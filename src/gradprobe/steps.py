@@ -1,0 +1,76 @@
+"""Finite-difference step selection.
+
+The relative step follows ``scipy.optimize._numdiff``: ``h = EPS**(1/3) * max(1, |x|)`` for
+central differences, which balances truncation error (~h**2) against round-off (~EPS/h).
+Perturbed values are rounded to the parameter's dtype and the divisor is the step actually
+taken, ``(x + h) - (x - h)``, not ``2h``: the two differ by up to one ulp of ``x``, which for
+``|x| >> h`` is a relative error far above the tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CentralSteps", "central_steps", "default_relative_step"]
+
+# Power of the machine epsilon giving the optimal relative step for each method.
+_STEP_POWER = {"central": 1.0 / 3.0, "forward": 1.0 / 2.0}
+
+
+def default_relative_step(dtype: np.dtype, method: str = "central") -> float:
+    """Default relative step ``EPS**power`` for ``dtype`` and finite-difference ``method``."""
+    try:
+        power = _STEP_POWER[method]
+    except KeyError:
+        raise ValueError(f"no default step for method {method!r}") from None
+    return float(np.finfo(dtype).eps) ** power
+
+
+@dataclass(frozen=True)
+class CentralSteps:
+    """Perturbed values of a set of entries, in the parameter's dtype.
+
+    ``plus`` and ``minus`` are what the loss sees; ``taken`` is ``plus - minus`` computed
+    exactly in float64 (the divisor of the central difference).
+    """
+
+    base: np.ndarray
+    plus: np.ndarray
+    minus: np.ndarray
+
+    @property
+    def taken(self) -> np.ndarray:
+        return self.plus.astype(np.float64) - self.minus.astype(np.float64)
+
+    @property
+    def forward_taken(self) -> np.ndarray:
+        return self.plus.astype(np.float64) - self.base.astype(np.float64)
+
+    @property
+    def backward_taken(self) -> np.ndarray:
+        return self.base.astype(np.float64) - self.minus.astype(np.float64)
+
+    @property
+    def relative(self) -> np.ndarray:
+        """Half the taken step relative to ``max(1, |x|)``, as reported to users."""
+        scale = np.maximum(1.0, np.abs(self.base.astype(np.float64)))
+        return 0.5 * self.taken / scale
+
+
+def central_steps(values: np.ndarray, relative_step: float) -> CentralSteps:
+    """Perturbed values ``x +- h`` with ``h = relative_step * max(1, |x|)`` in ``values.dtype``."""
+    dtype = values.dtype
+    x = values.astype(np.float64)
+    h = relative_step * np.maximum(1.0, np.abs(x))
+    plus = (x + h).astype(dtype)
+    minus = (x - h).astype(dtype)
+    # A step below one ulp would round back to x: widen it to at least one ulp each way.
+    stuck = plus == values
+    if np.any(stuck):
+        plus[stuck] = np.nextafter(values[stuck], np.asarray(np.inf, dtype=dtype))
+    stuck = minus == values
+    if np.any(stuck):
+        minus[stuck] = np.nextafter(values[stuck], np.asarray(-np.inf, dtype=dtype))
+    return CentralSteps(base=values.copy(), plus=plus, minus=minus)

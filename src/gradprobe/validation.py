@@ -1,0 +1,316 @@
+"""Input validation at the public boundary.
+
+Everything a user passes is checked here, once, and turned into plain internal objects: the
+rest of the package trusts them. Messages follow ``numpy.testing``: what was expected, what was
+found, where, and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = [
+    "ParamLayout",
+    "SampleSpec",
+    "as_scalar_loss",
+    "normalize_gradient",
+    "normalize_params",
+    "validate_positive",
+    "validate_samples",
+]
+
+FLOAT_KINDS = ("f",)
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """How the user's parameters are laid out, so losses get back the container they expect.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Parameter names in order ("0", "1", ... for sequences, "x" for a single array).
+    kind : str
+        ``"mapping"``, ``"sequence"`` or ``"array"``.
+    container_type : type
+        The mapping or sequence type to rebuild (``dict``, ``list``, ``tuple``...).
+    shapes, dtypes : tuples
+        Shape and dtype of each parameter.
+    """
+
+    names: tuple[str, ...]
+    kind: str
+    container_type: type
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype, ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    def pack(self, arrays: Sequence[Any]) -> Any:
+        """Build the user's kind of container around ``arrays`` (one per parameter)."""
+        if self.kind == "array":
+            return arrays[0]
+        if self.kind == "sequence":
+            if self.container_type in (list, tuple):
+                return self.container_type(arrays)
+            try:
+                return self.container_type(arrays)
+            except TypeError:
+                return list(arrays)
+        values = dict(zip(self.names, arrays, strict=True))
+        if self.container_type is dict:
+            return values
+        try:
+            return self.container_type(values)
+        except TypeError:
+            return values
+
+
+def _check_float_array(name: str, value: Any, what: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        if isinstance(value, numbers.Number) or hasattr(value, "__array__"):
+            value = np.asarray(value)
+        else:
+            raise InvalidInputError(
+                f"{what} {name!r}: expected a float numpy array, found {type(value).__name__}. "
+                "Pass numpy arrays (np.asarray(x, dtype=np.float64))."
+            )
+    if value.dtype.kind not in FLOAT_KINDS:
+        hint = (
+            "convert it with .astype(np.float64)"
+            if value.dtype.kind in "biu"
+            else "gradprobe checks real floating-point parameters (float16/32/64)"
+        )
+        raise InvalidInputError(
+            f"{what} {name!r}: expected a floating-point dtype, found {value.dtype}; {hint}."
+        )
+    if value.size == 0:
+        raise InvalidInputError(
+            f"{what} {name!r}: expected at least one entry, found an empty array of shape "
+            f"{value.shape}. Leave empty parameters out of the check."
+        )
+    return value
+
+
+def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
+    """Validate ``params`` and return its layout and private C-contiguous copies.
+
+    The copies are what the check perturbs: the caller's arrays are never written to.
+    """
+    if isinstance(params, np.ndarray):
+        kind, container_type, items = "array", np.ndarray, [("x", params)]
+    elif isinstance(params, Mapping):
+        if len(params) == 0:
+            raise InvalidInputError(
+                "params: expected at least one parameter, found an empty mapping."
+            )
+        for key in params:
+            if not isinstance(key, str):
+                raise InvalidInputError(
+                    f"params: expected string keys (parameter names), found key {key!r} of "
+                    f"type {type(key).__name__}. Use names such as 'W1', 'b1'."
+                )
+        kind, container_type, items = "mapping", type(params), list(params.items())
+    elif isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+        if len(params) == 0:
+            raise InvalidInputError(
+                "params: expected at least one parameter, found an empty sequence."
+            )
+        kind, container_type = "sequence", type(params)
+        items = [(str(i), value) for i, value in enumerate(params)]
+    else:
+        raise InvalidInputError(
+            "params: expected a mapping of names to float arrays, a sequence of arrays or one "
+            f"array, found {type(params).__name__}."
+        )
+    arrays = []
+    for name, value in items:
+        arr = _check_float_array(name, value, "parameter")
+        if not np.all(np.isfinite(arr)):
+            bad = np.argwhere(~np.isfinite(arr))[0]
+            raise InvalidInputError(
+                f"parameter {name!r}: expected finite values, found {arr[tuple(bad)]} at index "
+                f"{tuple(int(i) for i in bad)}. Check the model's initialization."
+            )
+        arrays.append(np.array(arr, dtype=arr.dtype, order="C", copy=True))
+    layout = ParamLayout(
+        names=tuple(name for name, _ in items),
+        kind=kind,
+        container_type=container_type,
+        shapes=tuple(a.shape for a in arrays),
+        dtypes=tuple(a.dtype for a in arrays),
+    )
+    return layout, arrays
+
+
+def normalize_gradient(layout: ParamLayout, grad: Any) -> list[np.ndarray]:
+    """Validate a gradient container against ``layout``; return float64 copies in order."""
+    if layout.kind == "array" and isinstance(grad, np.ndarray):
+        values = [grad]
+    elif isinstance(grad, Mapping):
+        keys = [str(k) for k in grad]
+        missing = [n for n in layout.names if n not in grad]
+        extra = [k for k in keys if k not in layout.names]
+        if missing or extra:
+            raise InvalidInputError(
+                "grad: expected the same names as params "
+                f"{list(layout.names)}, found {keys}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unexpected {extra}" if extra else "")
+                + ". Return one gradient array per parameter, under the parameter's name."
+            )
+        values = [grad[n] for n in layout.names]
+    elif isinstance(grad, Sequence) and not isinstance(grad, (str, bytes)):
+        if len(grad) != len(layout.names):
+            raise InvalidInputError(
+                f"grad: expected {len(layout.names)} gradient arrays (one per parameter "
+                f"{list(layout.names)}), found {len(grad)}."
+            )
+        values = list(grad)
+    else:
+        raise InvalidInputError(
+            f"grad: expected a container of arrays like params ({layout.kind}), found "
+            f"{type(grad).__name__}."
+        )
+    result = []
+    for name, shape, value in zip(layout.names, layout.shapes, values, strict=True):
+        arr = _check_float_array(name, value, "gradient of")
+        if arr.shape != shape:
+            hint = (
+                " (it is the transpose: did the backward pass return W.T?)"
+                if arr.shape == shape[::-1] and len(shape) == 2
+                else ""
+            )
+            raise InvalidInputError(
+                f"gradient of {name!r}: expected shape {shape} (the parameter's shape), found "
+                f"{arr.shape}{hint}."
+            )
+        result.append(np.array(arr, dtype=np.float64, order="C", copy=True))
+    return result
+
+
+def as_scalar_loss(value: Any, where: str) -> float:
+    """Convert what a loss returned into a Python float, or raise ``InvalidInputError``.
+
+    Accepts Python and numpy scalars, 0-d and one-element arrays, and objects with ``.item()``
+    (torch tensors). ``where`` describes the evaluation for the message.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"loss {where}: expected a real scalar, found a boolean ({value}).")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise InvalidInputError(
+                f"loss {where}: expected a scalar, found an array of shape {value.shape}. "
+                "Reduce it (sum or mean) to one number."
+            )
+        if value.dtype.kind not in "fiu":
+            raise InvalidInputError(
+                f"loss {where}: expected a real scalar, found dtype {value.dtype}."
+            )
+        return float(value.reshape(()))
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return as_scalar_loss(item(), where)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InvalidInputError(
+                f"loss {where}: expected a scalar, found {type(value).__name__} whose .item() "
+                f"failed ({exc}). Reduce it to one number."
+            ) from exc
+    raise InvalidInputError(
+        f"loss {where}: expected a real scalar (float), found {type(value).__name__}."
+    )
+
+
+def validate_callable(name: str, value: Any) -> Callable[..., Any]:
+    if not callable(value):
+        raise InvalidInputError(
+            f"{name}: expected a callable taking the parameter container, found "
+            f"{type(value).__name__}."
+        )
+    return value
+
+
+def validate_positive(name: str, value: Any, *, allow_none: bool = True) -> float | None:
+    """A finite positive real, or None when allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidInputError(
+            f"{name}: expected a positive number, found {value!r} ({type(value).__name__})."
+        )
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidInputError(f"{name}: expected a finite number > 0, found {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """A validated per-parameter sample request: ``"all"``, a count or a fraction."""
+
+    mode: str  # "all", "count", "fraction", "default"
+    value: float = 0.0
+
+    def resolve(self, n_total: int, default: SampleSpec) -> int:
+        """How many entries to check one by one for a parameter of ``n_total`` entries."""
+        spec = default if self.mode == "default" else self
+        if spec.mode == "all":
+            return n_total
+        if spec.mode == "count":
+            return min(n_total, int(spec.value))
+        if spec.mode == "fraction":
+            return min(n_total, max(1, math.ceil(spec.value * n_total)))
+        raise AssertionError(f"unresolved sample mode {spec.mode!r}")
+
+
+def _parse_one_sample(value: Any, where: str) -> SampleSpec:
+    if value is None:
+        return SampleSpec("default")
+    if isinstance(value, str):
+        if value == "all":
+            return SampleSpec("all")
+        raise InvalidInputError(
+            f"{where}: expected 'all', an int >= 1 or a fraction in (0, 1], found {value!r}."
+        )
+    if isinstance(value, bool):
+        raise InvalidInputError(f"{where}: expected an int or a fraction, found {value!r}.")
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise InvalidInputError(f"{where}: expected an int >= 0, found {value}.")
+        return SampleSpec("count", float(value))
+    if isinstance(value, numbers.Real):
+        if not (0.0 < float(value) <= 1.0):
+            raise InvalidInputError(
+                f"{where}: expected a fraction in (0, 1], found {value!r}; pass an int for a "
+                "number of entries."
+            )
+        return SampleSpec("fraction", float(value))
+    raise InvalidInputError(
+        f"{where}: expected 'all', an int or a fraction, found {type(value).__name__}."
+    )
+
+
+def validate_samples(samples: Any, names: Sequence[str]) -> dict[str, SampleSpec]:
+    """Turn ``samples=`` into one :class:`SampleSpec` per parameter name."""
+    if isinstance(samples, Mapping):
+        unknown = [k for k in samples if k not in names]
+        if unknown:
+            raise InvalidInputError(
+                f"samples: unknown parameter names {unknown}; expected some of {list(names)}."
+            )
+        return {n: _parse_one_sample(samples.get(n), f"samples[{n!r}]") for n in names}
+    spec = _parse_one_sample(samples, "samples")
+    return dict.fromkeys(names, spec)
