@@ -16,12 +16,13 @@ import numpy as np
 
 from . import kernels
 from ._version import __version__
+from .differences import evaluate_entries
 from .errors import GradCheckError, InvalidInputError, LossEvaluationError
 from .execution import Evaluator, make_evaluator
-from .report import EntryCheck, ParamReport, Report
+from .report import ParamReport, Report, build_param_report
 from .sampling import sample_entries
-from .steps import central_steps, default_relative_step
-from .tolerances import NOISE_FACTOR, Tolerance, loss_epsilon, tolerance_for
+from .steps import default_relative_step
+from .tolerances import Tolerance, loss_epsilon, tolerance_for
 from .validation import (
     ParamLayout,
     SampleSpec,
@@ -138,15 +139,6 @@ def _base_loss(evaluator: Evaluator) -> float:
     return value
 
 
-def _worst_order(rel_error: np.ndarray, excess: np.ndarray, passed: np.ndarray) -> np.ndarray:
-    """Entry order, worst first: failures by how far past tolerance, then by relative error."""
-    failing = np.flatnonzero(~passed)
-    failing = failing[np.argsort(-np.nan_to_num(excess[failing], nan=np.inf), kind="stable")]
-    rest = np.flatnonzero(passed)
-    rest = rest[np.argsort(-rel_error[rest], kind="stable")]
-    return np.concatenate([failing, rest])
-
-
 def _check_parameter(
     evaluator: Evaluator,
     p: int,
@@ -161,52 +153,18 @@ def _check_parameter(
     n_sample = options.samples[name].resolve(n_total, SampleSpec("count", _default_sample(n_total)))
     flat_index = sample_entries(rng, n_total, n_sample)
     relative_step = options.eps or default_relative_step(dtype, options.method)
-
-    values = evaluator.base[p].reshape(-1)[flat_index]
-    steps = central_steps(values, relative_step)
-    losses = evaluator.entry_losses(p, flat_index, np.stack([steps.plus, steps.minus], axis=1))
-    a = np.ascontiguousarray(analytic.reshape(-1)[flat_index])
-    numeric, abs_error, rel_error, allowed, passed = kernels.compare_central(
-        a,
-        np.ascontiguousarray(losses[:, 0]),
-        np.ascontiguousarray(losses[:, 1]),
-        steps.taken,
-        tolerance.rtol,
-        tolerance.atol,
-        NOISE_FACTOR * tolerance.loss_eps,
+    entries = evaluate_entries(
+        evaluator, p, flat_index, analytic.reshape(-1), relative_step, tolerance, options.method
     )
-    order = _worst_order(rel_error, abs_error / allowed, passed)
-    half_step = 0.5 * steps.taken
-    worst = tuple(
-        EntryCheck(
-            index=tuple(int(i) for i in np.unravel_index(flat_index[j], shape)),
-            analytic=float(a[j]),
-            numeric=float(numeric[j]),
-            rel_error=float(rel_error[j]),
-            allowed=float(allowed[j]),
-            step=float(half_step[j]),
-            passed=bool(passed[j]),
-        )
-        for j in order[:5]
-    )
-    n_failed = int(np.count_nonzero(~passed))
-    return ParamReport(
+    return build_param_report(
         name=name,
         shape=shape,
-        dtype=str(dtype),
-        n_total=n_total,
-        n_checked=int(flat_index.size),
+        dtype=dtype,
+        entries=entries,
         sampling="all" if flat_index.size == n_total else "random",
-        max_rel_error=float(rel_error.max()) if rel_error.size else 0.0,
-        worst_index=worst[0].index if worst else None,
-        passed=n_failed == 0,
-        n_failed=n_failed,
-        worst_entries=worst,
-        rtol=tolerance.rtol,
-        atol=tolerance.atol,
-        step=relative_step,
+        tolerance=tolerance,
+        relative_step=relative_step,
         method=options.method,
-        rel_errors=rel_error,
     )
 
 

@@ -7,6 +7,8 @@ the NaN checks this code relies on.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from numba import njit
 
@@ -69,8 +71,6 @@ def warm_up() -> float:
     global _warm
     if _warm:
         return 0.0
-    import time
-
     start = time.perf_counter()
     one = np.ones(1)
     compare_central(one, one, one, one, 1e-5, 0.0, 1e-15)

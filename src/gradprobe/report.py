@@ -453,7 +453,9 @@ class Report:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         out = []
         for r in rows:
-            out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            out.append(
+                "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            )
         return "\n".join(out)
 
     def __str__(self) -> str:
@@ -540,3 +542,61 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return repr(value)
+
+
+def build_param_report(
+    *,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    entries: Any,
+    sampling: str,
+    tolerance: Any,
+    relative_step: float,
+    method: str,
+    **extra: Any,
+) -> ParamReport:
+    """Summarize per-entry results (a :class:`gradprobe.differences.EntryResults`).
+
+    ``extra`` fills the optional fields (``diagnosis``, ``coverage``, ``bad_indices``...);
+    ``passed`` there overrides the entries' verdict (probes may fail a parameter whose sampled
+    entries all pass).
+    """
+    order = entries.worst_order()
+    worst = tuple(
+        EntryCheck(
+            index=tuple(int(i) for i in np.unravel_index(entries.flat_index[j], shape)),
+            analytic=float(entries.analytic[j]),
+            numeric=float(entries.numeric[j]),
+            rel_error=float(entries.rel_error[j]),
+            allowed=float(entries.allowed[j]),
+            step=float(entries.step[j]),
+            passed=bool(entries.passed[j]),
+            kink=bool(entries.kink[j]),
+        )
+        for j in order[:MAX_SHOWN_ENTRIES]
+    )
+    n_failed = int(np.count_nonzero(entries.failed))
+    fields: dict[str, Any] = {
+        "passed": n_failed == 0,
+        "n_kinks": int(np.count_nonzero(entries.kink)),
+    }
+    fields.update(extra)
+    return ParamReport(
+        name=name,
+        shape=tuple(shape),
+        dtype=str(np.dtype(dtype)),
+        n_total=int(np.prod(shape, dtype=np.int64)),
+        n_checked=entries.size,
+        sampling=sampling,
+        max_rel_error=float(entries.rel_error.max()) if entries.size else 0.0,
+        worst_index=worst[0].index if worst else None,
+        n_failed=n_failed,
+        worst_entries=worst,
+        rtol=tolerance.rtol,
+        atol=tolerance.atol,
+        step=relative_step,
+        method=method,
+        rel_errors=entries.rel_error,
+        **fields,
+    )
