@@ -102,6 +102,15 @@ def _check_float_array(name: str, value: Any, what: str) -> np.ndarray:
     return value
 
 
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=10**6))
+    except Exception:  # numpy's TooHardError: too costly to decide; the bounds overlap
+        return True
+
+
 def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
     """Validate ``params`` and return its layout and private C-contiguous copies.
 
@@ -134,8 +143,18 @@ def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
             f"array, found {type(params).__name__}."
         )
     arrays = []
+    originals: list[tuple[str, np.ndarray]] = []
     for name, value in items:
         arr = _check_float_array(name, value, "parameter")
+        for other_name, other in originals:
+            if _overlap(arr, other):
+                raise InvalidInputError(
+                    f"parameters {other_name!r} and {name!r}: expected separate arrays, found "
+                    "views of the same memory. Perturbing one would silently change the other, "
+                    "so their gradients are ambiguous; pass copies (arr.copy()) or one "
+                    "parameter for the shared memory."
+                )
+        originals.append((name, arr))
         if not np.all(np.isfinite(arr)):
             bad = np.argwhere(~np.isfinite(arr))[0]
             raise InvalidInputError(
