@@ -32,6 +32,7 @@ from .validation import (
     validate_positive,
     validate_samples,
 )
+from .watchdog import hard_deadline
 
 __all__ = ["DEFAULT_SAMPLES", "check"]
 
@@ -272,7 +273,8 @@ def check(
         )
 
     try:
-        with evaluator:
+        remaining = None if deadline is None else max(1e-3, deadline - time.monotonic())
+        with evaluator, hard_deadline(remaining):
             _base_loss(evaluator)
             analytic = _analytic_gradient(grad, layout, base)
             seeds = np.random.SeedSequence(options.seed).spawn(len(layout.names))
