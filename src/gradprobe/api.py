@@ -183,6 +183,7 @@ def check(
     n_jobs: int | str = 1,
     timeout: float | None = None,
     budget: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Check an analytic gradient against central finite differences.
 
@@ -216,6 +217,9 @@ def check(
         Seconds after which the check stops with :class:`gradprobe.CheckAborted`.
     budget : int, optional
         Maximum loss evaluations before stopping with :class:`gradprobe.CheckAborted`.
+    progress : callable, optional
+        ``progress(done, total)`` called as loss evaluations are spent (per chunk), with
+        ``total`` the planned count (extra work such as localization may push ``done`` past it).
 
     Returns
     -------
@@ -255,6 +259,12 @@ def check(
     evaluator = make_evaluator(
         loss, layout, base, n_jobs=options.n_jobs, budget=options.budget, deadline=deadline
     )
+    if progress is not None:
+        evaluator.on_progress = progress
+        evaluator.planned_evaluations = 1 + sum(
+            2 * options.samples[n].resolve(size, SampleSpec("count", _default_sample(size)))
+            for n, size in zip(layout.names, layout.sizes, strict=True)
+        )
 
     def assemble(complete: bool, reason: str | None = None) -> Report:
         timings["total"] = time.perf_counter() - start

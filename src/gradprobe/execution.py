@@ -52,6 +52,9 @@ class Evaluator:
         self.budget = budget
         self.deadline = deadline
         self.n_evaluations = 0
+        # Set by check(progress=...): called as progress(done, total) each time work is charged.
+        self.on_progress: Callable[[int, int], None] | None = None
+        self.planned_evaluations = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Evaluator:
@@ -77,6 +80,8 @@ class Evaluator:
                 "time limit reached; raise `timeout` or check fewer entries.", reason="timeout"
             )
         self.n_evaluations += n
+        if self.on_progress is not None:
+            self.on_progress(self.n_evaluations, max(self.planned_evaluations, self.n_evaluations))
 
     # -- evaluation ----------------------------------------------------------------------------
     def call_loss(self, arrays: Sequence[np.ndarray], where: str) -> float:
