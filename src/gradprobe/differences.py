@@ -1,9 +1,26 @@
 """Finite-difference schemes: which perturbed points to evaluate and how to combine them.
 
 Given the entries to check, this module asks the evaluator for the losses at the perturbed
-points, turns them into numeric derivatives (through the shared jitted kernels) and compares them
-with the analytic values under a :class:`~gradprobe.tolerances.Tolerance`. It knows nothing of
-reports or of how the losses are computed (serial, parallel, batched, jitted).
+points, turns them into numeric derivatives and compares them with the analytic values under a
+:class:`~gradprobe.tolerances.Tolerance`. It knows nothing of reports or of how the losses are
+computed (serial, parallel, batched, jitted).
+
+Methods (:data:`gradprobe.steps.METHODS`):
+
+- ``"central"``: ``(L(x+h) - L(x-h)) / ((x+h) - (x-h))``, 2 evaluations, error ~h**2;
+- ``"richardson"``: central differences at ``h`` and ``h/2`` combined to cancel the h**2 term,
+  4 evaluations, error ~h**4;
+- ``"complex-step"``: ``Im L(x + ih) / h``, 1 evaluation, no subtractive cancellation; the loss
+  must accept complex parameters.
+
+An entry that disagrees is not failed at once (central and Richardson). It is re-evaluated at a
+step :data:`~gradprobe.steps.RETRY_FACTOR` times smaller, and passes when that estimate (or the
+Richardson combination of the two steps) agrees: a large ``|x|`` makes the default step large
+and its truncation error can exceed ``rtol`` on a correct gradient. When the retry still
+disagrees, the one-sided differences ``(L(x+h) - L(x)) / h`` and ``(L(x) - L(x-h)) / h`` decide
+whether the step crosses a kink (ReLU at 0, max, abs): their gap does not shrink with the step
+(a smooth function's shrinks in proportion) and the analytic value lies between them (a valid
+subgradient). Such entries are marked ``kink`` and do not fail the parameter.
 """
 
 from __future__ import annotations
@@ -14,15 +31,19 @@ import numpy as np
 
 from . import kernels
 from .execution import Evaluator
-from .steps import central_steps
+from .steps import METHODS, RETRY_FACTOR, central_steps, complex_steps
 from .tolerances import NOISE_FACTOR, Tolerance
 
-__all__ = ["EntryResults", "evaluate_entries"]
+__all__ = ["EntryResults", "evaluate_entries", "numeric_entries"]
 
 
 @dataclass(frozen=True)
 class EntryResults:
-    """Per-entry outcome of a finite-difference check, aligned with ``flat_index``."""
+    """Per-entry outcome of a finite-difference check, aligned with ``flat_index``.
+
+    ``step`` is the step behind ``numeric`` (half the central step actually taken; the smaller
+    step for retried entries); ``retried`` marks entries re-evaluated at a smaller step.
+    """
 
     flat_index: np.ndarray
     analytic: np.ndarray
@@ -32,7 +53,8 @@ class EntryResults:
     allowed: np.ndarray
     passed: np.ndarray
     kink: np.ndarray
-    step: np.ndarray  # half the step actually taken
+    step: np.ndarray
+    retried: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -55,6 +77,117 @@ class EntryResults:
         return np.concatenate([failing, kinks, rest])
 
 
+@dataclass(frozen=True)
+class _Estimate:
+    """Numeric derivatives of some entries at one step, with what the verdict needs."""
+
+    numeric: np.ndarray
+    noise: np.ndarray  # round-off floor of ``numeric``
+    step: np.ndarray  # half the central step taken (the imaginary step for complex-step)
+    plus: np.ndarray | None = None  # L(x+h), L(x-h) and the steps taken each way (central
+    minus: np.ndarray | None = None  # part), for the one-sided differences
+    up: np.ndarray | None = None
+    down: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    abs_error: np.ndarray
+    rel_error: np.ndarray
+    allowed: np.ndarray
+    passed: np.ndarray
+
+
+def _compare(a: np.ndarray, numeric: np.ndarray, noise: np.ndarray, tol: Tolerance) -> _Verdict:
+    """The pass rule of :func:`gradprobe.kernels.compare_central` for any estimate."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.abs(a - numeric)
+        denom = np.maximum(1e-8, np.abs(a) + np.abs(numeric))
+        rel = d / denom
+        rel = np.where(np.isnan(rel), np.inf, rel)
+        allowed = np.maximum(tol.rtol * denom, noise) + tol.atol
+        passed = d <= allowed  # NaN anywhere fails
+    return _Verdict(d, rel, allowed, passed)
+
+
+def _noise(
+    tol: Tolerance, f_plus: np.ndarray, f_minus: np.ndarray, taken: np.ndarray
+) -> np.ndarray:
+    return NOISE_FACTOR * tol.loss_eps * (np.abs(f_plus) + np.abs(f_minus)) / np.abs(taken)
+
+
+def _estimate(
+    evaluator: Evaluator,
+    param: int,
+    flat_index: np.ndarray,
+    relative_step: float | np.ndarray,
+    tol: Tolerance,
+    method: str,
+) -> _Estimate:
+    values = evaluator.base[param].reshape(-1)[flat_index]
+    if method == "complex-step":
+        h = complex_steps(values, float(np.max(relative_step)))
+        losses = evaluator.complex_entry_losses(param, flat_index, h)
+        numeric = losses.imag / h
+        noise = NOISE_FACTOR * tol.loss_eps * np.abs(numeric)
+        return _Estimate(numeric=numeric, noise=noise, step=h)
+    big = central_steps(values, relative_step)
+    if method == "central":
+        f = evaluator.entry_losses(param, flat_index, np.stack([big.plus, big.minus], axis=1))
+        numeric = (f[:, 0] - f[:, 1]) / big.taken
+        noise = _noise(tol, f[:, 0], f[:, 1], big.taken)
+    elif method == "richardson":
+        small = central_steps(values, 0.5 * np.asarray(relative_step))
+        cols = np.stack([big.plus, big.minus, small.plus, small.minus], axis=1)
+        f = evaluator.entry_losses(param, flat_index, cols)
+        d1 = (f[:, 0] - f[:, 1]) / big.taken
+        d2 = (f[:, 2] - f[:, 3]) / small.taken
+        # The h**2 term cancels for the ratio of the steps actually taken (about 2).
+        r2 = (big.taken / small.taken) ** 2
+        numeric = (r2 * d2 - d1) / (r2 - 1.0)
+        noise = (
+            r2 * _noise(tol, f[:, 2], f[:, 3], small.taken)
+            + _noise(tol, f[:, 0], f[:, 1], big.taken)
+        ) / (r2 - 1.0)
+    else:
+        raise ValueError(f"unknown finite-difference method {method!r}")
+    return _Estimate(
+        numeric=numeric,
+        noise=noise,
+        step=0.5 * big.taken,
+        plus=f[:, 0],
+        minus=f[:, 1],
+        up=big.forward_taken,
+        down=big.backward_taken,
+    )
+
+
+def numeric_entries(
+    evaluator: Evaluator,
+    param: int,
+    flat_index: np.ndarray,
+    relative_step: float,
+    tolerance: Tolerance,
+    method: str = "central",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric derivatives of entries ``flat_index`` and their round-off floors (no verdict).
+
+    Used by the diagnosis to look at positions the check did not evaluate.
+    """
+    est = _estimate(
+        evaluator, param, np.asarray(flat_index, dtype=np.int64), relative_step, tolerance, method
+    )
+    return est.numeric, est.noise
+
+
+def _one_sided_gap(est: _Estimate, f0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forward and backward differences and their gap ``|forward - backward|``."""
+    assert est.plus is not None and est.minus is not None
+    forward = (est.plus - f0) / est.up
+    backward = (f0 - est.minus) / est.down
+    return forward, backward, np.abs(forward - backward)
+
+
 def evaluate_entries(
     evaluator: Evaluator,
     param: int,
@@ -63,24 +196,70 @@ def evaluate_entries(
     relative_step: float,
     tolerance: Tolerance,
     method: str = "central",
+    *,
+    base_value: float | None = None,
+    retry: bool = True,
 ) -> EntryResults:
-    """Check entries ``flat_index`` of parameter ``param`` against ``analytic_flat``."""
-    if method != "central":
+    """Check entries ``flat_index`` of parameter ``param`` against ``analytic_flat``.
+
+    Parameters
+    ----------
+    evaluator : Evaluator
+        Computes the perturbed losses.
+    param : int
+        Position of the parameter in the layout.
+    flat_index : ndarray of int
+        Entries to check (flat indices).
+    analytic_flat : ndarray
+        The whole analytic gradient of the parameter, flattened.
+    relative_step : float
+        ``h = relative_step * max(1, |x|)``.
+    tolerance : Tolerance
+        The pass rule.
+    method : str
+        One of :data:`gradprobe.steps.METHODS`.
+    base_value : float, optional
+        The loss at the base point, for the one-sided differences of disagreeing entries
+        (evaluated once when needed and not given).
+    retry : bool
+        Re-evaluate disagreeing entries at a smaller step and classify kinks (central and
+        Richardson; the complex step neither needs nor supports it).
+    """
+    if method not in METHODS:
         raise ValueError(f"unknown finite-difference method {method!r}")
-    values = evaluator.base[param].reshape(-1)[flat_index]
-    steps = central_steps(values, relative_step)
-    losses = evaluator.entry_losses(param, flat_index, np.stack([steps.plus, steps.minus], axis=1))
+    flat_index = np.asarray(flat_index, dtype=np.int64)
     a = np.ascontiguousarray(analytic_flat[flat_index], dtype=np.float64)
-    numeric, abs_error, rel_error, allowed, passed = kernels.compare_central(
-        a,
-        np.ascontiguousarray(losses[:, 0]),
-        np.ascontiguousarray(losses[:, 1]),
-        steps.taken,
-        tolerance.rtol,
-        tolerance.atol,
-        NOISE_FACTOR * tolerance.loss_eps,
-    )
-    return EntryResults(
+    m = flat_index.size
+    if method == "central":
+        values = evaluator.base[param].reshape(-1)[flat_index]
+        steps = central_steps(values, relative_step)
+        losses = evaluator.entry_losses(
+            param, flat_index, np.stack([steps.plus, steps.minus], axis=1)
+        )
+        numeric, abs_error, rel_error, allowed, passed = kernels.compare_central(
+            a,
+            np.ascontiguousarray(losses[:, 0]),
+            np.ascontiguousarray(losses[:, 1]),
+            steps.taken,
+            tolerance.rtol,
+            tolerance.atol,
+            NOISE_FACTOR * tolerance.loss_eps,
+        )
+        est = _Estimate(
+            numeric=numeric,
+            noise=_noise(tolerance, losses[:, 0], losses[:, 1], steps.taken),
+            step=0.5 * steps.taken,
+            plus=losses[:, 0],
+            minus=losses[:, 1],
+            up=steps.forward_taken,
+            down=steps.backward_taken,
+        )
+    else:
+        est = _estimate(evaluator, param, flat_index, relative_step, tolerance, method)
+        numeric = est.numeric
+        v = _compare(a, numeric, est.noise, tolerance)
+        abs_error, rel_error, allowed, passed = v.abs_error, v.rel_error, v.allowed, v.passed
+    results = EntryResults(
         flat_index=flat_index,
         analytic=a,
         numeric=numeric,
@@ -88,6 +267,99 @@ def evaluate_entries(
         rel_error=rel_error,
         allowed=allowed,
         passed=passed,
-        kink=np.zeros(flat_index.size, dtype=bool),
-        step=0.5 * steps.taken,
+        kink=np.zeros(m, dtype=bool),
+        step=est.step,
+        retried=np.zeros(m, dtype=bool),
     )
+    if not retry or method == "complex-step" or bool(np.all(passed)):
+        return results
+    if base_value is None:
+        base_value = evaluator.base_loss()
+    return _retry(evaluator, param, results, est, relative_step, tolerance, method, base_value)
+
+
+def _retry(
+    evaluator: Evaluator,
+    param: int,
+    results: EntryResults,
+    est: _Estimate,
+    relative_step: float,
+    tol: Tolerance,
+    method: str,
+    f0: float,
+) -> EntryResults:
+    """Re-evaluate the disagreeing entries at a smaller step; pass them or mark kinks."""
+    pos = np.flatnonzero(~results.passed)
+    # A NaN loss or analytic value is a failure whatever the step: do not spend on it.
+    pos = pos[np.isfinite(results.numeric[pos]) & np.isfinite(results.analytic[pos])]
+    if pos.size == 0:
+        return results
+    a = results.analytic[pos]
+    first = _Estimate(
+        numeric=est.numeric[pos],
+        noise=est.noise[pos],
+        step=est.step[pos],
+        plus=est.plus[pos] if est.plus is not None else None,
+        minus=est.minus[pos] if est.minus is not None else None,
+        up=est.up[pos] if est.up is not None else None,
+        down=est.down[pos] if est.down is not None else None,
+    )
+    small = _estimate(
+        evaluator, param, results.flat_index[pos], relative_step / RETRY_FACTOR, tol, method
+    )
+    v_small = _compare(a, small.numeric, small.noise, tol)
+    numeric, step = small.numeric.copy(), small.step.copy()
+    v = v_small
+    if method == "central":
+        # Richardson extrapolation of the two central differences (ratio of steps taken).
+        r2 = (first.step / small.step) ** 2
+        extrap = (r2 * small.numeric - first.numeric) / (r2 - 1.0)
+        extrap_noise = (r2 * small.noise + first.noise) / (r2 - 1.0)
+        v_ex = _compare(a, extrap, extrap_noise, tol)
+        use_ex = v_ex.passed & ~v_small.passed
+        numeric = np.where(use_ex, extrap, numeric)
+        v = _Verdict(
+            *(
+                np.where(use_ex, x_ex, x)
+                for x_ex, x in zip(
+                    (v_ex.abs_error, v_ex.rel_error, v_ex.allowed, v_ex.passed),
+                    (v_small.abs_error, v_small.rel_error, v_small.allowed, v_small.passed),
+                    strict=True,
+                )
+            )
+        )
+    fwd, bwd, gap = _one_sided_gap(small, f0)
+    _, _, gap_big = _one_sided_gap(first, f0)
+    lo, hi = np.minimum(fwd, bwd), np.maximum(fwd, bwd)
+    # The one-sided gap of a smooth function shrinks with the step (~ |L''| h); across a kink
+    # it stays (the jump of the derivative). A gap that shrank less than half as fast as the
+    # step, above the comparison's tolerance, with the analytic value between the two sides
+    # (a valid subgradient), is a kink.
+    kink = (
+        ~v.passed
+        & (gap > 2.0 * v_small.allowed)
+        & (gap * (RETRY_FACTOR / 2.0) >= gap_big)
+        & (a >= lo - v_small.allowed)
+        & (a <= hi + v_small.allowed)
+    )
+    fixed = v.passed | kink  # entries whose verdict the retry replaces
+    out = {
+        "numeric": results.numeric.copy(),
+        "abs_error": results.abs_error.copy(),
+        "rel_error": results.rel_error.copy(),
+        "allowed": results.allowed.copy(),
+        "passed": results.passed.copy(),
+        "kink": results.kink.copy(),
+        "step": results.step.copy(),
+        "retried": np.zeros(results.size, dtype=bool),
+    }
+    p = pos[fixed]
+    out["numeric"][p] = numeric[fixed]
+    out["abs_error"][p] = v.abs_error[fixed]
+    out["rel_error"][p] = v.rel_error[fixed]
+    out["allowed"][p] = v.allowed[fixed]
+    out["passed"][p] = v.passed[fixed]
+    out["step"][p] = step[fixed]
+    out["kink"][pos[kink]] = True
+    out["retried"][pos] = True
+    return EntryResults(flat_index=results.flat_index, analytic=results.analytic, **out)

@@ -106,6 +106,38 @@ class Evaluator:
         """Losses with parameter ``param`` replaced by each row of ``vectors`` (flat, its dtype)."""
         raise NotImplementedError
 
+    # -- complex step (method="complex-step"; always serial, in this process) ------------------
+    def complex_entry_losses(
+        self, param: int, flat_index: np.ndarray, imag_steps: np.ndarray
+    ) -> np.ndarray:
+        """Complex losses with ``1j * imag_steps[r]`` added to entry ``flat_index[r]``.
+
+        Every parameter is passed as a complex copy (complex128, or complex64 for float32
+        and narrower); the loss must propagate complex values and return a complex scalar.
+        Returns the complex losses (imaginary part ``~ h * dL/dx``).
+        """
+        cdtype = [np.result_type(dt, np.complex64) for dt in self.layout.dtypes]
+        work = [b.astype(ct) for b, ct in zip(self.base, cdtype, strict=True)]
+        flat = work[param].reshape(-1)
+        name = self.layout.names[param]
+        out = np.empty(flat_index.size, dtype=np.complex128)
+        for r in range(flat_index.size):
+            i = int(flat_index[r])
+            self._charge(1)
+            try:
+                flat[i] = self.base[param].reshape(-1)[i] + 1j * imag_steps[r]
+                value = self.loss(self.layout.pack(work))
+            except (TypeError, np.exceptions.ComplexWarning) as exc:
+                raise _complex_unsupported(name, exc) from exc
+            except Exception as exc:
+                raise self._wrap_error(exc, param, i) from exc
+            finally:
+                # Fresh copies also undo anything the loss wrote into them.
+                for k, b in enumerate(self.base):
+                    work[k][...] = b
+            out[r] = _as_complex_loss(value, f"with {name!r} perturbed by a complex step")
+        return out
+
     def _wrap_error(self, exc: Exception, param: int, flat: int | None) -> LossEvaluationError:
         name = self.layout.names[param]
         if flat is None:
@@ -179,3 +211,28 @@ def make_evaluator(
 ) -> Evaluator:
     """Pick the evaluator for the requested execution (serial until the parallel engine)."""
     return SerialEvaluator(loss, layout, base, budget=budget, deadline=deadline)
+
+
+def _complex_unsupported(name: str, exc: Exception) -> Exception:
+    from .errors import InvalidInputError
+
+    return InvalidInputError(
+        f"loss with {name!r} perturbed by a complex step: method='complex-step' needs a loss "
+        f"that accepts complex parameters, but it raised {type(exc).__name__}: {exc}. Remove "
+        "float()/np.abs/np.real/.astype(float) from the loss's path, or use method='central'."
+    )
+
+
+def _as_complex_loss(value: Any, where: str) -> complex:
+    """The complex scalar a loss returned under ``method="complex-step"``."""
+    from .errors import InvalidInputError
+
+    arr = np.asarray(value)
+    if arr.size != 1 or arr.dtype.kind != "c":
+        raise InvalidInputError(
+            f"loss {where}: method='complex-step' expected a complex scalar, found "
+            f"{type(value).__name__} (dtype {arr.dtype}, size {arr.size}). The loss must "
+            "propagate complex inputs: no float(), np.abs, np.real or .astype(float) on the "
+            "path; otherwise use method='central'."
+        )
+    return complex(arr.reshape(()))

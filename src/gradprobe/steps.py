@@ -1,7 +1,9 @@
 """Finite-difference step selection.
 
-The relative step follows ``scipy.optimize._numdiff``: ``h = EPS**(1/3) * max(1, |x|)`` for
-central differences, which balances truncation error (~h**2) against round-off (~EPS/h).
+The relative step follows ``scipy.optimize._numdiff``: ``h = EPS**power * max(1, |x|)`` where
+``power`` balances the scheme's truncation error against round-off (``~EPS/h``): ``1/3`` for
+central differences (truncation ~h**2), ``1/5`` for the Richardson stencil (truncation ~h**4),
+``1/2`` for the complex step (no subtraction, so any small step works; scipy's choice).
 Perturbed values are rounded to the parameter's dtype and the divisor is the step actually
 taken, ``(x + h) - (x - h)``, not ``2h``: the two differ by up to one ulp of ``x``, which for
 ``|x| >> h`` is a relative error far above the tolerance.
@@ -13,10 +15,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CentralSteps", "central_steps", "default_relative_step"]
+__all__ = [
+    "METHODS",
+    "RETRY_FACTOR",
+    "CentralSteps",
+    "central_steps",
+    "complex_steps",
+    "default_relative_step",
+]
+
+#: Finite-difference schemes, in order of cost per entry (2, 4 and 1 loss evaluations).
+METHODS = ("central", "richardson", "complex-step")
 
 # Power of the machine epsilon giving the optimal relative step for each method.
-_STEP_POWER = {"central": 1.0 / 3.0, "forward": 1.0 / 2.0}
+_STEP_POWER = {
+    "central": 1.0 / 3.0,
+    "richardson": 1.0 / 5.0,
+    "complex-step": 1.0 / 2.0,
+    "forward": 1.0 / 2.0,
+}
+
+#: The retry of a disagreeing entry divides the step by this (see differences.py).
+RETRY_FACTOR = 8.0
 
 
 def default_relative_step(dtype: np.dtype, method: str = "central") -> float:
@@ -59,8 +79,11 @@ class CentralSteps:
         return 0.5 * self.taken / scale
 
 
-def central_steps(values: np.ndarray, relative_step: float) -> CentralSteps:
-    """Perturbed values ``x +- h`` with ``h = relative_step * max(1, |x|)`` in ``values.dtype``."""
+def central_steps(values: np.ndarray, relative_step: float | np.ndarray) -> CentralSteps:
+    """Perturbed values ``x +- h`` with ``h = relative_step * max(1, |x|)`` in ``values.dtype``.
+
+    ``relative_step`` may be one number or one per entry (retries use a smaller step for some).
+    """
     dtype = values.dtype
     x = values.astype(np.float64)
     h = relative_step * np.maximum(1.0, np.abs(x))
@@ -74,3 +97,8 @@ def central_steps(values: np.ndarray, relative_step: float) -> CentralSteps:
     if np.any(stuck):
         minus[stuck] = np.nextafter(values[stuck], np.asarray(-np.inf, dtype=dtype))
     return CentralSteps(base=values.copy(), plus=plus, minus=minus)
+
+
+def complex_steps(values: np.ndarray, relative_step: float) -> np.ndarray:
+    """Imaginary steps ``h = relative_step * max(1, |x|)`` for the complex-step derivative."""
+    return relative_step * np.maximum(1.0, np.abs(values.astype(np.float64)))
