@@ -1,28 +1,200 @@
-"""Choosing which entries of a parameter to check one by one.
+"""Choosing which entries of a parameter to check one by one: a stratified sample.
 
-Pure functions: a seeded ``numpy.random.Generator`` in, sorted flat index arrays out.
+Pure functions: a seeded ``numpy.random.Generator`` and the analytic gradient in, sorted flat
+index arrays and per-stratum counts out. Nothing here evaluates a loss.
+
+The sample is built in this order, each stratum skipping entries already taken:
+
+1. ``edges``: the first and last entries (off-by-one bugs live at the edges);
+2. ``extremes``: the entries with the largest and smallest ``|analytic|``;
+3. ``zero gradient``: entries whose analytic gradient is exactly zero (a forgotten term often
+   leaves zeros), up to a sixteenth of the budget;
+4. ``magnitude``: equal quotas from quantile bins of the nonzero ``|analytic|`` (so small and
+   large gradients are both represented, not just the typical ones), half the budget;
+5. ``position``: the rest, spread so that every slice along the leading axis (each output
+   unit's row) and along the trailing axis (each column) gets an entry when the budget allows:
+   pick ``j`` takes row ``rows[j % R]`` and column ``cols[j % C]`` from shuffled orders;
+6. uniform top-up from entries not yet taken, when collisions left the sample short.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["sample_entries"]
+__all__ = ["MAGNITUDE_BINS", "STRATA", "Sample", "sample_entries", "stratified_sample"]
+
+#: Quantile bins of the nonzero ``|analytic|`` for the magnitude stratum.
+MAGNITUDE_BINS = 8
+
+#: Stratum names, in the order they are filled.
+STRATA = ("edges", "extremes", "zero gradient", "magnitude", "position", "uniform")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Entries of one parameter chosen for individual checks.
+
+    Attributes
+    ----------
+    flat_index : ndarray of int64
+        Sorted, distinct flat indices.
+    strata : mapping of str to int
+        How many of those entries each stratum contributed (sums to ``flat_index.size``).
+    n_total : int
+        Entries in the parameter.
+    rows_covered, cols_covered : int
+        Distinct slices along the leading / trailing axis that hold a sampled entry.
+    n_rows, n_cols : int
+        Slices along the leading / trailing axis (1 for a scalar).
+    """
+
+    flat_index: np.ndarray
+    strata: Mapping[str, int]
+    n_total: int
+    rows_covered: int = 0
+    cols_covered: int = 0
+    n_rows: int = 1
+    n_cols: int = 1
+
+    @property
+    def size(self) -> int:
+        return int(self.flat_index.size)
+
+    @property
+    def complete(self) -> bool:
+        """Every entry is in the sample."""
+        return self.size == self.n_total
+
+    @property
+    def kind(self) -> str:
+        """``"all"`` when complete, else ``"stratified"``."""
+        return "all" if self.complete else "stratified"
+
+
+class _Picker:
+    """Accumulates distinct flat indices, remembering which stratum took each."""
+
+    def __init__(self, n_total: int, budget: int) -> None:
+        self.taken = np.zeros(n_total, dtype=bool)
+        self.order: list[np.ndarray] = []
+        self.counts: dict[str, int] = dict.fromkeys(STRATA, 0)
+        self.budget = budget
+        self.n = 0
+
+    @property
+    def left(self) -> int:
+        return self.budget - self.n
+
+    def add(self, stratum: str, candidates: np.ndarray, limit: int | None = None) -> None:
+        """Take candidates in the given order, skipping duplicates, up to ``limit`` new ones."""
+        limit = self.left if limit is None else min(limit, self.left)
+        if limit <= 0 or candidates.size == 0:
+            return
+        candidates = np.asarray(candidates, dtype=np.int64)
+        # First occurrence of each candidate, in order, then drop those already taken.
+        _, first = np.unique(candidates, return_index=True)
+        fresh = candidates[np.sort(first)]
+        fresh = fresh[~self.taken[fresh]][:limit]
+        self.taken[fresh] = True
+        self.order.append(fresh)
+        self.counts[stratum] += int(fresh.size)
+        self.n += int(fresh.size)
+
+
+def _row_col_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(rows, middle, cols) view of a shape: leading axis, everything between, trailing axis."""
+    if len(shape) == 0:
+        return 1, 1, 1
+    if len(shape) == 1:
+        return shape[0], 1, 1
+    return shape[0], math.prod(shape[1:-1]), shape[-1]
+
+
+def stratified_sample(rng: np.random.Generator, analytic: np.ndarray, n_sample: int) -> Sample:
+    """Choose ``n_sample`` distinct entries of a parameter, stratified by position and magnitude.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Seeded generator; the same seed and inputs give the same sample.
+    analytic : ndarray
+        The analytic gradient of the parameter, in the parameter's shape.
+    n_sample : int
+        Budget; every entry when ``n_sample >= analytic.size``.
+
+    Returns
+    -------
+    Sample
+        Sorted flat indices and the count each stratum contributed.
+    """
+    shape = tuple(analytic.shape)
+    n_total = int(analytic.size)
+    n_rows, n_mid, n_cols = _row_col_shape(shape)
+    if n_sample >= n_total:
+        idx = np.arange(n_total, dtype=np.int64)
+        return Sample(idx, {"all": n_total}, n_total, n_rows, n_cols, n_rows, n_cols)
+    n_sample = max(0, int(n_sample))
+    pick = _Picker(n_total, n_sample)
+    mag = np.abs(np.asarray(analytic, dtype=np.float64).reshape(-1))
+
+    pick.add("edges", np.array([0, n_total - 1], dtype=np.int64))
+    # NaN ranks as the largest magnitude: a NaN gradient is the first thing to show.
+    ranked = np.where(np.isnan(mag), np.inf, mag)
+    pick.add("extremes", np.array([np.argmax(ranked), np.argmin(ranked)], dtype=np.int64))
+
+    zeros = np.flatnonzero(mag == 0.0)
+    if zeros.size:
+        pick.add("zero gradient", rng.permutation(zeros), limit=max(1, n_sample // 16))
+
+    nonzero = np.flatnonzero(mag != 0.0)
+    if nonzero.size:
+        mag_budget = pick.left // 2
+        order = nonzero[np.argsort(ranked[nonzero], kind="stable")]
+        bins = np.array_split(order, min(MAGNITUDE_BINS, order.size))
+        quotas = np.full(len(bins), mag_budget // len(bins))
+        quotas[: mag_budget % len(bins)] += 1
+        for members, quota in zip(bins, quotas, strict=True):
+            if quota:
+                pick.add(
+                    "magnitude", rng.choice(members, size=min(quota, members.size), replace=False)
+                )
+
+    if pick.left > 0:
+        m = pick.left
+        if n_mid == 1 and n_cols == 1:
+            # One axis: systematic sampling, one random entry in each of m equal blocks.
+            starts = np.linspace(0, n_total, m + 1)
+            lo = np.floor(starts[:-1]).astype(np.int64)
+            hi = np.maximum(lo + 1, np.floor(starts[1:]).astype(np.int64))
+            cand = lo + (rng.random(m) * (hi - lo)).astype(np.int64)
+        else:
+            j = np.arange(m)
+            rows = rng.permutation(n_rows)[j % n_rows]
+            cols = rng.permutation(n_cols)[j % n_cols]
+            mids = rng.integers(0, n_mid, size=m)
+            cand = (rows * n_mid + mids) * n_cols + cols
+        pick.add("position", cand)
+
+    if pick.left > 0:
+        rest = np.flatnonzero(~pick.taken)
+        pick.add("uniform", rng.choice(rest, size=pick.left, replace=False))
+
+    idx = np.sort(np.concatenate(pick.order)) if pick.order else np.empty(0, dtype=np.int64)
+    rows_cov = np.unique(idx // (n_mid * n_cols)).size
+    cols_cov = np.unique(idx % n_cols).size
+    strata = {k: v for k, v in pick.counts.items() if v}
+    return Sample(idx, strata, n_total, rows_cov, cols_cov, n_rows, n_cols)
 
 
 def sample_entries(rng: np.random.Generator, n_total: int, n_sample: int) -> np.ndarray:
     """Flat indices of ``n_sample`` distinct entries out of ``n_total``, sorted.
 
-    Every entry when ``n_sample >= n_total``; otherwise a uniform draw without replacement
-    that always includes the first and last entries (off-by-one bugs live at the edges).
+    Position-only variant of :func:`stratified_sample` for callers without a gradient (all
+    magnitudes equal): every entry when ``n_sample >= n_total``; otherwise the first and last
+    entries and the rest spread over equal blocks of the flat index.
     """
-    if n_sample >= n_total:
-        return np.arange(n_total, dtype=np.int64)
-    if n_sample <= 0:
-        return np.empty(0, dtype=np.int64)
-    edges = np.array([0, n_total - 1], dtype=np.int64)[: min(2, n_sample)]
-    rest = n_sample - edges.size
-    if rest > 0:
-        inner = rng.choice(np.arange(1, n_total - 1, dtype=np.int64), size=rest, replace=False)
-        edges = np.concatenate([edges, inner])
-    return np.sort(edges)
+    return stratified_sample(rng, np.ones(n_total), n_sample).flat_index

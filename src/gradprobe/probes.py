@@ -1,0 +1,373 @@
+"""Directional probes over every entry of a parameter, and bisection to the wrong entries.
+
+A probe compares the analytic directional change ``g . d`` with the loss difference
+``L(x + s) - L(x - s)`` along a random direction ``s = h v`` (``v`` a unit vector over all of the
+parameter's entries). The perturbed vectors are rounded to the parameter's dtype, so ``d`` is the
+step actually taken, ``(x + s) - (x - s)``, computed in float64. Two loss evaluations cover every
+entry; a single entry wrong by ``e`` shifts the probe by ``e * d_i``.
+
+The pass rule is not scaled up with the parameter's size: the probe may disagree by the loss's
+round-off floor (as for single entries, ``16 * EPS * (|L+| + |L-|)``), the round-off of the
+dot product, a truncation allowance and ``atol * ||d||``. Truncation is measured, not guessed: a
+pilot along the first direction at steps ``s`` and ``2 s`` gives the cubic term of the central
+difference, and the probe step ``h`` is then chosen so that truncation sits well below the
+round-off floor, which makes ``h`` (hence the signal of one wrong entry) as large as the loss's
+smoothness allows.
+
+The discrepancy ``g . d - (L+ - L-)`` is additive over disjoint sets of entries, so a failing
+probe is bisected: the entries are split into two contiguous halves, each half probed with the
+same direction restricted to it, and failing halves are split again down to single entries,
+which are then checked one by one (:func:`gradprobe.differences.evaluate_entries`). When every
+half fails at the first levels the failure is widespread and bisection stops early.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .differences import EntryResults, evaluate_entries
+from .execution import Evaluator
+from .tolerances import NOISE_FACTOR, Tolerance
+
+__all__ = ["DEFAULT_PROBES", "Probe", "ProbeOutcome", "run_probes"]
+
+#: Random directions probed per parameter by default.
+DEFAULT_PROBES = 2
+
+#: Truncation allowed on a probe, as a multiple of the truncation measured by the pilot.
+TRUNCATION_SAFETY = 4.0
+
+#: The step is chosen so that the measured truncation is this fraction of the round-off floor.
+TRUNCATION_TARGET = 1.0 / 8.0
+
+#: Bisection levels at which "every half fails" means widespread.
+WIDESPREAD_DEPTH = 2
+
+#: At most this many entries are localized before the failure is called widespread.
+MAX_LOCALIZED = 16
+
+#: Perturbed vectors evaluated per call to the evaluator (bounds memory for slice probes).
+CHUNK = 64
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One directional probe over entries ``lo:hi`` (flat) of a parameter.
+
+    Attributes
+    ----------
+    lo, hi : int
+        The flat range of entries the direction covers.
+    direction : int
+        Which random direction (restricted to ``lo:hi``).
+    depth : int
+        Bisection depth (0 for a top-level or slice probe).
+    analytic : float
+        ``g . d`` over the range.
+    numeric : float
+        ``L(x + s) - L(x - s)``.
+    allowed : float
+        The largest ``|analytic - numeric|`` that passes.
+    """
+
+    lo: int
+    hi: int
+    direction: int
+    depth: int
+    analytic: float
+    numeric: float
+    allowed: float
+
+    @property
+    def discrepancy(self) -> float:
+        return abs(self.analytic - self.numeric)
+
+    @property
+    def passed(self) -> bool:
+        # Written so that NaN fails.
+        return bool(self.discrepancy <= self.allowed)
+
+    @property
+    def excess(self) -> float:
+        """Discrepancy over allowed (inf for NaN)."""
+        r = self.discrepancy / self.allowed if self.allowed > 0 else math.inf
+        return r if r == r else math.inf
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What the probes of one parameter found.
+
+    Attributes
+    ----------
+    probes : tuple of Probe
+        Top-level (and slice) probes.
+    n_probes : int
+        Probes evaluated, bisection included (the pilot counts as one).
+    n_evaluations : int
+        Loss evaluations spent on probes, bisection and the per-entry checks of the leaves.
+    step : float
+        ``h``, the length of the probe step ``s = h v``.
+    truncation : float
+        Truncation allowance on each probe (from the pilot).
+    passed : bool
+        Every top-level and slice probe passed.
+    localized : ndarray of int64
+        Flat indices that bisection isolated and per-entry checks confirmed wrong.
+    leaves : EntryResults or None
+        Per-entry results of the single entries bisection reached.
+    widespread : bool
+        Probe failures were spread over most of the parameter; bisection stopped early.
+    unconfirmed : bool
+        A probe failed but bisection isolated no entry that a per-entry check confirmed
+        (a kink crossed by the probe step, or many small errors that cancel in halves).
+    bisection_depth : int
+        Levels of bisection run.
+    """
+
+    probes: tuple[Probe, ...]
+    n_probes: int
+    n_evaluations: int
+    step: float
+    truncation: float
+    passed: bool
+    localized: np.ndarray
+    leaves: EntryResults | None
+    widespread: bool
+    unconfirmed: bool
+    bisection_depth: int = 0
+
+    @property
+    def worst(self) -> Probe | None:
+        return max(self.probes, key=lambda p: p.excess) if self.probes else None
+
+
+class _Prober:
+    """Builds perturbed vectors for ranges of one direction and turns losses into probes."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        param: int,
+        analytic_flat: np.ndarray,
+        directions: np.ndarray,
+        step: float,
+        tolerance: Tolerance,
+        truncation: float,
+    ) -> None:
+        self.evaluator = evaluator
+        self.param = param
+        base = evaluator.base[param].reshape(-1)
+        self.base = base
+        self.dtype = base.dtype
+        x = base.astype(np.float64)
+        self.plus = (x[None, :] + step * directions).astype(self.dtype)
+        self.minus = (x[None, :] - step * directions).astype(self.dtype)
+        taken = self.plus.astype(np.float64) - self.minus.astype(np.float64)
+        g = np.asarray(analytic_flat, dtype=np.float64)
+        self.gd = g[None, :] * taken
+        self.abs_gd = np.abs(self.gd)
+        self.taken_sq = taken * taken
+        self.tolerance = tolerance
+        self.truncation = truncation
+        self.n_probes = 0
+
+    def run(self, ranges: list[tuple[int, int, int]], depth: int) -> list[Probe]:
+        """Probe each ``(lo, hi, direction)``; two loss evaluations each."""
+        out: list[Probe] = []
+        for start in range(0, len(ranges), CHUNK // 2):
+            chunk = ranges[start : start + CHUNK // 2]
+            vectors = np.empty((2 * len(chunk), self.base.size), dtype=self.dtype)
+            for r, (lo, hi, j) in enumerate(chunk):
+                vectors[2 * r] = self.base
+                vectors[2 * r, lo:hi] = self.plus[j, lo:hi]
+                vectors[2 * r + 1] = self.base
+                vectors[2 * r + 1, lo:hi] = self.minus[j, lo:hi]
+            losses = self.evaluator.vector_losses(self.param, vectors)
+            for r, (lo, hi, j) in enumerate(chunk):
+                out.append(self._probe(lo, hi, j, depth, losses[2 * r], losses[2 * r + 1]))
+        self.n_probes += len(ranges)
+        return out
+
+    def _probe(self, lo: int, hi: int, j: int, depth: int, f_plus: float, f_minus: float) -> Probe:
+        tol = self.tolerance
+        noise = NOISE_FACTOR * tol.loss_eps * (abs(f_plus) + abs(f_minus))
+        # The analytic side's own round-off: a sum of (hi - lo) products of inputs that carry
+        # the gradient's precision (the loss's epsilon, never finer than float64's).
+        dot_noise = NOISE_FACTOR * max(tol.loss_eps, _EPS64) * float(self.abs_gd[j, lo:hi].sum())
+        atol_term = tol.atol * math.sqrt(float(self.taken_sq[j, lo:hi].sum()))
+        return Probe(
+            lo=lo,
+            hi=hi,
+            direction=j,
+            depth=depth,
+            analytic=float(self.gd[j, lo:hi].sum()),
+            numeric=float(f_plus - f_minus),
+            allowed=noise + dot_noise + self.truncation + atol_term,
+        )
+
+
+def _directions(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    v = rng.standard_normal((k, n))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def _choose_step(
+    evaluator: Evaluator,
+    param: int,
+    analytic_flat: np.ndarray,
+    direction: np.ndarray,
+    relative_step: float,
+    tolerance: Tolerance,
+) -> tuple[float, float]:
+    """Pilot along ``direction`` at ``s`` and ``2 s``: the probe step and its truncation.
+
+    With ``N(s) = L(x + s) - L(x - s) = g . d + T(s) + O(s^5)`` and ``T(2 s) = 8 T(s)``, the
+    cubic term is ``T(s) = ((N(2s) - g . d2) - 2 (N(s) - g . d1)) / 6`` (a wrong gradient cancels
+    out of this combination). The probe step then puts ``T`` at ``TRUNCATION_TARGET`` of the
+    round-off floor, within ``[h_min, 2 h_pilot]``, ``h_pilot = h_min * n**(1/3)``.
+    """
+    base = evaluator.base[param].reshape(-1)
+    n = base.size
+    x = base.astype(np.float64)
+    scale = max(1.0, float(np.sqrt(np.mean(x * x))))
+    h_min = relative_step * scale
+    h_pilot = h_min * n ** (1.0 / 3.0)
+    vectors = np.empty((4, n), dtype=base.dtype)
+    for r, mult in enumerate((1.0, -1.0, 2.0, -2.0)):
+        vectors[r] = (x + mult * h_pilot * direction).astype(base.dtype)
+    losses = evaluator.vector_losses(param, vectors)
+    g = np.asarray(analytic_flat, dtype=np.float64)
+    d1 = vectors[0].astype(np.float64) - vectors[1].astype(np.float64)
+    d2 = vectors[2].astype(np.float64) - vectors[3].astype(np.float64)
+    r1 = (losses[0] - losses[1]) - float(g @ d1)
+    r2 = (losses[2] - losses[3]) - float(g @ d2)
+    cubic = abs(r2 - 2.0 * r1) / 6.0  # truncation at h_pilot
+    noise = NOISE_FACTOR * tolerance.loss_eps * (abs(losses[0]) + abs(losses[1]))
+    if not (np.isfinite(cubic) and np.isfinite(noise)):
+        return h_min, math.inf
+    # The estimate carries round-off of its own (about noise / 2): never trust less than that.
+    cubic = max(cubic, 0.5 * noise)
+    h = h_pilot * (TRUNCATION_TARGET * noise / cubic) ** (1.0 / 3.0) if cubic > 0 else h_pilot
+    h = min(max(h, h_min), 2.0 * h_pilot)
+    truncation = TRUNCATION_SAFETY * cubic * (h / h_pilot) ** 3
+    return h, truncation
+
+
+def run_probes(
+    evaluator: Evaluator,
+    param: int,
+    analytic_flat: np.ndarray,
+    relative_step: float,
+    tolerance: Tolerance,
+    rng: np.random.Generator,
+    *,
+    n_directions: int = DEFAULT_PROBES,
+    slice_probes: bool = False,
+    max_localized: int = MAX_LOCALIZED,
+    method: str = "central",
+) -> ProbeOutcome:
+    """Probe every entry of parameter ``param`` along random directions; bisect failures.
+
+    Parameters
+    ----------
+    evaluator : Evaluator
+        Evaluates the loss with the parameter replaced (``vector_losses``).
+    param : int
+        Which parameter.
+    analytic_flat : ndarray
+        The analytic gradient of the parameter, flat, float64.
+    relative_step : float
+        The per-entry relative step (sets the smallest probe step and the leaves' checks).
+    tolerance : Tolerance
+        The parameter's pass rule (its ``loss_eps`` sets the round-off floor).
+    rng : numpy.random.Generator
+        Seeded generator for the directions.
+    n_directions : int
+        Random directions over the whole parameter (>= 1).
+    slice_probes : bool
+        Also probe each slice along the leading axis (one probe per row, 2 evaluations each).
+    max_localized : int
+        Entries to localize before calling the failure widespread.
+    method : str
+        Scheme for the per-entry checks of the leaves.
+
+    Returns
+    -------
+    ProbeOutcome
+    """
+    n0 = evaluator.n_evaluations
+    shape = evaluator.layout.shapes[param]
+    n = int(evaluator.base[param].size)
+    directions = _directions(rng, max(1, n_directions), n)
+    step, truncation = _choose_step(
+        evaluator, param, analytic_flat, directions[0], relative_step, tolerance
+    )
+    prober = _Prober(evaluator, param, analytic_flat, directions, step, tolerance, truncation)
+    prober.n_probes = 1  # the pilot
+    ranges = [(0, n, j) for j in range(directions.shape[0])]
+    if slice_probes and len(shape) >= 2 and shape[0] > 1:
+        row = n // shape[0]
+        ranges += [(r * row, (r + 1) * row, 0) for r in range(shape[0])]
+    top = prober.run(ranges, depth=0)
+    failing = [p for p in top if not p.passed]
+
+    widespread = False
+    depth = 0
+    leaves: list[int] = []
+    if failing:
+        whole = [p for p in failing if p.hi - p.lo == n]
+        if whole:
+            # One direction is enough to localize: bisect along the worst.
+            worst = max(whole, key=lambda p: p.excess)
+            frontier = [(0, n, worst.direction)]
+        else:
+            frontier = [(p.lo, p.hi, p.direction) for p in failing]
+        all_failing = True
+        while frontier:
+            children: list[tuple[int, int, int]] = []
+            for lo, hi, j in frontier:
+                if hi - lo == 1:
+                    leaves.append(lo)
+                else:
+                    mid = (lo + hi) // 2
+                    children += [(lo, mid, j), (mid, hi, j)]
+            if not children:
+                break
+            depth += 1
+            probed = prober.run(children, depth)
+            frontier = [(p.lo, p.hi, p.direction) for p in probed if not p.passed]
+            all_failing = all_failing and len(frontier) == len(children)
+            if (depth >= WIDESPREAD_DEPTH and all_failing) or (
+                len(frontier) + len(leaves) > max_localized
+            ):
+                widespread = True
+                break
+
+    leaf_results = None
+    localized = np.empty(0, dtype=np.int64)
+    if leaves and not widespread:
+        idx = np.unique(np.asarray(leaves, dtype=np.int64))
+        leaf_results = evaluate_entries(
+            evaluator, param, idx, analytic_flat, relative_step, tolerance, method
+        )
+        localized = idx[leaf_results.failed]
+    return ProbeOutcome(
+        probes=tuple(top),
+        n_probes=prober.n_probes,
+        n_evaluations=evaluator.n_evaluations - n0,
+        step=step,
+        truncation=truncation,
+        passed=not failing,
+        localized=localized,
+        leaves=leaf_results,
+        widespread=widespread,
+        unconfirmed=bool(failing) and not widespread and localized.size == 0,
+        bisection_depth=depth,
+    )
