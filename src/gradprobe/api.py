@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from . import kernels
 from ._version import __version__
-from .differences import evaluate_entries
+from .diagnosis import diagnose
+from .differences import EntryResults, evaluate_entries
 from .errors import GradCheckError, InvalidInputError, LossEvaluationError
 from .execution import Evaluator, make_evaluator
+from .preflight import promote_params, run_preflight
 from .report import ParamReport, Report, build_param_report
 from .sampling import sample_entries
-from .steps import default_relative_step
+from .steps import METHODS, default_relative_step
 from .tolerances import Tolerance, loss_epsilon, tolerance_for
 from .validation import (
     ParamLayout,
@@ -39,8 +41,6 @@ __all__ = ["DEFAULT_SAMPLES", "check"]
 #: Parameters with at most this many entries are checked in full by default; larger ones get
 #: this many entries checked one by one (2 loss evaluations each).
 DEFAULT_SAMPLES = 512
-
-METHODS = ("central",)
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def _check_parameter(
     options: CheckOptions,
     tolerance: Tolerance,
     rng: np.random.Generator,
-) -> ParamReport:
+) -> tuple[ParamReport, EntryResults]:
     layout = evaluator.layout
     name, shape, dtype = layout.names[p], layout.shapes[p], layout.dtypes[p]
     n_total = layout.sizes[p]
@@ -157,7 +157,7 @@ def _check_parameter(
     entries = evaluate_entries(
         evaluator, p, flat_index, analytic.reshape(-1), relative_step, tolerance, options.method
     )
-    return build_param_report(
+    report = build_param_report(
         name=name,
         shape=shape,
         dtype=dtype,
@@ -167,6 +167,7 @@ def _check_parameter(
         relative_step=relative_step,
         method=options.method,
     )
+    return report, entries
 
 
 def check(
@@ -181,9 +182,11 @@ def check(
     atol: float | None = None,
     method: str = "central",
     n_jobs: int | str = 1,
+    batched: bool = False,
     timeout: float | None = None,
     budget: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    promote: bool = False,
 ) -> Report:
     """Check an analytic gradient against central finite differences.
 
@@ -212,7 +215,13 @@ def check(
     method : str
         Finite-difference scheme: ``"central"``.
     n_jobs : int or "auto"
-        Parallel workers (joblib conventions).
+        Parallel workers (joblib conventions: 1 serial, -1 every core; the backend follows
+        ``joblib.parallel_config``, processes by default). ``"auto"`` times the loss and stays
+        serial when workers would not pay off. The report is the same for every value.
+    batched : bool
+        The loss takes every parameter with one extra leading axis (size B for the parameter
+        being perturbed, size 1 for the others) and returns B losses, shape ``(B,)``: B
+        perturbed models are evaluated per call.
     timeout : float, optional
         Seconds after which the check stops with :class:`gradprobe.CheckAborted`.
     budget : int, optional
@@ -239,6 +248,11 @@ def check(
     start = time.perf_counter()
     validate_callable("loss", loss)
     layout, base = normalize_params(params)
+    if not isinstance(promote, (bool, np.bool_)):
+        raise InvalidInputError(f"promote: expected True or False, found {promote!r}.")
+    promoted: list[str] = []
+    if promote:
+        layout, base, promoted = promote_params(layout, base)
     options = _validate_options(
         layout,
         seed=seed,
@@ -252,13 +266,27 @@ def check(
         budget=budget,
     )
     warnings = _dtype_warnings(layout)
+    if promoted:
+        warnings.append(
+            f"parameters {promoted} were promoted to float64 for the check (promote=True): the "
+            "loss and grad received float64 arrays."
+        )
     loss_eps = loss_epsilon(layout.dtypes)
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     results: dict[str, ParamReport] = {}
     timings: dict[str, float] = {"compile": kernels.warm_up()}
+    if not isinstance(batched, bool):
+        raise InvalidInputError(f"batched: expected True or False, found {batched!r}.")
     evaluator = make_evaluator(
-        loss, layout, base, n_jobs=options.n_jobs, budget=options.budget, deadline=deadline
+        loss,
+        layout,
+        base,
+        n_jobs=options.n_jobs,
+        batched=batched,
+        budget=options.budget,
+        deadline=deadline,
     )
+    timings["compile"] += evaluator.compile_seconds
     if progress is not None:
         evaluator.on_progress = progress
         evaluator.planned_evaluations = 1 + sum(
@@ -285,13 +313,19 @@ def check(
     try:
         remaining = None if deadline is None else max(1e-3, deadline - time.monotonic())
         with evaluator, hard_deadline(remaining):
-            _base_loss(evaluator)
+            base_value = _base_loss(evaluator)
             analytic = _analytic_gradient(grad, layout, base)
+            preflight = run_preflight(evaluator, base_value, grad, analytic, loss_eps)
+            warnings.extend(preflight.warnings)
+            entries: dict[str, EntryResults] = {}
             seeds = np.random.SeedSequence(options.seed).spawn(len(layout.names))
             for p, name in enumerate(layout.names):
                 tolerance = tolerance_for(layout.dtypes[p], loss_eps, options.rtol, options.atol)
                 rng = np.random.default_rng(seeds[p])
-                results[name] = _check_parameter(evaluator, p, analytic[p], options, tolerance, rng)
+                results[name], entries[name] = _check_parameter(
+                    evaluator, p, analytic[p], options, tolerance, rng
+                )
+            _add_diagnoses(evaluator, results, entries, analytic, loss_eps, preflight.nonfinite)
     except GradCheckError as exc:
         if exc.partial_report is None and not isinstance(exc, InvalidInputError):
             exc.partial_report = assemble(False, f"{type(exc).__name__}: {exc}")
@@ -302,6 +336,28 @@ def check(
     return assemble(True)
 
 
+def _add_diagnoses(
+    evaluator: Evaluator,
+    results: dict[str, ParamReport],
+    entries: Mapping[str, EntryResults],
+    analytic: list[np.ndarray],
+    loss_eps: float,
+    nonfinite: Mapping[str, np.ndarray],
+) -> None:
+    """Fail parameters with non-finite analytic entries, then diagnose every failure."""
+    for name, flat in nonfinite.items():
+        shape = evaluator.layout.shapes[evaluator.layout.names.index(name)]
+        bad = tuple(tuple(int(i) for i in np.unravel_index(int(f), shape)) for f in flat[:100])
+        r = results[name]
+        results[name] = replace(
+            r, passed=False, bad_indices=tuple(dict.fromkeys(r.bad_indices + bad))
+        )
+    for name, diagnosis in diagnose(
+        evaluator, results, entries, analytic, loss_eps, nonfinite
+    ).items():
+        results[name] = replace(results[name], diagnosis=diagnosis)
+
+
 def _dtype_warnings(layout: ParamLayout) -> list[str]:
     low = [n for n, dt in zip(layout.names, layout.dtypes, strict=True) if np.finfo(dt).bits < 64]
     if not low:
@@ -309,7 +365,7 @@ def _dtype_warnings(layout: ParamLayout) -> list[str]:
     return [
         f"parameters {low} are lower than float64 precision: finite differences in float32 "
         "resolve only ~3 significant digits, so tolerances are loosened; check in float64 when "
-        "the loss allows it (params cast with .astype(np.float64))."
+        "the loss allows it (check(..., promote=True) casts them for the check)."
     ]
 
 
@@ -328,7 +384,7 @@ def _settings(options: CheckOptions, evaluator: Evaluator) -> dict[str, Any]:
         "atol": options.atol,
         "samples": {k: spec(v) for k, v in options.samples.items()},
         "n_jobs": options.n_jobs,
-        "executor": type(evaluator).__name__,
+        "executor": evaluator.executor,
         "timeout": options.timeout,
         "budget": options.budget,
     }

@@ -8,16 +8,41 @@ exact again whatever the loss does, KeyboardInterrupt included.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
+import pickle
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .errors import CheckAborted, LossEvaluationError
+from . import kernels
+from .errors import CheckAborted, GradCheckError, InvalidInputError, LossEvaluationError
 from .validation import ParamLayout, as_scalar_loss
 
-__all__ = ["Evaluator", "SerialEvaluator", "make_evaluator"]
+__all__ = [
+    "AutoEvaluator",
+    "BatchedEvaluator",
+    "Evaluator",
+    "JitEvaluator",
+    "ParallelEvaluator",
+    "SerialEvaluator",
+    "make_evaluator",
+]
+
+#: Chunks of entries per worker (and per numba thread): enough to balance uneven chunks and
+#: to check the deadline between rounds, few enough that per-task overhead stays small.
+CHUNKS_PER_WORKER = 4
+#: Bytes of perturbed copies a batched loss receives per call.
+BATCHED_MEMORY = 64 * 2**20
+#: ``n_jobs="auto"`` goes parallel for a call whose serial time would be at least this.
+AUTO_PARALLEL_SECONDS = 1.0
+#: Rows per numba kernel call (the budget and deadline are checked between calls).
+JIT_ROWS_PER_CALL = 8192
 
 
 class Evaluator:
@@ -56,6 +81,14 @@ class Evaluator:
         self.on_progress: Callable[[int, int], None] | None = None
         self.planned_evaluations = 0
 
+    #: Seconds spent compiling kernels for this evaluator (reported apart from run time).
+    compile_seconds: float = 0.0
+
+    @property
+    def executor(self) -> str:
+        """Which execution path evaluates the loss, as recorded in the report's settings."""
+        return "serial"
+
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Evaluator:
         return self
@@ -91,7 +124,8 @@ class Evaluator:
     def base_loss(self) -> float:
         """The loss at the unperturbed parameters."""
         self._charge(1)
-        return self.call_loss([a.copy() for a in self.base], "at the base point")
+        with _one_blas_thread():
+            return self.call_loss([a.copy() for a in self.base], "at the base point")
 
     def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Losses with single entries replaced.
@@ -161,6 +195,14 @@ class SerialEvaluator(Evaluator):
         self.flat = [w.reshape(-1) for w in self.work]
 
     def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        with _one_blas_thread():
+            return self._entry_losses(param, flat_index, values)
+
+    def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
+        with _one_blas_thread():
+            return self._vector_losses(param, vectors)
+
+    def _entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
         m, k = values.shape
         out = np.empty((m, k))
         flat = self.flat[param]
@@ -182,7 +224,7 @@ class SerialEvaluator(Evaluator):
                 flat[i] = saved
         return out
 
-    def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
+    def _vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
         out = np.empty(vectors.shape[0])
         flat = self.flat[param]
         name = self.layout.names[param]
@@ -200,17 +242,652 @@ class SerialEvaluator(Evaluator):
         return out
 
 
+# -- thread limits -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Run the block with every loaded BLAS library limited to one thread.
+
+    Every loss evaluation, whatever the executor, runs under this limit: OpenBLAS splits some
+    products differently with 1 and 2 threads and the loss changes in its last bits (measured
+    on the mid-size example MLP: up to 8.9e-16), which would make the report depend on
+    ``n_jobs``. Parallelism comes from workers, never from BLAS threads inside one evaluation,
+    so workers x BLAS threads never exceed the cores. Without threadpoolctl nothing is limited.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with the test extra
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def blas_threads_managed() -> bool:
+    """Whether loss evaluations run with one BLAS thread (threadpoolctl importable)."""
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return False
+    return True
+
+
+# -- work done by one worker (module level so process backends can pickle it) -----------------
+@dataclass(frozen=True)
+class _ChunkResult:
+    """What a worker sends back for one chunk of rows."""
+
+    losses: np.ndarray
+    worker: str  # "pid:thread" of the worker that ran it
+    failed_row: int  # row (within the chunk) whose evaluation raised, -1 when none did
+    error: BaseException | None
+
+
+def _worker_id() -> str:
+    return f"{os.getpid()}:{threading.get_ident()}"
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a RuntimeError carrying its type and message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _limit_in_worker(parent: str) -> contextlib.AbstractContextManager[None]:
+    # The parent already holds the (process-wide) limit around thread-backend calls; entering
+    # it again from several threads would race on the restore.
+    return contextlib.nullcontext() if parent == str(os.getpid()) else _one_blas_thread()
+
+
+def _entry_chunk(
+    loss: Callable[[Any], Any],
+    layout: ParamLayout,
+    arrays: Sequence[np.ndarray],
+    param: int,
+    flat_index: np.ndarray,
+    values: np.ndarray,
+    parent: str,
+) -> _ChunkResult:
+    """Per-entry loop over one chunk, on this worker's own copy of the parameters."""
+    with _limit_in_worker(parent):
+        work = [np.array(a, copy=True) for a in arrays]  # memmaps arrive read-only
+        flat = work[param].reshape(-1)
+        name = layout.names[param]
+        m, k = values.shape
+        out = np.empty((m, k))
+        for r in range(m):
+            i = int(flat_index[r])
+            saved = flat[i]
+            try:
+                for c in range(k):
+                    flat[i] = values[r, c]
+                    out[r, c] = as_scalar_loss(loss(layout.pack(work)), f"with {name!r} perturbed")
+            except Exception as exc:
+                return _ChunkResult(out, _worker_id(), r, _portable(exc))
+            finally:
+                flat[i] = saved
+        return _ChunkResult(out, _worker_id(), -1, None)
+
+
+def _vector_chunk(
+    loss: Callable[[Any], Any],
+    layout: ParamLayout,
+    arrays: Sequence[np.ndarray],
+    param: int,
+    vectors: np.ndarray,
+    parent: str,
+) -> _ChunkResult:
+    """Losses with parameter ``param`` replaced by each row of ``vectors``."""
+    with _limit_in_worker(parent):
+        work = [np.array(a, copy=True) for a in arrays]
+        flat = work[param].reshape(-1)
+        name = layout.names[param]
+        out = np.empty(vectors.shape[0])
+        for r in range(vectors.shape[0]):
+            try:
+                flat[:] = vectors[r]
+                out[r] = as_scalar_loss(loss(layout.pack(work)), f"with {name!r} perturbed")
+            except Exception as exc:
+                return _ChunkResult(out, _worker_id(), r, _portable(exc))
+            finally:
+                flat[:] = arrays[param].reshape(-1)
+        return _ChunkResult(out, _worker_id(), -1, None)
+
+
+def _batched_call(
+    loss: Callable[[Any], Any],
+    layout: ParamLayout,
+    arrays: Sequence[np.ndarray],
+    param: int,
+    block: np.ndarray,
+) -> np.ndarray:
+    """Call a batched loss with ``block`` (B rows, flat) for ``param``, size-1 axes elsewhere."""
+    b = block.shape[0]
+    stacked = []
+    for q, a in enumerate(arrays):
+        if q == param:
+            stacked.append(block.reshape((b, *a.shape)))
+        else:
+            view = a[np.newaxis]
+            view.flags.writeable = False  # the others are shared between calls, not copied
+            stacked.append(view)
+    return as_batched_losses(loss(layout.pack(stacked)), b, layout.names[param])
+
+
+def as_batched_losses(value: Any, b: int, name: str) -> np.ndarray:
+    """Validate what a batched loss returned: ``b`` real losses, shape ``(b,)``."""
+    arr = np.asarray(value)
+    if arr.shape != (b,) or arr.dtype.kind not in "fiu":
+        raise InvalidInputError(
+            f"loss with batched=True and {b} copies of {name!r}: expected a real array of "
+            f"shape ({b},) (one loss per copy along the leading axis), found "
+            f"{type(value).__name__} of shape {arr.shape} and dtype {arr.dtype}. Reduce over "
+            "every axis except the first (e.g. .mean(axis=1) over examples), or pass "
+            "batched=False."
+        )
+    return arr.astype(np.float64)
+
+
+def _batched_rows(n: int, k: int, itemsize: int, memory: int) -> int:
+    """Rows (entries) per batched call: ``k`` copies each, of ``n`` entries, within ``memory``."""
+    return max(1, memory // max(1, k * n * itemsize))
+
+
+def _batched_chunk(
+    loss: Callable[[Any], Any],
+    layout: ParamLayout,
+    arrays: Sequence[np.ndarray],
+    param: int,
+    flat_index: np.ndarray,
+    values: np.ndarray,
+    parent: str,
+    memory: int,
+) -> _ChunkResult:
+    """Batched calls over one chunk: every row's ``k`` perturbed copies in as few calls as
+    ``memory`` bytes of copies allow; the block of copies is reused (saved-value restore)."""
+    with _limit_in_worker(parent):
+        base = np.asarray(arrays[param]).reshape(-1)
+        m, k = values.shape
+        rows = min(m, _batched_rows(base.size, k, base.itemsize, memory))
+        block = np.empty((rows * k, base.size), dtype=base.dtype)
+        block[:] = base
+        out = np.empty((m, k))
+        for start in range(0, m, rows):
+            stop = min(m, start + rows)
+            b = (stop - start) * k
+            cols = np.repeat(flat_index[start:stop], k)
+            which = np.arange(b)
+            try:
+                block[which, cols] = values[start:stop].reshape(-1)
+                out[start:stop] = _batched_call(loss, layout, arrays, param, block[:b]).reshape(
+                    stop - start, k
+                )
+            except Exception as exc:
+                return _ChunkResult(out, _worker_id(), start, _portable(exc))
+            finally:
+                block[which, cols] = base[cols]
+        return _ChunkResult(out, _worker_id(), -1, None)
+
+
+def _raise_chunk_error(
+    evaluator: Evaluator, res: _ChunkResult, param: int, flat_index: np.ndarray | None
+) -> None:
+    exc = res.error
+    assert exc is not None
+    # Same error types as the serial evaluator: only its own errors pass through unwrapped.
+    if isinstance(exc, (CheckAborted, LossEvaluationError, KeyboardInterrupt)):
+        raise exc
+    flat = None if flat_index is None else int(flat_index[res.failed_row])
+    raise evaluator._wrap_error(exc, param, flat) from exc  # type: ignore[arg-type]
+
+
+class BatchedEvaluator(Evaluator):
+    """Evaluates a batched loss in this process: B perturbed copies of one parameter per call.
+
+    The loss receives every parameter with one extra leading axis: size B for the parameter
+    being perturbed, size 1 (a read-only view, not a copy) for the others, and returns B
+    losses. Calls are sized so the copies fit in ``memory`` bytes.
+    """
+
+    def __init__(self, *args: Any, memory: int = BATCHED_MEMORY, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.memory = int(memory)
+
+    @property
+    def executor(self) -> str:
+        return "batched"
+
+    def base_loss(self) -> float:
+        self._charge(1)
+        block = self.base[0].reshape(1, -1).copy()
+        with _one_blas_thread():
+            value = _batched_call(self.loss, self.layout, self.base, 0, block)
+        return float(value[0])
+
+    def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        m, k = values.shape
+        out = np.empty((m, k))
+        n = self.layout.sizes[param]
+        rows = _batched_rows(n, k, self.layout.dtypes[param].itemsize, self.memory)
+        with _one_blas_thread():
+            for start in range(0, m, rows):
+                stop = min(m, start + rows)
+                self._charge((stop - start) * k)
+                res = _batched_chunk(
+                    self.loss,
+                    self.layout,
+                    self.base,
+                    param,
+                    flat_index[start:stop],
+                    values[start:stop],
+                    str(os.getpid()),
+                    self.memory,
+                )
+                if res.error is not None:
+                    _raise_chunk_error(self, res, param, flat_index[start:stop])
+                out[start:stop] = res.losses
+        return out
+
+    def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
+        m = vectors.shape[0]
+        out = np.empty(m)
+        n = self.layout.sizes[param]
+        rows = _batched_rows(n, 1, self.layout.dtypes[param].itemsize, self.memory)
+        with _one_blas_thread():
+            for start in range(0, m, rows):
+                stop = min(m, start + rows)
+                self._charge(stop - start)
+                block = np.array(vectors[start:stop], dtype=self.layout.dtypes[param], copy=True)
+                try:
+                    out[start:stop] = _batched_call(self.loss, self.layout, self.base, param, block)
+                except (GradCheckError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:
+                    raise self._wrap_error(exc, param, None) from exc
+        return out
+
+
+class ParallelEvaluator(Evaluator):
+    """Evaluates chunks of entries on joblib workers.
+
+    Entries are split into ``chunks_per_worker`` chunks per worker; each task carries the
+    parameters once (joblib memory-maps large arrays for process backends instead of pickling
+    them), perturbs the worker's own copy with a saved-value restore and returns the losses.
+    The backend is whatever ``joblib.parallel_config`` says (processes preferred by default):
+    threads, loky or a Dask cluster. The budget and deadline are charged here, per chunk, one
+    round of chunks (one per worker) at a time.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        n_jobs: int = -1,
+        batched: bool = False,
+        memory: int = BATCHED_MEMORY,
+        chunks_per_worker: int = CHUNKS_PER_WORKER,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        import joblib
+
+        self.batched = batched
+        self.memory = int(memory)
+        self.n_workers = int(joblib.effective_n_jobs(n_jobs))
+        self.chunks_per_worker = max(1, int(chunks_per_worker))
+        self._parallel = joblib.Parallel(n_jobs=n_jobs, prefer="processes")
+        self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
+        self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
+        self.worker_ids: set[str] = set()
+        self._entered = False
+        if not self.uses_threads:
+            _check_picklable(self.loss, self.backend_name)
+
+    @property
+    def executor(self) -> str:
+        kind = "batched chunks" if self.batched else "chunks"
+        return f"joblib {kind} ({self.backend_name}, {self.n_workers} workers)"
+
+    def close(self) -> None:
+        if self._entered:
+            self._entered = False
+            self._parallel.__exit__(None, None, None)
+
+    def _run(self, tasks: list[Any], param: int, what: str) -> list[_ChunkResult]:
+        if not self._entered:
+            self._parallel.__enter__()
+            self._entered = True
+        try:
+            with _one_blas_thread():  # covers thread backends; workers limit themselves
+                results = self._parallel(tasks)
+        except (GradCheckError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if _is_pickling_error(exc):
+                raise _unpicklable(self.backend_name, exc) from exc
+            name = self.layout.names[param]
+            raise LossEvaluationError(
+                f"a {self.backend_name} worker failed ({type(exc).__name__}: {exc}) while "
+                f"evaluating parameter {name!r} at {what}; the loss may have crashed the "
+                "worker process (a segfault, os._exit, running out of memory).",
+                param=name,
+                index=None,
+            ) from exc
+        for res in results:
+            self.worker_ids.add(res.worker)
+        return list(results)
+
+    def _rounds(self, m: int, per_row: int) -> Iterator[list[tuple[int, int]]]:
+        """Chunk bounds, one round (up to one chunk per worker) at a time, charged here."""
+        n_chunks = min(m, self.n_workers * self.chunks_per_worker)
+        edges = np.linspace(0, m, n_chunks + 1).round().astype(int)
+        bounds = [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
+        for start in range(0, len(bounds), self.n_workers):
+            group = bounds[start : start + self.n_workers]
+            charged = 0
+            try:
+                for a, b in group:
+                    self._charge((b - a) * per_row)
+                    charged += (b - a) * per_row
+            except CheckAborted:
+                self.n_evaluations -= charged  # nothing of this round ran
+                raise
+            yield group
+
+    def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        import joblib
+
+        m, k = values.shape
+        out = np.empty((m, k))
+        parent = str(os.getpid())
+        for group in self._rounds(m, k):
+            if self.batched:
+                tasks = [
+                    joblib.delayed(_batched_chunk)(
+                        self.loss,
+                        self.layout,
+                        self.base,
+                        param,
+                        flat_index[a:b],
+                        values[a:b],
+                        parent,
+                        self.memory,
+                    )
+                    for a, b in group
+                ]
+            else:
+                tasks = [
+                    joblib.delayed(_entry_chunk)(
+                        self.loss,
+                        self.layout,
+                        self.base,
+                        param,
+                        flat_index[a:b],
+                        values[a:b],
+                        parent,
+                    )
+                    for a, b in group
+                ]
+            where = f"entries {group[0][0]}..{group[-1][1] - 1} of the {m} checked"
+            for (a, b), res in zip(group, self._run(tasks, param, where), strict=True):
+                if res.error is not None:
+                    _raise_chunk_error(self, res, param, flat_index[a:b])
+                out[a:b] = res.losses
+        return out
+
+    def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
+        import joblib
+
+        m = vectors.shape[0]
+        out = np.empty(m)
+        parent = str(os.getpid())
+        for group in self._rounds(m, 1):
+            tasks = [
+                joblib.delayed(_vector_chunk)(
+                    self.loss, self.layout, self.base, param, vectors[a:b], parent
+                )
+                for a, b in group
+            ]
+            for (a, b), res in zip(group, self._run(tasks, param, "directions"), strict=True):
+                if res.error is not None:
+                    _raise_chunk_error(self, res, param, None)
+                out[a:b] = res.losses
+        return out
+
+
+def _is_pickling_error(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 8:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if isinstance(exc, pickle.PicklingError) or "pickl" in text or "serializ" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        seen += 1
+    return False
+
+
+def _unpicklable(backend: str, exc: BaseException) -> InvalidInputError:
+    return InvalidInputError(
+        f"loss: the {backend} backend runs workers in other processes and must pickle the "
+        f"loss, which failed ({type(exc).__name__}: {exc}). Use threads, "
+        "`with joblib.parallel_config(backend='threading'): gradprobe.check(...)`, or define "
+        "the loss at module level without unpicklable state (open files, locks, generators); "
+        "or pass n_jobs=1."
+    )
+
+
+def _check_picklable(loss: Callable[[Any], Any], backend: str) -> None:
+    from joblib.externals import cloudpickle
+
+    try:
+        cloudpickle.dumps(loss)
+    except Exception as exc:
+        raise _unpicklable(backend, exc) from exc
+
+
+class AutoEvaluator(SerialEvaluator):
+    """``n_jobs="auto"``: serial unless timing says parallel workers pay off.
+
+    The base-point evaluation (and the first row of each call) is timed; a call whose
+    remaining evaluations would take at least ``AUTO_PARALLEL_SECONDS`` serially goes to a
+    :class:`ParallelEvaluator` with every core, others stay in this thread. Results are the same
+    either way (one BLAS thread per evaluation everywhere).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_seconds: float | None = None
+        self._parallel: ParallelEvaluator | None = None
+        self._used: set[str] = set()
+
+    @property
+    def executor(self) -> str:
+        used = " + ".join(sorted(self._used)) or "serial"
+        return f"auto ({used})"
+
+    def close(self) -> None:
+        if self._parallel is not None:
+            self._parallel.close()
+
+    def _time(self, seconds: float, n: int) -> None:
+        per = seconds / max(1, n)
+        self.loss_seconds = per if self.loss_seconds is None else min(self.loss_seconds, per)
+
+    def base_loss(self) -> float:
+        t = time.perf_counter()
+        value = super().base_loss()
+        self._time(time.perf_counter() - t, 1)
+        return value
+
+    def _delegate(self) -> ParallelEvaluator | None:
+        import joblib
+
+        if joblib.effective_n_jobs(-1) < 2:
+            return None
+        if self._parallel is None:
+            self._parallel = ParallelEvaluator(
+                self.loss,
+                self.layout,
+                self.base,
+                n_jobs=-1,
+                budget=self.budget,
+                deadline=self.deadline,
+            )
+            self._parallel.on_progress = self.on_progress
+        self._parallel.n_evaluations = self.n_evaluations
+        self._parallel.planned_evaluations = self.planned_evaluations
+        return self._parallel
+
+    def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        m, k = values.shape
+        if m == 0:
+            return np.empty((0, k))
+        t = time.perf_counter()
+        first = super().entry_losses(param, flat_index[:1], values[:1])
+        self._time(time.perf_counter() - t, k)
+        assert self.loss_seconds is not None
+        rest = (m - 1) * k
+        parallel = (
+            self.loss_seconds * rest >= AUTO_PARALLEL_SECONDS and self._delegate() is not None
+        )
+        if not parallel:
+            self._used.add("serial")
+            return np.concatenate([first, super().entry_losses(param, flat_index[1:], values[1:])])
+        assert self._parallel is not None
+        self._used.add(self._parallel.executor)
+        try:
+            others = self._parallel.entry_losses(param, flat_index[1:], values[1:])
+        finally:
+            self.n_evaluations = self._parallel.n_evaluations
+        return np.concatenate([first, others])
+
+
+class JitEvaluator(Evaluator):
+    """Runs every perturbation inside one numba kernel (``prange`` over chunks).
+
+    For a numba-jitted ``loss`` of one flat float64 vector: no Python per entry. ``n_threads``
+    numba threads (one BLAS thread each); chunks of rows are charged to the budget per kernel
+    call. ``compile_seconds`` is the time spent compiling or loading the cached kernel.
+    """
+
+    def __init__(self, *args: Any, n_threads: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        import numba
+
+        self.n_threads = max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS))
+        self.compile_seconds, self._fn = kernels.jit_loss_kernels(self.loss)
+
+    @property
+    def executor(self) -> str:
+        return f"numba kernel ({self.n_threads} threads)"
+
+    def _kernel(self, run: Callable[[], Any], param: int) -> Any:
+        import numba
+
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.n_threads)
+        try:
+            with _one_blas_thread():
+                return run()
+        except (GradCheckError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise self._wrap_error(exc, param, None) from exc
+        finally:
+            numba.set_num_threads(previous)
+
+    def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        m, k = values.shape
+        out = np.empty((m, k))
+        x = self.base[param].reshape(-1)
+        rows = max(JIT_ROWS_PER_CALL, 1)
+        for start in range(0, m, rows):
+            stop = min(m, start + rows)
+            self._charge((stop - start) * k)
+            idx = np.ascontiguousarray(flat_index[start:stop], dtype=np.int64)
+            vals = np.ascontiguousarray(values[start:stop], dtype=np.float64)
+            n_chunks = min(stop - start, self.n_threads * CHUNKS_PER_WORKER)
+            out[start:stop] = self._kernel(
+                lambda idx=idx, vals=vals, n_chunks=n_chunks: kernels.jit_entry_losses(
+                    self._fn, x, idx, vals, n_chunks
+                ),
+                param,
+            )
+        return out
+
+    def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
+        m = vectors.shape[0]
+        out = np.empty(m)
+        for start in range(0, m, JIT_ROWS_PER_CALL):
+            stop = min(m, start + JIT_ROWS_PER_CALL)
+            self._charge(stop - start)
+            vec = np.ascontiguousarray(vectors[start:stop], dtype=np.float64)
+            n_chunks = min(stop - start, self.n_threads * CHUNKS_PER_WORKER)
+            out[start:stop] = self._kernel(
+                lambda vec=vec, n_chunks=n_chunks: kernels.jit_vector_losses(
+                    self._fn, vec, n_chunks
+                ),
+                param,
+            )
+        return out
+
+
+def is_jit_loss(loss: Any, layout: ParamLayout) -> bool:
+    """Whether ``loss`` can run inside the numba kernel: a numba dispatcher and one flat
+    float64 vector of parameters."""
+    try:
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:  # pragma: no cover
+        return False
+    return (
+        isinstance(loss, Dispatcher)
+        and layout.kind == "array"
+        and len(layout.shapes[0]) == 1
+        and layout.dtypes[0] == np.float64
+    )
+
+
+def _workers_for(n_jobs: Any) -> int:
+    import joblib
+
+    return int(joblib.effective_n_jobs(-1 if n_jobs == "auto" else n_jobs))
+
+
 def make_evaluator(
     loss: Callable[[Any], Any],
     layout: ParamLayout,
     base: Sequence[np.ndarray],
     *,
     n_jobs: Any = 1,
+    batched: bool = False,
     budget: int | None = None,
     deadline: float | None = None,
 ) -> Evaluator:
-    """Pick the evaluator for the requested execution (serial until the parallel engine)."""
-    return SerialEvaluator(loss, layout, base, budget=budget, deadline=deadline)
+    """Pick the evaluator for the requested execution.
+
+    - ``batched=True``: :class:`BatchedEvaluator` in this process (``n_jobs`` 1), or batched
+      chunks on joblib workers;
+    - a numba-jitted loss of one flat float64 vector: :class:`JitEvaluator` with ``n_jobs``
+      numba threads (``"auto"``: every core);
+    - ``n_jobs="auto"``: :class:`AutoEvaluator`;
+    - ``n_jobs`` resolving to one worker: :class:`SerialEvaluator`; otherwise
+      :class:`ParallelEvaluator` on the backend ``joblib.parallel_config`` selects.
+
+    The choice is reported as ``report.settings["executor"]``.
+    """
+    common: dict[str, Any] = {"budget": budget, "deadline": deadline}
+    if batched:
+        if n_jobs == "auto" or _workers_for(n_jobs) < 2:
+            return BatchedEvaluator(loss, layout, base, **common)
+        return ParallelEvaluator(loss, layout, base, n_jobs=n_jobs, batched=True, **common)
+    if is_jit_loss(loss, layout):
+        return JitEvaluator(loss, layout, base, n_threads=_workers_for(n_jobs), **common)
+    if n_jobs == "auto":
+        return AutoEvaluator(loss, layout, base, **common)
+    if _workers_for(n_jobs) < 2:
+        return SerialEvaluator(loss, layout, base, **common)
+    return ParallelEvaluator(loss, layout, base, n_jobs=n_jobs, **common)
 
 
 def _complex_unsupported(name: str, exc: Exception) -> Exception:
