@@ -95,7 +95,7 @@ def test_example_mlp_passes_and_report_fields():
     assert report.params["b1"].sampling == "all"
     assert isinstance(w1.worst_index, tuple) and len(w1.worst_index) == 2
     assert w1.diagnosis is None
-    assert report.n_evaluations == 1 + 2 * sum(p.n_checked for p in report.params.values())
+    assert report.n_evaluations == 2 + 2 * sum(p.n_checked for p in report.params.values())  # base + pre-flight
     assert report.timings["total"] > 0
 
 

@@ -150,9 +150,9 @@ def test_scalar_like_losses_accepted(value):
 
     def wrapped(v):
         calls.append(1)
-        return value if len(calls) == 1 else loss(v)
+        return value if len(calls) <= 2 else loss(v)
 
-    # Only the base value is odd; it must be accepted as a scalar.
+    # Only the base value (first call and the pre-flight repeat) is odd; it must be accepted.
     report = gradprobe.check(wrapped, grad, x)
     assert report.complete
 

@@ -33,7 +33,7 @@ def test_arrays_unchanged_after_success():
     assert_bitwise_unchanged(params, saved)
 
 
-@pytest.mark.parametrize("fail_at", [2, 10, 30])
+@pytest.mark.parametrize("fail_at", [3, 10, 30])  # call 1: base point, call 2: pre-flight repeat
 def test_arrays_unchanged_when_loss_raises_midway(fail_at):
     params = awkward_params()
     saved = snapshot(params)
@@ -96,7 +96,9 @@ def test_loss_that_writes_to_its_input_cannot_touch_callers_arrays():
         p["b"][...] = 0.0
         return value
 
-    gradprobe.check(vandal, grad_of, params)
+    # The pre-flight check sees the write and refuses to go on; the caller's arrays are intact.
+    with pytest.raises(gradprobe.InvalidInputError, match=r"loss: .*\['b'\] modified"):
+        gradprobe.check(vandal, grad_of, params)
     assert_bitwise_unchanged(params, saved)
 
 
