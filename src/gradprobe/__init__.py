@@ -15,6 +15,7 @@ from .errors import (
     LossEvaluationError,
     NondeterministicLossError,
 )
+from .problem import Problem
 from .report import Coverage, Diagnosis, EntryCheck, ParamReport, Report
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "LossEvaluationError",
     "NondeterministicLossError",
     "ParamReport",
+    "Problem",
     "Report",
     "__version__",
     "check",

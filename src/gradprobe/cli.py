@@ -1,14 +1,20 @@
-"""Command line: ``gradprobe demo [--bug KIND]``.
+"""Command line: ``gradprobe demo``, ``gradprobe check TARGET``, ``gradprobe run [SUITE]``.
 
-Exit codes: 0 gradients match, 1 a gradient mismatch, 2 usage, configuration or input error,
-3 a check crashed or stopped early.
+Exit codes: 0 gradients match, 1 a gradient mismatch (or a regression against ``--baseline``),
+2 usage, configuration or input error, 3 a check crashed or stopped early (timeout, budget).
+When several checks end differently, the largest code wins.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ._version import __version__
 from .api import check
@@ -35,18 +41,6 @@ def _samples_arg(text: str) -> int | float | str:
         ) from None
 
 
-def _add_check_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
-    parser.add_argument(
-        "--samples",
-        type=_samples_arg,
-        default=None,
-        help="entries per parameter checked one by one: N, a fraction, or 'all'",
-    )
-    parser.add_argument("--n-jobs", default="1", help="parallel workers, -1 for all cores, 'auto'")
-    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
-
-
 def _n_jobs(text: str) -> int | str:
     if text == "auto":
         return text
@@ -54,6 +48,61 @@ def _n_jobs(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise InvalidInputError(f"--n-jobs: expected an int or 'auto', found {text!r}") from None
+
+
+def _arg_pair(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, found {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw  # a bare string: --arg bug=sign
+    return key, value
+
+
+def _add_check_options(parser: argparse.ArgumentParser, *, seed_default: int | None) -> None:
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=seed_default,
+        help="seed of the sample" + (" (default 0)" if seed_default is not None else ""),
+    )
+    parser.add_argument(
+        "--samples",
+        type=_samples_arg,
+        default=None,
+        help="entries per parameter checked one by one: N, a fraction, or 'all'",
+    )
+    parser.add_argument("--n-jobs", default=None, help="parallel workers, -1 for all cores, 'auto'")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="PATH", help="write the full results as JSON to PATH")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of relative errors to PATH")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the summary (and no progress bar)"
+    )
+
+
+def _add_suite_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--junit", metavar="PATH", help="write JUnit XML (one testcase per check)")
+    parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="compare with an earlier --json result; regressions exit 1",
+    )
+    parser.add_argument(
+        "--regression-factor",
+        type=float,
+        default=None,
+        help="flag parameters whose max relative error grew by more than this (default 10)",
+    )
+    parser.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="run checks in this process (no worker to kill if a loss call never returns)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,10 +123,60 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="plant a backprop bug: " + "; ".join(f"{k}: {v[0]}" for k, v in MLP_BUGS.items()),
     )
-    _add_check_options(demo)
+    _add_check_options(demo, seed_default=0)
+    _add_output_options(demo)
+
+    one = sub.add_parser(
+        "check",
+        help="run one check: a function returning gradprobe.Problem",
+        description="Run the gradprobe.Problem returned by TARGET "
+        "('path/to/models.py:function' or 'pkg.module:function').",
+    )
+    one.add_argument("target", help="path/to/models.py:function or pkg.module:function")
+    one.add_argument(
+        "--arg",
+        dest="args",
+        action="append",
+        type=_arg_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument for the target function (VALUE parsed as JSON, else a string)",
+    )
+    _add_check_options(one, seed_default=None)
+    one.add_argument("--timeout", type=float, default=None, help="seconds before stopping")
+    one.add_argument("--budget", type=int, default=None, help="loss evaluations before stopping")
+    _add_output_options(one)
+    _add_suite_options(one)
+
+    run = sub.add_parser(
+        "run",
+        help="run a suite of named checks (gradprobe.toml or [tool.gradprobe])",
+        description="Run the checks of a suite file: SUITE, or ./gradprobe.toml, or "
+        "[tool.gradprobe] in ./pyproject.toml.",
+    )
+    run.add_argument("suite", nargs="?", default=None, help="suite file or folder")
+    run.add_argument(
+        "-k",
+        dest="keyword",
+        default=None,
+        metavar="EXPR",
+        help="run checks whose names match, e.g. -k 'mlp and not bug'",
+    )
+    run.add_argument(
+        "--check",
+        dest="names",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run the check with exactly this name (repeatable)",
+    )
+    run.add_argument("--seed", type=int, default=None, help="seed for every selected check")
+    _add_output_options(run)
+    _add_suite_options(run)
     return parser
 
 
+# -- demo -----------------------------------------------------------------------------------
 def _run_demo(args: argparse.Namespace) -> int:
     model = make_mlp(bug=args.bug)
     print(f"model: {model.name}")
@@ -87,13 +186,221 @@ def _run_demo(args: argparse.Namespace) -> int:
         model.params,
         seed=args.seed,
         samples=args.samples,
-        n_jobs=_n_jobs(args.n_jobs),
+        n_jobs=_n_jobs(args.n_jobs or "1"),
     )
     print(report)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             fh.write(report.to_json())
+    if args.plot:
+        report.plot(args.plot)
     return EXIT_OK if report.passed else EXIT_MISMATCH
+
+
+# -- check and run --------------------------------------------------------------------------
+def _quote_path(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        rel = path
+    return shlex.quote(rel if not rel.startswith("..") else path)
+
+
+def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.seed is not None:
+        if args.seed < 0:
+            raise InvalidInputError(f"--seed: expected an int >= 0, found {args.seed}.")
+        options["seed"] = args.seed
+    for key in ("samples", "timeout", "budget"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    if getattr(args, "n_jobs", None) is not None:
+        options["n_jobs"] = _n_jobs(args.n_jobs)
+    return options
+
+
+def _specs_for_check(args: argparse.Namespace) -> tuple[list[Any], str]:
+    from .suite import CheckSpec
+    from .targets import parse_target
+
+    target = parse_target(args.target)
+    target.find_problem()
+    options = _cli_options(args)
+    spec = CheckSpec(
+        name=target.function,
+        target=target,
+        args=dict(args.args),
+        options=options,
+        isolate=not args.no_isolate,
+    )
+    return [spec], target.text
+
+
+def _specs_for_run(args: argparse.Namespace) -> tuple[list[Any], Any]:
+    import dataclasses
+
+    from .suite import load_suite, select_checks
+
+    suite = load_suite(args.suite)
+    chosen = select_checks(suite, args.keyword, args.names)
+    if not chosen:
+        raise InvalidInputError(
+            f"-k {args.keyword!r}: no check of {suite.path} matches; checks there: "
+            f"{list(suite.names)}."
+        )
+    overrides = _cli_options(args)
+    specs = [
+        dataclasses.replace(
+            c,
+            options={**c.options, **overrides},
+            isolate=c.isolate and not args.no_isolate,
+        )
+        for c in chosen
+    ]
+    return specs, suite
+
+
+def _reproduce(args: argparse.Namespace, outcome: Any, suite: Any) -> str:
+    parts = ["gradprobe"]
+    if args.command == "run":
+        parts += ["run", _quote_path(suite.path), "--check", shlex.quote(outcome.name)]
+    else:
+        parts += ["check", _quote_path(args.target) if ".py" in args.target else args.target]
+        for key, value in args.args:
+            text = value if isinstance(value, str) else json.dumps(value)
+            parts += ["--arg", shlex.quote(f"{key}={text}")]
+    parts += ["--seed", str(outcome.seed)]
+    for flag in ("samples", "n_jobs", "timeout", "budget"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            parts += [f"--{flag.replace('_', '-')}", shlex.quote(str(value))]
+    if args.no_isolate:
+        parts.append("--no-isolate")
+    return " ".join(parts)
+
+
+def _summary_rows(outcomes: Sequence[Any]) -> str:
+    header = ("check", "status", "max rel err", "evaluations", "time")
+    rows = [header]
+    for o in outcomes:
+        r = o.report
+        if r is not None and r.params:
+            worst = max((p.max_rel_error for p in r.params.values() if p.n_checked), default=0.0)
+            mre = f"{worst:.2e}"
+        else:
+            mre = "-"
+        status = o.status.upper() if o.status != "passed" else o.status
+        if r is not None and not r.complete and o.status != "passed":
+            status += " (partial)"
+        evals = f"{r.n_evaluations:,}" if r is not None else "-"
+        rows.append((o.name, status, mre, evals, f"{o.duration:.2f} s"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _run_checks(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .progress import ProgressDisplay, progress_wanted
+    from .runner import SuiteResult, now_iso, run_check, versions
+
+    if args.command == "run":
+        specs, suite = _specs_for_run(args)
+        suite_path = suite.path
+        label = f"suite {_quote_path(suite.path)}"
+    else:
+        specs, _ = _specs_for_check(args)
+        suite, suite_path, label = None, None, f"target {args.target}"
+    baseline = None
+    if args.baseline:
+        from .baseline import load_baseline
+
+        baseline = load_baseline(args.baseline)  # fail early (exit 2) on a bad file
+    vers = versions()
+    print(
+        f"gradprobe {vers['gradprobe']} · python {vers['python']} · numpy {vers['numpy']} · "
+        f"numba {vers['numba']} · {label} · {len(specs)} check{'s' * (len(specs) != 1)}"
+    )
+    outcomes = []
+    with ProgressDisplay(progress_wanted(args.quiet)) as bar:
+        for i, spec in enumerate(specs, 1):
+            bar.start(f"[{i}/{len(specs)}] {spec.name}")
+            outcome = run_check(spec, progress=bar.update)
+            outcome = dataclasses.replace(outcome, reproduce=_reproduce(args, outcome, suite))
+            outcomes.append(outcome)
+            if not args.quiet:
+                bar.print(_outcome_text(outcome, i, len(specs)))
+    result = SuiteResult(
+        outcomes=tuple(outcomes), suite=suite_path, versions=vers, created=now_iso()
+    )
+    code = result.exit_code
+    regressions: dict[str, list[str]] = {}
+    print("\nsummary:\n" + _summary_rows(outcomes))
+    if baseline is not None:
+        from .baseline import DEFAULT_FACTOR, compare
+
+        selected = {s.name for s in specs}
+        known = set(suite.names) if suite is not None else selected
+        # A check left out by -k/--check did not disappear: compare only what ran.
+        kept = tuple(o for o in baseline.outcomes if o.name in selected or o.name not in known)
+        comparison = compare(
+            result,
+            dataclasses.replace(baseline, outcomes=kept),
+            factor=args.regression_factor or DEFAULT_FACTOR,
+        )
+        lines = comparison.lines()
+        print(
+            f"\nbaseline {args.baseline} (regression factor {comparison.factor:g}): "
+            + ("no regressions" if not lines else "")
+        )
+        for line in lines:
+            print(f"  {line}")
+        regressions = comparison.by_check()
+        if comparison.has_regressions:
+            code = max(code, EXIT_MISMATCH)
+    counts = {
+        s: sum(o.status == s for o in outcomes)
+        for s in ("passed", "failed", "error", "aborted", "crashed")
+    }
+    told = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    print(f"\n{told} — exit code {code}")
+    failing = [o for o in outcomes if o.status != "passed" or o.name in regressions]
+    if failing:
+        print("reproduce:")
+        for o in failing:
+            print(f"  {o.name}: {o.reproduce}")
+    if args.json:
+        data = result.to_dict()
+        data["exit_code"] = code
+        Path(args.json).write_text(json.dumps(data, indent=2), encoding="utf-8")
+    if args.junit:
+        from .junit import write_junit
+
+        name = Path(suite_path).stem if suite_path else "gradprobe"
+        write_junit(args.junit, result, name=name, regressions=regressions)
+    if args.plot:
+        from .plotting import plot_reports
+
+        reports = {o.name: o.report for o in outcomes if o.report is not None}
+        if reports:
+            plot_reports(reports, args.plot)
+        else:
+            print(f"gradprobe: no report to plot; {args.plot} not written", file=sys.stderr)
+    return code
+
+
+def _outcome_text(outcome: Any, i: int, n: int) -> str:
+    head = f"── [{i}/{n}] {outcome.name} ({outcome.target}): {outcome.status.upper()} ──"
+    parts = [head]
+    if outcome.message:
+        parts.append(outcome.message)
+    if outcome.report is not None:
+        parts.append(str(outcome.report))
+    return "\n".join(parts) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _run_demo(args)
+        if args.command in ("check", "run"):
+            return _run_checks(args)
         raise AssertionError(f"unhandled command {args.command!r}")
     except InvalidInputError as exc:
         print(f"gradprobe: error: {exc}", file=sys.stderr)
@@ -119,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GradCheckError as exc:
         print(f"gradprobe: check crashed: {exc}", file=sys.stderr)
         return EXIT_CRASH
+    except ImportError as exc:
+        print(f"gradprobe: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

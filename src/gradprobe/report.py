@@ -515,6 +515,16 @@ class Report:
             version=d.get("gradprobe_version", ""),
         )
 
+    def plot(self, path: Any, **kwargs: Any) -> Any:
+        """Write a PNG of each parameter's relative errors (log axis, threshold, failures red).
+
+        Needs matplotlib (``pip install "gradprobe[plot]"``); keyword arguments go to
+        :func:`gradprobe.plotting.plot_report`. Returns the path written.
+        """
+        from .plotting import plot_report
+
+        return plot_report(self, path, **kwargs)
+
     def raise_for_failures(self) -> Report:
         """Raise :class:`GradientMismatchError` listing the failures; return self otherwise."""
         if self.passed:

@@ -1,0 +1,95 @@
+"""A progress bar for long checks, drawn by rich (the optional ``progress`` extra).
+
+Shown only when stdout is a terminal, the ``CI`` environment variable is unset and the user did
+not ask for ``--quiet``; without rich installed there is simply no bar.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import TracebackType
+from typing import Any, TextIO
+
+__all__ = ["ProgressDisplay", "progress_wanted"]
+
+
+def progress_wanted(quiet: bool = False, stream: TextIO | None = None) -> bool:
+    """Whether a bar should be drawn: a terminal, not CI, not quiet, rich importable."""
+    stream = sys.stdout if stream is None else stream
+    if quiet or os.environ.get("CI"):
+        return False
+    try:
+        if not stream.isatty():
+            return False
+    except (AttributeError, ValueError):
+        return False
+    try:
+        import rich.progress  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class ProgressDisplay:
+    """One bar per check: ``with ProgressDisplay(enabled) as bar: bar.start(name); ...``.
+
+    ``bar.update(done, total)`` is the ``progress=`` callback of :func:`gradprobe.check`.
+    When disabled every method does nothing.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss evaluations"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def start(self, description: str) -> None:
+        """Begin a new bar (the previous one is removed)."""
+        if self._progress is None:
+            return
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=None)
+
+    def update(self, done: int, total: int) -> None:
+        """Set the bar to ``done`` of ``total`` loss evaluations."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=done, total=total)
+
+    def print(self, text: str) -> None:
+        """Print above the bar (or plainly when there is none)."""
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            print(text)

@@ -1,0 +1,419 @@
+"""Suites of named checks, read from ``gradprobe.toml`` or ``[tool.gradprobe]`` in pyproject.toml.
+
+The file's shape::
+
+    [defaults]            # applies to every check unless overridden
+    seed = 0
+    samples = 64
+    timeout = 120         # seconds; the check stops with a partial report
+    [checks.mlp]          # one table per named check
+    target = "models.py:make_mlp"      # path relative to the suite file, or pkg.mod:func
+    [checks.mlp_bug]
+    target = "models.py:make_mlp"
+    args = { bug = "sign" }            # keyword arguments of the target function
+    budget = 5000                      # loss evaluations
+
+Every option of :func:`gradprobe.check` may appear in ``[defaults]`` or a check's table; a check
+also takes ``target`` (required), ``args`` and ``isolate`` (run in a worker process, default
+true, so a loss call that never returns can be killed). A mistake raises
+:class:`SuiteConfigError` naming the file, the line and key, and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import InvalidInputError
+from .problem import check_option_names
+from .targets import Target, parse_target
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = ["CheckSpec", "Suite", "SuiteConfigError", "find_suite", "load_suite", "select_checks"]
+
+SUITE_FILE = "gradprobe.toml"
+#: Keys of a check's table that are not options of gradprobe.check.
+CHECK_KEYS = ("target", "args", "isolate")
+DEFAULT_KEYS = ("isolate",)
+
+
+class SuiteConfigError(InvalidInputError):
+    """The suite file is not usable; the message names the file, line, key and the fix."""
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One named check of a suite.
+
+    Attributes
+    ----------
+    name : str
+        The table name (``[checks.NAME]``).
+    target : Target
+        The function returning the :class:`gradprobe.Problem`.
+    args : mapping
+        Keyword arguments for the target function.
+    options : mapping
+        Options of :func:`gradprobe.check` (defaults merged with the check's own), applied over
+        the Problem's options.
+    isolate : bool
+        Run in a worker process that can be killed when a loss call never returns.
+    """
+
+    name: str
+    target: Target
+    args: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    isolate: bool = True
+
+    @property
+    def timeout(self) -> float | None:
+        t = self.options.get("timeout")
+        return None if t is None else float(t)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A suite file's checks, in file order."""
+
+    path: str
+    checks: tuple[CheckSpec, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.checks)
+
+
+# -- locating keys in the text ---------------------------------------------------------------
+def _header_re(table: str) -> re.Pattern[str]:
+    parts = [re.escape(p) for p in table.split(".")]
+    dotted = r"\s*\.\s*".join(rf"(?:{p}|\"{p}\"|'{p}')" for p in parts)
+    return re.compile(rf"^\s*\[\s*{dotted}\s*\]")
+
+
+def _line_of(text: str, table: str, key: str | None = None) -> int | None:
+    """1-based line of ``key`` inside ``[table]`` (or of the header), found by scanning."""
+    lines = text.splitlines()
+    header = _header_re(table)
+    key_re = re.compile(rf"^\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*=") if key else None
+    for i, line in enumerate(lines):
+        if header.match(line):
+            if key_re is None:
+                return i + 1
+            for j in range(i + 1, len(lines)):
+                if re.match(r"^\s*\[", lines[j]):
+                    break
+                if key_re.match(lines[j]):
+                    return j + 1
+            return i + 1
+    # Inline tables or dotted keys: the first line that mentions the key.
+    needle = key or table.rsplit(".", 1)[-1]
+    for i, line in enumerate(lines):
+        if re.search(rf"\b{re.escape(needle)}\b", line):
+            return i + 1
+    return None
+
+
+class _Source:
+    """The suite text plus where its tables live (``[x]`` or ``[tool.gradprobe.x]``)."""
+
+    def __init__(self, path: Path, text: str, prefix: str) -> None:
+        self.path, self.text, self.prefix = path, text, prefix
+
+    def error(self, table: str, key: str | None, problem: str, fix: str) -> SuiteConfigError:
+        full = f"{self.prefix}{table}"
+        line = _line_of(self.text, full, key)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        what = f"[{full}]" + (f" key {key!r}" if key else "")
+        return SuiteConfigError(f"{where}: {what}: {problem}. Fix: {fix}")
+
+
+# -- values ---------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _sample_ok(v: Any) -> bool:
+    if v == "all":
+        return True
+    if _is_int(v):
+        return v >= 1
+    if isinstance(v, float):
+        return 0.0 < v <= 1.0
+    return False
+
+
+def _value_problem(key: str, v: Any) -> tuple[str, str] | None:
+    """(problem, fix) when a known option has a value of the wrong kind, else None."""
+    if key == "seed" and not (_is_int(v) and v >= 0):
+        return f"expected an int >= 0, found {v!r}", "write e.g. seed = 0"
+    if key == "samples":
+        ok = _sample_ok(v) or (isinstance(v, dict) and all(_sample_ok(x) for x in v.values()))
+        if not ok:
+            return (
+                f'expected an int >= 1, a fraction in (0, 1], "all" or a table of those by '
+                f"parameter name, found {v!r}",
+                'write e.g. samples = 64, samples = 0.1, samples = "all" or samples = { W1 = 32 }',
+            )
+    if key == "n_jobs" and not ((_is_int(v) and v != 0) or v == "auto"):
+        return f'expected a nonzero int or "auto", found {v!r}', "write e.g. n_jobs = 2 or -1"
+    if key == "timeout" and not (_is_number(v) and v > 0):
+        return f"expected seconds > 0, found {v!r}", "write e.g. timeout = 60"
+    if key == "budget" and not (_is_int(v) and v >= 1):
+        return (
+            f"expected an int >= 1 (loss evaluations), found {v!r}",
+            "write e.g. budget = 10000",
+        )
+    if key in ("eps", "rtol") and not (_is_number(v) and v > 0):
+        return f"expected a number > 0, found {v!r}", f"write e.g. {key} = 1e-5"
+    if key == "atol" and not (_is_number(v) and v >= 0):
+        return f"expected a number >= 0, found {v!r}", "write e.g. atol = 0.0"
+    if key == "isolate" and not isinstance(v, bool):
+        return f"expected true or false, found {v!r}", "write isolate = true"
+    if key == "args" and not isinstance(v, dict):
+        return (
+            f"expected a table of keyword arguments, found {v!r}",
+            'write e.g. args = { bug = "sign" }',
+        )
+    return None
+
+
+def _check_table(
+    src: _Source, table: str, values: Any, allowed_extra: tuple[str, ...]
+) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise src.error(
+            table, None, f"expected a table, found {values!r}", f"write it as [{table}]"
+        )
+    options = check_option_names()
+    allowed = (*allowed_extra, *options)
+    for key, v in values.items():
+        if key not in allowed:
+            raise src.error(
+                table,
+                key,
+                "unknown key",
+                f"use one of {sorted(allowed)} (check the spelling)",
+            )
+        bad = _value_problem(key, v)
+        if bad is not None:
+            raise src.error(table, key, *bad)
+    return dict(values)
+
+
+# -- loading --------------------------------------------------------------------------------
+def find_suite(path: str | Path | None = None) -> Path:
+    """The suite file: ``path`` (a file or a folder), else ./gradprobe.toml or ./pyproject.toml."""
+    candidates: list[Path]
+    if path is not None:
+        p = Path(path)
+        if p.is_file():
+            return p
+        if not p.exists():
+            raise SuiteConfigError(
+                f"suite {p}: no such file; pass a gradprobe.toml or a pyproject.toml with "
+                "[tool.gradprobe]."
+            )
+        candidates = [p / SUITE_FILE, p / "pyproject.toml"]
+    else:
+        candidates = [Path(SUITE_FILE), Path("pyproject.toml")]
+    for c in candidates:
+        if c.name == SUITE_FILE and c.is_file():
+            return c
+        if c.name == "pyproject.toml" and c.is_file():
+            try:
+                data = tomllib.loads(c.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError:
+                return c  # load_suite reports the syntax error with the file name
+            if "gradprobe" in data.get("tool", {}):
+                return c
+    raise SuiteConfigError(
+        f"no suite found (looked for {', '.join(str(c) for c in candidates)}); write a "
+        f"{SUITE_FILE} with [checks.NAME] tables or add [tool.gradprobe] to pyproject.toml."
+    )
+
+
+def load_suite(path: str | Path | None = None) -> Suite:
+    """Read and validate a suite file (see the module docstring for its shape).
+
+    Raises
+    ------
+    SuiteConfigError
+        Unreadable TOML, an unknown key, a bad value, a missing or unresolvable target; the
+        message names the file, the line and key, and the fix.
+    """
+    file = find_suite(path).resolve()
+    text = file.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteConfigError(f"{file}: invalid TOML: {exc}. Fix the syntax there.") from None
+    prefix = ""
+    if file.name == "pyproject.toml":
+        tool = data.get("tool", {})
+        if "gradprobe" not in tool:
+            raise SuiteConfigError(
+                f"{file}: no [tool.gradprobe] table. Fix: add [tool.gradprobe.checks.NAME] "
+                "tables, or pass a gradprobe.toml."
+            )
+        data, prefix = tool["gradprobe"], "tool.gradprobe."
+    src = _Source(file, text, prefix)
+    for key in data:
+        if key not in ("defaults", "checks"):
+            line = _line_of(text, prefix.rstrip(".") or "defaults", key) if prefix else None
+            if not prefix:
+                line = next(
+                    (
+                        i + 1
+                        for i, ln in enumerate(text.splitlines())
+                        if re.match(rf"^\s*\[?\s*{re.escape(key)}\b", ln)
+                    ),
+                    None,
+                )
+            where = f"{file}:{line}" if line else str(file)
+            raise SuiteConfigError(
+                f"{where}: unknown top-level key {key!r}. Fix: use [defaults] and "
+                "[checks.NAME] tables only."
+            )
+    defaults = _check_table(src, "defaults", data.get("defaults", {}), DEFAULT_KEYS)
+    checks_table = data.get("checks")
+    if not isinstance(checks_table, dict) or not checks_table:
+        raise SuiteConfigError(
+            f"{file}: no checks. Fix: add a table per check, e.g.\n"
+            f'  [{prefix}checks.mlp]\n  target = "models.py:make_mlp"'
+        )
+    specs = []
+    for name, table in checks_table.items():
+        where = f"checks.{name}"
+        values = _check_table(src, where, table, CHECK_KEYS)
+        if "target" not in values:
+            raise src.error(
+                where,
+                None,
+                "missing key 'target'",
+                'add target = "models.py:function" (a path relative to the suite file, '
+                'or "pkg.module:function")',
+            )
+        try:
+            target = parse_target(values["target"], base_dir=file.parent)
+            target.find_problem()
+        except InvalidInputError as exc:
+            raise src.error(
+                where,
+                "target",
+                str(exc).rstrip("."),
+                "point it at a module-level function returning gradprobe.Problem",
+            ) from None
+        merged = {**defaults, **values}
+        isolate = merged.pop("isolate", True)
+        args = merged.pop("args", {})
+        merged.pop("target")
+        specs.append(
+            CheckSpec(
+                name=str(name),
+                target=target,
+                args=MappingProxyType(dict(args)),
+                options=MappingProxyType(merged),
+                isolate=bool(isolate),
+            )
+        )
+    return Suite(path=str(file), checks=tuple(specs))
+
+
+# -- selection ------------------------------------------------------------------------------
+_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
+
+
+def _keyword_matcher(expr: str) -> Any:
+    """Compile a pytest-style ``-k`` expression: substrings joined by and/or/not, parentheses."""
+    tokens = _TOKEN.findall(expr)
+    if not tokens or "".join(tokens) != re.sub(r"\s+", "", expr):
+        raise InvalidInputError(f"-k: cannot parse {expr!r}; write e.g. -k 'mlp and not bug'.")
+    pos = 0
+
+    def peek() -> str | None:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take() -> str:
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def parse_or() -> Any:
+        left = parse_and()
+        while peek() == "or":
+            take()
+            right = parse_and()
+            left = (lambda a, b: lambda n: a(n) or b(n))(left, right)
+        return left
+
+    def parse_and() -> Any:
+        left = parse_not()
+        while peek() == "and":
+            take()
+            right = parse_not()
+            left = (lambda a, b: lambda n: a(n) and b(n))(left, right)
+        return left
+
+    def parse_not() -> Any:
+        if peek() == "not":
+            take()
+            inner = parse_not()
+            return lambda n: not inner(n)
+        return parse_atom()
+
+    def parse_atom() -> Any:
+        tok = peek()
+        if tok is None or tok in ("and", "or", ")"):
+            raise InvalidInputError(
+                f"-k: expected a name or '(' in {expr!r}; write e.g. -k 'mlp and not bug'."
+            )
+        take()
+        if tok == "(":
+            inner = parse_or()
+            if peek() != ")":
+                raise InvalidInputError(f"-k: missing ')' in {expr!r}.")
+            take()
+            return inner
+        return lambda n: tok in n
+
+    matcher = parse_or()
+    if pos != len(tokens):
+        raise InvalidInputError(f"-k: unexpected {tokens[pos]!r} in {expr!r}.")
+    return matcher
+
+
+def select_checks(
+    suite: Suite, keyword: str | None = None, names: tuple[str, ...] | list[str] = ()
+) -> tuple[CheckSpec, ...]:
+    """Checks whose names match ``keyword`` (pytest ``-k`` style) and, if given, are in ``names``.
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown name in ``names`` or an unparsable expression.
+    """
+    unknown = [n for n in names if n not in suite.names]
+    if unknown:
+        raise InvalidInputError(
+            f"--check: no check named {unknown} in {suite.path}; checks there: {list(suite.names)}."
+        )
+    chosen = [c for c in suite.checks if not names or c.name in names]
+    if keyword:
+        match = _keyword_matcher(keyword)
+        chosen = [c for c in chosen if match(c.name)]
+    return tuple(chosen)
