@@ -62,6 +62,9 @@ class ExampleModel:
     bug: str | None = None
     expected_failures: tuple[str, ...] = ()
     data: dict[str, Any] = field(default_factory=dict)
+    #: The same loss for ``check(..., batched=True)``: every parameter arrives with a leading
+    #: axis (B copies of the perturbed one, 1 of the others); returns B losses.
+    batched_loss: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -77,6 +80,7 @@ def make_mlp(
     seed: int = 0,
     bug: str | None = None,
     dtype: Any = np.float64,
+    activation: str = "tanh",
 ) -> ExampleModel:
     """A tanh MLP with softmax cross-entropy (mean over ``batch``) and L2 on the weights.
 
@@ -94,7 +98,16 @@ def make_mlp(
         One of :data:`MLP_BUGS` to plant a backprop bug.
     dtype : numpy dtype
         Parameter and data dtype.
+    activation : {"tanh", "relu"}
+        Hidden activation. With ``"relu"`` three hidden units of the first layer get a bias
+        that puts example 0's pre-activation at 0 (within rounding): every step on their
+        weights crosses a kink, which a checker must classify rather than fail. The planted
+        bugs keep their meaning ("sign" negates the first ReLU derivative, "activation" uses
+        the output ``h`` instead of the step ``h > 0`` in the second).
     """
+    if activation not in ("tanh", "relu"):
+        raise ValueError(f"activation: expected 'tanh' or 'relu', found {activation!r}")
+    act = np.tanh if activation == "tanh" else (lambda v: np.maximum(v, 0.0))
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
         raise ValueError(f"sizes: expected at least two positive widths, found {sizes!r}")
     if bug is not None and bug not in MLP_BUGS:
@@ -114,13 +127,16 @@ def make_mlp(
             rng.standard_normal((sizes[i], sizes[i + 1])) / np.sqrt(fan_in)
         ).astype(dtype)
         params[f"b{i + 1}"] = (0.1 * rng.standard_normal(sizes[i + 1])).astype(dtype)
+    if activation == "relu" and n_layers > 1:
+        k = min(3, sizes[1])
+        params["b1"][:k] = -(X[0] @ params["W1"][:, :k])
 
     def forward(p: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         hs = [X]
         h = X
         for i in range(1, n_layers + 1):
             z = h @ p[f"W{i}"] + p[f"b{i}"]
-            h = np.tanh(z) if i < n_layers else z
+            h = act(z) if i < n_layers else z
             hs.append(h)
         return hs, h
 
@@ -129,6 +145,16 @@ def make_mlp(
         data_term = -_log_softmax(logits)[np.arange(batch), y].mean()
         reg = sum(np.sum(p[f"W{i}"] ** 2) for i in range(1, n_layers + 1))
         return float(data_term + 0.5 * l2 * reg)
+
+    def batched_loss(p: Mapping[str, np.ndarray]) -> np.ndarray:
+        # W: (B, n, m) and b: (B, m) with B copies or 1; h: (B or 1, batch, n).
+        h = X[np.newaxis]
+        for i in range(1, n_layers + 1):
+            z = h @ p[f"W{i}"] + p[f"b{i}"][:, np.newaxis, :]
+            h = act(z) if i < n_layers else z
+        data_term = -_log_softmax(h)[:, np.arange(batch), y].mean(axis=1)
+        reg = sum(np.sum(p[f"W{i}"] ** 2, axis=(1, 2)) for i in range(1, n_layers + 1))
+        return data_term + 0.5 * l2 * reg
 
     def grad(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         hs, logits = forward(p)
@@ -144,7 +170,13 @@ def make_mlp(
             g[f"b{i}"] = dz.sum(axis=0)
             if i > 1:
                 h = hs[i - 1]
-                if bug == "sign" and i == 2:
+                if activation == "relu":
+                    dtanh = (h > 0).astype(h.dtype)
+                    if bug == "sign" and i == 2:
+                        dtanh = -dtanh
+                    elif bug == "activation" and i == 3:
+                        dtanh = h
+                elif bug == "sign" and i == 2:
                     dtanh = h**2 - 1.0
                 elif bug == "activation" and i == 3:
                     dtanh = 1.0 - h
@@ -162,7 +194,7 @@ def make_mlp(
     expected = MLP_BUGS[bug][1] if bug else ()
     label = "-".join(str(s) for s in sizes)
     return ExampleModel(
-        name=f"tanh MLP {label}, softmax CE over {batch}, L2 {l2:g}"
+        name=f"{activation} MLP {label}, softmax CE over {batch}, L2 {l2:g}"
         + (f", planted bug {bug!r}" if bug else ""),
         params=params,
         loss=loss,
@@ -170,4 +202,5 @@ def make_mlp(
         bug=bug,
         expected_failures=tuple(n for n in expected if n in params),
         data={"X": X, "y": y, "l2": l2, "sizes": tuple(sizes)},
+        batched_loss=batched_loss,
     )
