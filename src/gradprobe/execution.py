@@ -459,12 +459,23 @@ class BatchedEvaluator(Evaluator):
     def executor(self) -> str:
         return "batched"
 
+    def call_loss(self, arrays: Sequence[np.ndarray], where: str) -> float:
+        """One unperturbed evaluation: every parameter gets a leading axis of size 1."""
+        value = self.loss(self.layout.pack([a[np.newaxis] for a in arrays]))
+        arr = np.asarray(value)
+        if arr.shape != (1,):
+            raise InvalidInputError(
+                f"loss {where} with batched=True: expected a real array of shape (1,) when "
+                f"every parameter has a leading axis of size 1, found {type(value).__name__} "
+                f"of shape {arr.shape}. Reduce over every axis except the first, or pass "
+                "batched=False."
+            )
+        return as_scalar_loss(arr, where)
+
     def base_loss(self) -> float:
         self._charge(1)
-        block = self.base[0].reshape(1, -1).copy()
         with _one_blas_thread():
-            value = _batched_call(self.loss, self.layout, self.base, 0, block)
-        return float(value[0])
+            return self.call_loss([a.copy() for a in self.base], "at the base point")
 
     def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
         m, k = values.shape
@@ -548,6 +559,11 @@ class ParallelEvaluator(Evaluator):
     def executor(self) -> str:
         kind = "batched chunks" if self.batched else "chunks"
         return f"joblib {kind} ({self.backend_name}, {self.n_workers} workers)"
+
+    def call_loss(self, arrays: Sequence[np.ndarray], where: str) -> float:
+        if self.batched:
+            return BatchedEvaluator.call_loss(self, arrays, where)  # type: ignore[arg-type]
+        return super().call_loss(arrays, where)
 
     def close(self) -> None:
         if self._entered:
@@ -639,6 +655,8 @@ class ParallelEvaluator(Evaluator):
     def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
         import joblib
 
+        if self.batched:  # whole directions: one batched call per memory chunk, in process
+            return BatchedEvaluator.vector_losses(self, param, vectors)  # type: ignore[arg-type]
         m = vectors.shape[0]
         out = np.empty(m)
         parent = str(os.getpid())
@@ -678,7 +696,10 @@ def _unpicklable(backend: str, exc: BaseException) -> InvalidInputError:
 
 
 def _check_picklable(loss: Callable[[Any], Any], backend: str) -> None:
-    from joblib.externals import cloudpickle
+    try:  # joblib >= 1.5 depends on cloudpickle; older versions vendor it
+        import cloudpickle
+    except ImportError:  # pragma: no cover
+        from joblib.externals import cloudpickle  # type: ignore[no-redef]
 
     try:
         cloudpickle.dumps(loss)

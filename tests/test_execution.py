@@ -1,0 +1,159 @@
+"""The parallel engine: every executor gives the same report, bit for bit."""
+
+from __future__ import annotations
+
+import os
+
+import joblib
+import numpy as np
+import pytest
+
+import gradprobe
+from gradprobe.examples import make_mlp
+from gradprobe.execution import ParallelEvaluator, SerialEvaluator, make_evaluator
+from gradprobe.validation import normalize_params
+
+from .conftest import assert_bitwise_unchanged, snapshot
+
+
+def _small_model(bug=None):
+    return make_mlp(sizes=(6, 5, 5, 3), batch=4, bug=bug)
+
+
+def _core(report):
+    """The report's content without timings and the executor's name."""
+    d = report.to_dict()
+    d.pop("timings", None)
+    d["settings"] = {k: v for k, v in d["settings"].items() if k not in ("n_jobs", "executor")}
+    return d
+
+
+def _losses(evaluator, param=0):
+    flat = evaluator.base[param].reshape(-1)
+    idx = np.arange(flat.size, dtype=np.int64)
+    values = np.stack([flat + 1e-3, flat - 1e-3], axis=1)
+    return evaluator.entry_losses(param, idx, values)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_joblib_backends_match_serial_bit_for_bit(backend):
+    m = _small_model(bug="sign")
+    serial = gradprobe.check(m.loss, m.grad, m.params, seed=3)
+    with joblib.parallel_config(backend=backend):
+        par = gradprobe.check(m.loss, m.grad, m.params, seed=3, n_jobs=2)
+    assert backend in par.settings["executor"]
+    assert _core(par) == _core(serial)
+    assert not par.passed
+
+
+@pytest.mark.timeout(60)
+def test_chunking_does_not_change_losses():
+    m = make_mlp(sizes=(64, 32, 10), batch=16)
+    layout, base = normalize_params(m.params)
+    ref = _losses(SerialEvaluator(m.loss, layout, base))
+    with joblib.parallel_config(backend="threading"):
+        for chunks in (1, 3, 7):
+            with ParallelEvaluator(m.loss, layout, base, n_jobs=2, chunks_per_worker=chunks) as ev:
+                assert _losses(ev).tobytes() == ref.tobytes()
+
+
+def _raising_loss(p):
+    if p["W1"][1, 2] > 10:
+        raise ValueError("boom")
+    return float(np.sum(p["W1"] ** 2) + np.sum(p["b1"]))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_worker_error_names_parameter_and_entry(backend):
+    rng = np.random.default_rng(0)
+    params = {"W1": rng.standard_normal((3, 4)), "b1": rng.standard_normal(4)}
+    params["W1"][1, 2] = 10.0 - 1e-7  # only the "+h" perturbation of [1, 2] raises
+    saved = snapshot(params)
+    with (
+        joblib.parallel_config(backend=backend),
+        pytest.raises(gradprobe.LossEvaluationError) as info,
+    ):
+        gradprobe.check(_raising_loss, lambda p: p, params, n_jobs=2)
+    assert info.value.param == "W1" and info.value.index == (1, 2)
+    assert "W1" in str(info.value) and "[1, 2]" in str(info.value) and "boom" in str(info.value)
+    assert_bitwise_unchanged(params, saved)
+
+
+@pytest.mark.timeout(60)
+def test_unpicklable_loss_for_processes_says_use_threads():
+    import threading
+
+    lock = threading.Lock()
+    x = np.arange(3.0)
+
+    def loss(v):
+        with lock:
+            return float(v @ v)
+
+    with (
+        joblib.parallel_config(backend="loky"),
+        pytest.raises(gradprobe.InvalidInputError, match="threading") as info,
+    ):
+        gradprobe.check(loss, lambda v: 2 * v, x, n_jobs=2)
+    assert "module level" in str(info.value)
+    with joblib.parallel_config(backend="threading"):
+        assert gradprobe.check(loss, lambda v: 2 * v, x, n_jobs=2).passed
+
+
+@pytest.mark.timeout(120)
+def test_all_cores_starts_no_more_workers_than_cores():
+    m = _small_model()
+    layout, base = normalize_params(m.params)
+    with ParallelEvaluator(m.loss, layout, base, n_jobs=-1) as ev:
+        _losses(ev)
+        assert 1 <= len({w.split(":")[0] for w in ev.worker_ids}) <= (os.cpu_count() or 1)
+        assert ev.n_workers <= (os.cpu_count() or 1)
+
+
+@pytest.mark.timeout(60)
+def test_budget_is_charged_per_chunk_in_the_parent():
+    m = _small_model()
+    with joblib.parallel_config(backend="threading"), pytest.raises(gradprobe.CheckAborted) as info:
+        gradprobe.check(m.loss, m.grad, m.params, n_jobs=2, budget=40)
+    assert info.value.reason == "budget"
+    assert info.value.partial_report.n_evaluations <= 40
+
+
+@pytest.mark.timeout(60)
+def test_auto_stays_serial_for_a_cheap_loss_and_matches():
+    m = _small_model()
+    auto = gradprobe.check(m.loss, m.grad, m.params, n_jobs="auto")
+    serial = gradprobe.check(m.loss, m.grad, m.params)
+    assert auto.settings["executor"] == "auto (serial)"
+    assert _core(auto) == _core(serial)
+
+
+@pytest.mark.timeout(60)
+def test_make_evaluator_choices():
+    m = _small_model()
+    layout, base = normalize_params(m.params)
+    assert make_evaluator(m.loss, layout, base).executor == "serial"
+    with joblib.parallel_config(backend="threading"):
+        ev = make_evaluator(m.loss, layout, base, n_jobs=2)
+        assert isinstance(ev, ParallelEvaluator) and ev.executor.startswith("joblib")
+    assert make_evaluator(m.batched_loss, layout, base, batched=True).executor == "batched"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_dask_local_cluster_matches_serial():
+    distributed = pytest.importorskip("distributed")
+    m = _small_model(bug="zero")
+    serial = gradprobe.check(m.loss, m.grad, m.params, seed=1)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+        joblib.parallel_config(backend="dask"),
+    ):
+        par = gradprobe.check(m.loss, m.grad, m.params, seed=1, n_jobs=2)
+    assert "dask" in par.settings["executor"]
+    assert _core(par) == _core(serial)

@@ -1,0 +1,63 @@
+"""A numba-jitted loss of one flat vector runs inside the numba kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")  # numba compiles `@` in the jitted example through scipy
+
+import gradprobe
+from gradprobe.examples.jitted import make_jitted_mlp
+from gradprobe.execution import JitEvaluator, SerialEvaluator
+from gradprobe.validation import normalize_params
+
+from .conftest import assert_bitwise_unchanged, snapshot
+
+
+@pytest.fixture(scope="module")
+def jitted():
+    return make_jitted_mlp(sizes=(6, 5, 3), batch=4)
+
+
+@pytest.mark.timeout(120)
+def test_kernel_losses_equal_python_calls_of_the_same_loss(jitted):
+    layout, base = normalize_params(jitted.params)
+    x = base[0]
+    idx = np.arange(x.size, dtype=np.int64)
+    values = np.stack([x + 1e-4, x - 1e-4, x + 2e-4], axis=1)
+    ref = SerialEvaluator(jitted.loss, layout, base).entry_losses(0, idx, values)
+    for threads in (1, 2):
+        ev = JitEvaluator(jitted.loss, layout, base, n_threads=threads)
+        assert ev.entry_losses(0, idx, values).tobytes() == ref.tobytes()
+    vectors = np.stack([x, x * 0.5, x + 1.0])
+    got = JitEvaluator(jitted.loss, layout, base, n_threads=2).vector_losses(0, vectors)
+    assert got.tolist() == [float(jitted.loss(v.copy())) for v in vectors]
+
+
+@pytest.mark.timeout(120)
+def test_check_uses_the_kernel_and_reports_compile_time(jitted):
+    saved = snapshot(jitted.params)
+    r1 = gradprobe.check(jitted.loss, jitted.grad, jitted.params, n_jobs=1)
+    r2 = gradprobe.check(jitted.loss, jitted.grad, jitted.params, n_jobs=2)
+    assert r1.passed and r2.passed
+    assert r1.settings["executor"].startswith("numba kernel")
+    assert "compile" in r2.timings and r2.timings["compile"] >= 0.0
+    d1, d2 = r1.to_dict(), r2.to_dict()
+    for d in (d1, d2):
+        d.pop("timings")
+        d.pop("settings")
+    assert d1 == d2
+    assert_bitwise_unchanged(jitted.params, saved)
+
+
+@pytest.mark.timeout(120)
+def test_wrong_gradient_fails_on_the_kernel_path(jitted):
+    def bad_grad(theta):
+        g = jitted.grad(theta)
+        g[3] *= 2.0
+        return g
+
+    report = gradprobe.check(jitted.loss, bad_grad, jitted.params, n_jobs=2)
+    assert not report.passed
+    assert report.params["x"].worst_index == (3,)
