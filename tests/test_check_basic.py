@@ -91,11 +91,14 @@ def test_example_mlp_passes_and_report_fields():
     assert list(report.params) == ["W1", "b1", "W2", "b2", "W3", "b3"]
     w1 = report.params["W1"]
     assert w1.shape == (64, 32) and w1.n_total == 2048
-    assert w1.n_checked == 512 and w1.sampling == "random"
+    assert w1.n_checked == 512 and w1.sampling == "stratified"
     assert report.params["b1"].sampling == "all"
     assert isinstance(w1.worst_index, tuple) and len(w1.worst_index) == 2
     assert w1.diagnosis is None
-    assert report.n_evaluations == 2 + 2 * sum(p.n_checked for p in report.params.values())  # base + pre-flight
+    # base + pre-flight, 2 per checked entry, 2 per directional probe (correct model: no bisection)
+    assert report.n_evaluations == 2 + 2 * sum(
+        p.n_checked + (p.coverage.n_probes if p.coverage else 0) for p in report.params.values()
+    )
     assert report.timings["total"] > 0
 
 

@@ -16,13 +16,15 @@ import numpy as np
 
 from . import kernels
 from ._version import __version__
+from .coverage import build_coverage
 from .diagnosis import diagnose
 from .differences import EntryResults, evaluate_entries
 from .errors import GradCheckError, InvalidInputError, LossEvaluationError
 from .execution import Evaluator, make_evaluator
 from .preflight import promote_params, run_preflight
+from .probes import DEFAULT_PROBES, merge_entry_results, probe_note, run_probes
 from .report import ParamReport, Report, build_param_report
-from .sampling import sample_entries
+from .sampling import stratified_sample
 from .steps import METHODS, default_relative_step
 from .tolerances import Tolerance, loss_epsilon, tolerance_for
 from .validation import (
@@ -42,6 +44,9 @@ __all__ = ["DEFAULT_SAMPLES", "check"]
 #: this many entries checked one by one (2 loss evaluations each).
 DEFAULT_SAMPLES = 512
 
+#: Localized bad entries listed per parameter (``ParamReport.bad_indices``).
+MAX_BAD_INDICES = 100
+
 
 @dataclass(frozen=True)
 class CheckOptions:
@@ -56,6 +61,8 @@ class CheckOptions:
     n_jobs: Any
     timeout: float | None
     budget: int | None
+    probes: int = DEFAULT_PROBES
+    slice_probes: bool = False
 
 
 def _validate_options(
@@ -102,6 +109,23 @@ def _validate_options(
         timeout=validate_positive("timeout", timeout),
         budget=None if budget is None else int(budget),
     )
+
+
+def _validate_probe_options(probes: Any, slice_probes: Any) -> dict[str, Any]:
+    if probes is False:
+        probes = 0
+    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 0:
+        raise InvalidInputError(
+            f"probes: expected an int >= 0 (random directions per parameter) or False, found "
+            f"{probes!r}."
+        )
+    if not isinstance(slice_probes, (bool, np.bool_)):
+        raise InvalidInputError(f"slice_probes: expected True or False, found {slice_probes!r}.")
+    if slice_probes and not probes:
+        raise InvalidInputError(
+            "slice_probes: True needs probes; found probes=0. Pass probes=1 or more."
+        )
+    return {"probes": int(probes), "slice_probes": bool(slice_probes)}
 
 
 def _default_sample(n_total: int) -> int:
@@ -152,20 +176,55 @@ def _check_parameter(
     name, shape, dtype = layout.names[p], layout.shapes[p], layout.dtypes[p]
     n_total = layout.sizes[p]
     n_sample = options.samples[name].resolve(n_total, SampleSpec("count", _default_sample(n_total)))
-    flat_index = sample_entries(rng, n_total, n_sample)
+    sample = stratified_sample(rng, analytic, n_sample)
     relative_step = options.eps or default_relative_step(dtype, options.method)
+    flat_analytic = analytic.reshape(-1)
     entries = evaluate_entries(
-        evaluator, p, flat_index, analytic.reshape(-1), relative_step, tolerance, options.method
+        evaluator, p, sample.flat_index, flat_analytic, relative_step, tolerance, options.method
     )
+    n_failed_sampled = int(np.count_nonzero(entries.failed))
+    outcome = None
+    # Probes add nothing where every entry was checked one by one.
+    if options.probes and not sample.complete:
+        outcome = run_probes(
+            evaluator,
+            p,
+            flat_analytic,
+            relative_step,
+            tolerance,
+            rng,
+            n_directions=options.probes,
+            slice_probes=options.slice_probes,
+            method=options.method,
+        )
+        if outcome.leaves is not None:
+            entries = merge_entry_results(entries, outcome.leaves)
+    bad = entries.flat_index[entries.failed]
+    coverage = build_coverage(
+        n_total=n_total,
+        n_sampled=sample.size,
+        n_failed_sampled=n_failed_sampled,
+        strata=sample.strata,
+        n_probed=n_total if outcome is not None else 0,
+        n_probes=outcome.n_probes if outcome is not None else 0,
+        probe_note=probe_note(outcome, shape),
+    )
+    widespread = outcome is not None and outcome.widespread
     report = build_param_report(
         name=name,
         shape=shape,
         dtype=dtype,
         entries=entries,
-        sampling="all" if flat_index.size == n_total else "random",
+        sampling=sample.kind,
         tolerance=tolerance,
         relative_step=relative_step,
         method=options.method,
+        passed=bad.size == 0 and not widespread,
+        widespread=widespread,
+        bad_indices=tuple(
+            tuple(int(i) for i in np.unravel_index(int(f), shape)) for f in bad[:MAX_BAD_INDICES]
+        ),
+        coverage=coverage,
     )
     return report, entries
 
@@ -187,6 +246,8 @@ def check(
     budget: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     promote: bool = False,
+    probes: int | bool = DEFAULT_PROBES,
+    slice_probes: bool = False,
 ) -> Report:
     """Check an analytic gradient against central finite differences.
 
@@ -226,6 +287,12 @@ def check(
         Seconds after which the check stops with :class:`gradprobe.CheckAborted`.
     budget : int, optional
         Maximum loss evaluations before stopping with :class:`gradprobe.CheckAborted`.
+    probes : int or False
+        Random directions probed over every entry of each parameter that is not checked in
+        full (2 loss evaluations each, plus 4 for the pilot that sets the step); a failing
+        probe is bisected down to the wrong entries. ``False`` or 0 turns probes off.
+    slice_probes : bool
+        Also probe each slice along the leading axis (each row), 2 evaluations per row.
     progress : callable, optional
         ``progress(done, total)`` called as loss evaluations are spent (per chunk), with
         ``total`` the planned count (extra work such as localization may push ``done`` past it).
@@ -265,6 +332,7 @@ def check(
         timeout=timeout,
         budget=budget,
     )
+    options = replace(options, **_validate_probe_options(probes, slice_probes))
     warnings = _dtype_warnings(layout)
     if promoted:
         warnings.append(
@@ -289,7 +357,7 @@ def check(
     timings["compile"] += evaluator.compile_seconds
     if progress is not None:
         evaluator.on_progress = progress
-        evaluator.planned_evaluations = 1 + sum(
+        evaluator.planned_evaluations = 2 + sum(  # base loss + pre-flight
             2 * options.samples[n].resolve(size, SampleSpec("count", _default_sample(size)))
             for n, size in zip(layout.names, layout.sizes, strict=True)
         )
@@ -387,4 +455,6 @@ def _settings(options: CheckOptions, evaluator: Evaluator) -> dict[str, Any]:
         "executor": evaluator.executor,
         "timeout": options.timeout,
         "budget": options.budget,
+        "probes": options.probes,
+        "slice_probes": options.slice_probes,
     }

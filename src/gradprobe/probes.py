@@ -17,12 +17,14 @@ smoothness allows.
 The discrepancy ``g . d - (L+ - L-)`` is additive over disjoint sets of entries, so a failing
 probe is bisected: the entries are split into two contiguous halves, each half probed with the
 same direction restricted to it, and failing halves are split again down to single entries,
-which are then checked one by one (:func:`gradprobe.differences.evaluate_entries`). When every
+which are then checked one by one (:func:`gradprobe.differences.evaluate_entries`). Only the
+left half is evaluated: the right half's loss difference is the parent's minus the left's. When every
 half fails at the first levels the failure is widespread and bisection stops early.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -32,7 +34,14 @@ from .differences import EntryResults, evaluate_entries
 from .execution import Evaluator
 from .tolerances import NOISE_FACTOR, Tolerance
 
-__all__ = ["DEFAULT_PROBES", "Probe", "ProbeOutcome", "run_probes"]
+__all__ = [
+    "DEFAULT_PROBES",
+    "Probe",
+    "ProbeOutcome",
+    "merge_entry_results",
+    "probe_note",
+    "run_probes",
+]
 
 #: Random directions probed per parameter by default.
 DEFAULT_PROBES = 2
@@ -73,6 +82,8 @@ class Probe:
         ``L(x + s) - L(x - s)``.
     allowed : float
         The largest ``|analytic - numeric|`` that passes.
+    inferred : bool
+        ``numeric`` was not evaluated but inferred as the parent's minus the sibling's.
     """
 
     lo: int
@@ -82,6 +93,7 @@ class Probe:
     analytic: float
     numeric: float
     allowed: float
+    inferred: bool = False
 
     @property
     def discrepancy(self) -> float:
@@ -108,7 +120,8 @@ class ProbeOutcome:
     probes : tuple of Probe
         Top-level (and slice) probes.
     n_probes : int
-        Probes evaluated, bisection included (the pilot counts as one).
+        Probes evaluated (2 loss evaluations each), bisection included; the pilot counts as
+        two.
     n_evaluations : int
         Loss evaluations spent on probes, bisection and the per-entry checks of the leaves.
     step : float
@@ -193,6 +206,24 @@ class _Prober:
                 out.append(self._probe(lo, hi, j, depth, losses[2 * r], losses[2 * r + 1]))
         self.n_probes += len(ranges)
         return out
+
+    def complement(self, parent: Probe, left: Probe) -> Probe:
+        """The right half of ``parent``, its loss difference inferred as parent minus left.
+
+        The analytic side is summed directly; the allowance is the parent's plus the left's
+        (both round-off floors and truncations enter the inferred difference).
+        """
+        lo, hi, j = left.hi, parent.hi, parent.direction
+        return Probe(
+            lo=lo,
+            hi=hi,
+            direction=j,
+            depth=left.depth,
+            analytic=float(self.gd[j, lo:hi].sum()),
+            numeric=parent.numeric - left.numeric,
+            allowed=parent.allowed + left.allowed,
+            inferred=True,
+        )
 
     def _probe(self, lo: int, hi: int, j: int, depth: int, f_plus: float, f_minus: float) -> Probe:
         tol = self.tolerance
@@ -310,7 +341,7 @@ def run_probes(
         evaluator, param, analytic_flat, directions[0], relative_step, tolerance
     )
     prober = _Prober(evaluator, param, analytic_flat, directions, step, tolerance, truncation)
-    prober.n_probes = 1  # the pilot
+    prober.n_probes = 2  # the pilot: steps s and 2 s
     ranges = [(0, n, j) for j in range(directions.shape[0])]
     if slice_probes and len(shape) >= 2 and shape[0] > 1:
         row = n // shape[0]
@@ -323,26 +354,26 @@ def run_probes(
     leaves: list[int] = []
     if failing:
         whole = [p for p in failing if p.hi - p.lo == n]
-        if whole:
-            # One direction is enough to localize: bisect along the worst.
-            worst = max(whole, key=lambda p: p.excess)
-            frontier = [(0, n, worst.direction)]
-        else:
-            frontier = [(p.lo, p.hi, p.direction) for p in failing]
+        # One direction is enough to localize: bisect along the worst whole-parameter probe.
+        frontier = [max(whole, key=lambda p: p.excess)] if whole else failing
         all_failing = True
         while frontier:
-            children: list[tuple[int, int, int]] = []
-            for lo, hi, j in frontier:
-                if hi - lo == 1:
-                    leaves.append(lo)
+            parents = []
+            for p in frontier:
+                if p.hi - p.lo == 1:
+                    leaves.append(p.lo)
                 else:
-                    mid = (lo + hi) // 2
-                    children += [(lo, mid, j), (mid, hi, j)]
-            if not children:
+                    parents.append(p)
+            if not parents:
                 break
             depth += 1
-            probed = prober.run(children, depth)
-            frontier = [(p.lo, p.hi, p.direction) for p in probed if not p.passed]
+            # Probe the left half; the right half's loss difference is the parent's minus the
+            # left's (the discrepancy is additive), so each level costs 2 evaluations per node.
+            lefts = prober.run([(p.lo, (p.lo + p.hi) // 2, p.direction) for p in parents], depth)
+            children = []
+            for parent, left in zip(parents, lefts, strict=True):
+                children += [left, prober.complement(parent, left)]
+            frontier = [c for c in children if not c.passed]
             all_failing = all_failing and len(frontier) == len(children)
             if (depth >= WIDESPREAD_DEPTH and all_failing) or (
                 len(frontier) + len(leaves) > max_localized
@@ -370,4 +401,49 @@ def run_probes(
         widespread=widespread,
         unconfirmed=bool(failing) and not widespread and localized.size == 0,
         bisection_depth=depth,
+    )
+
+
+def merge_entry_results(a: EntryResults, b: EntryResults) -> EntryResults:
+    """Per-entry results of ``a`` and of the entries of ``b`` not in ``a``, sorted by index."""
+    extra = ~np.isin(b.flat_index, a.flat_index)
+    if not np.any(extra):
+        return a
+    order = np.argsort(np.concatenate([a.flat_index, b.flat_index[extra]]), kind="stable")
+    merged = {}
+    for f in dataclasses.fields(a):
+        va, vb = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(va, np.ndarray) and va.shape[:1] == a.flat_index.shape:
+            merged[f.name] = np.concatenate([va, vb[extra]])[order]
+        else:
+            merged[f.name] = va
+    return type(a)(**merged)
+
+
+def probe_note(outcome: ProbeOutcome | None, shape: tuple[int, ...]) -> str:
+    """What the probes found, in words, for the coverage statement ('' when they passed)."""
+    if outcome is None or outcome.passed:
+        return ""
+    worst = outcome.worst
+    excess = f"{worst.excess:.3g}x its allowance" if worst is not None else "beyond tolerance"
+    if outcome.widespread:
+        return (
+            f"probes disagree ({excess}) across most of the parameter: widespread, "
+            f"bisection stopped after {outcome.bisection_depth} levels"
+        )
+    if outcome.localized.size:
+        where = ", ".join(
+            "[" + ", ".join(str(int(i)) for i in np.unravel_index(int(f), shape)) + "]"
+            for f in outcome.localized[:5]
+        )
+        more = f" and {outcome.localized.size - 5} more" if outcome.localized.size > 5 else ""
+        return (
+            f"a probe disagreed ({excess}); bisection localized {outcome.localized.size} wrong "
+            f"{'entry' if outcome.localized.size == 1 else 'entries'}: {where}{more} "
+            f"({outcome.n_evaluations} evaluations)"
+        )
+    return (
+        f"a probe disagreed ({excess}) but bisection found no entry that a per-entry check "
+        "confirms (a kink crossed by the probe step, or many small errors): not counted as a "
+        "failure"
     )

@@ -356,7 +356,7 @@ class ParamReport:
             more = ", ".join(_index_str(i) for i in extra[:MAX_SHOWN_ENTRIES])
             if len(extra) > MAX_SHOWN_ENTRIES:
                 more += f", ... ({len(extra)} in all)"
-            lines.append(f"  localized by probes: {more}")
+            lines.append(f"  other wrong entries (sampled or localized by probes): {more}")
         if self.diagnosis is not None:
             lines.append(
                 f"  likely cause: {self.diagnosis.kind} — {self.diagnosis.detail} "

@@ -13,7 +13,7 @@ The sample is built in this order, each stratum skipping entries already taken:
    large gradients are both represented, not just the typical ones), half the budget;
 5. ``position``: the rest, spread so that every slice along the leading axis (each output
    unit's row) and along the trailing axis (each column) gets an entry when the budget allows:
-   pick ``j`` takes row ``rows[j % R]`` and column ``cols[j % C]`` from shuffled orders;
+   pick ``j`` pairs the ``j``-th row and column of independently shuffled orders;
 6. uniform top-up from entries not yet taken, when collisions left the sample short.
 """
 
@@ -114,6 +114,13 @@ def _row_col_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return shape[0], math.prod(shape[1:-1]), shape[-1]
 
 
+def _cycled_permutations(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    """``m`` values from fresh permutations of ``range(n)`` laid end to end: every value
+    appears once before any repeats, and pairings with another such sequence do not cycle."""
+    reps = -(-m // n)
+    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:m]
+
+
 def stratified_sample(rng: np.random.Generator, analytic: np.ndarray, n_sample: int) -> Sample:
     """Choose ``n_sample`` distinct entries of a parameter, stratified by position and magnitude.
 
@@ -172,9 +179,8 @@ def stratified_sample(rng: np.random.Generator, analytic: np.ndarray, n_sample: 
             hi = np.maximum(lo + 1, np.floor(starts[1:]).astype(np.int64))
             cand = lo + (rng.random(m) * (hi - lo)).astype(np.int64)
         else:
-            j = np.arange(m)
-            rows = rng.permutation(n_rows)[j % n_rows]
-            cols = rng.permutation(n_cols)[j % n_cols]
+            rows = _cycled_permutations(rng, n_rows, m)
+            cols = _cycled_permutations(rng, n_cols, m)
             mids = rng.integers(0, n_mid, size=m)
             cand = (rows * n_mid + mids) * n_cols + cols
         pick.add("position", cand)
