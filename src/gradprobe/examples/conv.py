@@ -80,8 +80,9 @@ def make_conv(
     params = {
         "K": K.astype(dtype),
         "c": (0.1 * rng.standard_normal(out_channels)).astype(dtype),
-        "W": (rng.standard_normal((out_channels * n_out, classes)) / np.sqrt(out_channels * n_out))
-        .astype(dtype),
+        "W": (
+            rng.standard_normal((out_channels * n_out, classes)) / np.sqrt(out_channels * n_out)
+        ).astype(dtype),
         "b": (0.1 * rng.standard_normal(classes)).astype(dtype),
     }
     # Kinks: example 0's pre-activation at position 0 of the first two channels is 0.
