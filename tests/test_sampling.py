@@ -1,0 +1,95 @@
+"""The stratified sampler: determinism, strata, edges and extremes, budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradprobe.sampling import sample_entries, stratified_sample
+
+
+def _grad(shape, seed=0, zeros=0):
+    g = np.random.default_rng(seed).standard_normal(shape) * np.logspace(
+        -6, 0, int(np.prod(shape))
+    ).reshape(shape)
+    g.reshape(-1)[np.random.default_rng(seed + 1).permutation(g.size)[:zeros]] = 0.0
+    return g
+
+
+def test_same_seed_same_sample_different_seed_different_sample():
+    g = _grad((300, 40))
+    a = stratified_sample(np.random.default_rng(7), g, 256)
+    b = stratified_sample(np.random.default_rng(7), g, 256)
+    c = stratified_sample(np.random.default_rng(8), g, 256)
+    assert a.flat_index.tobytes() == b.flat_index.tobytes() and a.strata == b.strata
+    assert a.flat_index.tobytes() != c.flat_index.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(1000,), (300, 40), (8, 5, 30), (2, 3)])
+@pytest.mark.parametrize("budget", [1, 3, 17, 256, 10_000])
+def test_budget_respected_distinct_sorted_and_counts_add_up(shape, budget):
+    g = _grad(shape, zeros=5)
+    s = stratified_sample(np.random.default_rng(0), g, budget)
+    assert s.size == min(budget, g.size)
+    assert np.all(np.diff(s.flat_index) > 0)
+    assert s.flat_index.min() >= 0 and s.flat_index.max() < g.size
+    assert sum(s.strata.values()) == s.size
+    assert s.complete == (budget >= g.size)
+
+
+def test_edges_and_extremes_always_included():
+    for seed in range(5):
+        g = _grad((200, 30), seed=seed)
+        s = stratified_sample(np.random.default_rng(seed), g, 10)
+        flat = np.abs(g).reshape(-1)
+        for must in (0, g.size - 1, int(np.argmax(flat)), int(np.argmin(flat))):
+            assert must in s.flat_index
+        assert s.strata["edges"] == 2 and s.strata["extremes"] == 2
+
+
+def test_nan_gradient_entry_is_sampled_as_an_extreme():
+    g = _grad((100, 10))
+    g[37, 4] = np.nan
+    s = stratified_sample(np.random.default_rng(0), g, 8)
+    assert 374 in s.flat_index
+
+
+def test_zero_gradients_form_a_stratum():
+    g = _grad((400, 25), zeros=500)
+    s = stratified_sample(np.random.default_rng(0), g, 512)
+    zero_taken = np.count_nonzero(g.reshape(-1)[s.flat_index] == 0.0)
+    assert s.strata["zero gradient"] == 512 // 16
+    assert zero_taken >= 512 // 16
+
+
+def test_magnitude_bins_cover_small_and_large_gradients():
+    g = _grad((500, 40))  # magnitudes spread over 6 decades
+    s = stratified_sample(np.random.default_rng(0), g, 512)
+    ranks = np.argsort(np.argsort(np.abs(g).reshape(-1)))[s.flat_index] / g.size
+    # Equal quotas per quantile bin: every eighth of the magnitude range is represented.
+    counts = np.histogram(ranks, bins=8, range=(0, 1))[0]
+    assert counts.min() >= 512 // 2 // 8
+
+
+def test_position_strata_cover_every_row_and_column_when_budget_allows():
+    g = _grad((64, 32))
+    s = stratified_sample(np.random.default_rng(0), g, 512)
+    assert s.rows_covered == 64 and s.cols_covered == 32
+    g = _grad((300, 7))
+    s = stratified_sample(np.random.default_rng(0), g, 700)
+    assert s.rows_covered == 300 and s.cols_covered == 7
+
+
+def test_one_dimensional_parameter_is_spread_along_the_array():
+    g = np.ones(10_000)
+    idx = sample_entries(np.random.default_rng(0), 10_000, 100)
+    assert idx.size == 100 and idx[0] == 0 and idx[-1] == 9_999
+    # Position-only sampling: no block of 1,000 entries is left empty.
+    assert np.histogram(idx, bins=10, range=(0, 10_000))[0].min() > 0
+    s = stratified_sample(np.random.default_rng(0), g, 100)
+    assert s.flat_index.tobytes() == idx.tobytes()
+
+
+def test_small_parameters_are_checked_in_full():
+    s = stratified_sample(np.random.default_rng(0), np.zeros((3, 4)), 512)
+    assert s.complete and s.kind == "all" and s.flat_index.tolist() == list(range(12))
