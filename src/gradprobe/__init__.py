@@ -17,6 +17,7 @@ from .errors import (
 )
 from .problem import Problem
 from .report import Coverage, Diagnosis, EntryCheck, ParamReport, Report
+from .sweep import SweepResult, sweep
 
 __all__ = [
     "CheckAborted",
@@ -31,6 +32,8 @@ __all__ = [
     "ParamReport",
     "Problem",
     "Report",
+    "SweepResult",
     "__version__",
     "check",
+    "sweep",
 ]
