@@ -274,7 +274,13 @@ def check(
         is the round-off floor of the difference quotient. Default rtol by dtype (float64 1e-5,
         float32 2e-3, float16 5e-2), atol 0.
     method : str
-        Finite-difference scheme: ``"central"``.
+        Finite-difference scheme: ``"central"`` (2 evaluations per entry), ``"richardson"``
+        (central at ``h`` and ``h/2`` extrapolated, 4 evaluations, error ~h**4) or
+        ``"complex-step"`` (``Im L(x + ih) / h``, 1 evaluation, no cancellation; the loss must
+        accept complex parameters and return a complex value). Central and Richardson
+        re-evaluate a disagreeing entry at an 8x smaller step before failing it, and mark it
+        a kink (not a failure) when its one-sided differences disagree across a
+        non-differentiable point and the analytic value lies between them.
     n_jobs : int or "auto"
         Parallel workers (joblib conventions: 1 serial, -1 every core; the backend follows
         ``joblib.parallel_config``, processes by default). ``"auto"`` times the loss and stays
@@ -296,6 +302,16 @@ def check(
     progress : callable, optional
         ``progress(done, total)`` called as loss evaluations are spent (per chunk), with
         ``total`` the planned count (extra work such as localization may push ``done`` past it).
+    promote : bool
+        Cast parameters below float64 to float64 for the check (the loss and grad receive
+        float64 arrays); use when the loss accepts them, for float64-tight tolerances.
+
+    Before any perturbation, the loss is evaluated a second time at the base point and the
+    grad function called a second time (pre-flight): different values raise
+    :class:`NondeterministicLossError`, a loss or grad that writes into its arguments raises
+    :class:`InvalidInputError`. NaN/inf entries of the analytic gradient fail their parameter
+    (diagnosis ``"nonfinite"``) without stopping the check. Every failing parameter gets a
+    :class:`Diagnosis` (``report.params[name].diagnosis``).
 
     Returns
     -------
@@ -309,6 +325,8 @@ def check(
         wrong names or shapes.
     LossEvaluationError
         The loss or grad raised; the message names the parameter and entry.
+    NondeterministicLossError
+        The loss or grad returned different values for the same parameters.
     CheckAborted
         The time limit or evaluation budget ran out (``exc.partial_report`` keeps the results).
     """
