@@ -1,0 +1,187 @@
+"""Suite files: shape, defaults and overrides, selection, and config errors that say where."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+import gradprobe
+from gradprobe.errors import InvalidInputError
+from gradprobe.problem import Problem
+from gradprobe.runner import run_check
+from gradprobe.suite import SuiteConfigError, load_suite, select_checks
+from gradprobe.targets import parse_target
+
+from .suite_helpers import write_models, write_suite
+
+GOOD = """
+[defaults]
+seed = 1
+samples = 4
+timeout = 30
+
+[checks.mlp]
+target = "models.py:good"
+
+[checks.mlp_bug]
+target = "models.py:bad"
+args = { scale = 3.0 }
+samples = "all"
+budget = 500
+
+[checks.conv]
+target = "models.py:good"
+isolate = false
+"""
+
+
+def test_defaults_and_overrides_merge(tmp_path):
+    suite = load_suite(write_suite(tmp_path, GOOD))
+    assert suite.names == ("mlp", "mlp_bug", "conv")
+    mlp, bug, conv = suite.checks
+    assert dict(mlp.options) == {"seed": 1, "samples": 4, "timeout": 30}
+    assert dict(bug.options) == {"seed": 1, "samples": "all", "timeout": 30, "budget": 500}
+    assert dict(bug.args) == {"scale": 3.0} and bug.isolate and not conv.isolate
+    assert mlp.target.file == str((tmp_path / "models.py").resolve())
+
+
+def test_folder_finds_suite_file(tmp_path):
+    write_suite(tmp_path, GOOD)
+    assert load_suite(tmp_path).path == str((tmp_path / "gradprobe.toml").resolve())
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ("mlp", ["mlp", "mlp_bug"]),
+        ("mlp and not bug", ["mlp"]),
+        ("conv or bug", ["mlp_bug", "conv"]),
+        ("not (mlp or conv)", []),
+    ],
+)
+def test_keyword_selection(tmp_path, expr, names):
+    suite = load_suite(write_suite(tmp_path, GOOD))
+    assert [c.name for c in select_checks(suite, expr)] == names
+
+
+def test_exact_names_and_bad_expressions(tmp_path):
+    suite = load_suite(write_suite(tmp_path, GOOD))
+    assert [c.name for c in select_checks(suite, None, ["mlp"])] == ["mlp"]
+    with pytest.raises(InvalidInputError, match="no check named"):
+        select_checks(suite, None, ["nope"])
+    for bad in ("mlp and", "(mlp", "mlp )"):
+        with pytest.raises(InvalidInputError, match="-k"):
+            select_checks(suite, bad)
+
+
+def _error(tmp_path, body):
+    path = write_suite(tmp_path, body)
+    with pytest.raises(SuiteConfigError) as info:
+        load_suite(path)
+    msg = str(info.value)
+    assert str(path.resolve()) in msg and "Fix" in msg
+    return msg
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    msg = _error(tmp_path, GOOD.replace("budget = 500", "budgte = 500"))
+    assert "gradprobe.toml:14" in msg and "[checks.mlp_bug] key 'budgte'" in msg
+    assert "'budget'" in msg  # the valid keys are listed
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key"),
+    [
+        ("seed = 1", "seed = -1", 3, "seed"),
+        ("samples = 4", "samples = 0", 4, "samples"),
+        ("timeout = 30", 'timeout = "soon"', 5, "timeout"),
+        ("budget = 500", "budget = 2.5", 14, "budget"),
+        ("isolate = false", 'isolate = "no"', 18, "isolate"),
+        ("args = { scale = 3.0 }", "args = 3", 12, "args"),
+    ],
+)
+def test_bad_values_name_line_key_and_fix(tmp_path, old, new, line, key):
+    msg = _error(tmp_path, GOOD.replace(old, new))
+    assert f"gradprobe.toml:{line}" in msg and f"key {key!r}" in msg and "write" in msg
+
+
+def test_missing_target_key(tmp_path):
+    msg = _error(tmp_path, GOOD.replace('target = "models.py:good"\nisolate', "isolate"))
+    assert "[checks.conv]" in msg and "missing key 'target'" in msg and "gradprobe.toml:16" in msg
+
+
+@pytest.mark.parametrize(
+    ("target", "expect"),
+    [
+        ("nothere.py:good", "does not exist"),
+        ("models.py:absent", "defines no module-level 'absent'"),
+        ("no_such_pkg_xyz.mod:f", "cannot be found"),
+        ("models.py", "expected 'path/to/models.py:function'"),
+    ],
+)
+def test_unresolvable_targets(tmp_path, target, expect):
+    msg = _error(tmp_path, GOOD.replace('"models.py:good"', f'"{target}"', 1))
+    assert "gradprobe.toml:8" in msg and "key 'target'" in msg and expect in msg
+
+
+def test_syntax_error_and_unknown_table(tmp_path):
+    msg = _error(tmp_path, GOOD + "\n[checks.x\n")
+    assert "invalid TOML" in msg and "line" in msg
+    msg = _error(tmp_path, GOOD + "\n[extras]\nfoo = 1\n")
+    assert "unknown top-level key 'extras'" in msg and "gradprobe.toml:20" in msg
+
+
+def test_no_checks(tmp_path):
+    assert "no checks" in _error(tmp_path, "[defaults]\nseed = 0\n")
+
+
+def test_pyproject_lines_use_tool_prefix(tmp_path):
+    write_models(tmp_path)
+    path = tmp_path / "pyproject.toml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            [project]
+            name = "x"
+
+            [tool.gradprobe.checks.a]
+            target = "models.py:good"
+            seeed = 2
+            """
+        )
+    )
+    with pytest.raises(SuiteConfigError, match=r"pyproject.toml:7: \[tool.gradprobe.checks.a\]"):
+        load_suite(tmp_path)
+
+
+def test_module_target_and_problem_type(tmp_path):
+    t = parse_target("gradprobe.examples:make_mlp")
+    t.find_problem()
+    with pytest.raises(InvalidInputError, match="expected the function to return"):
+        t.problem()  # returns an ExampleModel, not a Problem
+    write_models(tmp_path)
+    problem = parse_target("models.py:good", base_dir=tmp_path).problem()
+    assert isinstance(problem, Problem)
+
+
+def test_run_check_in_process_and_unknown_option_from_problem(tmp_path):
+    suite = load_suite(write_suite(tmp_path, GOOD))
+    conv = suite.checks[2]
+    outcome = run_check(conv)
+    assert outcome.status == "passed" and outcome.report.seed == 1
+    assert outcome.report.params["w"].n_checked == 4
+
+
+def test_problem_options_and_immutability():
+    x = np.array([1.0, -2.0, 0.5])
+    p = gradprobe.Problem(loss=lambda v: float(v @ v), grad=lambda v: 2 * v, params=x, seed=4)
+    assert p.run().seed == 4 and p.run(seed=7).seed == 7
+    assert p.with_options(samples=2).run().params["x"].n_checked == 2
+    with pytest.raises(AttributeError):
+        p.loss = None
+    with pytest.raises(InvalidInputError, match="unknown option"):
+        gradprobe.Problem(loss=lambda v: 0.0, grad=None, params=x, sampels=3)
+    with pytest.raises(InvalidInputError, match="loss"):
+        gradprobe.Problem(loss=3, grad=None, params=x)
