@@ -40,6 +40,11 @@ def make_rnn(bug: str | None = None) -> gradprobe.Problem:
     return _problem(examples.make_rnn(bug=bug))
 
 
+def make_batchnorm_mlp(bug: str | None = None) -> gradprobe.Problem:
+    """An MLP with batch normalization (gamma, beta)."""
+    return _problem(examples.make_batchnorm_mlp(bug=bug))
+
+
 def make_least_squares() -> gradprobe.Problem:
     """The README's linear least-squares example, written out in full."""
     rng = np.random.default_rng(0)
