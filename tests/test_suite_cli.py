@@ -130,7 +130,7 @@ def test_timeout_in_worker_gives_partial_report_exit_3(tmp_path):
 @pytest.mark.timeout(120)
 def test_loss_call_that_never_returns_is_killed_exit_3(tmp_path):
     write_models(tmp_path)
-    proc = run_cli("check", "models.py:hangs", "--timeout", "1", cwd=tmp_path, timeout=90)
+    proc = run_cli("check", "models.py:hangs", "--timeout", "3", cwd=tmp_path, timeout=90)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "worker process was killed" in proc.stdout
 
