@@ -36,6 +36,10 @@ from .tolerances import NOISE_FACTOR, Tolerance
 
 __all__ = ["EntryResults", "evaluate_entries", "numeric_entries"]
 
+#: A one-sided gap that shrinks by less than this when the step shrinks by RETRY_FACTOR is not
+#: a smooth function's (which shrinks by RETRY_FACTOR).
+SMOOTH_SHRINK = 0.75 * RETRY_FACTOR
+
 
 @dataclass(frozen=True)
 class EntryResults:
@@ -328,20 +332,37 @@ def _retry(
                 )
             )
         )
+    # A smaller step has a higher round-off floor: its pass counts only when within rtol
+    # itself, or when the disagreement shrank to under a quarter of the first (truncation or
+    # a kink the smaller step no longer crosses). A wrong gradient disagrees by the same
+    # amount at every step, so it cannot hide under the second step's noise floor.
+    shrunk = v.abs_error < 0.25 * results.abs_error[pos]
+    strict = v.abs_error <= tol.rtol * np.maximum(1e-8, np.abs(a) + np.abs(numeric)) + tol.atol
+    v = _Verdict(v.abs_error, v.rel_error, v.allowed, v.passed & (shrunk | strict))
     fwd, bwd, gap = _one_sided_gap(small, f0)
-    _, _, gap_big = _one_sided_gap(first, f0)
-    lo, hi = np.minimum(fwd, bwd), np.maximum(fwd, bwd)
-    # The one-sided gap of a smooth function shrinks with the step (~ |L''| h); across a kink
-    # it stays (the jump of the derivative). A gap that shrank less than half as fast as the
-    # step, above the comparison's tolerance, means the step crossed a kink; with the analytic
-    # value between the two sides (a valid subgradient) the entry is a kink, not a failure.
-    crossed = ~v.passed & (gap > 2.0 * v_small.allowed) & (gap * (RETRY_FACTOR / 2.0) >= gap_big)
-    kink = crossed & (a >= lo - v_small.allowed) & (a <= hi + v_small.allowed)
+    fwd_big, bwd_big, gap_big = _one_sided_gap(first, f0)
+    allowed = results.allowed[pos]
+    # One-sided differences are only first-order accurate: widen each side of [lo, hi] by the
+    # first comparison's allowance plus how much that side moved between the two steps.
+    fwd_m = allowed + np.abs(fwd_big - fwd)
+    bwd_m = allowed + np.abs(bwd_big - bwd)
+    fwd_low = fwd <= bwd
+    lo = np.where(fwd_low, fwd - fwd_m, bwd - bwd_m)
+    hi = np.where(fwd_low, bwd + bwd_m, fwd + fwd_m)
+    # The one-sided gap of a smooth function shrinks in proportion to the step (~ |L''| h);
+    # across a kink it stays (the jump of the derivative), or shrinks less when the smaller
+    # step no longer reaches every kink the larger one crossed. A gap above the comparison's
+    # tolerance that shrank clearly less than the step means the step crossed a kink; with the
+    # analytic value between the two sides (a valid subgradient) the entry is a kink, not a
+    # failure.
+    # The gap must exceed the first step's allowance (whose round-off floor is the lower one).
+    crossed = ~v.passed & (gap_big > allowed) & (gap * SMOOTH_SHRINK >= gap_big)
+    kink = crossed & (a >= lo) & (a <= hi)
     # Across a kink with the analytic value outside [lo, hi] the entry fails; the nearest
     # one-sided difference is the numeric value it should have matched.
     outside = crossed & ~kink
     if np.any(outside):
-        nearest = np.clip(a, lo, hi)
+        nearest = np.clip(a, np.minimum(fwd, bwd), np.maximum(fwd, bwd))
         v_out = _compare(a, nearest, small.noise, tol)
         numeric = np.where(outside, nearest, numeric)
         v = _Verdict(
