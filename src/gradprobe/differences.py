@@ -333,10 +333,10 @@ def _retry(
             )
         )
     # A smaller step has a higher round-off floor: its pass counts only when within rtol
-    # itself, or when the disagreement shrank to under a quarter of the first (truncation or
+    # itself, or when the disagreement shrank to under a third of the first (truncation or
     # a kink the smaller step no longer crosses). A wrong gradient disagrees by the same
     # amount at every step, so it cannot hide under the second step's noise floor.
-    shrunk = v.abs_error < 0.25 * results.abs_error[pos]
+    shrunk = v.abs_error < results.abs_error[pos] / 3.0
     strict = v.abs_error <= tol.rtol * np.maximum(1e-8, np.abs(a) + np.abs(numeric)) + tol.atol
     v = _Verdict(v.abs_error, v.rel_error, v.allowed, v.passed & (shrunk | strict))
     fwd, bwd, gap = _one_sided_gap(small, f0)
@@ -355,8 +355,13 @@ def _retry(
     # tolerance that shrank clearly less than the step means the step crossed a kink; with the
     # analytic value between the two sides (a valid subgradient) the entry is a kink, not a
     # failure.
-    # The gap must exceed the first step's allowance (whose round-off floor is the lower one).
-    crossed = ~v.passed & (gap_big > allowed) & (gap * SMOOTH_SHRINK >= gap_big)
+    # The gap must exceed the first step's allowance (whose round-off floor is the lower one),
+    # or grow clearly when the step shrinks (kinks of opposite sides can cancel at the first
+    # step; a smooth function's gap never grows).
+    crossed = ~v.passed & (
+        ((gap_big > allowed) & (gap * SMOOTH_SHRINK >= gap_big))
+        | (gap > 2.0 * np.maximum(gap_big, allowed))
+    )
     kink = crossed & (a >= lo) & (a <= hi)
     # Across a kink with the analytic value outside [lo, hi] the entry fails; the nearest
     # one-sided difference is the numeric value it should have matched.
