@@ -72,7 +72,8 @@ class EntryResults:
     def worst_order(self) -> np.ndarray:
         """Positions, worst first: failures by how far past tolerance, then kinks, then the
         rest by relative error."""
-        excess = np.nan_to_num(self.abs_error / self.allowed, nan=np.inf)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            excess = np.nan_to_num(self.abs_error / self.allowed, nan=np.inf)
         failing = np.flatnonzero(self.failed)
         failing = failing[np.argsort(-excess[failing], kind="stable")]
         kinks = np.flatnonzero(self.kink)
