@@ -15,8 +15,10 @@ Methods (:data:`gradprobe.steps.METHODS`):
 
 An entry that disagrees is not failed at once (central and Richardson). It is re-evaluated at a
 step :data:`~gradprobe.steps.RETRY_FACTOR` times smaller, and passes when that estimate (or the
-Richardson combination of the two steps) agrees: a large ``|x|`` makes the default step large
-and its truncation error can exceed ``rtol`` on a correct gradient. When the retry still
+Richardson combination of the two steps) agrees, within ``rtol`` or with a disagreement under a
+third of the first (a wrong gradient disagrees by the same amount at every step, so it cannot
+hide under the smaller step's higher round-off floor): a large ``|x|`` makes the default step
+large and its truncation error can exceed ``rtol`` on a correct gradient. When the retry still
 disagrees, the one-sided differences ``(L(x+h) - L(x)) / h`` and ``(L(x) - L(x-h)) / h`` decide
 whether the step crosses a kink (ReLU at 0, max, abs): their gap does not shrink with the step
 (a smooth function's shrinks in proportion) and the analytic value lies between them (a valid
@@ -369,7 +371,8 @@ def _retry(
     outside = crossed & ~kink
     if np.any(outside):
         nearest = np.clip(a, np.minimum(fwd, bwd), np.maximum(fwd, bwd))
-        v_out = _compare(a, nearest, small.noise, tol)
+        # Judged with the first step's allowance, which "outside" already exceeds.
+        v_out = _compare(a, nearest, first.noise, tol)
         numeric = np.where(outside, nearest, numeric)
         v = _Verdict(
             *(
