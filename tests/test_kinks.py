@@ -98,3 +98,41 @@ def test_relu_models_with_planted_kinks_pass_and_count_them(make, dtype):
         total += sum(p.n_kinks for p in report.params.values())
     if dtype == np.float64:
         assert total > 0
+
+
+# Planted kinks sit in W1 columns 0-2 (MLP), K channels 0-1 (conv), W1 columns 0-1 (batch
+# norm); an error elsewhere must be caught even though the retry and kink logic ran nearby.
+_AWAY_FROM_KINKS = {
+    "relu-mlp": (
+        lambda s, dt: make_mlp((16, 12, 12, 5), seed=s, dtype=dt, activation="relu"),
+        "W1",
+        lambda idx: idx[1] >= 3,
+    ),
+    "conv": (lambda s, dt: make_conv(seed=s, dtype=dt), "K", lambda idx: idx[0] >= 2),
+    "bn-relu": (
+        lambda s, dt: make_batchnorm_mlp(seed=s, dtype=dt, activation="relu"),
+        "W1",
+        lambda idx: idx[1] >= 2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_AWAY_FROM_KINKS))
+@pytest.mark.parametrize(
+    ("dtype", "rel"), [(np.float64, 1e-4), (np.float32, 0.2)], ids=["float64", "float32"]
+)
+def test_errors_near_kinky_models_are_not_excused(name, dtype, rel):
+    make, pname, away = _AWAY_FROM_KINKS[name]
+    for seed in range(8):
+        m = make(seed, dtype)
+        g = m.grad(m.params)[pname]
+        idx = [i for i in np.ndindex(g.shape) if away(i) and abs(g[i]) > 0.1 * np.abs(g).max()]
+        target = idx[np.random.default_rng(seed).integers(len(idx))]
+
+        def bad(p, m=m, target=target):
+            out = m.grad(p)
+            out[pname][target] *= 1 + rel
+            return out
+
+        report = gradprobe.check(m.loss, bad, m.params, seed=seed)
+        assert not report.params[pname].passed, f"seed {seed}, {target}:\n{report}"
