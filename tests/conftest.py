@@ -43,3 +43,15 @@ def assert_bitwise_unchanged(params, saved):
     for now, before in zip(current, saved, strict=True):
         assert now.dtype == before.dtype and now.shape == before.shape
         assert now.tobytes() == before.tobytes(), "caller's array was modified"
+
+
+@pytest.fixture(autouse=True)
+def _dispatch_every_parallel_call(monkeypatch):
+    """Send every parallel call to the workers, however small, so tests exercise them.
+
+    In normal use small calls stay in the calling process (``MIN_DISPATCH_SECONDS``); the
+    tests use small, fast losses that would otherwise never reach a worker.
+    """
+    from gradprobe import execution
+
+    monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.0)

@@ -157,3 +157,33 @@ def test_dask_local_cluster_matches_serial():
         par = gradprobe.check(m.loss, m.grad, m.params, seed=1, n_jobs=2)
     assert "dask" in par.settings["executor"]
     assert _core(par) == _core(serial)
+
+
+@pytest.mark.timeout(60)
+def test_small_calls_stay_in_process_large_ones_dispatch(monkeypatch):
+    import time as _time
+
+    from gradprobe import execution
+
+    monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.2)
+    x = np.linspace(-1.0, 1.0, 12)
+
+    def cheap(v):
+        return float(np.sum(np.tanh(v)))
+
+    def slow(v):
+        _time.sleep(0.01)
+        return float(np.sum(np.tanh(v)))
+
+    layout, base = normalize_params(x)
+    with joblib.parallel_config(backend="threading"):
+        with ParallelEvaluator(cheap, layout, base, n_jobs=2) as ev:
+            ev.base_loss()
+            values = np.stack([x + 1e-3, x - 1e-3], axis=1)
+            fast = ev.entry_losses(0, np.arange(12), values)
+            assert ev.dispatched == 0 and ev.in_process == 1
+        with ParallelEvaluator(slow, layout, base, n_jobs=2) as ev:
+            ev.base_loss()  # ~10 ms per evaluation: 24 evaluations ~ 0.24 s >= 0.2 s
+            slow_losses = ev.entry_losses(0, np.arange(12), values)
+            assert ev.dispatched == 1
+    assert fast.tobytes() == slow_losses.tobytes()

@@ -412,6 +412,7 @@ def check(
                     evaluator, p, analytic[p], options, tolerance, rng
                 )
             _add_diagnoses(evaluator, results, entries, analytic, loss_eps, preflight.nonfinite)
+            warnings.extend(evaluator.warnings)
     except GradCheckError as exc:
         if exc.partial_report is None and not isinstance(exc, InvalidInputError):
             exc.partial_report = assemble(False, f"{type(exc).__name__}: {exc}")

@@ -39,8 +39,13 @@ __all__ = [
 CHUNKS_PER_WORKER = 4
 #: Bytes of perturbed copies a batched loss receives per call.
 BATCHED_MEMORY = 64 * 2**20
-#: ``n_jobs="auto"`` goes parallel for a call whose serial time would be at least this.
-AUTO_PARALLEL_SECONDS = 1.0
+#: A call to the parallel evaluator whose evaluations would take less than this in one
+#: process runs in this process instead: a dispatch to joblib workers costs ~10-20 ms
+#: (measured on 2 cores with loky, up to ~50 ms with 8 chunks), so small calls (probes, retries, tiny parameters) would
+#: spend more time dispatching than evaluating. Results are identical either way.
+MIN_DISPATCH_SECONDS = 0.2
+#: The same threshold for ``n_jobs="auto"``: work below it stays in this thread.
+AUTO_DISPATCH_SECONDS = 0.25
 #: Rows per numba kernel call (the budget and deadline are checked between calls).
 JIT_ROWS_PER_CALL = 8192
 
@@ -77,6 +82,8 @@ class Evaluator:
         self.budget = budget
         self.deadline = deadline
         self.n_evaluations = 0
+        #: Things the report should tell the user about how the loss was evaluated.
+        self.warnings: list[str] = []
         # Set by check(progress=...): called as progress(done, total) each time work is charged.
         self.on_progress: Callable[[int, int], None] | None = None
         self.planned_evaluations = 0
@@ -253,13 +260,32 @@ def _one_blas_thread() -> Iterator[None]:
     ``n_jobs``. Parallelism comes from workers, never from BLAS threads inside one evaluation,
     so workers x BLAS threads never exceed the cores. Without threadpoolctl nothing is limited.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with the test extra
+    controller = _blas_controller()
+    if controller is None:  # pragma: no cover - threadpoolctl ships with the test extra
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with controller.limit(limits=1, user_api="blas"):
         yield
+
+
+_controller: Any = None
+
+
+def _blas_controller(refresh: bool = False) -> Any:
+    """A cached ``threadpoolctl.ThreadpoolController`` (None without threadpoolctl).
+
+    Discovering the loaded libraries costs ~0.5 ms, limiting through a cached controller
+    ~15 us; the cache is refreshed once per check (:func:`make_evaluator`) so a BLAS loaded by
+    the user's code since the last check is limited too.
+    """
+    global _controller
+    if _controller is None or refresh:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover
+            return None
+        _controller = ThreadpoolController()
+    return _controller
 
 
 def blas_threads_managed() -> bool:
@@ -520,15 +546,20 @@ class BatchedEvaluator(Evaluator):
         return out
 
 
-class ParallelEvaluator(Evaluator):
+class ParallelEvaluator(SerialEvaluator):
     """Evaluates chunks of entries on joblib workers.
 
-    Entries are split into ``chunks_per_worker`` chunks per worker; each task carries the
-    parameters once (joblib memory-maps large arrays for process backends instead of pickling
-    them), perturbs the worker's own copy with a saved-value restore and returns the losses.
-    The backend is whatever ``joblib.parallel_config`` says (processes preferred by default):
-    threads, loky or a Dask cluster. The budget and deadline are charged here, per chunk, one
-    round of chunks (one per worker) at a time.
+    Each call is split into ``chunks_per_worker`` chunks per worker and sent to the workers in
+    one joblib call; each task carries the parameters (joblib memory-maps large arrays for
+    process backends instead of pickling them), perturbs the worker's own copy with a
+    saved-value restore and returns the losses. The backend is whatever
+    ``joblib.parallel_config`` says (processes preferred by default): threads, loky or a Dask
+    cluster. The budget and deadline are charged here, per call, before dispatching.
+
+    A call whose evaluations would take less than ``min_dispatch_seconds`` in one process (by
+    the timing of the base-point evaluation) runs in this process: dispatching costs more than
+    it saves there. Every evaluation runs with one BLAS thread wherever it runs, so results
+    are the same bit for bit.
     """
 
     def __init__(
@@ -538,6 +569,7 @@ class ParallelEvaluator(Evaluator):
         batched: bool = False,
         memory: int = BATCHED_MEMORY,
         chunks_per_worker: int = CHUNKS_PER_WORKER,
+        min_dispatch_seconds: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -547,12 +579,22 @@ class ParallelEvaluator(Evaluator):
         self.memory = int(memory)
         self.n_workers = int(joblib.effective_n_jobs(n_jobs))
         self.chunks_per_worker = max(1, int(chunks_per_worker))
+        self.min_dispatch_seconds = (
+            MIN_DISPATCH_SECONDS if min_dispatch_seconds is None else float(min_dispatch_seconds)
+        )
+        self.loss_seconds: float | None = None
+        self.dispatched = 0  # joblib calls made
+        self.in_process = 0  # calls kept in this process
         self._parallel = joblib.Parallel(n_jobs=n_jobs, prefer="processes")
         self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
         self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
         self.worker_ids: set[str] = set()
         self._entered = False
-        if not self.uses_threads:
+        self._check_workers_can_run()
+
+    def _check_workers_can_run(self) -> None:
+        """Raise :class:`InvalidInputError` when process workers cannot receive the loss."""
+        if not self.uses_threads and self.n_workers >= 2:
             _check_picklable(self.loss, self.backend_name)
 
     @property
@@ -565,15 +607,45 @@ class ParallelEvaluator(Evaluator):
             return BatchedEvaluator.call_loss(self, arrays, where)  # type: ignore[arg-type]
         return super().call_loss(arrays, where)
 
+    def base_loss(self) -> float:
+        start = time.perf_counter()
+        value = super().base_loss()
+        self.loss_seconds = time.perf_counter() - start
+        return value
+
+    #: Whether this evaluator sent work to joblib workers (and so may have started processes).
+    _started_processes = False
+
     def close(self) -> None:
-        if self._entered:
-            self._entered = False
-            self._parallel.__exit__(None, None, None)
+        """Leave joblib's context and stop the loky worker processes this check started.
+
+        loky keeps its reusable workers alive for minutes after a call; a check ends with none
+        left running (the next check spawns fresh ones). Thread pools end with the context; a
+        user's Dask cluster is never touched.
+        """
+        try:
+            if self._entered:
+                self._entered = False
+                self._parallel.__exit__(None, None, None)
+        finally:
+            if self._started_processes and self.backend_name == "loky":
+                self._started_processes = False
+                _shutdown_loky_workers()
+
+    def _dispatch(self, n_evaluations: int) -> bool:
+        """Whether ``n_evaluations`` are worth sending to the workers."""
+        if self.n_workers < 2:
+            return False
+        if self.loss_seconds is None:
+            return True
+        return self.loss_seconds * n_evaluations >= self.min_dispatch_seconds
 
     def _run(self, tasks: list[Any], param: int, what: str) -> list[_ChunkResult]:
         if not self._entered:
             self._parallel.__enter__()
             self._entered = True
+        self.dispatched += 1
+        self._started_processes = True
         try:
             with _one_blas_thread():  # covers thread backends; workers limit themselves
                 results = self._parallel(tasks)
@@ -582,74 +654,121 @@ class ParallelEvaluator(Evaluator):
         except Exception as exc:
             if _is_pickling_error(exc):
                 raise _unpicklable(self.backend_name, exc) from exc
-            name = self.layout.names[param]
-            raise LossEvaluationError(
-                f"a {self.backend_name} worker failed ({type(exc).__name__}: {exc}) while "
-                f"evaluating parameter {name!r} at {what}; the loss may have crashed the "
-                "worker process (a segfault, os._exit, running out of memory).",
-                param=name,
-                index=None,
-            ) from exc
+            raise self._worker_died(exc, tasks, param, what) from exc
         for res in results:
             self.worker_ids.add(res.worker)
         return list(results)
 
-    def _rounds(self, m: int, per_row: int) -> Iterator[list[tuple[int, int]]]:
-        """Chunk bounds, one round (up to one chunk per worker) at a time, charged here."""
+    def _worker_died(
+        self, exc: Exception, tasks: list[Any], param: int, what: str
+    ) -> LossEvaluationError:
+        """The error for a worker lost mid-call, localized to one entry where possible.
+
+        On process backends (loky, multiprocessing) the round's chunks are re-run one at a
+        time and the one that kills its worker is halved down to a single entry (at most
+        ``MAX_CRASH_RERUNS`` re-runs, each respawning a worker; not charged to the budget).
+        Elsewhere (Dask retries a task on other workers before giving up), or when no re-run
+        crashes again, the error names the parameter and the candidate entries of the round.
+        """
+        name = self.layout.names[param]
+        shape = self.layout.shapes[param]
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        head = (
+            f"a {self.backend_name} worker died ({type(exc).__name__}: {first_line}) while "
+            f"evaluating parameter {name!r}"
+        )
+        fix = (
+            "the loss crashed the worker process (a segfault, os._exit, a signal, running out "
+            "of memory); call the loss at that point in this process (n_jobs=1) to see why."
+        )
+        entry_tasks = [t for t in tasks if t[0] in (_entry_chunk, _batched_chunk)]
+        if not entry_tasks:
+            return LossEvaluationError(
+                f"{head} along random directions ({what}); {fix}", param=name, index=None
+            )
+        if _is_worker_death(exc) and self.backend_name in ("loky", "multiprocessing"):
+            flat = self._locate_crash(entry_tasks)
+            if flat is not None:
+                index = tuple(int(i) for i in np.unravel_index(flat, shape))
+                return LossEvaluationError(
+                    f"{head} at index {list(index)} (found by re-running the failed round "
+                    f"chunk by chunk, then in halves); {fix}",
+                    param=name,
+                    index=index,
+                )
+        candidates = np.concatenate([np.asarray(t[1][4]) for t in entry_tasks])
+        shown = candidates[:MAX_LISTED_CANDIDATES]
+        listed = ", ".join(str([int(i) for i in np.unravel_index(int(f), shape)]) for f in shown)
+        if candidates.size > shown.size:
+            listed += f" and {candidates.size - shown.size} more"
+        return LossEvaluationError(
+            f"{head} at one of {candidates.size} entries ({what}): {listed}; {fix}",
+            param=name,
+            index=None,
+        )
+
+    def _locate_crash(self, tasks: list[Any]) -> int | None:
+        """Flat index of the entry whose evaluation kills a worker, or None (see _worker_died)."""
+        pending = list(tasks)
+        for _ in range(MAX_CRASH_RERUNS):
+            if not pending or (self.deadline is not None and time.monotonic() > self.deadline):
+                return None
+            func, args, kwargs = pending.pop(0)
+            try:
+                self._parallel([(func, args, kwargs)])
+                continue  # survived alone: try the next chunk
+            except Exception as exc:
+                if not _is_worker_death(exc):
+                    return None
+            rows = len(args[4])
+            if rows == 1:
+                return int(args[4][0])
+            mid = rows // 2
+            pending = [
+                (func, (*args[:4], args[4][lo:hi], args[5][lo:hi], *args[6:]), kwargs)
+                for lo, hi in ((0, mid), (mid, rows))
+            ]
+        return None
+
+    def _chunks(self, m: int) -> list[tuple[int, int]]:
+        """Chunk bounds for ``m`` rows: ``chunks_per_worker`` per worker, as even as possible."""
         n_chunks = min(m, self.n_workers * self.chunks_per_worker)
         edges = np.linspace(0, m, n_chunks + 1).round().astype(int)
-        bounds = [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
-        for start in range(0, len(bounds), self.n_workers):
-            group = bounds[start : start + self.n_workers]
-            charged = 0
-            try:
-                for a, b in group:
-                    self._charge((b - a) * per_row)
-                    charged += (b - a) * per_row
-            except CheckAborted:
-                self.n_evaluations -= charged  # nothing of this round ran
-                raise
-            yield group
+        return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
     def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
         import joblib
 
         m, k = values.shape
-        out = np.empty((m, k))
-        parent = str(os.getpid())
-        for group in self._rounds(m, k):
+        if not self._dispatch(m * k):
+            self.in_process += 1
             if self.batched:
-                tasks = [
-                    joblib.delayed(_batched_chunk)(
-                        self.loss,
-                        self.layout,
-                        self.base,
-                        param,
-                        flat_index[a:b],
-                        values[a:b],
-                        parent,
-                        self.memory,
-                    )
-                    for a, b in group
-                ]
-            else:
-                tasks = [
-                    joblib.delayed(_entry_chunk)(
-                        self.loss,
-                        self.layout,
-                        self.base,
-                        param,
-                        flat_index[a:b],
-                        values[a:b],
-                        parent,
-                    )
-                    for a, b in group
-                ]
-            where = f"entries {group[0][0]}..{group[-1][1] - 1} of the {m} checked"
-            for (a, b), res in zip(group, self._run(tasks, param, where), strict=True):
-                if res.error is not None:
-                    _raise_chunk_error(self, res, param, flat_index[a:b])
-                out[a:b] = res.losses
+                return BatchedEvaluator.entry_losses(self, param, flat_index, values)  # type: ignore[arg-type]
+            return super().entry_losses(param, flat_index, values)
+        self._charge(m * k)
+        chunk = _batched_chunk if self.batched else _entry_chunk
+        extra = (self.memory,) if self.batched else ()
+        parent = str(os.getpid())
+        bounds = self._chunks(m)
+        tasks = [
+            joblib.delayed(chunk)(
+                self.loss,
+                self.layout,
+                self.base,
+                param,
+                flat_index[a:b],
+                values[a:b],
+                parent,
+                *extra,
+            )
+            for a, b in bounds
+        ]
+        out = np.empty((m, k))
+        where = f"entries 0..{m - 1} of the {m} checked"
+        for (a, b), res in zip(bounds, self._run(tasks, param, where), strict=True):
+            if res.error is not None:
+                _raise_chunk_error(self, res, param, flat_index[a:b])
+            out[a:b] = res.losses
         return out
 
     def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
@@ -658,20 +777,59 @@ class ParallelEvaluator(Evaluator):
         if self.batched:  # whole directions: one batched call per memory chunk, in process
             return BatchedEvaluator.vector_losses(self, param, vectors)  # type: ignore[arg-type]
         m = vectors.shape[0]
-        out = np.empty(m)
+        if not self._dispatch(m):
+            self.in_process += 1
+            return super().vector_losses(param, vectors)
+        self._charge(m)
         parent = str(os.getpid())
-        for group in self._rounds(m, 1):
-            tasks = [
-                joblib.delayed(_vector_chunk)(
-                    self.loss, self.layout, self.base, param, vectors[a:b], parent
-                )
-                for a, b in group
-            ]
-            for (a, b), res in zip(group, self._run(tasks, param, "directions"), strict=True):
-                if res.error is not None:
-                    _raise_chunk_error(self, res, param, None)
-                out[a:b] = res.losses
+        bounds = self._chunks(m)
+        tasks = [
+            joblib.delayed(_vector_chunk)(
+                self.loss, self.layout, self.base, param, vectors[a:b], parent
+            )
+            for a, b in bounds
+        ]
+        out = np.empty(m)
+        for (a, b), res in zip(bounds, self._run(tasks, param, "directions"), strict=True):
+            if res.error is not None:
+                _raise_chunk_error(self, res, param, None)
+            out[a:b] = res.losses
         return out
+
+
+#: Re-runs spent localizing the entry that kills a worker (each respawns a loky worker).
+MAX_CRASH_RERUNS = 24
+#: Candidate entries listed when the entry that killed a worker could not be localized.
+MAX_LISTED_CANDIDATES = 8
+
+_WORKER_DEATH_TYPES = (
+    "TerminatedWorkerError",
+    "BrokenProcessPool",
+    "BrokenExecutor",
+    "KilledWorker",
+)
+
+
+def _is_worker_death(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or its cause) says a worker process died rather than the loss raising."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if any(t.__name__ in _WORKER_DEATH_TYPES for t in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _shutdown_loky_workers() -> None:
+    """Stop loky's reusable executor and wait until its worker processes have exited."""
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:  # pragma: no cover
+        return
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
 
 
 def _is_pickling_error(exc: BaseException) -> bool:
@@ -707,81 +865,32 @@ def _check_picklable(loss: Callable[[Any], Any], backend: str) -> None:
         raise _unpicklable(backend, exc) from exc
 
 
-class AutoEvaluator(SerialEvaluator):
-    """``n_jobs="auto"``: serial unless timing says parallel workers pay off.
+class AutoEvaluator(ParallelEvaluator):
+    """``n_jobs="auto"``: every core, but only for calls where workers pay off.
 
-    The base-point evaluation (and the first row of each call) is timed; a call whose
-    remaining evaluations would take at least ``AUTO_PARALLEL_SECONDS`` serially goes to a
-    :class:`ParallelEvaluator` with every core, others stay in this thread. Results are the same
-    either way (one BLAS thread per evaluation everywhere).
+    The base-point evaluation is timed; a call whose evaluations would take less than
+    ``AUTO_DISPATCH_SECONDS`` in one process stays in this thread, larger ones go to joblib
+    workers. A loss that process workers cannot pickle keeps everything in this thread (with a
+    warning in the report) instead of failing. Results are the same either way (one BLAS
+    thread per evaluation everywhere).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.loss_seconds: float | None = None
-        self._parallel: ParallelEvaluator | None = None
-        self._used: set[str] = set()
+        kwargs.setdefault("min_dispatch_seconds", AUTO_DISPATCH_SECONDS)
+        super().__init__(*args, n_jobs=-1, **kwargs)
+
+    def _check_workers_can_run(self) -> None:
+        try:
+            super()._check_workers_can_run()
+        except InvalidInputError as exc:
+            self.n_workers = 1
+            self.warnings.append(f"n_jobs='auto' stayed in this process: {exc}")
 
     @property
     def executor(self) -> str:
-        used = " + ".join(sorted(self._used)) or "serial"
-        return f"auto ({used})"
-
-    def close(self) -> None:
-        if self._parallel is not None:
-            self._parallel.close()
-
-    def _time(self, seconds: float, n: int) -> None:
-        per = seconds / max(1, n)
-        self.loss_seconds = per if self.loss_seconds is None else min(self.loss_seconds, per)
-
-    def base_loss(self) -> float:
-        t = time.perf_counter()
-        value = super().base_loss()
-        self._time(time.perf_counter() - t, 1)
-        return value
-
-    def _delegate(self) -> ParallelEvaluator | None:
-        import joblib
-
-        if joblib.effective_n_jobs(-1) < 2:
-            return None
-        if self._parallel is None:
-            self._parallel = ParallelEvaluator(
-                self.loss,
-                self.layout,
-                self.base,
-                n_jobs=-1,
-                budget=self.budget,
-                deadline=self.deadline,
-            )
-            self._parallel.on_progress = self.on_progress
-        self._parallel.n_evaluations = self.n_evaluations
-        self._parallel.planned_evaluations = self.planned_evaluations
-        return self._parallel
-
-    def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
-        m, k = values.shape
-        if m == 0:
-            return np.empty((0, k))
-        t = time.perf_counter()
-        first = super().entry_losses(param, flat_index[:1], values[:1])
-        self._time(time.perf_counter() - t, k)
-        assert self.loss_seconds is not None
-        rest = (m - 1) * k
-        parallel = (
-            self.loss_seconds * rest >= AUTO_PARALLEL_SECONDS and self._delegate() is not None
-        )
-        if not parallel:
-            self._used.add("serial")
-            return np.concatenate([first, super().entry_losses(param, flat_index[1:], values[1:])])
-        assert self._parallel is not None
-        self._used.add(self._parallel.executor)
-        try:
-            others = self._parallel.entry_losses(param, flat_index[1:], values[1:])
-        finally:
-            self.n_evaluations = self._parallel.n_evaluations
-        return np.concatenate([first, others])
+        if self.dispatched == 0:
+            return "auto (serial)"
+        return f"auto (serial + {super().executor})"
 
 
 class JitEvaluator(Evaluator):
@@ -897,6 +1006,7 @@ def make_evaluator(
 
     The choice is reported as ``report.settings["executor"]``.
     """
+    _blas_controller(refresh=True)
     common: dict[str, Any] = {"budget": budget, "deadline": deadline}
     if batched:
         if n_jobs == "auto" or _workers_for(n_jobs) < 2:
