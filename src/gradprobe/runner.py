@@ -324,9 +324,7 @@ def _run_isolated(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, st
             if msg is not None:
                 if msg[0] == "started":
                     started_at = time.monotonic()
-                    limit = (
-                        float("inf") if timeout is None else started_at + timeout + _grace(timeout)
-                    )
+                    limit = started_at + timeout + _grace(timeout)
                 elif msg[0] == "progress":
                     if progress is not None:
                         progress(int(msg[1]), int(msg[2]))
@@ -338,7 +336,7 @@ def _run_isolated(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, st
                 what = (
                     f"no result {timeout:g} s (+{_grace(timeout):g} s grace) after the check "
                     "started: a loss or grad call did not return"
-                    if started_at is not None and timeout is not None
+                    if started_at is not None
                     else f"the worker did not start within {STARTUP_LIMIT:g} s"
                 )
                 return (

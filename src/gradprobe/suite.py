@@ -15,7 +15,8 @@ The file's shape::
 
 Every option of :func:`gradprobe.check` may appear in ``[defaults]`` or a check's table; a check
 also takes ``target`` (required), ``args`` and ``isolate`` (run in a worker process, default
-true, so a loss call that never returns can be killed). A mistake raises
+true, so a loss call that never returns can be killed; a check without ``timeout`` is killed
+after ``DEFAULT_TIMEOUT`` = 1 hour). A mistake raises
 :class:`SuiteConfigError` naming the file, the line and key, and the fix.
 """
 
@@ -45,6 +46,9 @@ SUITE_FILE = "gradprobe.toml"
 #: Keys of a check's table that are not options of gradprobe.check.
 CHECK_KEYS = ("target", "args", "isolate")
 DEFAULT_KEYS = ("isolate",)
+#: Seconds after which an isolated check without its own ``timeout`` is killed (exit code 3):
+#: a loss call that never returns must not hang a nightly job.
+DEFAULT_TIMEOUT = 3600.0
 
 
 class SuiteConfigError(InvalidInputError):
@@ -77,9 +81,10 @@ class CheckSpec:
     isolate: bool = True
 
     @property
-    def timeout(self) -> float | None:
+    def timeout(self) -> float:
+        """The check's ``timeout``, or :data:`DEFAULT_TIMEOUT` so no nightly job hangs."""
         t = self.options.get("timeout")
-        return None if t is None else float(t)
+        return DEFAULT_TIMEOUT if t is None else float(t)
 
 
 @dataclass(frozen=True)
