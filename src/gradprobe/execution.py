@@ -451,10 +451,33 @@ def _batched_chunk(
                     stop - start, k
                 )
             except Exception as exc:
-                return _ChunkResult(out, _worker_id(), start, _portable(exc))
+                row = start + _raising_row(loss, layout, arrays, param, block[:b], k)
+                return _ChunkResult(out, _worker_id(), row, _portable(exc))
             finally:
                 block[which, cols] = base[cols]
         return _ChunkResult(out, _worker_id(), -1, None)
+
+
+def _raising_row(
+    loss: Callable[[Any], Any],
+    layout: ParamLayout,
+    arrays: Sequence[np.ndarray],
+    param: int,
+    block: np.ndarray,
+    k: int,
+) -> int:
+    """Row (``k`` copies each) of ``block`` whose batched call raised, found by bisection
+    (``log2(rows)`` extra calls), so the error names the entry and not the call's first one."""
+    lo, hi = 0, block.shape[0] // k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            _batched_call(loss, layout, arrays, param, block[lo * k : mid * k])
+        except Exception:
+            hi = mid
+        else:
+            lo = mid
+    return lo
 
 
 def _raise_chunk_error(
@@ -583,6 +606,7 @@ class ParallelEvaluator(SerialEvaluator):
             MIN_DISPATCH_SECONDS if min_dispatch_seconds is None else float(min_dispatch_seconds)
         )
         self.loss_seconds: float | None = None
+        self._calibrated = False  # loss_seconds measured on more than the first evaluation
         self.dispatched = 0  # joblib calls made
         self.in_process = 0  # calls kept in this process
         self._parallel = joblib.Parallel(n_jobs=n_jobs, prefer="processes")
@@ -600,7 +624,10 @@ class ParallelEvaluator(SerialEvaluator):
     @property
     def executor(self) -> str:
         kind = "batched chunks" if self.batched else "chunks"
-        return f"joblib {kind} ({self.backend_name}, {self.n_workers} workers)"
+        text = f"joblib {kind} ({self.backend_name}, {self.n_workers} workers)"
+        if self.in_process and not self.dispatched:
+            text += ", every call kept in process (too small for workers to pay off)"
+        return text
 
     def call_loss(self, arrays: Sequence[np.ndarray], where: str) -> float:
         if self.batched:
@@ -610,8 +637,14 @@ class ParallelEvaluator(SerialEvaluator):
     def base_loss(self) -> float:
         start = time.perf_counter()
         value = super().base_loss()
-        self.loss_seconds = time.perf_counter() - start
+        self._observe(time.perf_counter() - start, 1)
         return value
+
+    def _observe(self, seconds: float, n_evaluations: int) -> None:
+        """Refine the per-evaluation time (the fastest seen: the first call is often cold)."""
+        per = seconds / max(1, n_evaluations)
+        self.loss_seconds = per if self.loss_seconds is None else min(self.loss_seconds, per)
+        self._calibrated = self._calibrated or n_evaluations >= 2
 
     #: Whether this evaluator sent work to joblib workers (and so may have started processes).
     _started_processes = False
@@ -740,11 +773,20 @@ class ParallelEvaluator(SerialEvaluator):
         import joblib
 
         m, k = values.shape
+        if not self._calibrated and m > 2 and not self.batched and self._dispatch(m * k):
+            # The base-point timing is often cold (first call): time two rows here before
+            # deciding whether the rest is worth dispatching.
+            head = self.entry_losses(param, flat_index[:2], values[:2])
+            rest = self.entry_losses(param, flat_index[2:], values[2:])
+            return np.concatenate([head, rest])
         if not self._dispatch(m * k):
             self.in_process += 1
             if self.batched:
                 return BatchedEvaluator.entry_losses(self, param, flat_index, values)  # type: ignore[arg-type]
-            return super().entry_losses(param, flat_index, values)
+            start = time.perf_counter()
+            out = super().entry_losses(param, flat_index, values)
+            self._observe(time.perf_counter() - start, m * k)
+            return out
         self._charge(m * k)
         chunk = _batched_chunk if self.batched else _entry_chunk
         extra = (self.memory,) if self.batched else ()
@@ -938,13 +980,33 @@ class JitEvaluator(Evaluator):
             idx = np.ascontiguousarray(flat_index[start:stop], dtype=np.int64)
             vals = np.ascontiguousarray(values[start:stop], dtype=np.float64)
             n_chunks = min(stop - start, self.n_threads * CHUNKS_PER_WORKER)
-            out[start:stop] = self._kernel(
-                lambda idx=idx, vals=vals, n_chunks=n_chunks: kernels.jit_entry_losses(
-                    self._fn, x, idx, vals, n_chunks
-                ),
-                param,
-            )
+            try:
+                out[start:stop] = self._kernel(
+                    lambda idx=idx, vals=vals, n_chunks=n_chunks: kernels.jit_entry_losses(
+                        self._fn, x, idx, vals, n_chunks
+                    ),
+                    param,
+                )
+            except LossEvaluationError as err:
+                self._replay(param, idx, vals, err)
         return out
+
+    def _replay(
+        self, param: int, idx: np.ndarray, vals: np.ndarray, error: LossEvaluationError
+    ) -> None:
+        """Re-run a failed kernel call's rows from Python and raise the first loss error with
+        its entry: inside ``prange`` numba loses the exception's message and position."""
+        x = self.base[param].reshape(-1).copy()
+        for r in range(idx.size):
+            i = int(idx[r])
+            for c in range(vals.shape[1]):
+                w = x.copy()
+                w[i] = vals[r, c]
+                try:
+                    self.loss(w)
+                except Exception as exc:
+                    raise self._wrap_error(exc, param, i) from exc
+        raise error
 
     def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
         m = vectors.shape[0]
