@@ -9,6 +9,7 @@ import pytest
 
 import gradprobe
 from gradprobe.examples import make_mlp
+from gradprobe.tolerances import NOISE_HALF_POINTS
 
 from .conftest import quadratic_problem
 
@@ -95,8 +96,9 @@ def test_example_mlp_passes_and_report_fields():
     assert report.params["b1"].sampling == "all"
     assert isinstance(w1.worst_index, tuple) and len(w1.worst_index) == 2
     assert w1.diagnosis is None
-    # base + pre-flight, 2 per checked entry, 2 per directional probe (correct model: no bisection)
-    assert report.n_evaluations == 2 + 2 * sum(
+    # base + pre-flight + noise estimate, 2 per checked entry, 2 per directional probe (correct
+    # model: no bisection)
+    assert report.n_evaluations == 2 + 2 * NOISE_HALF_POINTS + 2 * sum(
         p.n_checked + (p.coverage.n_probes if p.coverage else 0) for p in report.params.values()
     )
     assert report.timings["total"] > 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gradprobe
+from gradprobe.tolerances import NOISE_HALF_POINTS
 
 X = np.random.default_rng(0).standard_normal(5)
 
@@ -53,7 +54,8 @@ def test_random_grad_raises_nondeterministic():
 def test_deterministic_loss_passes_and_costs_one_extra_evaluation():
     report = gradprobe.check(loss, grad, params())
     assert report.passed, str(report)
-    assert report.n_evaluations == 2 + 2 * 8
+    # base + pre-flight repeat + the noise estimate + 2 per entry
+    assert report.n_evaluations == 2 + 2 * NOISE_HALF_POINTS + 2 * 8
 
 
 @pytest.mark.parametrize("who", ["loss", "grad"])

@@ -380,6 +380,9 @@ def check(
             for n, size in zip(layout.names, layout.sizes, strict=True)
         )
 
+    # The loss's measured rounding noise (tolerances.py), recorded in the report's settings.
+    noise_info: dict[str, Any] = {}
+
     def assemble(complete: bool, reason: str | None = None) -> Report:
         timings["total"] = time.perf_counter() - start
         all_passed = complete and all(r.passed for r in results.values())
@@ -388,7 +391,7 @@ def check(
             passed=all_passed,
             warnings=tuple(warnings),
             seed=options.seed,
-            settings=_settings(options, evaluator),
+            settings={**_settings(options, evaluator), **noise_info},
             n_evaluations=evaluator.n_evaluations,
             timings=timings,
             complete=complete,
@@ -401,17 +404,40 @@ def check(
         with evaluator, hard_deadline(remaining):
             base_value = _base_loss(evaluator)
             analytic = _analytic_gradient(grad, layout, base)
-            preflight = run_preflight(evaluator, base_value, grad, analytic, loss_eps)
+            # One seed per parameter, and one more for the noise estimate's direction.
+            seeds = np.random.SeedSequence(options.seed).spawn(len(layout.names) + 1)
+            preflight = run_preflight(
+                evaluator,
+                base_value,
+                grad,
+                analytic,
+                loss_eps,
+                noise_rng=np.random.default_rng(seeds[-1]),
+            )
+            noise_info.update(loss_noise=preflight.noise.sigma, noise=preflight.noise.status)
             warnings.extend(preflight.warnings)
             entries: dict[str, EntryResults] = {}
-            seeds = np.random.SeedSequence(options.seed).spawn(len(layout.names))
             for p, name in enumerate(layout.names):
-                tolerance = tolerance_for(layout.dtypes[p], loss_eps, options.rtol, options.atol)
+                tolerance = tolerance_for(
+                    layout.dtypes[p],
+                    loss_eps,
+                    options.rtol,
+                    options.atol,
+                    loss_noise=preflight.noise.sigma,
+                )
                 rng = np.random.default_rng(seeds[p])
                 results[name], entries[name] = _check_parameter(
                     evaluator, p, analytic[p], options, tolerance, rng
                 )
-            _add_diagnoses(evaluator, results, entries, analytic, loss_eps, preflight.nonfinite)
+            _add_diagnoses(
+                evaluator,
+                results,
+                entries,
+                analytic,
+                loss_eps,
+                preflight.nonfinite,
+                loss_noise=preflight.noise.sigma,
+            )
             warnings.extend(evaluator.warnings)
     except GradCheckError as exc:
         if exc.partial_report is None and not isinstance(exc, InvalidInputError):
@@ -430,6 +456,8 @@ def _add_diagnoses(
     analytic: list[np.ndarray],
     loss_eps: float,
     nonfinite: Mapping[str, np.ndarray],
+    *,
+    loss_noise: float = 0.0,
 ) -> None:
     """Fail parameters with non-finite analytic entries, then diagnose every failure."""
     for name, flat in nonfinite.items():
@@ -440,7 +468,7 @@ def _add_diagnoses(
             r, passed=False, bad_indices=tuple(dict.fromkeys(r.bad_indices + bad))
         )
     for name, diagnosis in diagnose(
-        evaluator, results, entries, analytic, loss_eps, nonfinite
+        evaluator, results, entries, analytic, loss_eps, nonfinite, loss_noise=loss_noise
     ).items():
         results[name] = replace(results[name], diagnosis=diagnosis)
 

@@ -325,11 +325,14 @@ def diagnose(
     analytic: Sequence[np.ndarray],
     loss_eps: float,
     nonfinite: Mapping[str, np.ndarray] | None = None,
+    *,
+    loss_noise: float = 0.0,
 ) -> dict[str, Diagnosis]:
     """Diagnose every failing parameter of ``reports``; returns name -> :class:`Diagnosis`.
 
     May spend a few loss evaluations (through ``evaluator``) on transposed positions and on
     entries of same-shape parameters, at most ``2 * CONFIRM_ENTRIES`` per hypothesis.
+    ``loss_noise`` is the loss's measured noise level (see :mod:`gradprobe.tolerances`).
     """
     nonfinite = nonfinite or {}
     names = evaluator.layout.names
@@ -339,7 +342,7 @@ def diagnose(
     for name in failing:
         r = reports[name]
         p = names.index(name)
-        tol = Tolerance(rtol=r.rtol, atol=r.atol, loss_eps=loss_eps)
+        tol = Tolerance(rtol=r.rtol, atol=r.atol, loss_eps=loss_eps, loss_noise=loss_noise)
         if name not in entries and name not in nonfinite:
             continue
         out[name] = diagnose_parameter(

@@ -6,6 +6,10 @@ loss or gradient writes into the arrays it is given. :func:`run_preflight` spend
 loss evaluation and one extra gradient call to rule both out, and lists the entries where the
 analytic gradient is not finite.
 
+:func:`estimate_loss_noise` measures the loss's rounding noise (ECnoise, see
+:mod:`gradprobe.tolerances`) with ``2 * NOISE_HALF_POINTS`` more evaluations, for losses whose
+value cancels (its round-off is then far above ``EPS * |L|``).
+
 Non-finite analytic entries are reported, not raised: the loss is finite at the base point, so
 a NaN or inf in the gradient is a bug of the backward pass. The check fails those parameters
 (diagnosis ``"nonfinite"``, the entries in ``bad_indices``) whether or not the sample reached
@@ -26,11 +30,13 @@ from .errors import (
     LossEvaluationError,
     NondeterministicLossError,
 )
-from .execution import Evaluator
-from .tolerances import NOISE_FACTOR
+from .execution import Evaluator, _one_blas_thread
+from .tolerances import NOISE_FACTOR, NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, ecnoise
 from .validation import ParamLayout, normalize_gradient
 
-__all__ = ["PreflightResult", "promote_params", "run_preflight"]
+__all__ = ["PreflightResult", "estimate_loss_noise", "promote_params", "run_preflight"]
+
+_NOT_MEASURED = NoiseEstimate(0.0, 0, "not measured")
 
 _NONDETERMINISM_FIX = (
     "Usual causes: dropout or other random layers left in training mode, sampling without a "
@@ -53,11 +59,14 @@ class PreflightResult:
         For each parameter whose analytic gradient has NaN or inf entries, their flat indices.
     warnings : tuple of str
         One line per finding that does not stop the check.
+    noise : NoiseEstimate
+        The loss's measured rounding noise (sigma 0 when not measured).
     """
 
     base_loss: float
     nonfinite: Mapping[str, np.ndarray] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    noise: NoiseEstimate = field(default_factory=lambda: _NOT_MEASURED)
 
 
 def promote_params(
@@ -116,12 +125,65 @@ def _close(x: float, y: float, eps: float) -> bool:
     return abs(x - y) <= NOISE_FACTOR * eps * max(abs(x), abs(y))
 
 
+def estimate_loss_noise(
+    evaluator: Evaluator, base_loss: float, rng: np.random.Generator
+) -> NoiseEstimate:
+    """Measure the loss's rounding noise along a random direction over every parameter.
+
+    Evaluates ``L(x + i * delta * v)`` for ``i = -k..k``, ``i != 0`` (``k =``
+    :data:`~gradprobe.tolerances.NOISE_HALF_POINTS`; the centre is ``base_loss``), ``v`` a unit
+    vector over all entries drawn from ``rng``, and hands the values to
+    :func:`~gradprobe.tolerances.ecnoise`. Parameter ``p``'s part of the step is
+    ``NOISE_ULPS * EPS_p * sqrt(n) * max(1, rms(x_p))`` (``n`` entries in all): an entry of
+    typical size moves by about ``NOISE_ULPS`` ulps, so the points differ in their last bits
+    while the smooth part (and any kink crossed) changes the differences far less than the
+    noise does.
+    """
+    layout = evaluator.layout
+    base = [b.astype(np.float64) for b in evaluator.base]
+    n = sum(b.size for b in base)
+    v = [rng.standard_normal(b.shape) for b in base]
+    norm = float(np.sqrt(sum(float(np.sum(x * x)) for x in v)))
+    steps = [
+        NOISE_ULPS
+        * float(np.finfo(dt).eps)
+        * np.sqrt(n)
+        * max(1.0, float(np.sqrt(np.mean(b * b))))
+        / norm
+        for b, dt in zip(base, layout.dtypes, strict=True)
+    ]
+    k = NOISE_HALF_POINTS
+    values = []
+    for i in range(-k, k + 1):
+        if i == 0:
+            values.append(base_loss)
+            continue
+        arrays = [
+            (b + i * h * x).astype(dt)
+            for b, h, x, dt in zip(base, steps, v, layout.dtypes, strict=True)
+        ]
+        evaluator._charge(1)
+        try:
+            with _one_blas_thread():
+                values.append(evaluator.call_loss(arrays, "near the base point (noise estimate)"))
+        except GradCheckError:
+            raise
+        except Exception as exc:
+            raise LossEvaluationError(
+                f"loss raised {type(exc).__name__} within a few ulps of the base point (noise "
+                f"estimate; the base point itself succeeded): {exc}"
+            ) from exc
+    return replace(ecnoise(values), n_evaluations=2 * k)
+
+
 def run_preflight(
     evaluator: Evaluator,
     base_loss: float,
     grad: Callable[[Any], Any] | Any,
     analytic: Sequence[np.ndarray],
     loss_eps: float,
+    *,
+    noise_rng: np.random.Generator | None = None,
 ) -> PreflightResult:
     """Run the pre-flight checks after the base loss and analytic gradient are known.
 
@@ -138,6 +200,9 @@ def run_preflight(
         The normalized analytic gradient from the first call.
     loss_eps : float
         Machine epsilon of the loss's arithmetic (values within ``16 * eps * |L|`` are equal).
+    noise_rng : numpy.random.Generator, optional
+        When given, the loss's rounding noise is measured (:func:`estimate_loss_noise`,
+        ``2 * NOISE_HALF_POINTS`` evaluations) along a direction drawn from it.
 
     Raises
     ------
@@ -196,4 +261,9 @@ def run_preflight(
                 f"{name!r} (first at {first}: {g.reshape(-1)[bad[0]]}) although the loss is "
                 "finite there; they fail the check."
             )
-    return PreflightResult(base_loss=base_loss, nonfinite=nonfinite, warnings=tuple(warnings))
+    noise = _NOT_MEASURED
+    if noise_rng is not None:
+        noise = estimate_loss_noise(evaluator, base_loss, noise_rng)
+    return PreflightResult(
+        base_loss=base_loss, nonfinite=nonfinite, warnings=tuple(warnings), noise=noise
+    )

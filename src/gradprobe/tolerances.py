@@ -6,16 +6,51 @@ error of a few ``EPS * |L|``, which the division by the step magnifies to
 ``~ EPS * (|L(x+h)| + |L(x-h)|) / ((x+h) - (x-h))``. A disagreement below that floor is noise,
 not evidence. The tolerances are not scaled with the parameter's size (jax's habit), so a single
 wrong entry in a large array still fails.
+
+The ``EPS * |L|`` model of round-off fails for losses whose value cancels: ``sum(v**3)`` over a
+symmetric ``v`` is ~0 while each evaluation's rounding error is that of its O(1) terms
+(``~ EPS * sqrt(n)``). So the loss's actual noise level is also measured, once per check, with
+the ECnoise method of Moré and Wild ("Estimating computational noise", SIAM J. Sci. Comput.
+33(3), 2011; :func:`ecnoise`): the loss is evaluated at ``2 * NOISE_HALF_POINTS + 1`` equally
+spaced points ``x + i * delta * v`` along a random unit direction ``v`` with a step so small
+(each entry moves by a few ulps) that the smooth part of the ``j``-th differences
+``Delta^j L`` is negligible for ``j >= 2``; what remains is the rounding noise, whose standard
+deviation ``sigma`` follows from ``gamma_j * mean((Delta^j L)**2) = sigma**2`` with
+``gamma_j = (j!)**2 / (2j)!``. An order is accepted when its level agrees within a factor 4
+with the next two and its differences change sign (noise, not a smooth trend). The round-off
+floor of a loss difference ``L(a) - L(b)`` is then
+
+    ``max(NOISE_FACTOR * EPS * (|L(a)| + |L(b)|), NOISE_SAFETY * sigma)``
+
+(:meth:`Tolerance.difference_floor`): ``NOISE_SAFETY * sigma`` is ~11 standard deviations of a
+difference of two noisy values, generous for the estimate's own scatter (a factor ~2) over
+thousands of comparisons. For an ordinary loss ``sigma`` is about half an ulp of ``L`` and the
+``EPS`` term dominates, so the estimate changes nothing; it is one number per check, not scaled
+with any array's size, and costs ``2 * NOISE_HALF_POINTS`` evaluations (the centre is the base
+loss). When the values are flat (all equal: noise below one ulp)
+or no order is consistent, ``sigma`` is 0 and the ``EPS`` floor alone applies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_RTOL", "NOISE_FACTOR", "Tolerance", "loss_epsilon", "tolerance_for"]
+__all__ = [
+    "DEFAULT_RTOL",
+    "NOISE_FACTOR",
+    "NOISE_HALF_POINTS",
+    "NOISE_SAFETY",
+    "NOISE_ULPS",
+    "NoiseEstimate",
+    "Tolerance",
+    "ecnoise",
+    "loss_epsilon",
+    "tolerance_for",
+]
 
 # Relative tolerance on |a - n| / (|a| + |n|) per dtype. Central differences with the default
 # step reach ~EPS**(2/3) relative accuracy on well-scaled functions (float64: ~4e-11), so these
@@ -31,6 +66,15 @@ DEFAULT_RTOL: dict[np.dtype, float] = {
 # Multiplier on EPS * |L| / step: summing many terms makes a loss's round-off several EPS.
 NOISE_FACTOR = 16.0
 
+#: Multiplier on the measured noise level sigma of one loss evaluation (see the module text).
+NOISE_SAFETY = 16.0
+
+#: The noise estimate evaluates the loss at x + i * delta * v for i = -k..k (k this), i != 0.
+NOISE_HALF_POINTS = 4
+
+#: The noise estimate's step moves an entry of a parameter of scale 1 by about this many ulps.
+NOISE_ULPS = 16.0
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -39,10 +83,78 @@ class Tolerance:
     rtol: float
     atol: float
     loss_eps: float
+    #: Measured standard deviation of one loss evaluation's rounding noise (0: not measured).
+    loss_noise: float = 0.0
+
+    def difference_floor(self, f_a: np.ndarray | float, f_b: np.ndarray | float) -> np.ndarray:
+        """Round-off floor of a loss difference ``f_a - f_b``."""
+        model = NOISE_FACTOR * self.loss_eps * (np.abs(f_a) + np.abs(f_b))
+        return np.maximum(model, NOISE_SAFETY * self.loss_noise)
 
     def noise_floor(self, f_plus: np.ndarray, f_minus: np.ndarray, taken: np.ndarray) -> np.ndarray:
         """Round-off floor of ``(f_plus - f_minus) / taken`` for each entry."""
-        return NOISE_FACTOR * self.loss_eps * (np.abs(f_plus) + np.abs(f_minus)) / np.abs(taken)
+        return self.difference_floor(f_plus, f_minus) / np.abs(taken)
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """The loss's measured rounding noise (:func:`ecnoise` on a few evaluations).
+
+    Attributes
+    ----------
+    sigma : float
+        Standard deviation of one evaluation's noise; 0 when none could be measured.
+    order : int
+        Difference order the estimate came from (0 when none).
+    status : str
+        ``"measured"``, ``"flat"`` (values equal to the last bit: noise below one ulp) or
+        ``"inconclusive"`` (no order consistent; the ``EPS`` floor alone applies).
+    n_evaluations : int
+        Loss evaluations spent.
+    """
+
+    sigma: float
+    order: int
+    status: str
+    n_evaluations: int = 0
+
+
+def ecnoise(values: Sequence[float]) -> NoiseEstimate:
+    """Noise level of equally spaced function values (Moré and Wild's ECnoise).
+
+    Parameters
+    ----------
+    values : sequence of float
+        ``f(x + i * delta * v)`` for consecutive ``i`` (at least 4 values).
+
+    Returns
+    -------
+    NoiseEstimate
+        ``n_evaluations`` is left at 0 (the caller knows what it spent).
+    """
+    d = np.asarray(values, dtype=np.float64)
+    nf = d.size
+    if nf < 4 or not np.all(np.isfinite(d)):
+        return NoiseEstimate(0.0, 0, "inconclusive")
+    levels: list[float] = []
+    sign_change: list[bool] = []
+    gamma = 1.0
+    for j in range(1, nf):
+        d = np.diff(d)
+        # Moré and Wild call the step too small when half the first differences are 0; here
+        # the step is fixed at a few ulps and a rounding grid coarser than the smooth change
+        # (a cancelling sum) leaves some of them 0 while the noise is real, so only values
+        # equal to the last bit count as flat.
+        if j == 1 and not np.any(d):
+            return NoiseEstimate(0.0, 0, "flat")
+        gamma *= 0.5 * j / (2 * j - 1)  # (j!)**2 / (2j)!
+        levels.append(math.sqrt(gamma * float(np.mean(d * d))))
+        sign_change.append(bool(d.min() < 0.0 < d.max()))
+    for k in range(nf - 3):
+        window = levels[k : k + 3]
+        if max(window) <= 4.0 * min(window) and sign_change[k]:
+            return NoiseEstimate(levels[k], k + 1, "measured")
+    return NoiseEstimate(0.0, 0, "inconclusive")
 
 
 def loss_epsilon(dtypes: Iterable[np.dtype]) -> float:
@@ -51,12 +163,21 @@ def loss_epsilon(dtypes: Iterable[np.dtype]) -> float:
 
 
 def tolerance_for(
-    dtype: np.dtype, loss_eps: float, rtol: float | None = None, atol: float | None = None
+    dtype: np.dtype,
+    loss_eps: float,
+    rtol: float | None = None,
+    atol: float | None = None,
+    loss_noise: float = 0.0,
 ) -> Tolerance:
-    """Tolerance for a parameter of ``dtype``, with user overrides merged over the table."""
+    """Tolerance for a parameter of ``dtype``, with user overrides merged over the table.
+
+    ``loss_noise`` is the measured noise level of one loss evaluation
+    (:attr:`NoiseEstimate.sigma`; 0 when not measured).
+    """
     default = DEFAULT_RTOL.get(np.dtype(dtype), DEFAULT_RTOL[np.dtype(np.float64)])
     return Tolerance(
         rtol=default if rtol is None else rtol,
         atol=0.0 if atol is None else atol,
         loss_eps=loss_eps,
+        loss_noise=float(loss_noise),
     )
