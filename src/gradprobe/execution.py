@@ -776,17 +776,11 @@ class ParallelEvaluator(SerialEvaluator):
         if not self._calibrated and m > 2 and not self.batched and self._dispatch(m * k):
             # The base-point timing is often cold (first call): time two rows here before
             # deciding whether the rest is worth dispatching.
-            head = self.entry_losses(param, flat_index[:2], values[:2])
+            head = self._entries_in_process(param, flat_index[:2], values[:2])
             rest = self.entry_losses(param, flat_index[2:], values[2:])
             return np.concatenate([head, rest])
         if not self._dispatch(m * k):
-            self.in_process += 1
-            if self.batched:
-                return BatchedEvaluator.entry_losses(self, param, flat_index, values)  # type: ignore[arg-type]
-            start = time.perf_counter()
-            out = super().entry_losses(param, flat_index, values)
-            self._observe(time.perf_counter() - start, m * k)
-            return out
+            return self._entries_in_process(param, flat_index, values)
         self._charge(m * k)
         chunk = _batched_chunk if self.batched else _entry_chunk
         extra = (self.memory,) if self.batched else ()
@@ -811,6 +805,17 @@ class ParallelEvaluator(SerialEvaluator):
             if res.error is not None:
                 _raise_chunk_error(self, res, param, flat_index[a:b])
             out[a:b] = res.losses
+        return out
+
+    def _entries_in_process(
+        self, param: int, flat_index: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        self.in_process += 1
+        if self.batched:
+            return BatchedEvaluator.entry_losses(self, param, flat_index, values)  # type: ignore[arg-type]
+        start = time.perf_counter()
+        out = super().entry_losses(param, flat_index, values)
+        self._observe(time.perf_counter() - start, values.size)
         return out
 
     def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
