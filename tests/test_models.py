@@ -36,11 +36,6 @@ def test_default_tanh_mlp_passes_with_probes():
     assert gradprobe.check(m.loss, m.grad, m.params).passed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="directional probes (probes.py) are not kink-aware yet: a probe along all of W1 "
-    "crosses the planted ReLU kinks and reports a widespread mismatch",
-)
 def test_default_relu_mlp_passes_with_probes():
     m = make_mlp(activation="relu")
     assert gradprobe.check(m.loss, m.grad, m.params).passed

@@ -20,6 +20,26 @@ same direction restricted to it, and failing halves are split again down to sing
 which are then checked one by one (:func:`gradprobe.differences.evaluate_entries`). Only the
 left half is evaluated: the right half's loss difference is the parent's minus the left's. When every
 half fails at the first levels the failure is widespread and bisection stops early.
+
+Kinks. A step along a random direction over thousands of entries crosses every
+non-differentiable point near ``x`` (ReLU at 0, max, abs), where the central difference is not
+``g . d``. A failing probe is therefore judged like a disagreeing entry
+(:mod:`gradprobe.differences`), with the base loss ``L(x)``: its one-sided errors are
+``e+ = (L(x + s) - L(x)) - g . d+`` and ``e- = (L(x) - L(x - s)) - g . d-`` (``d+``, ``d-``
+the steps taken each way). It is probed again at a step ``RETRY_FACTOR`` times smaller
+(2 evaluations) and passes when the disagreement vanishes there (scaled to the first step,
+under a third of the first). Its step crossed a kink when the one-sided gap ``e+ - e-``
+(scaled) did not shrink like a smooth function's (which shrinks by the step ratio); it is a
+kink, passed and counted, when in addition the analytic slope lies between the one-sided ones
+at the smaller step, with margins of the allowance plus how much each side moved between the
+steps (a valid subgradient). Bisection of a probe whose step crossed a kink applies the same
+rule to every failing half (an inferred right half is evaluated first: across a kink the
+discrepancy is not additive); a smooth disagreement is bisected additively, at 2 evaluations
+per level. Several kinks crossed at once whose slope jumps have opposite signs can put the
+backprop convention (ReLU'(0) = 0) outside the one-sided interval of the whole probe;
+bisection then separates them down to halves that pass or to entries the per-entry check
+classifies. A wrong gradient still fails when its error exceeds what the kinks crossed can
+explain; a smaller one hides under them in that probe (the per-entry sample still sees it).
 """
 
 from __future__ import annotations
@@ -30,8 +50,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .differences import EntryResults, evaluate_entries
+from .differences import SMOOTH_SHRINK, EntryResults, evaluate_entries
 from .execution import Evaluator
+from .steps import RETRY_FACTOR
 from .tolerances import NOISE_FACTOR, Tolerance
 
 __all__ = [
@@ -84,6 +105,18 @@ class Probe:
         The largest ``|analytic - numeric|`` that passes.
     inferred : bool
         ``numeric`` was not evaluated but inferred as the parent's minus the sibling's.
+    f_plus, f_minus : float
+        ``L(x + s)`` and ``L(x - s)`` (NaN when inferred).
+    retried : bool
+        Probed again at a smaller step.
+    kink : bool
+        The step crosses a non-differentiable point and ``g . d`` is a valid subgradient
+        slope: the probe passes.
+    retry_passed : bool
+        The disagreement vanished at the smaller step: the probe passes.
+    crossed : bool
+        The one-sided gap did not shrink like a smooth function's: the step crosses a kink
+        (whether or not the analytic slope lies within the one-sided interval).
     """
 
     lo: int
@@ -94,15 +127,25 @@ class Probe:
     numeric: float
     allowed: float
     inferred: bool = False
+    f_plus: float = math.nan
+    f_minus: float = math.nan
+    retried: bool = False
+    kink: bool = False
+    retry_passed: bool = False
+    crossed: bool = False
 
     @property
     def discrepancy(self) -> float:
         return abs(self.analytic - self.numeric)
 
     @property
-    def passed(self) -> bool:
-        # Written so that NaN fails.
+    def within(self) -> bool:
+        """The central difference agrees within the allowance (NaN fails)."""
         return bool(self.discrepancy <= self.allowed)
+
+    @property
+    def passed(self) -> bool:
+        return self.within or self.kink or self.retry_passed
 
     @property
     def excess(self) -> float:
@@ -141,6 +184,10 @@ class ProbeOutcome:
         (a kink crossed by the probe step, or many small errors that cancel in halves).
     bisection_depth : int
         Levels of bisection run.
+    n_kinks : int
+        Top-level and slice probes that crossed a kink with a valid subgradient (passed).
+    n_retried : int
+        Probes (bisection included) re-evaluated at a smaller step.
     """
 
     probes: tuple[Probe, ...]
@@ -154,6 +201,8 @@ class ProbeOutcome:
     widespread: bool
     unconfirmed: bool
     bisection_depth: int = 0
+    n_kinks: int = 0
+    n_retried: int = 0
 
     @property
     def worst(self) -> Probe | None:
@@ -178,17 +227,97 @@ class _Prober:
         base = evaluator.base[param].reshape(-1)
         self.base = base
         self.dtype = base.dtype
-        x = base.astype(np.float64)
-        self.plus = (x[None, :] + step * directions).astype(self.dtype)
-        self.minus = (x[None, :] - step * directions).astype(self.dtype)
-        taken = self.plus.astype(np.float64) - self.minus.astype(np.float64)
-        g = np.asarray(analytic_flat, dtype=np.float64)
-        self.gd = g[None, :] * taken
-        self.abs_gd = np.abs(self.gd)
-        self.taken_sq = taken * taken
+        self.directions = directions
+        self.step = step
+        self.g = np.asarray(analytic_flat, dtype=np.float64)
         self.tolerance = tolerance
         self.truncation = truncation
         self.n_probes = 0
+        self.n_retried = 0
+        self._f0: float | None = None
+        self._set_step(step)
+        self._first = (self.plus, self.minus, self.gd, self.gd_plus, self.abs_gd, self.taken_sq)
+        self._small: tuple[np.ndarray, ...] | None = None
+
+    def _set_step(self, step: float) -> None:
+        x = self.base.astype(np.float64)
+        self.plus = (x[None, :] + step * self.directions).astype(self.dtype)
+        self.minus = (x[None, :] - step * self.directions).astype(self.dtype)
+        up = self.plus.astype(np.float64) - x[None, :]
+        taken = up + (x[None, :] - self.minus.astype(np.float64))
+        self.gd = self.g[None, :] * taken
+        self.gd_plus = self.g[None, :] * up
+        self.abs_gd = np.abs(self.gd)
+        self.taken_sq = taken * taken
+
+    @property
+    def f0(self) -> float:
+        """The base loss (evaluated once, when a probe first needs its one-sided errors)."""
+        if self._f0 is None:
+            self._f0 = self.evaluator.base_loss()
+        return self._f0
+
+    def one_sided(self, p: Probe) -> tuple[float, float]:
+        """``(e+, e-)``: each one-sided difference minus its analytic part."""
+        a_plus = float(self.gd_plus[p.direction, p.lo : p.hi].sum())
+        e_plus = (p.f_plus - self.f0) - a_plus
+        e_minus = (self.f0 - p.f_minus) - (p.analytic - a_plus)
+        return e_plus, e_minus
+
+    def _run_small(self, p: Probe) -> tuple[Probe, float, tuple[float, float]]:
+        """``p`` probed at a ``RETRY_FACTOR`` times smaller step: the probe, the ratio of the
+        steps taken (first / small) and its one-sided errors."""
+        norm_first = math.sqrt(float(self.taken_sq[p.direction, p.lo : p.hi].sum()))
+        if self._small is None:
+            self._set_step(self.step / RETRY_FACTOR)
+            self._small = (self.plus, self.minus, self.gd, self.gd_plus, self.abs_gd, self.taken_sq)
+        else:
+            self.plus, self.minus, self.gd, self.gd_plus, self.abs_gd, self.taken_sq = self._small
+        try:
+            small = self.run([(p.lo, p.hi, p.direction)], p.depth)[0]
+            norm_small = math.sqrt(float(self.taken_sq[p.direction, p.lo : p.hi].sum()))
+            sides = self.one_sided(small)
+        finally:
+            self.plus, self.minus, self.gd, self.gd_plus, self.abs_gd, self.taken_sq = self._first
+        ratio = norm_first / norm_small if norm_small > 0 else math.inf
+        return small, ratio, sides
+
+    def judge(self, p: Probe) -> Probe:
+        """``p`` with the kink rule applied when it disagrees (see the module text)."""
+        if p.within or not math.isfinite(p.analytic):
+            return p
+        if p.inferred:
+            # Across a kink the discrepancy is not additive: measure this half itself.
+            p = self.run([(p.lo, p.hi, p.direction)], p.depth)[0]
+            if p.within:
+                return p
+        if not math.isfinite(p.numeric):
+            return p
+        e_plus, e_minus = self.one_sided(p)
+        allowed = p.allowed
+        small, r, (s_plus, s_minus) = self._run_small(p)
+        self.n_retried += 1
+        # Scaled to the first step (r = ratio of the steps taken), a wrong gradient disagrees
+        # by the same amount at both steps; truncation and kinks no longer crossed shrink.
+        if small.within and r * small.discrepancy < p.discrepancy / 3.0:
+            return dataclasses.replace(p, retried=True, retry_passed=True)
+        # Scaled, a smooth function's one-sided gap (curvature, ~ step**2) shrinks by the step
+        # ratio; a kink's (the jump of the slope, ~ step) stays, or grows when kinks of
+        # opposite sides cancelled at the first step.
+        gap, gap_s = abs(e_plus - e_minus), r * abs(s_plus - s_minus)
+        crossed = (gap > allowed and gap_s * SMOOTH_SHRINK >= gap) or (
+            gap_s > 2.0 * max(gap, allowed) and abs(s_plus - s_minus) > small.allowed
+        )
+        # The analytic slope between the one-sided ones at the smaller step, each side widened
+        # by the allowance and by how much it moved between the steps (one-sided differences
+        # are first-order accurate only).
+        sp, sm = r * s_plus, r * s_minus
+        m_plus = allowed + abs(e_plus - sp)
+        m_minus = allowed + abs(e_minus - sm)
+        inside = not ((sp > m_plus and sm > m_minus) or (sp < -m_plus and sm < -m_minus))
+        return dataclasses.replace(
+            p, retried=True, crossed=bool(crossed), kink=bool(crossed and inside)
+        )
 
     def run(self, ranges: list[tuple[int, int, int]], depth: int) -> list[Probe]:
         """Probe each ``(lo, hi, direction)``; two loss evaluations each."""
@@ -227,7 +356,7 @@ class _Prober:
 
     def _probe(self, lo: int, hi: int, j: int, depth: int, f_plus: float, f_minus: float) -> Probe:
         tol = self.tolerance
-        noise = NOISE_FACTOR * tol.loss_eps * (abs(f_plus) + abs(f_minus))
+        noise = float(tol.difference_floor(f_plus, f_minus))
         # The analytic side's own round-off: a sum of (hi - lo) products of inputs that carry
         # the gradient's precision (the loss's epsilon, never finer than float64's).
         dot_noise = NOISE_FACTOR * max(tol.loss_eps, _EPS64) * float(self.abs_gd[j, lo:hi].sum())
@@ -240,6 +369,8 @@ class _Prober:
             analytic=float(self.gd[j, lo:hi].sum()),
             numeric=float(f_plus - f_minus),
             allowed=noise + dot_noise + self.truncation + atol_term,
+            f_plus=float(f_plus),
+            f_minus=float(f_minus),
         )
 
 
@@ -280,7 +411,7 @@ def _choose_step(
     r1 = (losses[0] - losses[1]) - float(g @ d1)
     r2 = (losses[2] - losses[3]) - float(g @ d2)
     cubic = abs(r2 - 2.0 * r1) / 6.0  # truncation at h_pilot
-    noise = NOISE_FACTOR * tolerance.loss_eps * (abs(losses[0]) + abs(losses[1]))
+    noise = float(tolerance.difference_floor(losses[0], losses[1]))
     if not (np.isfinite(cubic) and np.isfinite(noise)):
         return h_min, math.inf
     # The estimate carries round-off of its own (about noise / 2): never trust less than that.
@@ -346,7 +477,7 @@ def run_probes(
     if slice_probes and len(shape) >= 2 and shape[0] > 1:
         row = n // shape[0]
         ranges += [(r * row, (r + 1) * row, 0) for r in range(shape[0])]
-    top = prober.run(ranges, depth=0)
+    top = [prober.judge(p) for p in prober.run(ranges, depth=0)]
     failing = [p for p in top if not p.passed]
 
     widespread = False
@@ -372,7 +503,12 @@ def run_probes(
             lefts = prober.run([(p.lo, (p.lo + p.hi) // 2, p.direction) for p in parents], depth)
             children = []
             for parent, left in zip(parents, lefts, strict=True):
-                children += [left, prober.complement(parent, left)]
+                right = prober.complement(parent, left)
+                if parent.crossed:
+                    # The parent's step crossed kinks: judge the halves by the kink rule too.
+                    # A smooth disagreement (a wrong gradient) is bisected additively.
+                    left, right = prober.judge(left), prober.judge(right)
+                children += [left, right]
             frontier = [c for c in children if not c.passed]
             all_failing = all_failing and len(frontier) == len(children)
             if (depth >= WIDESPREAD_DEPTH and all_failing) or (
@@ -401,6 +537,8 @@ def run_probes(
         widespread=widespread,
         unconfirmed=bool(failing) and not widespread and localized.size == 0,
         bisection_depth=depth,
+        n_kinks=sum(1 for p in top if p.kink),
+        n_retried=prober.n_retried,
     )
 
 

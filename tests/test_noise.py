@@ -1,0 +1,90 @@
+"""The loss's measured rounding noise (ECnoise) sets the round-off floor of cancelling losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradprobe
+from gradprobe.execution import SerialEvaluator
+from gradprobe.preflight import estimate_loss_noise
+from gradprobe.tolerances import NOISE_HALF_POINTS, ecnoise
+from gradprobe.validation import normalize_params
+
+X = np.linspace(-1.0, 1.0, 600)
+
+
+def cubic(v):
+    return np.sum(v**3)
+
+
+def cubic_grad(v):
+    return 3.0 * v**2
+
+
+@pytest.mark.parametrize("sigma", [1e-12, 1e-8])
+def test_ecnoise_recovers_a_known_noise_level(sigma):
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(50):
+        t = np.arange(-4, 5) * 1e-6
+        values = 1.0 + 0.3 * t + 2.0 * t**2 + rng.normal(0.0, sigma, t.size)
+        est = ecnoise(values)
+        assert est.status == "measured"
+        ratios.append(est.sigma / sigma)
+    assert 0.5 < np.median(ratios) < 2.0
+    assert max(ratios) < 4.0
+
+
+def test_ecnoise_flat_and_smooth_values_give_no_estimate():
+    assert ecnoise(np.full(9, 2.5)).status == "flat"
+    assert ecnoise(np.exp(np.arange(9.0))).sigma == 0.0  # a smooth trend, no noise
+
+
+def test_cancelling_loss_noise_is_far_above_eps_times_loss():
+    layout, base = normalize_params(X)
+    ev = SerialEvaluator(cubic, layout, base)
+    f0 = ev.base_loss()
+    est = estimate_loss_noise(ev, f0, np.random.default_rng(0))
+    assert est.status == "measured" and est.n_evaluations == 2 * NOISE_HALF_POINTS
+    assert ev.n_evaluations == 1 + 2 * NOISE_HALF_POINTS
+    eps = np.finfo(np.float64).eps
+    # The terms are O(1): round-off ~ EPS * sqrt(n), whatever |L| (here ~1e-14).
+    assert est.sigma > 100 * eps * abs(f0)
+    assert 1e-16 < est.sigma < 1e-12
+
+
+def test_cancelling_loss_correct_gradient_passes():
+    for seed in range(5):
+        report = gradprobe.check(cubic, cubic_grad, X, seed=seed)
+        assert report.passed, str(report)
+        assert report.settings["loss_noise"] > 0.0
+
+
+def test_noise_estimate_is_deterministic_under_the_seed():
+    a = gradprobe.check(cubic, cubic_grad, X, seed=3)
+    b = gradprobe.check(cubic, cubic_grad, X, seed=3)
+    assert a.settings["loss_noise"] == b.settings["loss_noise"]
+    assert a.to_dict()["params"] == b.to_dict()["params"]
+
+
+@pytest.mark.parametrize("rel", [1e-4, -1e-4, 1e-3])
+def test_cancelling_loss_planted_error_still_fails(rel):
+    g = cubic_grad(X)
+    for j in (0, 150, 599):
+        bad = g.copy()
+        bad[j] *= 1.0 + rel
+        report = gradprobe.check(cubic, bad, X, samples="all")
+        assert not report.passed
+        assert report.params["x"].worst_index == (j,)
+
+
+def test_ordinary_loss_floor_is_unchanged():
+    # For a loss whose value does not cancel, the measured noise is about an ulp of L, below
+    # the EPS * |L| floor: the allowance of each entry is what it was without the estimate.
+    from gradprobe.examples import make_mlp
+
+    m = make_mlp()
+    report = gradprobe.check(m.loss, m.grad, m.params, probes=0)
+    loss = m.loss(m.params)
+    assert 0.0 < report.settings["loss_noise"] < 16 * np.finfo(np.float64).eps * abs(loss)
