@@ -73,8 +73,9 @@ def compare_central(
         noise = noise_coef * (abs(f_plus[i]) + abs(f_minus[i])) / abs(taken[i])
         tol = max(rtol * max(1e-8, abs(a) + abs(n)), noise) + atol
         allowed[i] = tol
-        # Written so that NaN (in a, n or tol) fails: comparisons with NaN are False.
-        passed[i] = d <= tol
+        # Written so that NaN (in a, n or tol) fails: comparisons with NaN are False. An
+        # infinite loss on one side makes n and the round-off floor infinite: fail, not pass.
+        passed[i] = d <= tol and abs(n) < np.inf
     return numeric, abs_error, rel_error, allowed, passed
 
 
