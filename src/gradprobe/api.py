@@ -207,6 +207,7 @@ def _check_parameter(
         strata=sample.strata,
         n_probed=n_total if outcome is not None else 0,
         n_probes=outcome.n_probes if outcome is not None else 0,
+        n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
         probe_note=probe_note(outcome, shape),
     )
     widespread = outcome is not None and outcome.widespread

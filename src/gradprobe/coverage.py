@@ -115,17 +115,21 @@ def build_coverage(
     strata: Mapping[str, int],
     n_probed: int = 0,
     n_probes: int = 0,
+    n_probe_kinks: int = 0,
     probe_note: str = "",
     confidence: float = CONFIDENCE,
 ) -> Coverage:
     """Assemble a :class:`~gradprobe.report.Coverage` and its one-line statement.
 
-    ``probe_note`` is appended to the statement (what bisection found, or why probes were
+    ``n_probe_kinks`` counts probes passed as kinks (their step crossed a non-differentiable
+    point and the analytic slope is a valid subgradient). ``probe_note`` is appended to the
+    statement (what bisection found, or why probes were
     inconclusive).
     """
     parts = []
     if n_probed:
-        parts.append(f"all {n_probed:,} entries probed ({n_probes} directional probes)")
+        kinks = f", {n_probe_kinks} across kinks" if n_probe_kinks else ""
+        parts.append(f"all {n_probed:,} entries probed ({n_probes} directional probes{kinks})")
     if n_sampled >= n_total:
         upper = n_failed_sampled / n_total if n_total else 1.0
         parts.append(f"all {n_total:,} checked individually, {n_failed_sampled:,} wrong")

@@ -268,6 +268,12 @@ class ParamReport:
     widespread: bool = False
     coverage: Coverage | None = None
     rel_errors: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
+    #: Largest relative error among entries resolvable above the round-off floor (their
+    #: allowance is set by rtol, not by the floor) and not kinks; NaN when there is none. The
+    #: table shows this one for passing parameters.
+    max_rel_error_resolved: float = math.nan
+    #: Checked entries whose allowance is the round-off floor (their difference is noise).
+    n_at_floor: int = 0
 
     @property
     def failing_entries(self) -> tuple[EntryCheck, ...]:
@@ -282,6 +288,8 @@ class ParamReport:
             "n_checked": self.n_checked,
             "sampling": self.sampling,
             "max_rel_error": _float_or_none(self.max_rel_error),
+            "max_rel_error_resolved": _float_or_none(self.max_rel_error_resolved),
+            "n_at_floor": self.n_at_floor,
             "worst_index": None if self.worst_index is None else list(self.worst_index),
             "passed": self.passed,
             "n_failed": self.n_failed,
@@ -308,6 +316,12 @@ class ParamReport:
             n_checked=int(d["n_checked"]),
             sampling=d["sampling"],
             max_rel_error=math.inf if mre is None and d["n_checked"] else float(mre or 0.0),
+            max_rel_error_resolved=(
+                math.nan
+                if d.get("max_rel_error_resolved") is None
+                else float(d["max_rel_error_resolved"])
+            ),
+            n_at_floor=int(d.get("n_at_floor", 0)),
             worst_index=None if d.get("worst_index") is None else tuple(d["worst_index"]),
             passed=bool(d["passed"]),
             n_failed=int(d["n_failed"]),
@@ -436,8 +450,11 @@ class Report:
             if p.coverage is not None and p.coverage.n_probed:
                 checked += " +probes"
             verdict = "ok" if p.passed else "FAIL"
-            if p.passed and p.n_kinks:
-                verdict = f"ok ({p.n_kinks} kinks)"
+            notes = [f"{p.n_kinks} kinks"] if p.n_kinks else []
+            if p.n_at_floor:
+                notes.append(f"{p.n_at_floor} at noise floor")
+            if p.passed and notes:
+                verdict = f"ok ({', '.join(notes)})"
             if not p.passed and p.diagnosis is not None:
                 verdict = f"FAIL ({p.diagnosis.kind})"
             rows.append(
@@ -445,7 +462,7 @@ class Report:
                     p.name,
                     str(p.shape),
                     checked,
-                    f"{p.max_rel_error:.2e}" if p.n_checked else "-",
+                    _rel_cell(p),
                     _index_str(p.worst_index),
                     verdict,
                 )
@@ -537,6 +554,17 @@ class Report:
         raise GradientMismatchError("\n".join(lines).rstrip(), report=self)
 
 
+def _rel_cell(p: ParamReport) -> str:
+    """The table's relative error: the classic maximum for a failure; for a pass, the maximum
+    over entries resolvable above the round-off floor ("-" when none is)."""
+    if not p.n_checked:
+        return "-"
+    if not p.passed:
+        return f"{p.max_rel_error:.2e}"
+    r = p.max_rel_error_resolved
+    return f"{r:.2e}" if math.isfinite(r) else "-"
+
+
 def _jsonable(value: Any) -> Any:
     """Convert numpy scalars, arrays and tuples to JSON types, recursively."""
     if isinstance(value, Mapping):
@@ -587,6 +615,10 @@ def build_param_report(
         for j in order[:MAX_SHOWN_ENTRIES]
     )
     n_failed = int(np.count_nonzero(entries.failed))
+    # Resolvable: the allowance comes from rtol, not from the round-off floor.
+    with np.errstate(invalid="ignore"):
+        denom = np.maximum(1e-8, np.abs(entries.analytic) + np.abs(entries.numeric))
+        resolved = (entries.allowed <= tolerance.rtol * denom + tolerance.atol) & ~entries.kink
     fields: dict[str, Any] = {
         "passed": n_failed == 0,
         "n_kinks": int(np.count_nonzero(entries.kink)),
@@ -600,6 +632,10 @@ def build_param_report(
         n_checked=entries.size,
         sampling=sampling,
         max_rel_error=float(entries.rel_error.max()) if entries.size else 0.0,
+        max_rel_error_resolved=(
+            float(entries.rel_error[resolved].max()) if resolved.any() else math.nan
+        ),
+        n_at_floor=int(np.count_nonzero(~resolved & ~entries.kink)),
         worst_index=worst[0].index if worst else None,
         n_failed=n_failed,
         worst_entries=worst,
