@@ -331,13 +331,12 @@ def test_dask_cluster_faults_leave_the_cluster_running():
             report = gradprobe.check(nan, _grad, params, n_jobs=2)
             assert report.params["b"].bad_indices == (TRIGGER,)
             dying = functools.partial(_faulty_loss, fault="exit", parent=os.getpid())
-            with pytest.raises(LossEvaluationError) as info:
-                gradprobe.check(dying, _grad, params, n_jobs=2)
-            # Dask retries the task on other workers, then gives up: the entry is one of the
-            # candidates listed, not localized.
-            assert info.value.param == "b" and "worker died" in str(info.value)
-            assert "[1, 2]" in str(info.value)
-            _assert_partial(info.value, "worker died")
+            # Dask restarts the dead worker and reschedules the task; joblib's dask backend
+            # keeps waiting (measured: still waiting after 240 s). Only `timeout` bounds it.
+            with pytest.raises(CheckAborted) as info:
+                gradprobe.check(dying, _grad, params, n_jobs=2, timeout=15)
+            assert info.value.reason == "timeout"
+            _assert_partial(info.value, "time limit")
             assert_bitwise_unchanged(params, saved)
         assert client.status == "running"
         assert len(client.scheduler_info()["workers"]) >= 1
