@@ -139,3 +139,16 @@ def test_budget_stops_cleanly_with_partial_report():
     assert not partial.complete and "budget" in partial.incomplete_reason
     assert list(partial.params) == ["a"]
     assert partial.n_evaluations <= 20
+
+
+def test_quantized_loss_gets_a_noise_warning():
+    x = np.linspace(0.1, 3.0, 10)
+    report = gradprobe.check(lambda v: int(np.sum(v * 100)), np.full(10, 100.0), x)
+    assert any("the loss is noisy" in w for w in report.warnings), report.warnings
+
+
+def test_cancelling_smooth_loss_gets_no_noise_warning():
+    x = np.linspace(-1.0, 1.0, 600)
+    report = gradprobe.check(lambda v: float(np.sum(v**3)), lambda v: 3 * v**2, x)
+    assert report.passed, str(report)
+    assert not any("noisy" in w for w in report.warnings)

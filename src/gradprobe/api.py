@@ -417,6 +417,7 @@ def check(
             )
             noise_info.update(loss_noise=preflight.noise.sigma, noise=preflight.noise.status)
             warnings.extend(preflight.warnings)
+            warnings.extend(_noisy_loss_warning(preflight.noise.sigma, base_value, loss_eps))
             entries: dict[str, EntryResults] = {}
             for p, name in enumerate(layout.names):
                 tolerance = tolerance_for(
@@ -472,6 +473,24 @@ def _add_diagnoses(
         evaluator, results, entries, analytic, loss_eps, nonfinite, loss_noise=loss_noise
     ).items():
         results[name] = replace(results[name], diagnosis=diagnosis)
+
+
+#: Measured noise this many times above ``EPS * max(1, |L|)`` is not floating-point round-off.
+NOISY_LOSS_RATIO = 1e6
+
+
+def _noisy_loss_warning(sigma: float, base_value: float, loss_eps: float) -> list[str]:
+    """A warning when the loss's measured noise is far above floating-point round-off."""
+    roundoff = loss_eps * max(1.0, abs(base_value))
+    if not sigma > NOISY_LOSS_RATIO * roundoff:
+        return []
+    return [
+        f"the loss is noisy near the base point: values a few ulps apart differ by ~{sigma:.3g}, "
+        f"far above floating-point round-off (~{roundoff:.3g}); a rounded or integer-valued "
+        "loss, or randomness that the pre-flight repeat did not catch. Differences below that "
+        "noise cannot be resolved, so entries passing 'at noise floor' are unverified: return "
+        "the unrounded float loss."
+    ]
 
 
 def _dtype_warnings(layout: ParamLayout) -> list[str]:
