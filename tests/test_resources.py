@@ -167,3 +167,18 @@ def test_parameter_the_jitted_loss_ignores():
     g = np.concatenate([2 * x[:4], np.zeros(4)])
     report = gradprobe.check(first_half, g, x, n_jobs=2)
     assert "numba" in report.settings["executor"] and report.passed
+
+
+@pytest.mark.timeout(120)
+def test_keep_workers_reuses_them_across_checks_and_stops_them_at_the_end():
+    before = _workers()
+    w = np.random.default_rng(1).standard_normal((30, 20))
+    params = {"w": w, "b": np.ones(3)}
+    seen = []
+    with joblib.parallel_config(backend="loky"), gradprobe.keep_workers():
+        for _ in range(2):
+            report = gradprobe.check(_sum_sin, _sum_sin_grad, params, n_jobs=2)
+            assert report.passed
+            seen.append(_workers() - before)
+        assert seen[0] and seen[0] == seen[1]  # the same processes served both checks
+    assert _workers() <= before

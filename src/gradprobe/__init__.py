@@ -15,6 +15,7 @@ from .errors import (
     LossEvaluationError,
     NondeterministicLossError,
 )
+from .execution import keep_workers
 from .problem import Problem
 from .report import Coverage, Diagnosis, EntryCheck, ParamReport, Report
 from .sweep import SweepResult, sweep
@@ -35,5 +36,6 @@ __all__ = [
     "SweepResult",
     "__version__",
     "check",
+    "keep_workers",
     "sweep",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "JitEvaluator",
     "ParallelEvaluator",
     "SerialEvaluator",
+    "keep_workers",
     "make_evaluator",
 ]
 
@@ -661,7 +662,7 @@ class ParallelEvaluator(SerialEvaluator):
                 self._entered = False
                 self._parallel.__exit__(None, None, None)
         finally:
-            if self._started_processes and self.backend_name == "loky":
+            if self._started_processes and self.backend_name == "loky" and not _keep_workers_depth:
                 self._started_processes = False
                 _shutdown_loky_workers()
 
@@ -866,6 +867,34 @@ def _is_worker_death(exc: BaseException | None) -> bool:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+_keep_workers_depth = 0
+
+
+@contextlib.contextmanager
+def keep_workers() -> Iterator[None]:
+    """Reuse process workers across the checks run inside this block.
+
+    Each check normally stops the loky worker processes it started, so none are left running;
+    starting them again costs about a second per check (measured on 2 cores). Inside
+    ``with gradprobe.keep_workers():`` the workers stay up between checks and are stopped when
+    the block ends. Thread pools and Dask clusters are unaffected.
+
+    Examples
+    --------
+    >>> with gradprobe.keep_workers():                       # doctest: +SKIP
+    ...     for model in models:
+    ...         gradprobe.check(model.loss, model.grad, model.params, n_jobs=-1)
+    """
+    global _keep_workers_depth
+    _keep_workers_depth += 1
+    try:
+        yield
+    finally:
+        _keep_workers_depth -= 1
+        if _keep_workers_depth == 0:
+            _shutdown_loky_workers()
 
 
 def _shutdown_loky_workers() -> None:
