@@ -23,7 +23,7 @@ from .errors import GradCheckError, InvalidInputError, LossEvaluationError
 from .execution import Evaluator, make_evaluator
 from .preflight import promote_params, run_preflight
 from .probes import DEFAULT_PROBES, merge_entry_results, probe_note, run_probes
-from .report import ParamReport, Report, build_param_report
+from .report import MAX_BAD_INDICES, ParamReport, Report, build_param_report
 from .sampling import stratified_sample
 from .steps import METHODS, default_relative_step
 from .tolerances import Tolerance, loss_epsilon, tolerance_for
@@ -45,7 +45,6 @@ __all__ = ["DEFAULT_SAMPLES", "check"]
 DEFAULT_SAMPLES = 512
 
 #: Localized bad entries listed per parameter (``ParamReport.bad_indices``).
-MAX_BAD_INDICES = 100
 
 
 @dataclass(frozen=True)

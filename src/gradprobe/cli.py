@@ -431,6 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         print(f"gradprobe: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`gradprobe demo | head`): stop quietly, without a traceback
+        # from the interpreter's final flush, and say that the output was cut short.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_CRASH
 
 
 if __name__ == "__main__":  # pragma: no cover

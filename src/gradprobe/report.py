@@ -29,6 +29,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MAX_SHOWN_ENTRIES = 5
+#: ``ParamReport.bad_indices`` keeps at most this many entries.
+MAX_BAD_INDICES = 100
 
 
 def _fmt(x: float) -> str:
@@ -369,7 +371,10 @@ class ParamReport:
         if extra:
             more = ", ".join(_index_str(i) for i in extra[:MAX_SHOWN_ENTRIES])
             if len(extra) > MAX_SHOWN_ENTRIES:
-                more += f", ... ({len(extra)} in all)"
+                kept = len(self.bad_indices) >= MAX_BAD_INDICES
+                more += f", ... ({len(extra) - MAX_SHOWN_ENTRIES} more in bad_indices" + (
+                    f", which keeps the first {MAX_BAD_INDICES})" if kept else ")"
+                )
             lines.append(f"  other wrong entries (sampled or localized by probes): {more}")
         if self.diagnosis is not None:
             lines.append(
