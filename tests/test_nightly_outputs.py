@@ -81,7 +81,10 @@ def test_suite_result_json_round_trip(tmp_path):
 def test_baseline_flags_growth_new_and_missing_checks(tmp_path):
     before = _result(a="passed", gone="passed")
     grown = dataclasses.replace(
-        before.outcomes[0].report.params["b"], max_rel_error=1e-3, passed=True
+        before.outcomes[0].report.params["b"],
+        max_rel_error=1e-3,
+        max_rel_error_resolved=1e-3,
+        passed=True,
     )
     report = before.outcomes[0].report
     report = dataclasses.replace(report, params={**report.params, "b": grown})
@@ -148,3 +151,19 @@ def test_progress_callback_reaches_display():
     with ProgressDisplay(False) as bar:  # disabled: methods are no-ops
         bar.start("x")
         bar.update(1, 2)
+
+
+def test_baseline_ignores_growth_of_noise_floor_entries():
+    # A passing parameter's classic maximum may come from entries whose difference is below
+    # the round-off floor (float32): noise, not a regression.
+    before = _result(a="passed")
+    noisy = dataclasses.replace(
+        before.outcomes[0].report.params["b"],
+        max_rel_error=1.0,
+        max_rel_error_resolved=float("nan"),
+        passed=True,
+    )
+    report = before.outcomes[0].report
+    report = dataclasses.replace(report, params={**report.params, "b": noisy})
+    now = SuiteResult(outcomes=(dataclasses.replace(before.outcomes[0], report=report),))
+    assert not compare(now, before).regressions

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -286,8 +287,9 @@ def _summary_rows(outcomes: Sequence[Any]) -> str:
     for o in outcomes:
         r = o.report
         if r is not None and r.params:
-            worst = max((p.max_rel_error for p in r.params.values() if p.n_checked), default=0.0)
-            mre = f"{worst:.2e}"
+            shown = [p.headline_rel_error for p in r.params.values()]
+            shown = [x for x in shown if not math.isnan(x)]
+            mre = f"{max(shown):.2e}" if shown else "-"
         else:
             mre = "-"
         status = o.status.upper() if o.status != "passed" else o.status

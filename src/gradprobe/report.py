@@ -278,6 +278,15 @@ class ParamReport:
     n_at_floor: int = 0
 
     @property
+    def headline_rel_error(self) -> float:
+        """The relative error the report's table shows: the classic maximum for a failing
+        parameter; for a passing one the maximum over entries resolvable above the round-off
+        floor (NaN when none is: their differences are noise, not evidence)."""
+        if not self.n_checked:
+            return math.nan
+        return self.max_rel_error if not self.passed else self.max_rel_error_resolved
+
+    @property
     def failing_entries(self) -> tuple[EntryCheck, ...]:
         return tuple(e for e in self.worst_entries if not e.passed and not e.kink)
 
@@ -562,12 +571,8 @@ class Report:
 def _rel_cell(p: ParamReport) -> str:
     """The table's relative error: the classic maximum for a failure; for a pass, the maximum
     over entries resolvable above the round-off floor ("-" when none is)."""
-    if not p.n_checked:
-        return "-"
-    if not p.passed:
-        return f"{p.max_rel_error:.2e}"
-    r = p.max_rel_error_resolved
-    return f"{r:.2e}" if math.isfinite(r) else "-"
+    r = p.headline_rel_error
+    return f"{r:.2e}" if not math.isnan(r) else "-"
 
 
 def _jsonable(value: Any) -> Any:
