@@ -236,19 +236,38 @@ class _Prober:
         self.n_retried = 0
         self._f0: float | None = None
         self._set_step(step)
-        self._first = (self.plus, self.minus, self.gd, self.gd_plus, self.abs_gd, self.taken_sq)
-        self._small: tuple[np.ndarray, ...] | None = None
+        self._first = (self.plus, self.minus)
+        self._small: tuple[np.ndarray, np.ndarray] | None = None
 
     def _set_step(self, step: float) -> None:
-        x = self.base.astype(np.float64)
-        self.plus = (x[None, :] + step * self.directions).astype(self.dtype)
-        self.minus = (x[None, :] - step * self.directions).astype(self.dtype)
-        up = self.plus.astype(np.float64) - x[None, :]
-        taken = up + (x[None, :] - self.minus.astype(np.float64))
-        self.gd = self.g[None, :] * taken
-        self.gd_plus = self.g[None, :] * up
-        self.abs_gd = np.abs(self.gd)
-        self.taken_sq = taken * taken
+        x = self.base.astype(np.float64, copy=False)
+        k = self.directions.shape[0]
+        self.plus = np.empty((k, x.size), dtype=self.dtype)
+        self.minus = np.empty((k, x.size), dtype=self.dtype)
+        for j in range(k):  # row by row: no (k, n) float64 temporaries
+            s = step * self.directions[j]
+            self.plus[j] = x + s
+            self.minus[j] = x - s
+
+    def _sums(self, j: int, lo: int, hi: int) -> tuple[float, float, float, float]:
+        """Over entries ``lo:hi`` of direction ``j`` at the current step: ``g . d``, its
+        forward part ``g . ((x + s) - x)``, ``|g| . |d|`` and ``|d|**2`` (``d`` the step taken).
+
+        Computed per range rather than stored for every entry: four float64 arrays per
+        direction and step would multiply the check's memory for a large parameter.
+        """
+        x = self.base[lo:hi].astype(np.float64, copy=False)
+        g = self.g[lo:hi]
+        up = self.plus[j, lo:hi].astype(np.float64)
+        up -= x
+        taken = x - self.minus[j, lo:hi].astype(np.float64)
+        taken += up
+        gd = g * taken
+        gd_sum = float(gd.sum())
+        abs_gd_sum = float(np.abs(gd, out=gd).sum())
+        up *= g
+        taken *= taken
+        return gd_sum, float(up.sum()), abs_gd_sum, float(taken.sum())
 
     @property
     def f0(self) -> float:
@@ -259,7 +278,7 @@ class _Prober:
 
     def one_sided(self, p: Probe) -> tuple[float, float]:
         """``(e+, e-)``: each one-sided difference minus its analytic part."""
-        a_plus = float(self.gd_plus[p.direction, p.lo : p.hi].sum())
+        a_plus = self._sums(p.direction, p.lo, p.hi)[1]
         e_plus = (p.f_plus - self.f0) - a_plus
         e_minus = (self.f0 - p.f_minus) - (p.analytic - a_plus)
         return e_plus, e_minus
@@ -267,18 +286,18 @@ class _Prober:
     def _run_small(self, p: Probe) -> tuple[Probe, float, tuple[float, float]]:
         """``p`` probed at a ``RETRY_FACTOR`` times smaller step: the probe, the ratio of the
         steps taken (first / small) and its one-sided errors."""
-        norm_first = math.sqrt(float(self.taken_sq[p.direction, p.lo : p.hi].sum()))
+        norm_first = math.sqrt(self._sums(p.direction, p.lo, p.hi)[3])
         if self._small is None:
             self._set_step(self.step / RETRY_FACTOR)
-            self._small = (self.plus, self.minus, self.gd, self.gd_plus, self.abs_gd, self.taken_sq)
+            self._small = (self.plus, self.minus)
         else:
-            self.plus, self.minus, self.gd, self.gd_plus, self.abs_gd, self.taken_sq = self._small
+            self.plus, self.minus = self._small
         try:
             small = self.run([(p.lo, p.hi, p.direction)], p.depth)[0]
-            norm_small = math.sqrt(float(self.taken_sq[p.direction, p.lo : p.hi].sum()))
+            norm_small = math.sqrt(self._sums(p.direction, p.lo, p.hi)[3])
             sides = self.one_sided(small)
         finally:
-            self.plus, self.minus, self.gd, self.gd_plus, self.abs_gd, self.taken_sq = self._first
+            self.plus, self.minus = self._first
         ratio = norm_first / norm_small if norm_small > 0 else math.inf
         return small, ratio, sides
 
@@ -348,7 +367,7 @@ class _Prober:
             hi=hi,
             direction=j,
             depth=left.depth,
-            analytic=float(self.gd[j, lo:hi].sum()),
+            analytic=self._sums(j, lo, hi)[0],
             numeric=parent.numeric - left.numeric,
             allowed=parent.allowed + left.allowed,
             inferred=True,
@@ -359,14 +378,15 @@ class _Prober:
         noise = float(tol.difference_floor(f_plus, f_minus))
         # The analytic side's own round-off: a sum of (hi - lo) products of inputs that carry
         # the gradient's precision (the loss's epsilon, never finer than float64's).
-        dot_noise = NOISE_FACTOR * max(tol.loss_eps, _EPS64) * float(self.abs_gd[j, lo:hi].sum())
-        atol_term = tol.atol * math.sqrt(float(self.taken_sq[j, lo:hi].sum()))
+        gd, _, abs_gd, taken_sq = self._sums(j, lo, hi)
+        dot_noise = NOISE_FACTOR * max(tol.loss_eps, _EPS64) * abs_gd
+        atol_term = tol.atol * math.sqrt(taken_sq)
         return Probe(
             lo=lo,
             hi=hi,
             direction=j,
             depth=depth,
-            analytic=float(self.gd[j, lo:hi].sum()),
+            analytic=gd,
             numeric=float(f_plus - f_minus),
             allowed=noise + dot_noise + self.truncation + atol_term,
             f_plus=float(f_plus),
@@ -376,7 +396,8 @@ class _Prober:
 
 def _directions(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
     v = rng.standard_normal((k, n))
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    for row in v:  # row by row: no (k, n) temporary; a plain sum, not BLAS (thread-independent)
+        row /= np.sqrt(np.sum(row * row))
     return v
 
 
@@ -397,7 +418,7 @@ def _choose_step(
     """
     base = evaluator.base[param].reshape(-1)
     n = base.size
-    x = base.astype(np.float64)
+    x = base.astype(np.float64, copy=False)
     scale = max(1.0, float(np.sqrt(np.mean(x * x))))
     h_min = relative_step * scale
     h_pilot = h_min * n ** (1.0 / 3.0)
@@ -406,8 +427,10 @@ def _choose_step(
         vectors[r] = (x + mult * h_pilot * direction).astype(base.dtype)
     losses = evaluator.vector_losses(param, vectors)
     g = np.asarray(analytic_flat, dtype=np.float64)
-    d1 = vectors[0].astype(np.float64) - vectors[1].astype(np.float64)
-    d2 = vectors[2].astype(np.float64) - vectors[3].astype(np.float64)
+    d1 = vectors[0].astype(np.float64)
+    d1 -= vectors[1]
+    d2 = vectors[2].astype(np.float64)
+    d2 -= vectors[3]
     r1 = (losses[0] - losses[1]) - float(g @ d1)
     r2 = (losses[2] - losses[3]) - float(g @ d2)
     cubic = abs(r2 - 2.0 * r1) / 6.0  # truncation at h_pilot
