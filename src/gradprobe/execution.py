@@ -211,43 +211,92 @@ class SerialEvaluator(Evaluator):
             return self._vector_losses(param, vectors)
 
     def _entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
-        m, k = values.shape
-        out = np.empty((m, k))
-        flat = self.flat[param]
-        name = self.layout.names[param]
-        for r in range(m):
-            i = int(flat_index[r])
-            saved = flat[i]
-            try:
-                for c in range(k):
-                    self._charge(1)
-                    flat[i] = values[r, c]
-                    try:
-                        out[r, c] = self.call_loss(self.work, f"with {name!r} perturbed")
-                    except (CheckAborted, LossEvaluationError):
-                        raise
-                    except Exception as exc:
-                        raise self._wrap_error(exc, param, i) from exc
-            finally:
-                flat[i] = saved
+        out = np.empty(values.shape)
+        where = f"with {self.layout.names[param]!r} perturbed"
+        failure = _perturb_entries(
+            lambda: self.call_loss(self.work, where),
+            self.flat[param],
+            flat_index,
+            values,
+            out,
+            before_each=lambda: self._charge(1),
+        )
+        if failure is not None:
+            row, exc = failure
+            self._raise(exc, param, int(flat_index[row]))
         return out
 
     def _vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
         out = np.empty(vectors.shape[0])
-        flat = self.flat[param]
-        name = self.layout.names[param]
-        for r in range(vectors.shape[0]):
-            self._charge(1)
-            try:
-                flat[:] = vectors[r]
-                out[r] = self.call_loss(self.work, f"with {name!r} perturbed")
-            except (CheckAborted, LossEvaluationError):
-                raise
-            except Exception as exc:
-                raise self._wrap_error(exc, param, None) from exc
-            finally:
-                flat[:] = self.base[param].reshape(-1)
+        where = f"with {self.layout.names[param]!r} perturbed"
+        failure = _replace_vectors(
+            lambda: self.call_loss(self.work, where),
+            self.flat[param],
+            self.base[param].reshape(-1),
+            vectors,
+            out,
+            before_each=lambda: self._charge(1),
+        )
+        if failure is not None:
+            self._raise(failure[1], param, None)
         return out
+
+    def _raise(self, exc: Exception, param: int, flat: int | None) -> None:
+        """Re-raise gradprobe's own errors as they are; wrap the loss's with where it failed."""
+        if isinstance(exc, (CheckAborted, LossEvaluationError)):
+            raise exc
+        raise self._wrap_error(exc, param, flat) from exc
+
+
+def _perturb_entries(
+    call: Callable[[], float],
+    flat: np.ndarray,
+    flat_index: np.ndarray,
+    values: np.ndarray,
+    out: np.ndarray,
+    before_each: Callable[[], None] | None = None,
+) -> tuple[int, Exception] | None:
+    """The per-entry loop: set entry ``flat_index[r]`` to each ``values[r, c]``, store
+    ``call()`` in ``out[r, c]`` and restore the saved value (``finally``: whatever happens,
+    KeyboardInterrupt included). Returns ``(row, exception)`` for the first evaluation that
+    raised, None when all succeeded; the serial evaluator and the workers share it."""
+    m, k = values.shape
+    for r in range(m):
+        i = int(flat_index[r])
+        saved = flat[i]
+        try:
+            for c in range(k):
+                if before_each is not None:
+                    before_each()
+                flat[i] = values[r, c]
+                out[r, c] = call()
+        except Exception as exc:
+            return r, exc
+        finally:
+            flat[i] = saved
+    return None
+
+
+def _replace_vectors(
+    call: Callable[[], float],
+    flat: np.ndarray,
+    base: np.ndarray,
+    vectors: np.ndarray,
+    out: np.ndarray,
+    before_each: Callable[[], None] | None = None,
+) -> tuple[int, Exception] | None:
+    """Like :func:`_perturb_entries` for whole replacement vectors, restoring ``base``."""
+    for r in range(vectors.shape[0]):
+        try:
+            if before_each is not None:
+                before_each()
+            flat[:] = vectors[r]
+            out[r] = call()
+        except Exception as exc:
+            return r, exc
+        finally:
+            flat[:] = base
+    return None
 
 
 # -- thread limits -----------------------------------------------------------------------------
@@ -340,21 +389,17 @@ def _entry_chunk(
     """Per-entry loop over one chunk, on this worker's own copy of the parameters."""
     with _limit_in_worker(parent):
         work = [np.array(a, copy=True) for a in arrays]  # memmaps arrive read-only
-        flat = work[param].reshape(-1)
-        name = layout.names[param]
-        m, k = values.shape
-        out = np.empty((m, k))
-        for r in range(m):
-            i = int(flat_index[r])
-            saved = flat[i]
-            try:
-                for c in range(k):
-                    flat[i] = values[r, c]
-                    out[r, c] = as_scalar_loss(loss(layout.pack(work)), f"with {name!r} perturbed")
-            except Exception as exc:
-                return _ChunkResult(out, _worker_id(), r, _portable(exc))
-            finally:
-                flat[i] = saved
+        where = f"with {layout.names[param]!r} perturbed"
+        out = np.empty(values.shape)
+        failure = _perturb_entries(
+            lambda: as_scalar_loss(loss(layout.pack(work)), where),
+            work[param].reshape(-1),
+            flat_index,
+            values,
+            out,
+        )
+        if failure is not None:
+            return _ChunkResult(out, _worker_id(), failure[0], _portable(failure[1]))
         return _ChunkResult(out, _worker_id(), -1, None)
 
 
@@ -369,17 +414,17 @@ def _vector_chunk(
     """Losses with parameter ``param`` replaced by each row of ``vectors``."""
     with _limit_in_worker(parent):
         work = [np.array(a, copy=True) for a in arrays]
-        flat = work[param].reshape(-1)
-        name = layout.names[param]
+        where = f"with {layout.names[param]!r} perturbed"
         out = np.empty(vectors.shape[0])
-        for r in range(vectors.shape[0]):
-            try:
-                flat[:] = vectors[r]
-                out[r] = as_scalar_loss(loss(layout.pack(work)), f"with {name!r} perturbed")
-            except Exception as exc:
-                return _ChunkResult(out, _worker_id(), r, _portable(exc))
-            finally:
-                flat[:] = arrays[param].reshape(-1)
+        failure = _replace_vectors(
+            lambda: as_scalar_loss(loss(layout.pack(work)), where),
+            work[param].reshape(-1),
+            np.asarray(arrays[param]).reshape(-1),
+            vectors,
+            out,
+        )
+        if failure is not None:
+            return _ChunkResult(out, _worker_id(), failure[0], _portable(failure[1]))
         return _ChunkResult(out, _worker_id(), -1, None)
 
 
