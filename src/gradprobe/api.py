@@ -44,8 +44,6 @@ __all__ = ["DEFAULT_SAMPLES", "check"]
 #: this many entries checked one by one (2 loss evaluations each).
 DEFAULT_SAMPLES = 512
 
-#: Localized bad entries listed per parameter (``ParamReport.bad_indices``).
-
 
 @dataclass(frozen=True)
 class CheckOptions:
@@ -333,8 +331,9 @@ def check(
     start = time.perf_counter()
     validate_callable("loss", loss)
     layout, base = normalize_params(params)
-    if not isinstance(promote, (bool, np.bool_)):
-        raise InvalidInputError(f"promote: expected True or False, found {promote!r}.")
+    for name, flag in (("promote", promote), ("batched", batched)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise InvalidInputError(f"{name}: expected True or False, found {flag!r}.")
     promoted: list[str] = []
     if promote:
         layout, base, promoted = promote_params(layout, base)
@@ -361,14 +360,12 @@ def check(
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     results: dict[str, ParamReport] = {}
     timings: dict[str, float] = {"compile": kernels.warm_up()}
-    if not isinstance(batched, bool):
-        raise InvalidInputError(f"batched: expected True or False, found {batched!r}.")
     evaluator = make_evaluator(
         loss,
         layout,
         base,
         n_jobs=options.n_jobs,
-        batched=batched,
+        batched=bool(batched),
         budget=options.budget,
         deadline=deadline,
     )
