@@ -83,6 +83,7 @@ class Evaluator:
         self.budget = budget
         self.deadline = deadline
         self.n_evaluations = 0
+        self._base_value: float | None = None
         #: Things the report should tell the user about how the loss was evaluated.
         self.warnings: list[str] = []
         # Set by check(progress=...): called as progress(done, total) each time work is charged.
@@ -130,10 +131,15 @@ class Evaluator:
         return as_scalar_loss(self.loss(self.layout.pack(arrays)), where)
 
     def base_loss(self) -> float:
-        """The loss at the unperturbed parameters."""
-        self._charge(1)
-        with _one_blas_thread():
-            return self.call_loss([a.copy() for a in self.base], "at the base point")
+        """The loss at the unperturbed parameters (evaluated once; later calls reuse it, the
+        pre-flight having checked that the loss is deterministic)."""
+        if self._base_value is None:
+            self._charge(1)
+            with _one_blas_thread():
+                self._base_value = self.call_loss(
+                    [a.copy() for a in self.base], "at the base point"
+                )
+        return self._base_value
 
     def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Losses with single entries replaced.
@@ -567,11 +573,6 @@ class BatchedEvaluator(Evaluator):
             )
         return as_scalar_loss(arr, where)
 
-    def base_loss(self) -> float:
-        self._charge(1)
-        with _one_blas_thread():
-            return self.call_loss([a.copy() for a in self.base], "at the base point")
-
     def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
         m, k = values.shape
         out = np.empty((m, k))
@@ -681,6 +682,8 @@ class ParallelEvaluator(SerialEvaluator):
         return super().call_loss(arrays, where)
 
     def base_loss(self) -> float:
+        if self._base_value is not None:
+            return self._base_value
         start = time.perf_counter()
         value = super().base_loss()
         self._observe(time.perf_counter() - start, 1)
