@@ -106,17 +106,16 @@ class _Verdict:
 
 
 def _compare(a: np.ndarray, numeric: np.ndarray, noise: np.ndarray, tol: Tolerance) -> _Verdict:
-    """The pass rule of :func:`gradprobe.kernels.compare_central` for any estimate."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        d = np.abs(a - numeric)
-        denom = np.maximum(1e-8, np.abs(a) + np.abs(numeric))
-        rel = d / denom
-        rel = np.where(np.isnan(rel), np.inf, rel)
-        allowed = np.maximum(tol.rtol * denom, noise) + tol.atol
-        # NaN anywhere fails; so does an infinite estimate (an inf loss on one side), whose
-        # round-off floor is infinite too.
-        passed = (d <= allowed) & np.isfinite(numeric)
-    return _Verdict(d, rel, allowed, passed)
+    """The pass rule (:func:`gradprobe.kernels.compare`) for any estimate."""
+    return _Verdict(
+        *kernels.compare(
+            np.ascontiguousarray(a, dtype=np.float64),
+            np.ascontiguousarray(numeric, dtype=np.float64),
+            np.ascontiguousarray(noise, dtype=np.float64),
+            tol.rtol,
+            tol.atol,
+        )
+    )
 
 
 def _noise(
@@ -143,14 +142,17 @@ def _estimate(
     big = central_steps(values, relative_step)
     if method == "central":
         f = evaluator.entry_losses(param, flat_index, np.stack([big.plus, big.minus], axis=1))
-        numeric = (f[:, 0] - f[:, 1]) / big.taken
-        noise = _noise(tol, f[:, 0], f[:, 1], big.taken)
+        f = np.ascontiguousarray(f.T)  # rows: L(x+h), L(x-h)
+        numeric = kernels.central_differences(f[0], f[1], big.taken)
+        noise = _noise(tol, f[0], f[1], big.taken)
+        f = f.T
     elif method == "richardson":
         small = central_steps(values, 0.5 * np.asarray(relative_step))
         cols = np.stack([big.plus, big.minus, small.plus, small.minus], axis=1)
         f = evaluator.entry_losses(param, flat_index, cols)
-        d1 = (f[:, 0] - f[:, 1]) / big.taken
-        d2 = (f[:, 2] - f[:, 3]) / small.taken
+        g = np.ascontiguousarray(f.T)
+        d1 = kernels.central_differences(g[0], g[1], big.taken)
+        d2 = kernels.central_differences(g[2], g[3], small.taken)
         # The h**2 term cancels for the ratio of the steps actually taken (about 2).
         r2 = (big.taken / small.taken) ** 2
         numeric = (r2 * d2 - d1) / (r2 - 1.0)
@@ -192,9 +194,14 @@ def numeric_entries(
 def _one_sided_gap(est: _Estimate, f0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Forward and backward differences and their gap ``|forward - backward|``."""
     assert est.plus is not None and est.minus is not None
-    forward = (est.plus - f0) / est.up
-    backward = (f0 - est.minus) / est.down
-    return forward, backward, np.abs(forward - backward)
+    assert est.up is not None and est.down is not None
+    return kernels.one_sided_differences(
+        np.ascontiguousarray(est.plus),
+        float(f0),
+        np.ascontiguousarray(est.minus),
+        np.ascontiguousarray(est.up),
+        np.ascontiguousarray(est.down),
+    )
 
 
 def evaluate_entries(
@@ -239,40 +246,10 @@ def evaluate_entries(
     flat_index = np.asarray(flat_index, dtype=np.int64)
     a = np.ascontiguousarray(analytic_flat[flat_index], dtype=np.float64)
     m = flat_index.size
-    if method == "central":
-        values = evaluator.base[param].reshape(-1)[flat_index]
-        steps = central_steps(values, relative_step)
-        losses = evaluator.entry_losses(
-            param, flat_index, np.stack([steps.plus, steps.minus], axis=1)
-        )
-        numeric, abs_error, rel_error, allowed, passed = kernels.compare_central(
-            a,
-            np.ascontiguousarray(losses[:, 0]),
-            np.ascontiguousarray(losses[:, 1]),
-            steps.taken,
-            tolerance.rtol,
-            tolerance.atol,
-            NOISE_FACTOR * tolerance.loss_eps,
-        )
-        noise = _noise(tolerance, losses[:, 0], losses[:, 1], steps.taken)
-        if tolerance.loss_noise > 0.0:
-            # The kernel knows only the EPS * |L| floor; apply the measured one (tolerances.py).
-            v = _compare(a, numeric, noise, tolerance)
-            allowed, passed = v.allowed, v.passed
-        est = _Estimate(
-            numeric=numeric,
-            noise=noise,
-            step=0.5 * steps.taken,
-            plus=losses[:, 0],
-            minus=losses[:, 1],
-            up=steps.forward_taken,
-            down=steps.backward_taken,
-        )
-    else:
-        est = _estimate(evaluator, param, flat_index, relative_step, tolerance, method)
-        numeric = est.numeric
-        v = _compare(a, numeric, est.noise, tolerance)
-        abs_error, rel_error, allowed, passed = v.abs_error, v.rel_error, v.allowed, v.passed
+    est = _estimate(evaluator, param, flat_index, relative_step, tolerance, method)
+    numeric = est.numeric
+    v = _compare(a, numeric, est.noise, tolerance)
+    abs_error, rel_error, allowed, passed = v.abs_error, v.rel_error, v.allowed, v.passed
     results = EntryResults(
         flat_index=flat_index,
         analytic=a,

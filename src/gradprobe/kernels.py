@@ -16,7 +16,8 @@ from numba import njit, prange
 from numba import types as nbt
 
 __all__ = [
-    "compare_central",
+    "central_differences",
+    "compare",
     "jit_entry_losses",
     "jit_loss_kernels",
     "jit_vector_losses",
@@ -41,42 +42,48 @@ def relative_error(analytic: float, numeric: float) -> float:
 
 
 @njit(cache=True)
-def compare_central(
+def central_differences(f_plus: np.ndarray, f_minus: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """Numeric derivatives ``(f+ - f-) / taken`` (``taken`` the step actually taken)."""
+    m = f_plus.shape[0]
+    numeric = np.empty(m)
+    for i in range(m):
+        numeric[i] = (f_plus[i] - f_minus[i]) / taken[i]
+    return numeric
+
+
+@njit(cache=True)
+def compare(
     analytic: np.ndarray,
-    f_plus: np.ndarray,
-    f_minus: np.ndarray,
-    taken: np.ndarray,
+    numeric: np.ndarray,
+    noise: np.ndarray,
     rtol: float,
     atol: float,
-    noise_coef: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Numeric gradients from central differences and their comparison with ``analytic``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pass rule, for any estimate: ``abs_error, rel_error, allowed, passed``.
 
-    Returns ``numeric, abs_error, rel_error, allowed, passed`` where ``allowed`` is the absolute
-    difference the entry may show: ``max(rtol * (|a| + |n|), noise) + atol`` with the round-off
-    floor ``noise = noise_coef * (|f+| + |f-|) / |taken|``. NaN anywhere fails the entry.
+    ``allowed = max(rtol * max(1e-8, |a| + |n|), noise) + atol`` is the largest ``|a - n|`` an
+    entry may show, ``noise`` the estimate's round-off floor. The relative error is the classic
+    ``|a - n| / max(1e-8, |a| + |n|)``, inf when either side is NaN. NaN anywhere fails the
+    entry, and so does an infinite estimate (an inf loss on one side), whose floor is infinite.
     """
     m = analytic.shape[0]
-    numeric = np.empty(m)
     abs_error = np.empty(m)
     rel_error = np.empty(m)
     allowed = np.empty(m)
     passed = np.empty(m, dtype=np.bool_)
     for i in range(m):
-        n = (f_plus[i] - f_minus[i]) / taken[i]
         a = analytic[i]
-        numeric[i] = n
+        n = numeric[i]
         d = abs(a - n)
         abs_error[i] = d
-        r = d / max(1e-8, abs(a) + abs(n))
+        denom = max(1e-8, abs(a) + abs(n))
+        r = d / denom
         rel_error[i] = r if r == r else np.inf  # NaN ranks as the worst possible error
-        noise = noise_coef * (abs(f_plus[i]) + abs(f_minus[i])) / abs(taken[i])
-        tol = max(rtol * max(1e-8, abs(a) + abs(n)), noise) + atol
+        tol = max(rtol * denom, noise[i]) + atol
         allowed[i] = tol
-        # Written so that NaN (in a, n or tol) fails: comparisons with NaN are False. An
-        # infinite loss on one side makes n and the round-off floor infinite: fail, not pass.
+        # Written so that NaN (in a, n or tol) fails: comparisons with NaN are False.
         passed[i] = d <= tol and abs(n) < np.inf
-    return numeric, abs_error, rel_error, allowed, passed
+    return abs_error, rel_error, allowed, passed
 
 
 @njit(cache=True)
@@ -186,6 +193,7 @@ def warm_up() -> float:
         return 0.0
     start = time.perf_counter()
     one = np.ones(1)
-    compare_central(one, one, one, one, 1e-5, 0.0, 1e-15)
+    compare(one, central_differences(one, one, one), one, 1e-5, 0.0)
+    one_sided_differences(one, 1.0, one, one, one)
     _warm = True
     return time.perf_counter() - start
