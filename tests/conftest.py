@@ -55,3 +55,4 @@ def _dispatch_every_parallel_call(monkeypatch):
     from gradprobe import execution
 
     monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.0)
+    monkeypatch.setattr(execution, "PROCESS_START_SECONDS", 0.0)

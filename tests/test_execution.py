@@ -187,3 +187,26 @@ def test_small_calls_stay_in_process_large_ones_dispatch(monkeypatch):
             slow_losses = ev.entry_losses(0, np.arange(12), values)
             assert ev.dispatched == 1
     assert fast.tobytes() == slow_losses.tobytes()
+
+
+@pytest.mark.timeout(60)
+def test_process_workers_start_only_for_work_that_pays_for_them(monkeypatch):
+    from gradprobe import execution
+
+    monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.2)
+    monkeypatch.setattr(execution, "PROCESS_START_SECONDS", 0.5)
+    x = np.linspace(-1.0, 1.0, 12)
+    layout, base = normalize_params(x)
+    with (
+        joblib.parallel_config(backend="loky"),
+        ParallelEvaluator(_tanh_sum, layout, base, n_jobs=2) as ev,
+    ):
+        ev.loss_seconds, ev._calibrated = 0.01, True  # 24 evaluations ~ 0.24 s: under 0.7 s
+        assert not ev._dispatch(24)
+        assert ev._dispatch(80)  # 0.8 s: worth starting the workers
+        ev._started_processes = True  # once running, only the dispatch threshold counts
+        assert ev._dispatch(24)
+
+
+def _tanh_sum(v):
+    return float(np.sum(np.tanh(v)))

@@ -45,6 +45,10 @@ BATCHED_MEMORY = 64 * 2**20
 #: (measured on 2 cores with loky, up to ~50 ms with 8 chunks), so small calls (probes, retries, tiny parameters) would
 #: spend more time dispatching than evaluating. Results are identical either way.
 MIN_DISPATCH_SECONDS = 0.2
+#: Starting process workers (loky, multiprocessing) costs about this much (measured 0.4-0.5 s
+#: for 2 workers on 2 cores): a call dispatches only when its work pays for that too.
+PROCESS_START_SECONDS = 0.5
+PROCESS_BACKENDS = ("loky", "multiprocessing")
 #: The same threshold for ``n_jobs="auto"``: work below it stays in this thread.
 AUTO_DISPATCH_SECONDS = 0.25
 #: Rows per numba kernel call (the budget and deadline are checked between calls).
@@ -720,7 +724,13 @@ class ParallelEvaluator(SerialEvaluator):
             return False
         if self.loss_seconds is None:
             return True
-        return self.loss_seconds * n_evaluations >= self.min_dispatch_seconds
+        return self.loss_seconds * n_evaluations >= self.min_dispatch_seconds + self._startup()
+
+    def _startup(self) -> float:
+        """Seconds that starting process workers would add to this call (0 once running)."""
+        if self._started_processes or _warm_pool or self.backend_name not in PROCESS_BACKENDS:
+            return 0.0
+        return PROCESS_START_SECONDS
 
     def _run(self, tasks: list[Any], param: int, what: str) -> list[_ChunkResult]:
         if not self._entered:
@@ -728,6 +738,8 @@ class ParallelEvaluator(SerialEvaluator):
             self._entered = True
         self.dispatched += 1
         self._started_processes = True
+        if _keep_workers_depth:
+            _mark_pool(warm=True)
         try:
             with _one_blas_thread():  # covers thread backends; workers limit themselves
                 results = self._parallel(tasks)
@@ -945,8 +957,17 @@ def keep_workers() -> Iterator[None]:
             _shutdown_loky_workers()
 
 
+_warm_pool = False  # loky workers kept running by keep_workers()
+
+
+def _mark_pool(warm: bool) -> None:
+    global _warm_pool
+    _warm_pool = warm
+
+
 def _shutdown_loky_workers() -> None:
     """Stop loky's reusable executor and wait until its worker processes have exited."""
+    _mark_pool(warm=False)
     try:
         from joblib.externals.loky import reusable_executor
     except ImportError:  # pragma: no cover
