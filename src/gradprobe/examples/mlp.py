@@ -152,8 +152,12 @@ def make_mlp(
         for i in range(1, n_layers + 1):
             z = h @ p[f"W{i}"] + p[f"b{i}"][:, np.newaxis, :]
             h = act(z) if i < n_layers else z
-        data_term = -_log_softmax(h)[:, np.arange(batch), y].mean(axis=1)
-        reg = sum(np.sum(p[f"W{i}"] ** 2, axis=(1, 2)) for i in range(1, n_layers + 1))
+        # Only the labelled log-probabilities are needed: logit_y - logsumexp(logits).
+        top = h.max(axis=-1, keepdims=True)
+        lse = np.log(np.exp(h - top).sum(axis=-1)) + top[..., 0]
+        data_term = (lse - h[:, np.arange(batch), y]).mean(axis=1)
+        # einsum sums each copy's squares without a (B, n, m) temporary.
+        reg = sum(np.einsum("bij,bij->b", p[f"W{i}"], p[f"W{i}"]) for i in range(1, n_layers + 1))
         return data_term + 0.5 * l2 * reg
 
     def grad(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
