@@ -348,15 +348,6 @@ def _blas_controller(refresh: bool = False) -> Any:
     return _controller
 
 
-def blas_threads_managed() -> bool:
-    """Whether loss evaluations run with one BLAS thread (threadpoolctl importable)."""
-    try:
-        import threadpoolctl  # noqa: F401
-    except ImportError:  # pragma: no cover
-        return False
-    return True
-
-
 # -- work done by one worker (module level so process backends can pickle it) -----------------
 @dataclass(frozen=True)
 class _ChunkResult:

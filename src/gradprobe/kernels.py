@@ -22,7 +22,6 @@ __all__ = [
     "jit_loss_kernels",
     "jit_vector_losses",
     "one_sided_differences",
-    "relative_error",
     "warm_up",
 ]
 
@@ -33,12 +32,6 @@ _IDX = nbt.Array(nbt.int64, 1, "C")
 #: a first-class function of this fixed type (not as a dispatcher, whose type differs per
 #: function and per process) lets the kernels be cached on disk across runs.
 LOSS_TYPE = nbt.FunctionType(nbt.float64(_VEC))
-
-
-@njit(cache=True)
-def relative_error(analytic: float, numeric: float) -> float:
-    """The classic ``|a - n| / max(1e-8, |a| + |n|)``."""
-    return abs(analytic - numeric) / max(1e-8, abs(analytic) + abs(numeric))
 
 
 @njit(cache=True)
