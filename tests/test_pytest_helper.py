@@ -83,3 +83,17 @@ def test_plugin_rejects_bad_seed(tmp_path):
         timeout=110,
     )
     assert proc.returncode != 0 and "--gradprobe-seed" in proc.stderr
+
+
+def test_plugin_import_does_not_load_the_engine():
+    """The plugin loads at every pytest start in an environment with gradprobe: it must not
+    pull in numba and the engine (about 0.4 s) until a check runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gradprobe.pytest_plugin, gradprobe.testing; "
+        "print('numba' in sys.modules, 'gradprobe.api' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "False"], out.stderr

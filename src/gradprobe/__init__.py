@@ -3,10 +3,17 @@
 >>> import gradprobe
 >>> report = gradprobe.check(loss, grad, params)   # doctest: +SKIP
 >>> print(report)                                   # doctest: +SKIP
+
+``check``, ``sweep`` and ``keep_workers`` load their modules (and numba) on first use, so that
+importing the package, or its pytest plugin at every pytest start, stays cheap.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .api import check
 from .errors import (
     CheckAborted,
     GradCheckError,
@@ -15,10 +22,20 @@ from .errors import (
     LossEvaluationError,
     NondeterministicLossError,
 )
-from .execution import keep_workers
 from .problem import Problem
 from .report import Coverage, Diagnosis, EntryCheck, ParamReport, Report
-from .sweep import SweepResult, sweep
+
+if TYPE_CHECKING:
+    from .api import check
+    from .execution import keep_workers
+    from .sweep import SweepResult, sweep
+
+_LAZY = {
+    "check": "api",
+    "keep_workers": "execution",
+    "sweep": "sweep",
+    "SweepResult": "sweep",
+}
 
 __all__ = [
     "CheckAborted",
@@ -39,3 +56,16 @@ __all__ = [
     "keep_workers",
     "sweep",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradprobe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

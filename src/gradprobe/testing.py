@@ -7,11 +7,12 @@ used when a test does not pass one, so a failure seen in CI is rerun with the sa
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .api import check
 from .errors import GradientMismatchError
-from .report import Report
+
+if TYPE_CHECKING:
+    from .report import Report
 
 __all__ = ["assert_gradients_ok", "default_seed", "set_default_seed"]
 
@@ -56,6 +57,8 @@ def assert_gradients_ok(
         As :func:`gradprobe.check` (a bad input or a crash is an error, not a failed assertion).
     """
     options.setdefault("seed", default_seed())
+    from .api import check  # numba and the engine load on first use, not with the plugin
+
     report = check(loss, grad, params, **options)
     if report.passed:
         return report
