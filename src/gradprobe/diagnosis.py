@@ -271,18 +271,24 @@ def _transpose(
         return None
     flat_t = np.ravel_multi_index((cols[pos], rows[pos]), shape).astype(np.int64)
     n_t, noise = _numeric_at(evaluator, p, flat_t, e, relative_step, tol, method)
-    match = _matches(e.analytic[pos], n_t, noise, tol)
-    if np.count_nonzero(match) < max(1, int(np.ceil(0.9 * pos.size))):
+    confirmed = _confirmed(_matches(e.analytic[pos], n_t, noise, tol))
+    if confirmed is None:
         return None
     name = evaluator.layout.names[p]
     return Diagnosis(
         "transpose",
         f"the analytic gradient of {name} equals the numeric one transposed at "
-        f"{int(np.count_nonzero(match))} of {pos.size} entries checked at transposed positions: "
+        f"{confirmed} of {pos.size} entries checked at transposed positions: "
         f"return d{name} = X.T @ delta, not its transpose (or swap the operands of the product)",
-        _confidence(0.0, int(np.count_nonzero(match))),
-        {"n_confirmed": int(np.count_nonzero(match)), "n_tried": int(pos.size)},
+        _confidence(0.0, confirmed),
+        {"n_confirmed": confirmed, "n_tried": int(pos.size)},
     )
+
+
+def _confirmed(match: np.ndarray) -> int | None:
+    """How many entries confirm a hypothesis, or None when fewer than 90% of them do."""
+    n = int(np.count_nonzero(match))
+    return n if n >= max(1, int(np.ceil(0.9 * match.size))) else None
 
 
 def _swapped(
@@ -304,16 +310,16 @@ def _swapped(
         n_q, noise = _numeric_at(
             evaluator, q, e.flat_index[pos], entries.get(other), relative_step, tol, method
         )
-        match = _matches(e.analytic[pos], n_q, noise, tol)
-        if np.count_nonzero(match) >= max(1, int(np.ceil(0.9 * pos.size))):
+        confirmed = _confirmed(_matches(e.analytic[pos], n_q, noise, tol))
+        if confirmed is not None:
             name = layout.names[p]
             return Diagnosis(
                 "swapped",
                 f"the analytic gradient of {name} matches the numeric gradient of {other} (same "
-                f"shape {shape}) at {int(np.count_nonzero(match))} of {pos.size} entries: the "
+                f"shape {shape}) at {confirmed} of {pos.size} entries: the "
                 f"gradients of {name} and {other} are returned under each other's names",
-                _confidence(0.0, int(np.count_nonzero(match))),
-                {"other": other, "n_confirmed": int(np.count_nonzero(match))},
+                _confidence(0.0, confirmed),
+                {"other": other, "n_confirmed": confirmed},
             )
     return None
 

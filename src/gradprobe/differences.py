@@ -104,6 +104,15 @@ class _Verdict:
     allowed: np.ndarray
     passed: np.ndarray
 
+    def where(self, mask: np.ndarray, other: _Verdict) -> _Verdict:
+        """``other``'s verdict where ``mask`` is set, this one elsewhere."""
+        return _Verdict(
+            np.where(mask, other.abs_error, self.abs_error),
+            np.where(mask, other.rel_error, self.rel_error),
+            np.where(mask, other.allowed, self.allowed),
+            np.where(mask, other.passed, self.passed),
+        )
+
 
 def _compare(a: np.ndarray, numeric: np.ndarray, noise: np.ndarray, tol: Tolerance) -> _Verdict:
     """The pass rule (:func:`gradprobe.kernels.compare`) for any estimate."""
@@ -309,16 +318,7 @@ def _retry(
         v_ex = _compare(a, extrap, extrap_noise, tol)
         use_ex = v_ex.passed & ~v_small.passed
         numeric = np.where(use_ex, extrap, numeric)
-        v = _Verdict(
-            *(
-                np.where(use_ex, x_ex, x)
-                for x_ex, x in zip(
-                    (v_ex.abs_error, v_ex.rel_error, v_ex.allowed, v_ex.passed),
-                    (v_small.abs_error, v_small.rel_error, v_small.allowed, v_small.passed),
-                    strict=True,
-                )
-            )
-        )
+        v = v_small.where(use_ex, v_ex)
     # A smaller step has a higher round-off floor: its pass counts only when within rtol
     # itself, or when the disagreement shrank to under a third of the first (truncation or
     # a kink the smaller step no longer crosses). A wrong gradient disagrees by the same
@@ -355,8 +355,8 @@ def _retry(
     # Such an entry is a kink when the analytic value lies between them; otherwise the retry's
     # verdict stands.
     blind = ~v.passed & ~crossed & (gap_big > allowed) & (2.0 * small.noise >= gap_big)
-    blind &= (a >= np.minimum(fwd_big, bwd_big) - allowed)
-    blind &= (a <= np.maximum(fwd_big, bwd_big) + allowed)
+    blind &= a >= np.minimum(fwd_big, bwd_big) - allowed
+    blind &= a <= np.maximum(fwd_big, bwd_big) + allowed
     kink = (crossed & (a >= lo) & (a <= hi)) | blind
     # Across a kink with the analytic value outside [lo, hi] the entry fails; the nearest
     # one-sided difference is the numeric value it should have matched.
@@ -366,16 +366,7 @@ def _retry(
         # Judged with the first step's allowance, which "outside" already exceeds.
         v_out = _compare(a, nearest, first.noise, tol)
         numeric = np.where(outside, nearest, numeric)
-        v = _Verdict(
-            *(
-                np.where(outside, x_out, x)
-                for x_out, x in zip(
-                    (v_out.abs_error, v_out.rel_error, v_out.allowed, v_out.passed),
-                    (v.abs_error, v.rel_error, v.allowed, v.passed),
-                    strict=True,
-                )
-            )
-        )
+        v = v.where(outside, v_out)
     fixed = v.passed | crossed | blind  # entries whose verdict the retry replaces
     out = {
         "numeric": results.numeric.copy(),

@@ -388,20 +388,16 @@ def _entry_chunk(
     parent: str,
 ) -> _ChunkResult:
     """Per-entry loop over one chunk, on this worker's own copy of the parameters."""
-    with _limit_in_worker(parent):
-        work = [np.array(a, copy=True) for a in arrays]  # memmaps arrive read-only
-        where = f"with {layout.names[param]!r} perturbed"
-        out = np.empty(values.shape)
-        failure = _perturb_entries(
-            lambda: as_scalar_loss(loss(layout.pack(work)), where),
-            work[param].reshape(-1),
-            flat_index,
-            values,
-            out,
-        )
-        if failure is not None:
-            return _ChunkResult(out, _worker_id(), failure[0], _portable(failure[1]))
-        return _ChunkResult(out, _worker_id(), -1, None)
+    out = np.empty(values.shape)
+    return _in_worker(
+        loss,
+        layout,
+        arrays,
+        param,
+        parent,
+        out,
+        lambda call, flat: _perturb_entries(call, flat, flat_index, values, out),
+    )
 
 
 def _vector_chunk(
@@ -413,16 +409,35 @@ def _vector_chunk(
     parent: str,
 ) -> _ChunkResult:
     """Losses with parameter ``param`` replaced by each row of ``vectors``."""
+    out = np.empty(vectors.shape[0])
+    base = np.asarray(arrays[param]).reshape(-1)
+    return _in_worker(
+        loss,
+        layout,
+        arrays,
+        param,
+        parent,
+        out,
+        lambda call, flat: _replace_vectors(call, flat, base, vectors, out),
+    )
+
+
+def _in_worker(
+    loss: Callable[[Any], Any],
+    layout: ParamLayout,
+    arrays: Sequence[np.ndarray],
+    param: int,
+    parent: str,
+    out: np.ndarray,
+    run: Callable[[Callable[[], float], np.ndarray], tuple[int, Exception] | None],
+) -> _ChunkResult:
+    """What a worker does around one loop: its BLAS limit, its own copies of the parameters
+    (memmaps arrive read-only), and the loop's failure packed for the parent."""
     with _limit_in_worker(parent):
         work = [np.array(a, copy=True) for a in arrays]
         where = f"with {layout.names[param]!r} perturbed"
-        out = np.empty(vectors.shape[0])
-        failure = _replace_vectors(
-            lambda: as_scalar_loss(loss(layout.pack(work)), where),
-            work[param].reshape(-1),
-            np.asarray(arrays[param]).reshape(-1),
-            vectors,
-            out,
+        failure = run(
+            lambda: as_scalar_loss(loss(layout.pack(work)), where), work[param].reshape(-1)
         )
         if failure is not None:
             return _ChunkResult(out, _worker_id(), failure[0], _portable(failure[1]))
