@@ -18,13 +18,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import gradprobe
+from gradprobe.checking.probes import run_probes
+from gradprobe.evaluate.execution import SerialEvaluator
 from gradprobe.examples import make_mlp
-from gradprobe.execution import SerialEvaluator
-from gradprobe.probes import run_probes
-from gradprobe.sampling import stratified_sample
-from gradprobe.steps import default_relative_step
-from gradprobe.tolerances import loss_epsilon, tolerance_for
-from gradprobe.validation import normalize_params
+from gradprobe.layout import normalize_params
+from gradprobe.numerics.sampling import stratified_sample
+from gradprobe.numerics.steps import default_relative_step
+from gradprobe.numerics.tolerances import loss_epsilon, tolerance_for
 
 BAD = (517, 200)
 
@@ -69,7 +69,7 @@ def phases(m, grad) -> dict[str, float]:
     loss_eps = loss_epsilon(layout.dtypes)
     seeds = np.random.SeedSequence(0).spawn(len(layout.names))
     out = {"sample": 0.0, "probes": 0.0, "localization": 0.0, "samples": {}, "probe_evals": 0}
-    from gradprobe.differences import evaluate_entries
+    from gradprobe.checking.entries import evaluate_entries
 
     for p, name in enumerate(layout.names):
         rng = np.random.default_rng(seeds[p])

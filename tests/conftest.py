@@ -52,7 +52,7 @@ def _dispatch_every_parallel_call(monkeypatch):
     In normal use small calls stay in the calling process (``MIN_DISPATCH_SECONDS``); the
     tests use small, fast losses that would otherwise never reach a worker.
     """
-    from gradprobe import execution
+    from gradprobe.evaluate import execution
 
     monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.0)
     monkeypatch.setattr(execution, "PROCESS_START_SECONDS", 0.0)

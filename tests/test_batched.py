@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import gradprobe
+from gradprobe.evaluate.execution import BatchedEvaluator, SerialEvaluator
 from gradprobe.examples import make_mlp
-from gradprobe.execution import BatchedEvaluator, SerialEvaluator
-from gradprobe.validation import normalize_params
+from gradprobe.layout import normalize_params
 
 from .conftest import assert_bitwise_unchanged, snapshot
 

@@ -9,7 +9,7 @@ import pytest
 
 import gradprobe
 from gradprobe.examples import make_mlp
-from gradprobe.tolerances import NOISE_HALF_POINTS
+from gradprobe.numerics.tolerances import NOISE_HALF_POINTS
 
 from .conftest import quadratic_problem
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.coverage import build_coverage, upper_bound_wrong_fraction
 from gradprobe.examples import make_mlp
+from gradprobe.numerics.coverage import build_coverage, upper_bound_wrong_fraction
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import gradprobe
+from gradprobe.evaluate.execution import ParallelEvaluator, SerialEvaluator, make_evaluator
 from gradprobe.examples import make_mlp
-from gradprobe.execution import ParallelEvaluator, SerialEvaluator, make_evaluator
-from gradprobe.validation import normalize_params
+from gradprobe.layout import normalize_params
 
 from .conftest import assert_bitwise_unchanged, snapshot
 
@@ -163,7 +163,7 @@ def test_dask_local_cluster_matches_serial():
 def test_small_calls_stay_in_process_large_ones_dispatch(monkeypatch):
     import time as _time
 
-    from gradprobe import execution
+    from gradprobe.evaluate import execution
 
     monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.2)
     x = np.linspace(-1.0, 1.0, 12)
@@ -191,7 +191,7 @@ def test_small_calls_stay_in_process_large_ones_dispatch(monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_process_workers_start_only_for_work_that_pays_for_them(monkeypatch):
-    from gradprobe import execution
+    from gradprobe.evaluate import execution
 
     monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.2)
     monkeypatch.setattr(execution, "PROCESS_START_SECONDS", 0.5)

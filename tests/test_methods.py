@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.steps import METHODS, default_relative_step
-from gradprobe.tolerances import NOISE_HALF_POINTS
+from gradprobe.numerics.steps import METHODS, default_relative_step
+from gradprobe.numerics.tolerances import NOISE_HALF_POINTS
 
 rng = np.random.default_rng(0)
 A = rng.standard_normal((4, 4))

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.baseline import compare, load_baseline
 from gradprobe.errors import InvalidInputError
-from gradprobe.junit import junit_xml
-from gradprobe.progress import ProgressDisplay, progress_wanted
-from gradprobe.runner import CheckOutcome, SuiteResult
+from gradprobe.suites.baseline import compare, load_baseline
+from gradprobe.suites.junit import junit_xml
+from gradprobe.suites.progress import ProgressDisplay, progress_wanted
+from gradprobe.suites.runner import CheckOutcome, SuiteResult
 
 
 def _report(scale=1.0, seed=0):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.execution import SerialEvaluator
-from gradprobe.preflight import estimate_loss_noise
-from gradprobe.tolerances import NOISE_HALF_POINTS, ecnoise
-from gradprobe.validation import normalize_params
+from gradprobe.checking.preflight import estimate_loss_noise
+from gradprobe.evaluate.execution import SerialEvaluator
+from gradprobe.layout import normalize_params
+from gradprobe.numerics.tolerances import NOISE_HALF_POINTS, ecnoise
 
 X = np.linspace(-1.0, 1.0, 600)
 

@@ -8,9 +8,9 @@ import pytest
 pytest.importorskip("scipy")  # numba compiles `@` in the jitted example through scipy
 
 import gradprobe
+from gradprobe.evaluate.execution import JitEvaluator, SerialEvaluator
 from gradprobe.examples.jitted import make_jitted_mlp
-from gradprobe.execution import JitEvaluator, SerialEvaluator
-from gradprobe.validation import normalize_params
+from gradprobe.layout import normalize_params
 
 from .conftest import assert_bitwise_unchanged, snapshot
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.tolerances import NOISE_HALF_POINTS
+from gradprobe.numerics.tolerances import NOISE_HALF_POINTS
 
 X = np.random.default_rng(0).standard_normal(5)
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import gradprobe
+from gradprobe.checking.probes import run_probes
+from gradprobe.evaluate.execution import SerialEvaluator
 from gradprobe.examples import make_mlp
-from gradprobe.execution import SerialEvaluator
-from gradprobe.probes import run_probes
-from gradprobe.steps import default_relative_step
-from gradprobe.tolerances import loss_epsilon, tolerance_for
-from gradprobe.validation import normalize_params
+from gradprobe.layout import normalize_params
+from gradprobe.numerics.steps import default_relative_step
+from gradprobe.numerics.tolerances import loss_epsilon, tolerance_for
 
 from .conftest import assert_bitwise_unchanged, snapshot
 

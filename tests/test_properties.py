@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gradprobe
-from gradprobe import execution
+from gradprobe.evaluate import execution
 
 from .conftest import assert_bitwise_unchanged, snapshot
 

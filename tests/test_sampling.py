@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradprobe.sampling import sample_entries, stratified_sample
+from gradprobe.numerics.sampling import sample_entries, stratified_sample
 
 
 def _grad(shape, seed=0, zeros=0):

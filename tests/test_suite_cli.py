@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gradprobe.report import Report
-from gradprobe.runner import SuiteResult
+from gradprobe.report.model import Report
+from gradprobe.suites.runner import SuiteResult
 
 from .suite_helpers import run_cli, write_models, write_suite
 

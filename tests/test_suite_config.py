@@ -9,10 +9,10 @@ import pytest
 
 import gradprobe
 from gradprobe.errors import InvalidInputError
-from gradprobe.problem import Problem
-from gradprobe.runner import run_check
-from gradprobe.suite import SuiteConfigError, load_suite, select_checks
-from gradprobe.targets import parse_target
+from gradprobe.suites.config import SuiteConfigError, load_suite, select_checks
+from gradprobe.suites.problem import Problem
+from gradprobe.suites.runner import run_check
+from gradprobe.suites.targets import parse_target
 
 from .suite_helpers import write_models, write_suite
 

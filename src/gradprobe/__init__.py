@@ -22,17 +22,17 @@ from .errors import (
     LossEvaluationError,
     NondeterministicLossError,
 )
-from .problem import Problem
-from .report import Coverage, Diagnosis, EntryCheck, ParamReport, Report
+from .report.model import Coverage, Diagnosis, EntryCheck, ParamReport, Report
+from .suites.problem import Problem
 
 if TYPE_CHECKING:
     from .api import check
-    from .execution import keep_workers
+    from .evaluate.execution import keep_workers
     from .sweep import SweepResult, sweep
 
 _LAZY = {
     "check": "api",
-    "keep_workers": "execution",
+    "keep_workers": "evaluate.execution",
     "sweep": "sweep",
     "SweepResult": "sweep",
 }

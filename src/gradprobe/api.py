@@ -14,20 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
 from ._version import __version__
-from .coverage import build_coverage
-from .diagnosis import diagnose
-from .differences import EntryResults, evaluate_entries
+from .checking.diagnosis import diagnose
+from .checking.entries import EntryResults, evaluate_entries
+from .checking.preflight import promote_params, run_preflight
+from .checking.probes import DEFAULT_PROBES, merge_entry_results, probe_note, run_probes
 from .errors import GradCheckError, InvalidInputError, LossEvaluationError
-from .execution import Evaluator, make_evaluator
-from .preflight import promote_params, run_preflight
-from .probes import DEFAULT_PROBES, merge_entry_results, probe_note, run_probes
-from .report import MAX_BAD_INDICES, ParamReport, Report, build_param_report
-from .sampling import stratified_sample
-from .steps import METHODS, default_relative_step
-from .tolerances import Tolerance, loss_epsilon, tolerance_for
-from .validation import (
+from .evaluate.execution import Evaluator, make_evaluator
+from .evaluate.watchdog import hard_deadline
+from .layout import (
     ParamLayout,
     SampleSpec,
     normalize_gradient,
@@ -36,7 +31,12 @@ from .validation import (
     validate_positive,
     validate_samples,
 )
-from .watchdog import hard_deadline
+from .numerics import kernels
+from .numerics.coverage import build_coverage
+from .numerics.sampling import stratified_sample
+from .numerics.steps import METHODS, default_relative_step
+from .numerics.tolerances import Tolerance, loss_epsilon, tolerance_for
+from .report.model import MAX_BAD_INDICES, ParamReport, Report, build_param_report
 
 __all__ = ["DEFAULT_SAMPLES", "check"]
 

@@ -222,8 +222,8 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _specs_for_check(args: argparse.Namespace) -> tuple[list[Any], str]:
-    from .suite import CheckSpec
-    from .targets import parse_target
+    from .suites.config import CheckSpec
+    from .suites.targets import parse_target
 
     target = parse_target(args.target)
     target.find_problem()
@@ -241,7 +241,7 @@ def _specs_for_check(args: argparse.Namespace) -> tuple[list[Any], str]:
 def _specs_for_run(args: argparse.Namespace) -> tuple[list[Any], Any]:
     import dataclasses
 
-    from .suite import load_suite, select_checks
+    from .suites.config import load_suite, select_checks
 
     suite = load_suite(args.suite)
     chosen = select_checks(suite, args.keyword, args.names)
@@ -307,8 +307,8 @@ def _summary_rows(outcomes: Sequence[Any]) -> str:
 def _run_checks(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .progress import ProgressDisplay, progress_wanted
-    from .runner import SuiteResult, now_iso, run_check, versions
+    from .suites.progress import ProgressDisplay, progress_wanted
+    from .suites.runner import SuiteResult, now_iso, run_check, versions
 
     if args.command == "run":
         specs, suite = _specs_for_run(args)
@@ -319,7 +319,7 @@ def _run_checks(args: argparse.Namespace) -> int:
         suite, suite_path, label = None, None, f"target {args.target}"
     baseline = None
     if args.baseline:
-        from .baseline import load_baseline
+        from .suites.baseline import load_baseline
 
         baseline = load_baseline(args.baseline)  # fail early (exit 2) on a bad file
     vers = versions()
@@ -343,7 +343,7 @@ def _run_checks(args: argparse.Namespace) -> int:
     regressions: dict[str, list[str]] = {}
     print("\nsummary:\n" + _summary_rows(outcomes))
     if baseline is not None:
-        from .baseline import DEFAULT_FACTOR, compare
+        from .suites.baseline import DEFAULT_FACTOR, compare
 
         selected = {s.name for s in specs}
         known = set(suite.names) if suite is not None else selected
@@ -380,12 +380,12 @@ def _run_checks(args: argparse.Namespace) -> int:
         data["exit_code"] = code
         Path(args.json).write_text(json.dumps(data, indent=2), encoding="utf-8")
     if args.junit:
-        from .junit import write_junit
+        from .suites.junit import write_junit
 
         name = Path(suite_path).stem if suite_path else "gradprobe"
         write_junit(args.junit, result, name=name, regressions=regressions)
     if args.plot:
-        from .plotting import plot_reports
+        from .report.plot import plot_reports
 
         reports = {o.name: o.report for o in outcomes if o.report is not None}
         if reports:

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .differences import numeric_entries
+from .checking.entries import numeric_entries
 from .errors import InvalidInputError
-from .execution import make_evaluator
-from .steps import METHODS, default_relative_step
-from .tolerances import loss_epsilon, tolerance_for
-from .validation import normalize_params, validate_callable
+from .evaluate.execution import make_evaluator
+from .layout import normalize_params, validate_callable
+from .numerics.steps import METHODS, default_relative_step
+from .numerics.tolerances import loss_epsilon, tolerance_for
 
 __all__ = ["SweepResult", "sweep"]
 

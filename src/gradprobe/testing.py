@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import GradientMismatchError
 
 if TYPE_CHECKING:
-    from .report import Report
+    from .report.model import Report
 
 __all__ = ["assert_gradients_ok", "default_seed", "set_default_seed"]
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ._version import __version__
-from .errors import CheckAborted, GradCheckError, InvalidInputError
-from .report import Report
-from .suite import CheckSpec
+from .._version import __version__
+from ..errors import CheckAborted, GradCheckError, InvalidInputError
+from ..report.model import Report
+from .config import CheckSpec
 
 __all__ = [
     "EXIT_CODES",
@@ -114,7 +114,7 @@ class CheckOutcome:
         return int(self.options.get("seed", 0))
 
     def to_dict(self) -> dict[str, Any]:
-        from .report import _jsonable
+        from ..report.model import _jsonable
 
         return {
             "name": self.name,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .problem import Problem
 
 __all__ = ["Target", "parse_target"]

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .problem import check_option_names
 from .targets import Target, parse_target
 

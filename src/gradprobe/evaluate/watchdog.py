@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import CheckAborted
+from ..errors import CheckAborted
 
 __all__ = ["hard_deadline"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from .report import Coverage
+from ..report.model import Coverage
 
 __all__ = ["CONFIDENCE", "build_coverage", "upper_bound_wrong_fraction"]
 

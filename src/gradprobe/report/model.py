@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GradientMismatchError
+from ..errors import GradientMismatchError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -552,7 +552,7 @@ class Report:
         Needs matplotlib (``pip install "gradprobe[plot]"``); keyword arguments go to
         :func:`gradprobe.plotting.plot_report`. Returns the path written.
         """
-        from .plotting import plot_report
+        from .plot import plot_report
 
         return plot_report(self, path, **kwargs)
 

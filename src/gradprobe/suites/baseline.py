@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .runner import SuiteResult
 
 __all__ = [

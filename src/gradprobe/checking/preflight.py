@@ -24,15 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (
+from ..errors import (
     GradCheckError,
     InvalidInputError,
     LossEvaluationError,
     NondeterministicLossError,
 )
-from .execution import Evaluator, _one_blas_thread
-from .tolerances import NOISE_FACTOR, NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, ecnoise
-from .validation import ParamLayout, normalize_gradient
+from ..evaluate.execution import Evaluator, _one_blas_thread
+from ..layout import ParamLayout, normalize_gradient
+from ..numerics.tolerances import (
+    NOISE_FACTOR,
+    NOISE_HALF_POINTS,
+    NOISE_ULPS,
+    NoiseEstimate,
+    ecnoise,
+)
 
 __all__ = ["PreflightResult", "estimate_loss_noise", "promote_params", "run_preflight"]
 

@@ -35,10 +35,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .differences import EntryResults, numeric_entries
-from .execution import Evaluator
-from .report import Diagnosis, ParamReport
-from .tolerances import Tolerance
+from ..evaluate.execution import Evaluator
+from ..numerics.tolerances import Tolerance
+from ..report.model import Diagnosis, ParamReport
+from .entries import EntryResults, numeric_entries
 
 __all__ = ["DIAGNOSIS_KINDS", "diagnose", "diagnose_parameter"]
 

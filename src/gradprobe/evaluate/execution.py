@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
-from .errors import CheckAborted, GradCheckError, InvalidInputError, LossEvaluationError
-from .validation import ParamLayout, as_scalar_loss
+from ..errors import CheckAborted, GradCheckError, InvalidInputError, LossEvaluationError
+from ..layout import ParamLayout, as_scalar_loss
+from ..numerics import kernels
 
 __all__ = [
     "AutoEvaluator",
@@ -1193,7 +1193,7 @@ def make_evaluator(
 
 
 def _complex_unsupported(name: str, exc: Exception) -> Exception:
-    from .errors import InvalidInputError
+    from ..errors import InvalidInputError
 
     return InvalidInputError(
         f"loss with {name!r} perturbed by a complex step: method='complex-step' needs a loss "
@@ -1204,7 +1204,7 @@ def _complex_unsupported(name: str, exc: Exception) -> Exception:
 
 def _as_complex_loss(value: Any, where: str) -> complex:
     """The complex scalar a loss returned under ``method="complex-step"``."""
-    from .errors import InvalidInputError
+    from ..errors import InvalidInputError
 
     arr = np.asarray(value)
     if arr.size != 1 or arr.dtype.kind != "c":

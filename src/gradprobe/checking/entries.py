@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
-from .execution import Evaluator
-from .steps import METHODS, RETRY_FACTOR, central_steps, complex_steps
-from .tolerances import NOISE_FACTOR, Tolerance
+from ..evaluate.execution import Evaluator
+from ..numerics import kernels
+from ..numerics.steps import METHODS, RETRY_FACTOR, central_steps, complex_steps
+from ..numerics.tolerances import NOISE_FACTOR, Tolerance
 
 __all__ = ["EntryResults", "evaluate_entries", "numeric_entries"]
 

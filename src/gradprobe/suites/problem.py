@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .errors import InvalidInputError
-from .report import Report
+from ..errors import InvalidInputError
+from ..report.model import Report
 
 __all__ = ["Problem", "check_option_names"]
 
@@ -21,7 +21,7 @@ _NOT_OPTIONS = ("loss", "grad", "params")
 
 def check_option_names() -> tuple[str, ...]:
     """The keyword options :func:`gradprobe.check` accepts (read from its signature)."""
-    from .api import check
+    from ..api import check
 
     return tuple(
         name
@@ -127,7 +127,7 @@ class Problem:
         Returns the :class:`Report`; raises what ``check`` raises (``CheckAborted`` on a
         timeout or budget, ``InvalidInputError`` on bad options or inputs).
         """
-        from .api import check
+        from ..api import check
 
         _validate_option_names(overrides, "Problem.run")
         return check(self.loss, self.grad, self.params, **{**self.options, **overrides})

@@ -50,10 +50,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .differences import SMOOTH_SHRINK, EntryResults, evaluate_entries
-from .execution import Evaluator
-from .steps import RETRY_FACTOR
-from .tolerances import NOISE_FACTOR, Tolerance
+from ..evaluate.execution import Evaluator
+from ..numerics.steps import RETRY_FACTOR
+from ..numerics.tolerances import NOISE_FACTOR, Tolerance
+from .entries import SMOOTH_SHRINK, EntryResults, evaluate_entries
 
 __all__ = [
     "DEFAULT_PROBES",

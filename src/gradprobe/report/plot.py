@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInputError
-from .report import Report
+from ..errors import InvalidInputError
+from .model import Report
 
 __all__ = ["plot_report", "plot_reports"]
 
