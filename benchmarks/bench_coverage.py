@@ -18,6 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import gradprobe
+from gradprobe.checking.context import ParamCheck
 from gradprobe.checking.probes import run_probes
 from gradprobe.evaluate.execution import SerialEvaluator
 from gradprobe.examples import make_mlp
@@ -78,13 +79,14 @@ def phases(m, grad) -> dict[str, float]:
         ev = SerialEvaluator(m.loss, layout, [b.copy() for b in base])
         t = time.perf_counter()
         s = stratified_sample(rng, analytic[name], min(512, analytic[name].size))
-        evaluate_entries(ev, p, s.flat_index, analytic[name].reshape(-1), step, tol)
+        ctx = ParamCheck(ev, p, analytic[name].reshape(-1), tol, step)
+        evaluate_entries(ctx, s.flat_index)
         out["sample"] += time.perf_counter() - t
         out["samples"][name] = s.flat_index
         if s.complete:
             continue
         t = time.perf_counter()
-        o = run_probes(ev, p, analytic[name].reshape(-1), step, tol, rng)
+        o = run_probes(ctx, rng)
         dt = time.perf_counter() - t
         out["probe_evals"] += o.n_evaluations
         # Top-level probes cost 8 evaluations; the rest is bisection and the leaves' checks.

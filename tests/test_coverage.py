@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import gradprobe
+from gradprobe.checking.verdict import build_coverage
 from gradprobe.examples import make_mlp
-from gradprobe.numerics.coverage import build_coverage, upper_bound_wrong_fraction
+from gradprobe.numerics.stats import upper_bound_wrong_fraction
 
 
 @pytest.mark.parametrize(

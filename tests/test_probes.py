@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gradprobe
+from gradprobe.checking.context import ParamCheck
 from gradprobe.checking.probes import run_probes
 from gradprobe.evaluate.execution import SerialEvaluator
 from gradprobe.examples import make_mlp
@@ -42,7 +43,8 @@ def _probe(loss, params, analytic, name, seed=0, **kw):
     tol = tolerance_for(layout.dtypes[p], loss_epsilon(layout.dtypes))
     ev = SerialEvaluator(loss, layout, base)
     step = default_relative_step(layout.dtypes[p])
-    return run_probes(ev, p, analytic.reshape(-1), step, tol, np.random.default_rng(seed), **kw)
+    ctx = ParamCheck(ev, p, analytic.reshape(-1), tol, step)
+    return run_probes(ctx, np.random.default_rng(seed), **kw)
 
 
 @pytest.mark.parametrize("n", [4096, 4097, 65_537])

@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
-from .checking.entries import EntryResults, evaluate_entries
+from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import promote_params, run_preflight
-from .checking.probes import DEFAULT_PROBES, merge_entry_results, probe_note, run_probes
+from .checking.probes import DEFAULT_PROBES
+from .checking.verdict import build_report, passes
 from .errors import GradCheckError, InvalidInputError, LossEvaluationError
 from .evaluate.execution import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
@@ -32,11 +34,9 @@ from .layout import (
     validate_samples,
 )
 from .numerics import kernels
-from .numerics.coverage import build_coverage
-from .numerics.sampling import stratified_sample
 from .numerics.steps import METHODS, default_relative_step
-from .numerics.tolerances import Tolerance, loss_epsilon, tolerance_for
-from .report.model import MAX_BAD_INDICES, ParamReport, Report, build_param_report
+from .numerics.tolerances import loss_epsilon, tolerance_for
+from .report.model import Diagnosis, Report
 
 __all__ = ["DEFAULT_SAMPLES", "check"]
 
@@ -161,70 +161,12 @@ def _base_loss(evaluator: Evaluator) -> float:
     return value
 
 
-def _check_parameter(
-    evaluator: Evaluator,
-    p: int,
-    analytic: np.ndarray,
-    options: CheckOptions,
-    tolerance: Tolerance,
-    rng: np.random.Generator,
-) -> tuple[ParamReport, EntryResults]:
-    layout = evaluator.layout
-    name, shape, dtype = layout.names[p], layout.shapes[p], layout.dtypes[p]
-    n_total = layout.sizes[p]
-    n_sample = options.samples[name].resolve(n_total, SampleSpec("count", _default_sample(n_total)))
-    sample = stratified_sample(rng, analytic, n_sample)
-    relative_step = options.eps or default_relative_step(dtype, options.method)
-    flat_analytic = analytic.reshape(-1)
-    entries = evaluate_entries(
-        evaluator, p, sample.flat_index, flat_analytic, relative_step, tolerance, options.method
-    )
-    n_failed_sampled = int(np.count_nonzero(entries.failed))
-    outcome = None
-    # Probes add nothing where every entry was checked one by one.
-    if options.probes and not sample.complete:
-        outcome = run_probes(
-            evaluator,
-            p,
-            flat_analytic,
-            relative_step,
-            tolerance,
-            rng,
-            n_directions=options.probes,
-            slice_probes=options.slice_probes,
-            method=options.method,
-        )
-        if outcome.leaves is not None:
-            entries = merge_entry_results(entries, outcome.leaves)
-    bad = entries.flat_index[entries.failed]
-    coverage = build_coverage(
-        n_total=n_total,
-        n_sampled=sample.size,
-        n_failed_sampled=n_failed_sampled,
-        strata=sample.strata,
-        n_probed=n_total if outcome is not None else 0,
-        n_probes=outcome.n_probes if outcome is not None else 0,
-        n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
-        probe_note=probe_note(outcome, shape),
-    )
-    widespread = outcome is not None and outcome.widespread
-    report = build_param_report(
-        name=name,
-        shape=shape,
-        dtype=dtype,
-        entries=entries,
-        sampling=sample.kind,
-        tolerance=tolerance,
-        relative_step=relative_step,
-        method=options.method,
-        passed=bad.size == 0 and not widespread,
-        widespread=widespread,
-        bad_indices=tuple(
-            tuple(int(i) for i in np.unravel_index(int(f), shape)) for f in bad[:MAX_BAD_INDICES]
-        ),
-        coverage=coverage,
-    )
-    return report, entries
+def _sample_sizes(layout: ParamLayout, options: CheckOptions) -> list[int]:
+    """Entries checked one by one per parameter (resolved once, for the work and the plan)."""
+    return [
+        options.samples[name].resolve(size, SampleSpec("count", _default_sample(size)))
+        for name, size in zip(layout.names, layout.sizes, strict=True)
+    ]
 
 
 def check(
@@ -358,7 +300,6 @@ def check(
         )
     loss_eps = loss_epsilon(layout.dtypes)
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
-    results: dict[str, ParamReport] = {}
     timings: dict[str, float] = {"compile": kernels.warm_up()}
     evaluator = make_evaluator(
         loss,
@@ -370,18 +311,24 @@ def check(
         deadline=deadline,
     )
     timings["compile"] += evaluator.compile_seconds
+    n_samples = _sample_sizes(layout, options)
     if progress is not None:
         evaluator.on_progress = progress
-        evaluator.planned_evaluations = 2 + sum(  # base loss + pre-flight
-            2 * options.samples[n].resolve(size, SampleSpec("count", _default_sample(size)))
-            for n, size in zip(layout.names, layout.sizes, strict=True)
-        )
+        evaluator.planned_evaluations = 2 + 2 * sum(n_samples)  # base loss + pre-flight
 
     # The loss's measured rounding noise (tolerances.py), recorded in the report's settings.
     noise_info: dict[str, Any] = {}
 
+    contexts: dict[str, ParamCheck] = {}
+    evidence: dict[str, Evidence] = {}
+    diagnoses: dict[str, Diagnosis] = {}
+
     def assemble(complete: bool, reason: str | None = None) -> Report:
         timings["total"] = time.perf_counter() - start
+        results = {
+            name: build_report(contexts[name], evidence[name], diagnoses.get(name))
+            for name in evidence
+        }
         all_passed = complete and all(r.passed for r in results.values())
         return Report(
             params=results,
@@ -414,7 +361,6 @@ def check(
             noise_info.update(loss_noise=preflight.noise.sigma, noise=preflight.noise.status)
             warnings.extend(preflight.warnings)
             warnings.extend(_noisy_loss_warning(preflight.noise.sigma, base_value, loss_eps))
-            entries: dict[str, EntryResults] = {}
             for p, name in enumerate(layout.names):
                 tolerance = tolerance_for(
                     layout.dtypes[p],
@@ -423,18 +369,31 @@ def check(
                     options.atol,
                     loss_noise=preflight.noise.sigma,
                 )
-                rng = np.random.default_rng(seeds[p])
-                results[name], entries[name] = _check_parameter(
-                    evaluator, p, analytic[p], options, tolerance, rng
+                contexts[name] = ParamCheck(
+                    evaluator=evaluator,
+                    param=p,
+                    analytic_flat=analytic[p].reshape(-1),
+                    tolerance=tolerance,
+                    relative_step=options.eps
+                    or default_relative_step(layout.dtypes[p], options.method),
+                    method=options.method,
                 )
-            _add_diagnoses(
-                evaluator,
-                results,
-                entries,
-                analytic,
-                loss_eps,
-                preflight.nonfinite,
-                loss_noise=preflight.noise.sigma,
+                evidence[name] = gather_evidence(
+                    contexts[name],
+                    n_samples[p],
+                    np.random.default_rng(seeds[p]),
+                    probes=options.probes,
+                    slice_probes=options.slice_probes,
+                    nonfinite=preflight.nonfinite.get(name),
+                )
+            failing = [name for name in layout.names if not passes(evidence[name])]
+            diagnoses.update(
+                diagnose(
+                    contexts,
+                    {name: ev.entries for name, ev in evidence.items()},
+                    failing,
+                    preflight.nonfinite,
+                )
             )
             warnings.extend(evaluator.warnings)
     except GradCheckError as exc:
@@ -445,30 +404,6 @@ def check(
         exc.partial_report = assemble(False, "interrupted (KeyboardInterrupt)")  # type: ignore[attr-defined]
         raise
     return assemble(True)
-
-
-def _add_diagnoses(
-    evaluator: Evaluator,
-    results: dict[str, ParamReport],
-    entries: Mapping[str, EntryResults],
-    analytic: list[np.ndarray],
-    loss_eps: float,
-    nonfinite: Mapping[str, np.ndarray],
-    *,
-    loss_noise: float = 0.0,
-) -> None:
-    """Fail parameters with non-finite analytic entries, then diagnose every failure."""
-    for name, flat in nonfinite.items():
-        shape = evaluator.layout.shapes[evaluator.layout.names.index(name)]
-        bad = tuple(tuple(int(i) for i in np.unravel_index(int(f), shape)) for f in flat[:100])
-        r = results[name]
-        results[name] = replace(
-            r, passed=False, bad_indices=tuple(dict.fromkeys(r.bad_indices + bad))
-        )
-    for name, diagnosis in diagnose(
-        evaluator, results, entries, analytic, loss_eps, nonfinite, loss_noise=loss_noise
-    ).items():
-        results[name] = replace(results[name], diagnosis=diagnosis)
 
 
 #: Measured noise this many times above ``EPS * max(1, |L|)`` is not floating-point round-off.

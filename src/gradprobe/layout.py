@@ -333,3 +333,8 @@ def validate_samples(samples: Any, names: Sequence[str]) -> dict[str, SampleSpec
         return {n: _parse_one_sample(samples.get(n), f"samples[{n!r}]") for n in names}
     spec = _parse_one_sample(samples, "samples")
     return dict.fromkeys(names, spec)
+
+
+def unravel(flat: int | np.integer, shape: Sequence[int]) -> tuple[int, ...]:
+    """The index tuple of flat entry ``flat`` of an array of ``shape`` (plain ints)."""
+    return tuple(int(i) for i in np.unravel_index(int(flat), tuple(shape)))

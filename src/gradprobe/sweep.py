@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from .checking.context import ParamCheck
 from .checking.entries import numeric_entries
 from .errors import InvalidInputError
 from .evaluate.execution import make_evaluator
-from .layout import normalize_params, validate_callable
+from .layout import normalize_params, unravel, validate_callable
 from .numerics.steps import METHODS, default_relative_step
-from .numerics.tolerances import loss_epsilon, tolerance_for
+from .numerics.tolerances import Tolerance, loss_epsilon, tolerance_for
 
 __all__ = ["SweepResult", "sweep"]
 
@@ -194,17 +195,27 @@ def sweep(
     numeric = np.empty((len(picked), grid.size))
     with make_evaluator(loss, layout, base) as evaluator:
         for r, (p, f) in enumerate(picked):
-            tol = tolerance_for(layout.dtypes[p], loss_eps)
+            ctx = ParamCheck(
+                evaluator=evaluator,
+                param=p,
+                analytic_flat=analytic[p].reshape(-1),
+                tolerance=tolerance_for(layout.dtypes[p], loss_eps),
+                relative_step=default_relative_step(layout.dtypes[p], method),
+                method=method,
+            )
             idx = np.array([f], dtype=np.int64)
             for c, step in enumerate(grid):
-                numeric[r, c] = numeric_entries(evaluator, p, idx, float(step), tol, method)[0][0]
+                numeric[r, c] = numeric_entries(ctx, idx, float(step))[0][0]
         n_evaluations = evaluator.n_evaluations
-    with np.errstate(invalid="ignore"):
-        rel = np.abs(a[:, None] - numeric) / np.maximum(1e-8, np.abs(a[:, None]) + np.abs(numeric))
+    # The relative error of the pass rule (no floor: the sweep shows the raw V).
+    verdict = Tolerance(rtol=0.0, atol=0.0, loss_eps=loss_eps).compare(
+        np.repeat(a, grid.size), numeric.reshape(-1), np.zeros(numeric.size)
+    )
+    rel = verdict.rel_error.reshape(numeric.shape)
     result = SweepResult(
         steps=grid,
         entries=tuple(
-            (layout.names[p], tuple(int(i) for i in np.unravel_index(f, layout.shapes[p])))
+            (layout.names[p], unravel(f, layout.shapes[p]))
             for p, f in picked
         ),
         analytic=a,

@@ -35,23 +35,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..evaluate.execution import Evaluator
-from ..numerics.tolerances import Tolerance
-from ..report.model import Diagnosis, ParamReport
+from ..report.model import Diagnosis
+from .context import ParamCheck
 from .entries import EntryResults, numeric_entries
 
-__all__ = ["DIAGNOSIS_KINDS", "diagnose", "diagnose_parameter"]
-
-DIAGNOSIS_KINDS = (
-    "nonfinite",
-    "zero",
-    "missing-term",
-    "sign",
-    "scale",
-    "transpose",
-    "swapped",
-    "mismatch",
-)
+__all__ = ["diagnose", "diagnose_parameter"]
 
 #: A fitted hypothesis must leave at most this fraction of the discrepancy unexplained.
 MAX_RESIDUAL = 0.1
@@ -151,22 +139,11 @@ def _fits(name: str, a: np.ndarray, n: np.ndarray, w: np.ndarray, support: int) 
     )
 
 
-def _matches(a: np.ndarray, n: np.ndarray, noise: np.ndarray, tol: Tolerance) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        allowed = np.maximum(tol.rtol * np.maximum(1e-8, np.abs(a) + np.abs(n)), noise) + tol.atol
-        return np.abs(a - n) <= allowed
-
-
 def _numeric_at(
-    evaluator: Evaluator,
-    q: int,
-    flat: np.ndarray,
-    known: EntryResults | None,
-    relative_step: float,
-    tol: Tolerance,
-    method: str,
+    ctx: ParamCheck, flat: np.ndarray, known: EntryResults | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Numeric gradient of parameter ``q`` at ``flat``: reused where checked, else evaluated."""
+    """Numeric gradient of ``ctx``'s parameter at ``flat``: reused where checked (and not a
+    kink), else evaluated; with the round-off floors."""
     numeric = np.full(flat.size, np.nan)
     noise = np.zeros(flat.size)
     todo = np.ones(flat.size, dtype=bool)
@@ -180,8 +157,7 @@ def _numeric_at(
                 noise[r] = known.allowed[j]
                 todo[r] = False
     if np.any(todo):
-        nn, ns = numeric_entries(evaluator, q, flat[todo], relative_step, tol, method)
-        numeric[todo], noise[todo] = nn, ns
+        numeric[todo], noise[todo] = numeric_entries(ctx, flat[todo])
     return numeric, noise
 
 
@@ -193,19 +169,18 @@ def _pick(e: EntryResults, mask: np.ndarray, k: int) -> np.ndarray:
 
 
 def diagnose_parameter(
-    evaluator: Evaluator,
-    p: int,
+    ctx: ParamCheck,
+    contexts: Mapping[str, ParamCheck],
     entries: Mapping[str, EntryResults],
-    analytic: Sequence[np.ndarray],
-    tolerance: Tolerance,
-    relative_step: float,
-    method: str,
     nonfinite: np.ndarray | None = None,
     downstream: str | None = None,
 ) -> Diagnosis:
-    """The likely cause of parameter ``p``'s failure (see the module docstring)."""
-    layout = evaluator.layout
-    name, shape = layout.names[p], layout.shapes[p]
+    """The likely cause of the failure of ``ctx``'s parameter (see the module docstring).
+
+    ``contexts`` and ``entries`` hold every parameter's context and checked entries (the
+    swap hypothesis looks at same-shape parameters).
+    """
+    name, shape = ctx.name, ctx.shape
     if nonfinite is not None and nonfinite.size:
         first = [int(i) for i in np.unravel_index(int(nonfinite[0]), shape)]
         return Diagnosis(
@@ -231,14 +206,14 @@ def diagnose_parameter(
                 _confidence(0.0, support),
                 {"n_zero": int(np.count_nonzero(a_f == 0.0)), "n_failing": int(a_f.size)},
             )
-        w = evaluator.base[p].reshape(-1)[e.flat_index[ok]].astype(np.float64)
+        w = ctx.base_flat[e.flat_index[ok]].astype(np.float64)
         fit = _fits(name, e.analytic[ok], e.numeric[ok], w, support)
         if fit is not None:
             return fit
-        found = _transpose(evaluator, p, e, fail, tolerance, relative_step, method)
+        found = _transpose(ctx, e, fail)
         if found is not None:
             return found
-        found = _swapped(evaluator, p, e, fail, entries, tolerance, relative_step, method)
+        found = _swapped(ctx, e, fail, contexts, entries)
         if found is not None:
             return found
     start = downstream or name
@@ -253,16 +228,8 @@ def diagnose_parameter(
     )
 
 
-def _transpose(
-    evaluator: Evaluator,
-    p: int,
-    e: EntryResults,
-    fail: np.ndarray,
-    tol: Tolerance,
-    relative_step: float,
-    method: str,
-) -> Diagnosis | None:
-    shape = evaluator.layout.shapes[p]
+def _transpose(ctx: ParamCheck, e: EntryResults, fail: np.ndarray) -> Diagnosis | None:
+    shape = ctx.shape
     if len(shape) != 2 or shape[0] != shape[1]:
         return None
     rows, cols = np.unravel_index(e.flat_index, shape)
@@ -270,11 +237,11 @@ def _transpose(
     if pos.size == 0:
         return None
     flat_t = np.ravel_multi_index((cols[pos], rows[pos]), shape).astype(np.int64)
-    n_t, noise = _numeric_at(evaluator, p, flat_t, e, relative_step, tol, method)
-    confirmed = _confirmed(_matches(e.analytic[pos], n_t, noise, tol))
+    n_t, noise = _numeric_at(ctx, flat_t, e)
+    confirmed = _confirmed(ctx.tolerance.compare(e.analytic[pos], n_t, noise).passed)
     if confirmed is None:
         return None
-    name = evaluator.layout.names[p]
+    name = ctx.name
     return Diagnosis(
         "transpose",
         f"the analytic gradient of {name} equals the numeric one transposed at "
@@ -292,27 +259,21 @@ def _confirmed(match: np.ndarray) -> int | None:
 
 
 def _swapped(
-    evaluator: Evaluator,
-    p: int,
+    ctx: ParamCheck,
     e: EntryResults,
     fail: np.ndarray,
+    contexts: Mapping[str, ParamCheck],
     entries: Mapping[str, EntryResults],
-    tol: Tolerance,
-    relative_step: float,
-    method: str,
 ) -> Diagnosis | None:
-    layout = evaluator.layout
-    shape = layout.shapes[p]
-    others = [q for q in range(len(layout.names)) if q != p and layout.shapes[q] == shape]
+    shape = ctx.shape
+    others = [c for c in contexts.values() if c.param != ctx.param and c.shape == shape]
     pos = _pick(e, fail, CONFIRM_ENTRIES)
-    for q in others[:MAX_SWAP_CANDIDATES]:
-        other = layout.names[q]
-        n_q, noise = _numeric_at(
-            evaluator, q, e.flat_index[pos], entries.get(other), relative_step, tol, method
-        )
-        confirmed = _confirmed(_matches(e.analytic[pos], n_q, noise, tol))
+    for other_ctx in others[:MAX_SWAP_CANDIDATES]:
+        other = other_ctx.name
+        n_q, noise = _numeric_at(other_ctx, e.flat_index[pos], entries.get(other))
+        confirmed = _confirmed(ctx.tolerance.compare(e.analytic[pos], n_q, noise).passed)
         if confirmed is not None:
-            name = layout.names[p]
+            name = ctx.name
             return Diagnosis(
                 "swapped",
                 f"the analytic gradient of {name} matches the numeric gradient of {other} (same "
@@ -325,41 +286,22 @@ def _swapped(
 
 
 def diagnose(
-    evaluator: Evaluator,
-    reports: Mapping[str, ParamReport],
+    contexts: Mapping[str, ParamCheck],
     entries: Mapping[str, EntryResults],
-    analytic: Sequence[np.ndarray],
-    loss_eps: float,
+    failing: Sequence[str],
     nonfinite: Mapping[str, np.ndarray] | None = None,
-    *,
-    loss_noise: float = 0.0,
 ) -> dict[str, Diagnosis]:
-    """Diagnose every failing parameter of ``reports``; returns name -> :class:`Diagnosis`.
+    """Diagnose each parameter named in ``failing`` (in layout order); name -> Diagnosis.
 
-    May spend a few loss evaluations (through ``evaluator``) on transposed positions and on
-    entries of same-shape parameters, at most ``2 * CONFIRM_ENTRIES`` per hypothesis.
-    ``loss_noise`` is the loss's measured noise level (see :mod:`gradprobe.tolerances`).
+    May spend a few loss evaluations on transposed positions and on entries of same-shape
+    parameters, at most ``2 * CONFIRM_ENTRIES`` per hypothesis.
     """
     nonfinite = nonfinite or {}
-    names = evaluator.layout.names
-    failing = [n for n in names if n in reports and not reports[n].passed]
     downstream = failing[-1] if failing else None
-    out: dict[str, Diagnosis] = {}
-    for name in failing:
-        r = reports[name]
-        p = names.index(name)
-        tol = Tolerance(rtol=r.rtol, atol=r.atol, loss_eps=loss_eps, loss_noise=loss_noise)
-        if name not in entries and name not in nonfinite:
-            continue
-        out[name] = diagnose_parameter(
-            evaluator,
-            p,
-            entries,
-            analytic,
-            tol,
-            r.step,
-            r.method,
-            nonfinite.get(name),
-            downstream,
+    return {
+        name: diagnose_parameter(
+            contexts[name], contexts, entries, nonfinite.get(name), downstream
         )
-    return out
+        for name in failing
+        if name in entries or name in nonfinite
+    }

@@ -27,20 +27,18 @@ subgradient). Such entries are marked ``kink`` and do not fail the parameter.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluate.execution import Evaluator
 from ..numerics import kernels
-from ..numerics.steps import METHODS, RETRY_FACTOR, central_steps, complex_steps
-from ..numerics.tolerances import NOISE_FACTOR, Tolerance
+from ..numerics.steps import METHODS, central_steps, complex_steps
+from ..numerics.tolerances import NOISE_FACTOR, Verdict
+from .context import ParamCheck
+from .kinks import RETRY_FACTOR, OneSided, classify, retry_passes
 
-__all__ = ["EntryResults", "evaluate_entries", "numeric_entries"]
-
-#: A one-sided gap that shrinks by less than this when the step shrinks by RETRY_FACTOR is not
-#: a smooth function's (which shrinks by RETRY_FACTOR).
-SMOOTH_SHRINK = 0.75 * RETRY_FACTOR
+__all__ = ["EntryResults", "evaluate_entries", "merge_entry_results", "numeric_entries"]
 
 
 @dataclass(frozen=True)
@@ -97,51 +95,10 @@ class _Estimate:
     down: np.ndarray | None = None
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    abs_error: np.ndarray
-    rel_error: np.ndarray
-    allowed: np.ndarray
-    passed: np.ndarray
-
-    def where(self, mask: np.ndarray, other: _Verdict) -> _Verdict:
-        """``other``'s verdict where ``mask`` is set, this one elsewhere."""
-        return _Verdict(
-            np.where(mask, other.abs_error, self.abs_error),
-            np.where(mask, other.rel_error, self.rel_error),
-            np.where(mask, other.allowed, self.allowed),
-            np.where(mask, other.passed, self.passed),
-        )
-
-
-def _compare(a: np.ndarray, numeric: np.ndarray, noise: np.ndarray, tol: Tolerance) -> _Verdict:
-    """The pass rule (:func:`gradprobe.kernels.compare`) for any estimate."""
-    return _Verdict(
-        *kernels.compare(
-            np.ascontiguousarray(a, dtype=np.float64),
-            np.ascontiguousarray(numeric, dtype=np.float64),
-            np.ascontiguousarray(noise, dtype=np.float64),
-            tol.rtol,
-            tol.atol,
-        )
-    )
-
-
-def _noise(
-    tol: Tolerance, f_plus: np.ndarray, f_minus: np.ndarray, taken: np.ndarray
-) -> np.ndarray:
-    return tol.noise_floor(f_plus, f_minus, taken)
-
-
-def _estimate(
-    evaluator: Evaluator,
-    param: int,
-    flat_index: np.ndarray,
-    relative_step: float | np.ndarray,
-    tol: Tolerance,
-    method: str,
-) -> _Estimate:
-    values = evaluator.base[param].reshape(-1)[flat_index]
+def _estimate(ctx: ParamCheck, flat_index: np.ndarray, relative_step: float) -> _Estimate:
+    """Numeric derivatives of entries ``flat_index`` at ``relative_step`` (no verdict)."""
+    evaluator, param, tol, method = ctx.evaluator, ctx.param, ctx.tolerance, ctx.method
+    values = ctx.base_flat[flat_index]
     if method == "complex-step":
         h = complex_steps(values, float(np.max(relative_step)))
         losses = evaluator.complex_entry_losses(param, flat_index, h)
@@ -153,7 +110,7 @@ def _estimate(
         f = evaluator.entry_losses(param, flat_index, np.stack([big.plus, big.minus], axis=1))
         f = np.ascontiguousarray(f.T)  # rows: L(x+h), L(x-h)
         numeric = kernels.central_differences(f[0], f[1], big.taken)
-        noise = _noise(tol, f[0], f[1], big.taken)
+        noise = tol.noise_floor(f[0], f[1], big.taken)
         f = f.T
     elif method == "richardson":
         small = central_steps(values, 0.5 * np.asarray(relative_step))
@@ -166,8 +123,8 @@ def _estimate(
         r2 = (big.taken / small.taken) ** 2
         numeric = (r2 * d2 - d1) / (r2 - 1.0)
         noise = (
-            r2 * _noise(tol, f[:, 2], f[:, 3], small.taken)
-            + _noise(tol, f[:, 0], f[:, 1], big.taken)
+            r2 * tol.noise_floor(f[:, 2], f[:, 3], small.taken)
+            + tol.noise_floor(f[:, 0], f[:, 1], big.taken)
         ) / (r2 - 1.0)
     else:
         raise ValueError(f"unknown finite-difference method {method!r}")
@@ -183,24 +140,19 @@ def _estimate(
 
 
 def numeric_entries(
-    evaluator: Evaluator,
-    param: int,
-    flat_index: np.ndarray,
-    relative_step: float,
-    tolerance: Tolerance,
-    method: str = "central",
+    ctx: ParamCheck, flat_index: np.ndarray, relative_step: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Numeric derivatives of entries ``flat_index`` and their round-off floors (no verdict).
 
-    Used by the diagnosis to look at positions the check did not evaluate.
+    Used by the diagnosis to look at positions the check did not evaluate, and by the step
+    sweep (``relative_step`` overrides the context's).
     """
-    est = _estimate(
-        evaluator, param, np.asarray(flat_index, dtype=np.int64), relative_step, tolerance, method
-    )
+    step = ctx.relative_step if relative_step is None else relative_step
+    est = _estimate(ctx, np.asarray(flat_index, dtype=np.int64), step)
     return est.numeric, est.noise
 
 
-def _one_sided_gap(est: _Estimate, f0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _one_sided(est: _Estimate, f0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Forward and backward differences and their gap ``|forward - backward|``."""
     assert est.plus is not None and est.minus is not None
     assert est.up is not None and est.down is not None
@@ -214,35 +166,20 @@ def _one_sided_gap(est: _Estimate, f0: float) -> tuple[np.ndarray, np.ndarray, n
 
 
 def evaluate_entries(
-    evaluator: Evaluator,
-    param: int,
+    ctx: ParamCheck,
     flat_index: np.ndarray,
-    analytic_flat: np.ndarray,
-    relative_step: float,
-    tolerance: Tolerance,
-    method: str = "central",
     *,
     base_value: float | None = None,
     retry: bool = True,
 ) -> EntryResults:
-    """Check entries ``flat_index`` of parameter ``param`` against ``analytic_flat``.
+    """Check entries ``flat_index`` of the parameter of ``ctx`` against its analytic gradient.
 
     Parameters
     ----------
-    evaluator : Evaluator
-        Computes the perturbed losses.
-    param : int
-        Position of the parameter in the layout.
+    ctx : ParamCheck
+        The parameter, its analytic gradient, the pass rule, step and method.
     flat_index : ndarray of int
         Entries to check (flat indices).
-    analytic_flat : ndarray
-        The whole analytic gradient of the parameter, flattened.
-    relative_step : float
-        ``h = relative_step * max(1, |x|)``.
-    tolerance : Tolerance
-        The pass rule.
-    method : str
-        One of :data:`gradprobe.steps.METHODS`.
     base_value : float, optional
         The loss at the base point, for the one-sided differences of disagreeing entries
         (evaluated once when needed and not given).
@@ -250,14 +187,14 @@ def evaluate_entries(
         Re-evaluate disagreeing entries at a smaller step and classify kinks (central and
         Richardson; the complex step neither needs nor supports it).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown finite-difference method {method!r}")
+    if ctx.method not in METHODS:
+        raise ValueError(f"unknown finite-difference method {ctx.method!r}")
     flat_index = np.asarray(flat_index, dtype=np.int64)
-    a = np.ascontiguousarray(analytic_flat[flat_index], dtype=np.float64)
+    a = np.ascontiguousarray(ctx.analytic_flat[flat_index], dtype=np.float64)
     m = flat_index.size
-    est = _estimate(evaluator, param, flat_index, relative_step, tolerance, method)
+    est = _estimate(ctx, flat_index, ctx.relative_step)
     numeric = est.numeric
-    v = _compare(a, numeric, est.noise, tolerance)
+    v = ctx.tolerance.compare(a, numeric, est.noise)
     abs_error, rel_error, allowed, passed = v.abs_error, v.rel_error, v.allowed, v.passed
     results = EntryResults(
         flat_index=flat_index,
@@ -271,23 +208,14 @@ def evaluate_entries(
         step=est.step,
         retried=np.zeros(m, dtype=bool),
     )
-    if not retry or method == "complex-step" or bool(np.all(passed)):
+    if not retry or ctx.method == "complex-step" or bool(np.all(passed)):
         return results
     if base_value is None:
-        base_value = evaluator.base_loss()
-    return _retry(evaluator, param, results, est, relative_step, tolerance, method, base_value)
+        base_value = ctx.evaluator.base_loss()
+    return _retry(ctx, results, est, base_value)
 
 
-def _retry(
-    evaluator: Evaluator,
-    param: int,
-    results: EntryResults,
-    est: _Estimate,
-    relative_step: float,
-    tol: Tolerance,
-    method: str,
-    f0: float,
-) -> EntryResults:
+def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) -> EntryResults:
     """Re-evaluate the disagreeing entries at a smaller step; pass them or mark kinks."""
     pos = np.flatnonzero(~results.passed)
     # A NaN loss or analytic value is a failure whatever the step: do not spend on it.
@@ -304,18 +232,17 @@ def _retry(
         up=est.up[pos] if est.up is not None else None,
         down=est.down[pos] if est.down is not None else None,
     )
-    small = _estimate(
-        evaluator, param, results.flat_index[pos], relative_step / RETRY_FACTOR, tol, method
-    )
-    v_small = _compare(a, small.numeric, small.noise, tol)
+    tol = ctx.tolerance
+    small = _estimate(ctx, results.flat_index[pos], ctx.relative_step / RETRY_FACTOR)
+    v_small = tol.compare(a, small.numeric, small.noise)
     numeric, step = small.numeric.copy(), small.step.copy()
     v = v_small
-    if method == "central":
+    if ctx.method == "central":
         # Richardson extrapolation of the two central differences (ratio of steps taken).
         r2 = (first.step / small.step) ** 2
         extrap = (r2 * small.numeric - first.numeric) / (r2 - 1.0)
         extrap_noise = (r2 * small.noise + first.noise) / (r2 - 1.0)
-        v_ex = _compare(a, extrap, extrap_noise, tol)
+        v_ex = tol.compare(a, extrap, extrap_noise)
         use_ex = v_ex.passed & ~v_small.passed
         numeric = np.where(use_ex, extrap, numeric)
         v = v_small.where(use_ex, v_ex)
@@ -323,51 +250,36 @@ def _retry(
     # itself, or when the disagreement shrank to under a third of the first (truncation or
     # a kink the smaller step no longer crosses). A wrong gradient disagrees by the same
     # amount at every step, so it cannot hide under the second step's noise floor.
-    shrunk = v.abs_error < results.abs_error[pos] / 3.0
-    strict = v.abs_error <= tol.rtol * np.maximum(1e-8, np.abs(a) + np.abs(numeric)) + tol.atol
-    v = _Verdict(v.abs_error, v.rel_error, v.allowed, v.passed & (shrunk | strict))
-    fwd, bwd, gap = _one_sided_gap(small, f0)
-    fwd_big, bwd_big, gap_big = _one_sided_gap(first, f0)
-    allowed = results.allowed[pos]
-    # One-sided differences are only first-order accurate: widen each side of [lo, hi] by the
-    # first comparison's allowance plus how much that side moved between the two steps.
-    fwd_m = allowed + np.abs(fwd_big - fwd)
-    bwd_m = allowed + np.abs(bwd_big - bwd)
-    fwd_low = fwd <= bwd
-    lo = np.where(fwd_low, fwd - fwd_m, bwd - bwd_m)
-    hi = np.where(fwd_low, bwd + bwd_m, fwd + fwd_m)
-    # The one-sided gap of a smooth function shrinks in proportion to the step (~ |L''| h);
-    # across a kink it stays (the jump of the derivative), or shrinks less when the smaller
-    # step no longer reaches every kink the larger one crossed. A gap above the comparison's
-    # tolerance that shrank clearly less than the step means the step crossed a kink; with the
-    # analytic value between the two sides (a valid subgradient) the entry is a kink, not a
-    # failure.
-    # The gap must exceed the first step's allowance (whose round-off floor is the lower one),
-    # or grow clearly when the step shrinks (kinks of opposite sides can cancel at the first
-    # step; a smooth function's gap never grows).
-    crossed = ~v.passed & (
-        ((gap_big > allowed) & (gap * SMOOTH_SHRINK >= gap_big))
-        | (gap > 2.0 * np.maximum(gap_big, allowed))
+    v = Verdict(
+        v.abs_error,
+        v.rel_error,
+        v.allowed,
+        retry_passes(
+            v.passed,
+            v.abs_error,
+            results.abs_error[pos],
+            tol.within_rtol(a, numeric, v.abs_error),
+        ),
     )
-    # Where the smaller step's round-off floor (one-sided differences carry about twice the
-    # central one) exceeds the first step's gap, its one-sided differences say nothing (float32
-    # at an 8x smaller step): judge from the first step alone, with only its allowance as margin.
-    # Such an entry is a kink when the analytic value lies between them; otherwise the retry's
-    # verdict stands.
-    blind = ~v.passed & ~crossed & (gap_big > allowed) & (2.0 * small.noise >= gap_big)
-    blind &= a >= np.minimum(fwd_big, bwd_big) - allowed
-    blind &= a <= np.maximum(fwd_big, bwd_big) + allowed
-    kink = (crossed & (a >= lo) & (a <= hi)) | blind
+    fwd, bwd, _ = _one_sided(small, f0)
+    fwd_big, bwd_big, _ = _one_sided(first, f0)
+    found = classify(
+        OneSided(fwd_big - a, bwd_big - a),
+        OneSided(fwd - a, bwd - a),
+        results.allowed[pos],
+        2.0 * small.noise,  # one-sided differences carry about twice the central floor
+    )
+    crossed, kink = found.crossed & ~v.passed, found.kink & ~v.passed
     # Across a kink with the analytic value outside [lo, hi] the entry fails; the nearest
     # one-sided difference is the numeric value it should have matched.
     outside = crossed & ~kink
     if np.any(outside):
         nearest = np.clip(a, np.minimum(fwd, bwd), np.maximum(fwd, bwd))
         # Judged with the first step's allowance, which "outside" already exceeds.
-        v_out = _compare(a, nearest, first.noise, tol)
+        v_out = tol.compare(a, nearest, first.noise)
         numeric = np.where(outside, nearest, numeric)
         v = v.where(outside, v_out)
-    fixed = v.passed | crossed | blind  # entries whose verdict the retry replaces
+    fixed = v.passed | crossed | kink  # entries whose verdict the retry replaces
     out = {
         "numeric": results.numeric.copy(),
         "abs_error": results.abs_error.copy(),
@@ -388,3 +300,19 @@ def _retry(
     out["kink"][pos[kink]] = True
     out["retried"][pos] = True
     return EntryResults(flat_index=results.flat_index, analytic=results.analytic, **out)
+
+
+def merge_entry_results(a: EntryResults, b: EntryResults) -> EntryResults:
+    """Per-entry results of ``a`` and of the entries of ``b`` not in ``a``, sorted by index."""
+    extra = ~np.isin(b.flat_index, a.flat_index)
+    if not np.any(extra):
+        return a
+    order = np.argsort(np.concatenate([a.flat_index, b.flat_index[extra]]), kind="stable")
+    merged = {}
+    for f in dataclasses.fields(a):
+        va, vb = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(va, np.ndarray) and va.shape[:1] == a.flat_index.shape:
+            merged[f.name] = np.concatenate([va, vb[extra]])[order]
+        else:
+            merged[f.name] = va
+    return type(a)(**merged)

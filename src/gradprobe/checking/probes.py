@@ -50,19 +50,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluate.execution import Evaluator
-from ..numerics.steps import RETRY_FACTOR
-from ..numerics.tolerances import NOISE_FACTOR, Tolerance
-from .entries import SMOOTH_SHRINK, EntryResults, evaluate_entries
+from ..numerics.tolerances import NOISE_FACTOR
+from .context import ParamCheck
+from .entries import EntryResults, evaluate_entries
+from .kinks import RETRY_FACTOR, OneSided, classify, retry_passes
 
-__all__ = [
-    "DEFAULT_PROBES",
-    "Probe",
-    "ProbeOutcome",
-    "merge_entry_results",
-    "probe_note",
-    "run_probes",
-]
+__all__ = ["DEFAULT_PROBES", "Probe", "ProbeOutcome", "run_probes"]
 
 #: Random directions probed per parameter by default.
 DEFAULT_PROBES = 2
@@ -213,24 +206,17 @@ class _Prober:
     """Builds perturbed vectors for ranges of one direction and turns losses into probes."""
 
     def __init__(
-        self,
-        evaluator: Evaluator,
-        param: int,
-        analytic_flat: np.ndarray,
-        directions: np.ndarray,
-        step: float,
-        tolerance: Tolerance,
-        truncation: float,
+        self, ctx: ParamCheck, directions: np.ndarray, step: float, truncation: float
     ) -> None:
-        self.evaluator = evaluator
-        self.param = param
-        base = evaluator.base[param].reshape(-1)
+        self.evaluator = ctx.evaluator
+        self.param = ctx.param
+        base = ctx.base_flat
         self.base = base
         self.dtype = base.dtype
         self.directions = directions
         self.step = step
-        self.g = np.asarray(analytic_flat, dtype=np.float64)
-        self.tolerance = tolerance
+        self.g = np.asarray(ctx.analytic_flat, dtype=np.float64)
+        self.tolerance = ctx.tolerance
         self.truncation = truncation
         self.n_probes = 0
         self.n_retried = 0
@@ -313,29 +299,21 @@ class _Prober:
         if not math.isfinite(p.numeric):
             return p
         e_plus, e_minus = self.one_sided(p)
-        allowed = p.allowed
         small, r, (s_plus, s_minus) = self._run_small(p)
         self.n_retried += 1
-        # Scaled to the first step (r = ratio of the steps taken), a wrong gradient disagrees
-        # by the same amount at both steps; truncation and kinks no longer crossed shrink.
-        if small.within and r * small.discrepancy < p.discrepancy / 3.0:
+        # Scaled to the first step (r = ratio of the steps taken): the kink rule of
+        # gradprobe.checking.kinks, in units of a loss difference.
+        if retry_passes(small.within, r * small.discrepancy, p.discrepancy):
             return dataclasses.replace(p, retried=True, retry_passed=True)
-        # Scaled, a smooth function's one-sided gap (curvature, ~ step**2) shrinks by the step
-        # ratio; a kink's (the jump of the slope, ~ step) stays, or grows when kinks of
-        # opposite sides cancelled at the first step.
-        gap, gap_s = abs(e_plus - e_minus), r * abs(s_plus - s_minus)
-        crossed = (gap > allowed and gap_s * SMOOTH_SHRINK >= gap) or (
-            gap_s > 2.0 * max(gap, allowed) and abs(s_plus - s_minus) > small.allowed
+        small_floor = r * float(self.tolerance.difference_floor(small.f_plus, small.f_minus))
+        found = classify(
+            OneSided(np.array([e_plus]), np.array([e_minus])),
+            OneSided(np.array([r * s_plus]), np.array([r * s_minus])),
+            np.array([p.allowed]),
+            np.array([small_floor]),
         )
-        # The analytic slope between the one-sided ones at the smaller step, each side widened
-        # by the allowance and by how much it moved between the steps (one-sided differences
-        # are first-order accurate only).
-        sp, sm = r * s_plus, r * s_minus
-        m_plus = allowed + abs(e_plus - sp)
-        m_minus = allowed + abs(e_minus - sm)
-        inside = not ((sp > m_plus and sm > m_minus) or (sp < -m_plus and sm < -m_minus))
         return dataclasses.replace(
-            p, retried=True, crossed=bool(crossed), kink=bool(crossed and inside)
+            p, retried=True, crossed=bool(found.crossed[0]), kink=bool(found.kink[0])
         )
 
     def run(self, ranges: list[tuple[int, int, int]], depth: int) -> list[Probe]:
@@ -401,14 +379,7 @@ def _directions(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
     return v
 
 
-def _choose_step(
-    evaluator: Evaluator,
-    param: int,
-    analytic_flat: np.ndarray,
-    direction: np.ndarray,
-    relative_step: float,
-    tolerance: Tolerance,
-) -> tuple[float, float]:
+def _choose_step(ctx: ParamCheck, direction: np.ndarray) -> tuple[float, float]:
     """Pilot along ``direction`` at ``s`` and ``2 s``: the probe step and its truncation.
 
     With ``N(s) = L(x + s) - L(x - s) = g . d + T(s) + O(s^5)`` and ``T(2 s) = 8 T(s)``, the
@@ -416,17 +387,17 @@ def _choose_step(
     out of this combination). The probe step then puts ``T`` at ``TRUNCATION_TARGET`` of the
     round-off floor, within ``[h_min, 2 h_pilot]``, ``h_pilot = h_min * n**(1/3)``.
     """
-    base = evaluator.base[param].reshape(-1)
+    base = ctx.base_flat
     n = base.size
     x = base.astype(np.float64, copy=False)
     scale = max(1.0, float(np.sqrt(np.mean(x * x))))
-    h_min = relative_step * scale
+    h_min = ctx.relative_step * scale
     h_pilot = h_min * n ** (1.0 / 3.0)
     vectors = np.empty((4, n), dtype=base.dtype)
     for r, mult in enumerate((1.0, -1.0, 2.0, -2.0)):
         vectors[r] = (x + mult * h_pilot * direction).astype(base.dtype)
-    losses = evaluator.vector_losses(param, vectors)
-    g = np.asarray(analytic_flat, dtype=np.float64)
+    losses = ctx.evaluator.vector_losses(ctx.param, vectors)
+    g = np.asarray(ctx.analytic_flat, dtype=np.float64)
     d1 = vectors[0].astype(np.float64)
     d1 -= vectors[1]
     d2 = vectors[2].astype(np.float64)
@@ -434,7 +405,7 @@ def _choose_step(
     r1 = (losses[0] - losses[1]) - float(g @ d1)
     r2 = (losses[2] - losses[3]) - float(g @ d2)
     cubic = abs(r2 - 2.0 * r1) / 6.0  # truncation at h_pilot
-    noise = float(tolerance.difference_floor(losses[0], losses[1]))
+    noise = float(ctx.tolerance.difference_floor(losses[0], losses[1]))
     if not (np.isfinite(cubic) and np.isfinite(noise)):
         return h_min, math.inf
     # The estimate carries round-off of its own (about noise / 2): never trust less than that.
@@ -446,32 +417,21 @@ def _choose_step(
 
 
 def run_probes(
-    evaluator: Evaluator,
-    param: int,
-    analytic_flat: np.ndarray,
-    relative_step: float,
-    tolerance: Tolerance,
+    ctx: ParamCheck,
     rng: np.random.Generator,
     *,
     n_directions: int = DEFAULT_PROBES,
     slice_probes: bool = False,
     max_localized: int = MAX_LOCALIZED,
-    method: str = "central",
 ) -> ProbeOutcome:
-    """Probe every entry of parameter ``param`` along random directions; bisect failures.
+    """Probe every entry of the parameter of ``ctx`` along random directions; bisect failures.
 
     Parameters
     ----------
-    evaluator : Evaluator
-        Evaluates the loss with the parameter replaced (``vector_losses``).
-    param : int
-        Which parameter.
-    analytic_flat : ndarray
-        The analytic gradient of the parameter, flat, float64.
-    relative_step : float
-        The per-entry relative step (sets the smallest probe step and the leaves' checks).
-    tolerance : Tolerance
-        The parameter's pass rule (its ``loss_eps`` sets the round-off floor).
+    ctx : ParamCheck
+        The parameter, its analytic gradient, the pass rule (its ``loss_eps`` sets the
+        round-off floor) and the per-entry step (the smallest probe step and the leaves'
+        checks).
     rng : numpy.random.Generator
         Seeded generator for the directions.
     n_directions : int
@@ -480,21 +440,18 @@ def run_probes(
         Also probe each slice along the leading axis (one probe per row, 2 evaluations each).
     max_localized : int
         Entries to localize before calling the failure widespread.
-    method : str
-        Scheme for the per-entry checks of the leaves.
 
     Returns
     -------
     ProbeOutcome
     """
+    evaluator = ctx.evaluator
     n0 = evaluator.n_evaluations
-    shape = evaluator.layout.shapes[param]
-    n = int(evaluator.base[param].size)
+    shape = ctx.shape
+    n = ctx.size
     directions = _directions(rng, max(1, n_directions), n)
-    step, truncation = _choose_step(
-        evaluator, param, analytic_flat, directions[0], relative_step, tolerance
-    )
-    prober = _Prober(evaluator, param, analytic_flat, directions, step, tolerance, truncation)
+    step, truncation = _choose_step(ctx, directions[0])
+    prober = _Prober(ctx, directions, step, truncation)
     prober.n_probes = 2  # the pilot: steps s and 2 s
     ranges = [(0, n, j) for j in range(directions.shape[0])]
     if slice_probes and len(shape) >= 2 and shape[0] > 1:
@@ -544,9 +501,7 @@ def run_probes(
     localized = np.empty(0, dtype=np.int64)
     if leaves and not widespread:
         idx = np.unique(np.asarray(leaves, dtype=np.int64))
-        leaf_results = evaluate_entries(
-            evaluator, param, idx, analytic_flat, relative_step, tolerance, method
-        )
+        leaf_results = evaluate_entries(ctx, idx)
         localized = idx[leaf_results.failed]
     return ProbeOutcome(
         probes=tuple(top),
@@ -562,49 +517,4 @@ def run_probes(
         bisection_depth=depth,
         n_kinks=sum(1 for p in top if p.kink),
         n_retried=prober.n_retried,
-    )
-
-
-def merge_entry_results(a: EntryResults, b: EntryResults) -> EntryResults:
-    """Per-entry results of ``a`` and of the entries of ``b`` not in ``a``, sorted by index."""
-    extra = ~np.isin(b.flat_index, a.flat_index)
-    if not np.any(extra):
-        return a
-    order = np.argsort(np.concatenate([a.flat_index, b.flat_index[extra]]), kind="stable")
-    merged = {}
-    for f in dataclasses.fields(a):
-        va, vb = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(va, np.ndarray) and va.shape[:1] == a.flat_index.shape:
-            merged[f.name] = np.concatenate([va, vb[extra]])[order]
-        else:
-            merged[f.name] = va
-    return type(a)(**merged)
-
-
-def probe_note(outcome: ProbeOutcome | None, shape: tuple[int, ...]) -> str:
-    """What the probes found, in words, for the coverage statement ('' when they passed)."""
-    if outcome is None or outcome.passed:
-        return ""
-    worst = outcome.worst
-    excess = f"{worst.excess:.3g}x its allowance" if worst is not None else "beyond tolerance"
-    if outcome.widespread:
-        return (
-            f"probes disagree ({excess}) across most of the parameter: widespread, "
-            f"bisection stopped after {outcome.bisection_depth} levels"
-        )
-    if outcome.localized.size:
-        where = ", ".join(
-            "[" + ", ".join(str(int(i)) for i in np.unravel_index(int(f), shape)) + "]"
-            for f in outcome.localized[:5]
-        )
-        more = f" and {outcome.localized.size - 5} more" if outcome.localized.size > 5 else ""
-        return (
-            f"a probe disagreed ({excess}); bisection localized {outcome.localized.size} wrong "
-            f"{'entry' if outcome.localized.size == 1 else 'entries'}: {where}{more} "
-            f"({outcome.n_evaluations} evaluations)"
-        )
-    return (
-        f"a probe disagreed ({excess}) but bisection found no entry that a per-entry check "
-        "confirms (a kink crossed by the probe step, or many small errors): not counted as a "
-        "failure"
     )

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels
+
 __all__ = [
     "DEFAULT_RTOL",
     "NOISE_FACTOR",
@@ -47,6 +49,7 @@ __all__ = [
     "NOISE_ULPS",
     "NoiseEstimate",
     "Tolerance",
+    "Verdict",
     "ecnoise",
     "loss_epsilon",
     "tolerance_for",
@@ -77,8 +80,32 @@ NOISE_ULPS = 16.0
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """The pass rule applied to some estimates, entry by entry (aligned arrays)."""
+
+    abs_error: np.ndarray
+    rel_error: np.ndarray
+    allowed: np.ndarray
+    passed: np.ndarray
+
+    def where(self, mask: np.ndarray, other: Verdict) -> Verdict:
+        """``other``'s verdict where ``mask`` is set, this one elsewhere."""
+        return Verdict(
+            np.where(mask, other.abs_error, self.abs_error),
+            np.where(mask, other.rel_error, self.rel_error),
+            np.where(mask, other.allowed, self.allowed),
+            np.where(mask, other.passed, self.passed),
+        )
+
+
+@dataclass(frozen=True)
 class Tolerance:
-    """The pass rule for one parameter: relative, absolute and the loss's precision."""
+    """THE pass rule for one parameter: relative, absolute and the loss's precision.
+
+    Every path that judges an estimate (sampled entries, retries, probe leaves, diagnosis
+    confirmations, the step sweep) calls :meth:`compare`; :meth:`within_rtol` is the same rule
+    without the round-off floor (is an entry resolvable above it?).
+    """
 
     rtol: float
     atol: float
@@ -94,6 +121,31 @@ class Tolerance:
     def noise_floor(self, f_plus: np.ndarray, f_minus: np.ndarray, taken: np.ndarray) -> np.ndarray:
         """Round-off floor of ``(f_plus - f_minus) / taken`` for each entry."""
         return self.difference_floor(f_plus, f_minus) / np.abs(taken)
+
+    def compare(self, analytic: np.ndarray, numeric: np.ndarray, noise: np.ndarray) -> Verdict:
+        """The pass rule (:func:`gradprobe.numerics.kernels.compare`) for any estimate.
+
+        An entry passes when ``|a - n| <= max(rtol * max(1e-8, |a| + |n|), noise) + atol`` and
+        the estimate is finite; NaN anywhere fails.
+        """
+        return Verdict(
+            *kernels.compare(
+                np.ascontiguousarray(analytic, dtype=np.float64),
+                np.ascontiguousarray(numeric, dtype=np.float64),
+                np.ascontiguousarray(np.broadcast_to(noise, np.shape(analytic)), dtype=np.float64),
+                self.rtol,
+                self.atol,
+            )
+        )
+
+    def within_rtol(
+        self, analytic: np.ndarray, numeric: np.ndarray, allowed: np.ndarray
+    ) -> np.ndarray:
+        """Where ``allowed`` (an allowance or an error) is within what ``rtol`` and ``atol``
+        alone allow: the entry is resolvable above the round-off floor."""
+        with np.errstate(invalid="ignore"):
+            denom = np.maximum(1e-8, np.abs(analytic) + np.abs(numeric))
+            return allowed <= self.rtol * denom + self.atol
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What a check covered, and what that says about the entries it did not check one by one.
+"""Coverage statistics: what a sample of checked entries says about the entries not checked.
 
 From ``k`` sampled entries with ``f`` failures, the exact (Clopper-Pearson) one-sided upper
 confidence bound on the fraction of wrong entries: the ``p`` at which seeing ``f`` or fewer
@@ -9,11 +9,8 @@ incomplete beta function (a continued fraction) and bisection, so the core needs
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
-from ..report.model import Coverage
-
-__all__ = ["CONFIDENCE", "build_coverage", "upper_bound_wrong_fraction"]
+__all__ = ["CONFIDENCE", "upper_bound_wrong_fraction"]
 
 #: Confidence level of the bound in coverage statements.
 CONFIDENCE = 0.95
@@ -96,62 +93,3 @@ def upper_bound_wrong_fraction(k: int, f: int, confidence: float = CONFIDENCE) -
         if hi - lo <= 1e-15 * max(hi, 1e-300):
             break
     return hi
-
-
-def _pct(p: float) -> str:
-    pct = 100.0 * p
-    if pct >= 10:
-        return f"{pct:.0f}%"
-    if pct >= 0.1:
-        return f"{pct:.2g}%"
-    return f"{pct:.1g}%"
-
-
-def build_coverage(
-    *,
-    n_total: int,
-    n_sampled: int,
-    n_failed_sampled: int,
-    strata: Mapping[str, int],
-    n_probed: int = 0,
-    n_probes: int = 0,
-    n_probe_kinks: int = 0,
-    probe_note: str = "",
-    confidence: float = CONFIDENCE,
-) -> Coverage:
-    """Assemble a :class:`~gradprobe.report.Coverage` and its one-line statement.
-
-    ``n_probe_kinks`` counts probes passed as kinks (their step crossed a non-differentiable
-    point and the analytic slope is a valid subgradient). ``probe_note`` is appended to the
-    statement (what bisection found, or why probes were
-    inconclusive).
-    """
-    parts = []
-    if n_probed:
-        kinks = f", {n_probe_kinks} across kinks" if n_probe_kinks else ""
-        parts.append(f"all {n_probed:,} entries probed ({n_probes} directional probes{kinks})")
-    if n_sampled >= n_total:
-        upper = n_failed_sampled / n_total if n_total else 1.0
-        parts.append(f"all {n_total:,} checked individually, {n_failed_sampled:,} wrong")
-    else:
-        upper = upper_bound_wrong_fraction(n_sampled, n_failed_sampled, confidence)
-        by = ", ".join(f"{k} {v}" for k, v in strata.items())
-        parts.append(f"{n_sampled:,} of {n_total:,} checked individually ({by})")
-        if n_sampled:
-            bound = (
-                "cannot bound the wrong fraction"
-                if upper >= 1.0
-                else f"fewer than {_pct(upper)} wrong at {confidence:.0%}"
-            )
-            parts.append(f"{n_failed_sampled:,} of {n_sampled:,} failed: {bound}")
-    if probe_note:
-        parts.append(probe_note)
-    return Coverage(
-        n_probed=int(n_probed),
-        n_probes=int(n_probes),
-        n_sampled=int(n_sampled),
-        strata=dict(strata),
-        n_failed_sampled=int(n_failed_sampled),
-        upper_bound=float(upper),
-        statement="; ".join(parts),
-    )

@@ -1,0 +1,66 @@
+"""The per-parameter context of one check: what every step of the check needs to know.
+
+A :class:`ParamCheck` carries the evaluator, which parameter, its analytic gradient, the pass
+rule, the relative step and the method, so that the entry estimates, the probes and the
+diagnosis take one object instead of a positional list of options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..evaluate.execution import Evaluator
+from ..numerics.tolerances import Tolerance
+
+__all__ = ["ParamCheck"]
+
+
+@dataclass(frozen=True)
+class ParamCheck:
+    """One parameter under check.
+
+    Attributes
+    ----------
+    evaluator : Evaluator
+        Computes losses at perturbed parameters.
+    param : int
+        Position of the parameter in the layout.
+    analytic_flat : ndarray
+        The parameter's whole analytic gradient, flat.
+    tolerance : Tolerance
+        The pass rule.
+    relative_step : float
+        ``h = relative_step * max(1, |x|)`` for single entries.
+    method : str
+        Finite-difference scheme (:data:`gradprobe.numerics.steps.METHODS`).
+    """
+
+    evaluator: Evaluator
+    param: int
+    analytic_flat: np.ndarray
+    tolerance: Tolerance
+    relative_step: float
+    method: str = "central"
+
+    @property
+    def name(self) -> str:
+        return self.evaluator.layout.names[self.param]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.evaluator.layout.shapes[self.param])
+
+    @property
+    def size(self) -> int:
+        return int(self.evaluator.layout.sizes[self.param])
+
+    @property
+    def base_flat(self) -> np.ndarray:
+        """The parameter's values at the base point, flat (never written to)."""
+        return self.evaluator.base[self.param].reshape(-1)
+
+    def for_param(self, param: int, analytic_flat: np.ndarray) -> ParamCheck:
+        """The same options for another parameter (the diagnosis looks at same-shape ones)."""
+        return replace(self, param=param, analytic_flat=analytic_flat)

@@ -1,0 +1,195 @@
+"""THE verdict step: one parameter's evidence (and diagnosis) in, its :class:`ParamReport` out.
+
+Whether a parameter passed is decided here and nowhere else (:func:`passes`), ``bad_indices``
+is capped here (:data:`~gradprobe.report.model.MAX_BAD_INDICES`), and the coverage statement is
+written here, so the table, the failure block and the coverage line read the same evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..layout import unravel
+from ..numerics.stats import CONFIDENCE, upper_bound_wrong_fraction
+from ..report.model import (
+    MAX_BAD_INDICES,
+    MAX_SHOWN_ENTRIES,
+    Coverage,
+    Diagnosis,
+    EntryCheck,
+    ParamReport,
+)
+from .context import ParamCheck
+from .parameter import Evidence
+from .probes import ProbeOutcome
+
+__all__ = ["build_report", "passes"]
+
+
+def passes(evidence: Evidence) -> bool:
+    """THE verdict: no checked entry fails (kinks excluded), the probes did not find a
+    widespread disagreement, and the analytic gradient is finite everywhere."""
+    widespread = evidence.outcome is not None and evidence.outcome.widespread
+    return (
+        not bool(np.any(evidence.entries.failed))
+        and not widespread
+        and evidence.nonfinite.size == 0
+    )
+
+
+def _bad_indices(ctx: ParamCheck, evidence: Evidence) -> tuple[tuple[int, ...], ...]:
+    """Entries localized as wrong, then non-finite analytic entries; at most MAX_BAD_INDICES."""
+    e = evidence.entries
+    flat = np.concatenate([e.flat_index[e.failed], evidence.nonfinite]).astype(np.int64)
+    flat = np.asarray(list(dict.fromkeys(flat.tolist()))[:MAX_BAD_INDICES], dtype=np.int64)
+    return tuple(unravel(f, ctx.shape) for f in flat)
+
+
+def build_report(
+    ctx: ParamCheck, evidence: Evidence, diagnosis: Diagnosis | None = None
+) -> ParamReport:
+    """The parameter's report, built once from its evidence and diagnosis."""
+    entries, outcome, sample = evidence.entries, evidence.outcome, evidence.sample
+    order = entries.worst_order()
+    worst = tuple(
+        EntryCheck(
+            index=unravel(entries.flat_index[j], ctx.shape),
+            analytic=float(entries.analytic[j]),
+            numeric=float(entries.numeric[j]),
+            rel_error=float(entries.rel_error[j]),
+            allowed=float(entries.allowed[j]),
+            step=float(entries.step[j]),
+            passed=bool(entries.passed[j]),
+            kink=bool(entries.kink[j]),
+        )
+        for j in order[:MAX_SHOWN_ENTRIES]
+    )
+    tol = ctx.tolerance
+    resolved = tol.within_rtol(entries.analytic, entries.numeric, entries.allowed) & ~entries.kink
+    coverage = build_coverage(
+        n_total=ctx.size,
+        n_sampled=sample.size,
+        n_failed_sampled=evidence.n_failed_sampled,
+        strata=sample.strata,
+        n_probed=ctx.size if outcome is not None else 0,
+        n_probes=outcome.n_probes if outcome is not None else 0,
+        n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
+        probe_note=probe_note(outcome, ctx.shape),
+    )
+    return ParamReport(
+        name=ctx.name,
+        shape=ctx.shape,
+        dtype=str(ctx.base_flat.dtype),
+        n_total=ctx.size,
+        n_checked=entries.size,
+        sampling=sample.kind,
+        max_rel_error=float(entries.rel_error.max()) if entries.size else 0.0,
+        max_rel_error_resolved=(
+            float(entries.rel_error[resolved].max()) if resolved.any() else math.nan
+        ),
+        n_at_floor=int(np.count_nonzero(~resolved & ~entries.kink)),
+        worst_index=worst[0].index if worst else None,
+        passed=passes(evidence),
+        n_failed=int(np.count_nonzero(entries.failed)),
+        worst_entries=worst,
+        rtol=tol.rtol,
+        atol=tol.atol,
+        step=ctx.relative_step,
+        method=ctx.method,
+        rel_errors=entries.rel_error,
+        n_kinks=int(np.count_nonzero(entries.kink)),
+        bad_indices=_bad_indices(ctx, evidence),
+        widespread=outcome is not None and outcome.widespread,
+        coverage=coverage,
+        diagnosis=diagnosis,
+    )
+
+
+def _pct(p: float) -> str:
+    pct = 100.0 * p
+    if pct >= 10:
+        return f"{pct:.0f}%"
+    if pct >= 0.1:
+        return f"{pct:.2g}%"
+    return f"{pct:.1g}%"
+
+
+def build_coverage(
+    *,
+    n_total: int,
+    n_sampled: int,
+    n_failed_sampled: int,
+    strata: Mapping[str, int],
+    n_probed: int = 0,
+    n_probes: int = 0,
+    n_probe_kinks: int = 0,
+    probe_note: str = "",
+    confidence: float = CONFIDENCE,
+) -> Coverage:
+    """Assemble a :class:`~gradprobe.report.Coverage` and its one-line statement.
+
+    ``n_probe_kinks`` counts probes passed as kinks (their step crossed a non-differentiable
+    point and the analytic slope is a valid subgradient). ``probe_note`` is appended to the
+    statement (what bisection found, or why probes were
+    inconclusive).
+    """
+    parts = []
+    if n_probed:
+        kinks = f", {n_probe_kinks} across kinks" if n_probe_kinks else ""
+        parts.append(f"all {n_probed:,} entries probed ({n_probes} directional probes{kinks})")
+    if n_sampled >= n_total:
+        upper = n_failed_sampled / n_total if n_total else 1.0
+        parts.append(f"all {n_total:,} checked individually, {n_failed_sampled:,} wrong")
+    else:
+        upper = upper_bound_wrong_fraction(n_sampled, n_failed_sampled, confidence)
+        by = ", ".join(f"{k} {v}" for k, v in strata.items())
+        parts.append(f"{n_sampled:,} of {n_total:,} checked individually ({by})")
+        if n_sampled:
+            bound = (
+                "cannot bound the wrong fraction"
+                if upper >= 1.0
+                else f"fewer than {_pct(upper)} wrong at {confidence:.0%}"
+            )
+            parts.append(f"{n_failed_sampled:,} of {n_sampled:,} failed: {bound}")
+    if probe_note:
+        parts.append(probe_note)
+    return Coverage(
+        n_probed=int(n_probed),
+        n_probes=int(n_probes),
+        n_sampled=int(n_sampled),
+        strata=dict(strata),
+        n_failed_sampled=int(n_failed_sampled),
+        upper_bound=float(upper),
+        statement="; ".join(parts),
+    )
+
+
+def probe_note(outcome: ProbeOutcome | None, shape: tuple[int, ...]) -> str:
+    """What the probes found, in words, for the coverage statement ('' when they passed)."""
+    if outcome is None or outcome.passed:
+        return ""
+    worst = outcome.worst
+    excess = f"{worst.excess:.3g}x its allowance" if worst is not None else "beyond tolerance"
+    if outcome.widespread:
+        return (
+            f"probes disagree ({excess}) across most of the parameter: widespread, "
+            f"bisection stopped after {outcome.bisection_depth} levels"
+        )
+    if outcome.localized.size:
+        where = ", ".join(
+            "[" + ", ".join(str(i) for i in unravel(f, shape)) + "]" for f in outcome.localized[:5]
+        )
+        more = f" and {outcome.localized.size - 5} more" if outcome.localized.size > 5 else ""
+        return (
+            f"a probe disagreed ({excess}); bisection localized {outcome.localized.size} wrong "
+            f"{'entry' if outcome.localized.size == 1 else 'entries'}: {where}{more} "
+            f"({outcome.n_evaluations} evaluations)"
+        )
+    return (
+        f"a probe disagreed ({excess}) but bisection found no entry that a per-entry check "
+        "confirms (a kink crossed by the probe step, or many small errors): not counted as a "
+        "failure"
+    )
