@@ -125,9 +125,9 @@ def test_diagnosis_in_text_and_dict():
     text = str(report)
     assert "likely cause: transpose" in text and "confidence" in text
     d = json.loads(report.to_json())
-    # to_json may nest params by name or list them; find W2 either way.
-    params = d["params"]
-    w2 = params["W2"] if isinstance(params, dict) else next(p for p in params if p["name"] == "W2")
+    # The schema lists parameters in layout order, each with its name.
+    assert [q["name"] for q in d["params"]] == list(m.params)
+    w2 = d["params"][list(m.params).index("W2")]
     assert w2["diagnosis"]["kind"] == "transpose"
     back = gradprobe.Report.from_dict(d)
     assert back.params["W2"].diagnosis.kind == "transpose"

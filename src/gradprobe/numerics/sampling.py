@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MAGNITUDE_BINS", "STRATA", "Sample", "sample_entries", "stratified_sample"]
+__all__ = ["MAGNITUDE_BINS", "STRATA", "Sample", "stratified_sample"]
 
 #: Quantile bins of the nonzero ``|analytic|`` for the magnitude stratum.
 MAGNITUDE_BINS = 8
@@ -194,13 +194,3 @@ def stratified_sample(rng: np.random.Generator, analytic: np.ndarray, n_sample: 
     cols_cov = np.unique(idx % n_cols).size
     strata = {k: v for k, v in pick.counts.items() if v}
     return Sample(idx, strata, n_total, rows_cov, cols_cov, n_rows, n_cols)
-
-
-def sample_entries(rng: np.random.Generator, n_total: int, n_sample: int) -> np.ndarray:
-    """Flat indices of ``n_sample`` distinct entries out of ``n_total``, sorted.
-
-    Position-only variant of :func:`stratified_sample` for callers without a gradient (all
-    magnitudes equal): every entry when ``n_sample >= n_total``; otherwise the first and last
-    entries and the rest spread over equal blocks of the flat index.
-    """
-    return stratified_sample(rng, np.ones(n_total), n_sample).flat_index

@@ -32,7 +32,6 @@ _STEP_POWER = {
     "central": 1.0 / 3.0,
     "richardson": 1.0 / 5.0,
     "complex-step": 1.0 / 2.0,
-    "forward": 1.0 / 2.0,
 }
 
 #: The retry of a disagreeing entry divides the step by this (see differences.py).
@@ -71,12 +70,6 @@ class CentralSteps:
     @property
     def backward_taken(self) -> np.ndarray:
         return self.base.astype(np.float64) - self.minus.astype(np.float64)
-
-    @property
-    def relative(self) -> np.ndarray:
-        """Half the taken step relative to ``max(1, |x|)``, as reported to users."""
-        scale = np.maximum(1.0, np.abs(self.base.astype(np.float64)))
-        return 0.5 * self.taken / scale
 
 
 def central_steps(values: np.ndarray, relative_step: float | np.ndarray) -> CentralSteps:
