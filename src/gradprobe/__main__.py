@@ -1,3 +1,5 @@
+"""``python -m gradprobe``: the command line (:mod:`gradprobe.cli`)."""
+
 import sys
 
 from .cli import main

@@ -18,17 +18,17 @@ from ._version import __version__
 from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, gather_evidence
-from .checking.preflight import promote_params, run_preflight
+from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.probes import DEFAULT_PROBES
 from .checking.verdict import build_report, passes
-from .errors import GradCheckError, InvalidInputError, LossEvaluationError
+from .errors import GradCheckError, InvalidInputError
 from .evaluate.execution import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
 from .layout import (
     ParamLayout,
     SampleSpec,
-    normalize_gradient,
     normalize_params,
+    promote_to_float64,
     validate_callable,
     validate_positive,
     validate_samples,
@@ -127,38 +127,6 @@ def _validate_probe_options(probes: Any, slice_probes: Any) -> dict[str, Any]:
 
 def _default_sample(n_total: int) -> int:
     return min(n_total, DEFAULT_SAMPLES)
-
-
-def _analytic_gradient(grad: Any, layout: ParamLayout, base: list[np.ndarray]) -> list[np.ndarray]:
-    if callable(grad):
-        try:
-            value = grad(layout.pack([a.copy() for a in base]))
-        except GradCheckError:
-            raise
-        except Exception as exc:
-            raise LossEvaluationError(
-                f"grad raised {type(exc).__name__} at the base point: {exc}"
-            ) from exc
-    else:
-        value = grad
-    return normalize_gradient(layout, value)
-
-
-def _base_loss(evaluator: Evaluator) -> float:
-    try:
-        value = evaluator.base_loss()
-    except GradCheckError:
-        raise
-    except Exception as exc:
-        raise LossEvaluationError(
-            f"loss raised {type(exc).__name__} at the base point: {exc}"
-        ) from exc
-    if not np.isfinite(value):
-        raise InvalidInputError(
-            f"loss at the base point: expected a finite value, found {value}. Check the model "
-            "at its current parameters (log of zero, overflow in exp, NaN in the data)."
-        )
-    return value
 
 
 def _sample_sizes(layout: ParamLayout, options: CheckOptions) -> list[int]:
@@ -278,7 +246,7 @@ def check(
             raise InvalidInputError(f"{name}: expected True or False, found {flag!r}.")
     promoted: list[str] = []
     if promote:
-        layout, base, promoted = promote_params(layout, base)
+        layout, base, promoted = promote_to_float64(layout, base)
     options = _validate_options(
         layout,
         seed=seed,
@@ -346,8 +314,8 @@ def check(
     try:
         remaining = None if deadline is None else max(1e-3, deadline - time.monotonic())
         with evaluator, hard_deadline(remaining):
-            base_value = _base_loss(evaluator)
-            analytic = _analytic_gradient(grad, layout, base)
+            base_value = base_loss(evaluator)
+            analytic = analytic_gradient(grad, layout, base)
             # One seed per parameter, and one more for the noise estimate's direction.
             seeds = np.random.SeedSequence(options.seed).spawn(len(layout.names) + 1)
             preflight = run_preflight(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,8 @@ __all__ = [
     "as_scalar_loss",
     "normalize_gradient",
     "normalize_params",
+    "promote_to_float64",
+    "unravel",
     "validate_positive",
     "validate_samples",
 ]
@@ -338,3 +340,20 @@ def validate_samples(samples: Any, names: Sequence[str]) -> dict[str, SampleSpec
 def unravel(flat: int | np.integer, shape: Sequence[int]) -> tuple[int, ...]:
     """The index tuple of flat entry ``flat`` of an array of ``shape`` (plain ints)."""
     return tuple(int(i) for i in np.unravel_index(int(flat), tuple(shape)))
+
+
+def promote_to_float64(
+    layout: ParamLayout, base: Sequence[np.ndarray]
+) -> tuple[ParamLayout, list[np.ndarray], list[str]]:
+    """Cast parameters below float64 precision to float64 (``check(promote=True)``).
+
+    Returns the new layout, the float64 copies and the names that were promoted.
+    """
+    promoted = [n for n, dt in zip(layout.names, layout.dtypes, strict=True) if dt.itemsize < 8]
+    if not promoted:
+        return layout, list(base), []
+    arrays = [
+        np.ascontiguousarray(a, dtype=np.float64) if a.dtype.itemsize < 8 else a for a in base
+    ]
+    new_layout = replace(layout, dtypes=tuple(a.dtype for a in arrays))
+    return new_layout, arrays, promoted

@@ -19,6 +19,7 @@ import numpy as np
 
 from .checking.context import ParamCheck
 from .checking.entries import numeric_entries
+from .checking.preflight import analytic_gradient
 from .errors import InvalidInputError
 from .evaluate.execution import make_evaluator
 from .layout import normalize_params, unravel, validate_callable
@@ -164,8 +165,6 @@ def sweep(
         Costs ``entries * len(steps)`` times 2 (central), 4 (richardson) or 1 (complex-step)
         loss evaluations.
     """
-    from .api import _analytic_gradient
-
     validate_callable("loss", loss)
     layout, base = normalize_params(params)
     if method not in METHODS:
@@ -187,7 +186,7 @@ def sweep(
             raise InvalidInputError(
                 f"steps: expected positive finite relative steps, found {np.asarray(steps)!r}."
             )
-    analytic = _analytic_gradient(grad, layout, base)
+    analytic = analytic_gradient(grad, layout, base)
     chosen = [layout.names.index(n) for n in wanted]
     picked = _pick_entries(layout.names, analytic, chosen, int(entries))
     loss_eps = loss_epsilon(layout.dtypes)

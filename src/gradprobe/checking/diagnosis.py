@@ -299,9 +299,7 @@ def diagnose(
     nonfinite = nonfinite or {}
     downstream = failing[-1] if failing else None
     return {
-        name: diagnose_parameter(
-            contexts[name], contexts, entries, nonfinite.get(name), downstream
-        )
+        name: diagnose_parameter(contexts[name], contexts, entries, nonfinite.get(name), downstream)
         for name in failing
         if name in entries or name in nonfinite
     }

@@ -40,7 +40,13 @@ from ..numerics.tolerances import (
     ecnoise,
 )
 
-__all__ = ["PreflightResult", "estimate_loss_noise", "promote_params", "run_preflight"]
+__all__ = [
+    "PreflightResult",
+    "analytic_gradient",
+    "base_loss",
+    "estimate_loss_noise",
+    "run_preflight",
+]
 
 _NOT_MEASURED = NoiseEstimate(0.0, 0, "not measured")
 
@@ -75,21 +81,40 @@ class PreflightResult:
     noise: NoiseEstimate = field(default_factory=lambda: _NOT_MEASURED)
 
 
-def promote_params(
-    layout: ParamLayout, base: Sequence[np.ndarray]
-) -> tuple[ParamLayout, list[np.ndarray], list[str]]:
-    """Cast parameters below float64 precision to float64 (``check(promote=True)``).
+def analytic_gradient(
+    grad: Any, layout: ParamLayout, base: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """The analytic gradient at the base point: ``grad`` called on copies, or the given value."""
+    if callable(grad):
+        try:
+            value = grad(layout.pack([a.copy() for a in base]))
+        except GradCheckError:
+            raise
+        except Exception as exc:
+            raise LossEvaluationError(
+                f"grad raised {type(exc).__name__} at the base point: {exc}"
+            ) from exc
+    else:
+        value = grad
+    return normalize_gradient(layout, value)
 
-    Returns the new layout, the float64 copies and the names that were promoted.
-    """
-    promoted = [n for n, dt in zip(layout.names, layout.dtypes, strict=True) if dt.itemsize < 8]
-    if not promoted:
-        return layout, list(base), []
-    arrays = [
-        np.ascontiguousarray(a, dtype=np.float64) if a.dtype.itemsize < 8 else a for a in base
-    ]
-    new_layout = replace(layout, dtypes=tuple(a.dtype for a in arrays))
-    return new_layout, arrays, promoted
+
+def base_loss(evaluator: Evaluator) -> float:
+    """The loss at the base point, which must be finite."""
+    try:
+        value = evaluator.base_loss()
+    except GradCheckError:
+        raise
+    except Exception as exc:
+        raise LossEvaluationError(
+            f"loss raised {type(exc).__name__} at the base point: {exc}"
+        ) from exc
+    if not np.isfinite(value):
+        raise InvalidInputError(
+            f"loss at the base point: expected a finite value, found {value}. Check the model "
+            "at its current parameters (log of zero, overflow in exp, NaN in the data)."
+        )
+    return value
 
 
 def _mutated(

@@ -1,0 +1,2 @@
+"""Pure numerics, never calling the loss: steps, tolerances (THE pass rule), numba kernels,
+the stratified sampler and coverage statistics."""

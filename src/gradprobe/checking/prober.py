@@ -1,0 +1,311 @@
+"""The probing machinery: one directional probe over a range of entries, its pilot step and
+its judgement by the kink rule (see :mod:`gradprobe.checking.probes` for what probes are for).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..numerics.tolerances import NOISE_FACTOR
+from .context import ParamCheck
+from .kinks import RETRY_FACTOR, OneSided, classify, retry_passes
+
+__all__ = ["CHUNK", "Probe", "Prober", "choose_step", "random_directions"]
+
+#: Truncation allowed on a probe, as a multiple of the truncation measured by the pilot.
+TRUNCATION_SAFETY = 4.0
+
+#: The step is chosen so that the measured truncation is this fraction of the round-off floor.
+TRUNCATION_TARGET = 1.0 / 8.0
+
+#: Perturbed vectors evaluated per call to the evaluator (bounds memory for slice probes).
+CHUNK = 64
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One directional probe over entries ``lo:hi`` (flat) of a parameter.
+
+    Attributes
+    ----------
+    lo, hi : int
+        The flat range of entries the direction covers.
+    direction : int
+        Which random direction (restricted to ``lo:hi``).
+    depth : int
+        Bisection depth (0 for a top-level or slice probe).
+    analytic : float
+        ``g . d`` over the range.
+    numeric : float
+        ``L(x + s) - L(x - s)``.
+    allowed : float
+        The largest ``|analytic - numeric|`` that passes.
+    inferred : bool
+        ``numeric`` was not evaluated but inferred as the parent's minus the sibling's.
+    f_plus, f_minus : float
+        ``L(x + s)`` and ``L(x - s)`` (NaN when inferred).
+    retried : bool
+        Probed again at a smaller step.
+    kink : bool
+        The step crosses a non-differentiable point and ``g . d`` is a valid subgradient
+        slope: the probe passes.
+    retry_passed : bool
+        The disagreement vanished at the smaller step: the probe passes.
+    crossed : bool
+        The one-sided gap did not shrink like a smooth function's: the step crosses a kink
+        (whether or not the analytic slope lies within the one-sided interval).
+    """
+
+    lo: int
+    hi: int
+    direction: int
+    depth: int
+    analytic: float
+    numeric: float
+    allowed: float
+    inferred: bool = False
+    f_plus: float = math.nan
+    f_minus: float = math.nan
+    retried: bool = False
+    kink: bool = False
+    retry_passed: bool = False
+    crossed: bool = False
+
+    @property
+    def discrepancy(self) -> float:
+        return abs(self.analytic - self.numeric)
+
+    @property
+    def within(self) -> bool:
+        """The central difference agrees within the allowance (NaN fails)."""
+        return bool(self.discrepancy <= self.allowed)
+
+    @property
+    def passed(self) -> bool:
+        return self.within or self.kink or self.retry_passed
+
+    @property
+    def excess(self) -> float:
+        """Discrepancy over allowed (inf for NaN)."""
+        r = self.discrepancy / self.allowed if self.allowed > 0 else math.inf
+        return r if r == r else math.inf
+
+
+class Prober:
+    """Builds perturbed vectors for ranges of one direction and turns losses into probes."""
+
+    def __init__(
+        self, ctx: ParamCheck, directions: np.ndarray, step: float, truncation: float
+    ) -> None:
+        self.evaluator = ctx.evaluator
+        self.param = ctx.param
+        base = ctx.base_flat
+        self.base = base
+        self.dtype = base.dtype
+        self.directions = directions
+        self.step = step
+        self.g = np.asarray(ctx.analytic_flat, dtype=np.float64)
+        self.tolerance = ctx.tolerance
+        self.truncation = truncation
+        self.n_probes = 0
+        self.n_retried = 0
+        self._f0: float | None = None
+        self._set_step(step)
+        self._first = (self.plus, self.minus)
+        self._small: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _set_step(self, step: float) -> None:
+        x = self.base.astype(np.float64, copy=False)
+        k = self.directions.shape[0]
+        self.plus = np.empty((k, x.size), dtype=self.dtype)
+        self.minus = np.empty((k, x.size), dtype=self.dtype)
+        for j in range(k):  # row by row: no (k, n) float64 temporaries
+            s = step * self.directions[j]
+            self.plus[j] = x + s
+            self.minus[j] = x - s
+
+    def _sums(self, j: int, lo: int, hi: int) -> tuple[float, float, float, float]:
+        """Over entries ``lo:hi`` of direction ``j`` at the current step: ``g . d``, its
+        forward part ``g . ((x + s) - x)``, ``|g| . |d|`` and ``|d|**2`` (``d`` the step taken).
+
+        Computed per range rather than stored for every entry: four float64 arrays per
+        direction and step would multiply the check's memory for a large parameter.
+        """
+        x = self.base[lo:hi].astype(np.float64, copy=False)
+        g = self.g[lo:hi]
+        up = self.plus[j, lo:hi].astype(np.float64)
+        up -= x
+        taken = x - self.minus[j, lo:hi].astype(np.float64)
+        taken += up
+        gd = g * taken
+        gd_sum = float(gd.sum())
+        abs_gd_sum = float(np.abs(gd, out=gd).sum())
+        up *= g
+        taken *= taken
+        return gd_sum, float(up.sum()), abs_gd_sum, float(taken.sum())
+
+    @property
+    def f0(self) -> float:
+        """The base loss (evaluated once, when a probe first needs its one-sided errors)."""
+        if self._f0 is None:
+            self._f0 = self.evaluator.base_loss()
+        return self._f0
+
+    def one_sided(self, p: Probe) -> tuple[float, float]:
+        """``(e+, e-)``: each one-sided difference minus its analytic part."""
+        a_plus = self._sums(p.direction, p.lo, p.hi)[1]
+        e_plus = (p.f_plus - self.f0) - a_plus
+        e_minus = (self.f0 - p.f_minus) - (p.analytic - a_plus)
+        return e_plus, e_minus
+
+    def _run_small(self, p: Probe) -> tuple[Probe, float, tuple[float, float]]:
+        """``p`` probed at a ``RETRY_FACTOR`` times smaller step: the probe, the ratio of the
+        steps taken (first / small) and its one-sided errors."""
+        norm_first = math.sqrt(self._sums(p.direction, p.lo, p.hi)[3])
+        if self._small is None:
+            self._set_step(self.step / RETRY_FACTOR)
+            self._small = (self.plus, self.minus)
+        else:
+            self.plus, self.minus = self._small
+        try:
+            small = self.run([(p.lo, p.hi, p.direction)], p.depth)[0]
+            norm_small = math.sqrt(self._sums(p.direction, p.lo, p.hi)[3])
+            sides = self.one_sided(small)
+        finally:
+            self.plus, self.minus = self._first
+        ratio = norm_first / norm_small if norm_small > 0 else math.inf
+        return small, ratio, sides
+
+    def judge(self, p: Probe) -> Probe:
+        """``p`` with the kink rule applied when it disagrees (see the module text)."""
+        if p.within or not math.isfinite(p.analytic):
+            return p
+        if p.inferred:
+            # Across a kink the discrepancy is not additive: measure this half itself.
+            p = self.run([(p.lo, p.hi, p.direction)], p.depth)[0]
+            if p.within:
+                return p
+        if not math.isfinite(p.numeric):
+            return p
+        e_plus, e_minus = self.one_sided(p)
+        small, r, (s_plus, s_minus) = self._run_small(p)
+        self.n_retried += 1
+        # Scaled to the first step (r = ratio of the steps taken): the kink rule of
+        # gradprobe.checking.kinks, in units of a loss difference.
+        if retry_passes(small.within, r * small.discrepancy, p.discrepancy):
+            return dataclasses.replace(p, retried=True, retry_passed=True)
+        small_floor = r * float(self.tolerance.difference_floor(small.f_plus, small.f_minus))
+        found = classify(
+            OneSided(np.array([e_plus]), np.array([e_minus])),
+            OneSided(np.array([r * s_plus]), np.array([r * s_minus])),
+            np.array([p.allowed]),
+            np.array([small_floor]),
+        )
+        return dataclasses.replace(
+            p, retried=True, crossed=bool(found.crossed[0]), kink=bool(found.kink[0])
+        )
+
+    def run(self, ranges: list[tuple[int, int, int]], depth: int) -> list[Probe]:
+        """Probe each ``(lo, hi, direction)``; two loss evaluations each."""
+        out: list[Probe] = []
+        for start in range(0, len(ranges), CHUNK // 2):
+            chunk = ranges[start : start + CHUNK // 2]
+            vectors = np.empty((2 * len(chunk), self.base.size), dtype=self.dtype)
+            for r, (lo, hi, j) in enumerate(chunk):
+                vectors[2 * r] = self.base
+                vectors[2 * r, lo:hi] = self.plus[j, lo:hi]
+                vectors[2 * r + 1] = self.base
+                vectors[2 * r + 1, lo:hi] = self.minus[j, lo:hi]
+            losses = self.evaluator.vector_losses(self.param, vectors)
+            for r, (lo, hi, j) in enumerate(chunk):
+                out.append(self._probe(lo, hi, j, depth, losses[2 * r], losses[2 * r + 1]))
+        self.n_probes += len(ranges)
+        return out
+
+    def complement(self, parent: Probe, left: Probe) -> Probe:
+        """The right half of ``parent``, its loss difference inferred as parent minus left.
+
+        The analytic side is summed directly; the allowance is the parent's plus the left's
+        (both round-off floors and truncations enter the inferred difference).
+        """
+        lo, hi, j = left.hi, parent.hi, parent.direction
+        return Probe(
+            lo=lo,
+            hi=hi,
+            direction=j,
+            depth=left.depth,
+            analytic=self._sums(j, lo, hi)[0],
+            numeric=parent.numeric - left.numeric,
+            allowed=parent.allowed + left.allowed,
+            inferred=True,
+        )
+
+    def _probe(self, lo: int, hi: int, j: int, depth: int, f_plus: float, f_minus: float) -> Probe:
+        tol = self.tolerance
+        noise = float(tol.difference_floor(f_plus, f_minus))
+        # The analytic side's own round-off: a sum of (hi - lo) products of inputs that carry
+        # the gradient's precision (the loss's epsilon, never finer than float64's).
+        gd, _, abs_gd, taken_sq = self._sums(j, lo, hi)
+        dot_noise = NOISE_FACTOR * max(tol.loss_eps, _EPS64) * abs_gd
+        atol_term = tol.atol * math.sqrt(taken_sq)
+        return Probe(
+            lo=lo,
+            hi=hi,
+            direction=j,
+            depth=depth,
+            analytic=gd,
+            numeric=float(f_plus - f_minus),
+            allowed=noise + dot_noise + self.truncation + atol_term,
+            f_plus=float(f_plus),
+            f_minus=float(f_minus),
+        )
+
+
+def random_directions(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    v = rng.standard_normal((k, n))
+    for row in v:  # row by row: no (k, n) temporary; a plain sum, not BLAS (thread-independent)
+        row /= np.sqrt(np.sum(row * row))
+    return v
+
+
+def choose_step(ctx: ParamCheck, direction: np.ndarray) -> tuple[float, float]:
+    """Pilot along ``direction`` at ``s`` and ``2 s``: the probe step and its truncation.
+
+    With ``N(s) = L(x + s) - L(x - s) = g . d + T(s) + O(s^5)`` and ``T(2 s) = 8 T(s)``, the
+    cubic term is ``T(s) = ((N(2s) - g . d2) - 2 (N(s) - g . d1)) / 6`` (a wrong gradient cancels
+    out of this combination). The probe step then puts ``T`` at ``TRUNCATION_TARGET`` of the
+    round-off floor, within ``[h_min, 2 h_pilot]``, ``h_pilot = h_min * n**(1/3)``.
+    """
+    base = ctx.base_flat
+    n = base.size
+    x = base.astype(np.float64, copy=False)
+    scale = max(1.0, float(np.sqrt(np.mean(x * x))))
+    h_min = ctx.relative_step * scale
+    h_pilot = h_min * n ** (1.0 / 3.0)
+    vectors = np.empty((4, n), dtype=base.dtype)
+    for r, mult in enumerate((1.0, -1.0, 2.0, -2.0)):
+        vectors[r] = (x + mult * h_pilot * direction).astype(base.dtype)
+    losses = ctx.evaluator.vector_losses(ctx.param, vectors)
+    g = np.asarray(ctx.analytic_flat, dtype=np.float64)
+    d1 = vectors[0].astype(np.float64)
+    d1 -= vectors[1]
+    d2 = vectors[2].astype(np.float64)
+    d2 -= vectors[3]
+    r1 = (losses[0] - losses[1]) - float(g @ d1)
+    r2 = (losses[2] - losses[3]) - float(g @ d2)
+    cubic = abs(r2 - 2.0 * r1) / 6.0  # truncation at h_pilot
+    noise = float(ctx.tolerance.difference_floor(losses[0], losses[1]))
+    if not (np.isfinite(cubic) and np.isfinite(noise)):
+        return h_min, math.inf
+    # The estimate carries round-off of its own (about noise / 2): never trust less than that.
+    cubic = max(cubic, 0.5 * noise)
+    h = h_pilot * (TRUNCATION_TARGET * noise / cubic) ** (1.0 / 3.0) if cubic > 0 else h_pilot
+    h = min(max(h, h_min), 2.0 * h_pilot)
+    truncation = TRUNCATION_SAFETY * cubic * (h / h_pilot) ** 3
+    return h, truncation
