@@ -19,8 +19,8 @@ one classic backprop mistake:
 ``transpose``
     ``a[i, j] = n[j, i]``, confirmed at transposed positions (a few extra evaluations);
 ``swapped``
-    ``a`` matches the numeric gradient of another parameter of the same shape (a few extra
-    evaluations);
+    ``a`` matches the numeric gradient of another parameter of the same shape and that one's
+    analytic gradient matches this numeric one (symmetric; a few extra evaluations);
 ``mismatch``
     none of the above; the hint names where to start looking.
 
@@ -141,24 +141,31 @@ def _fits(name: str, a: np.ndarray, n: np.ndarray, w: np.ndarray, support: int) 
 
 def _numeric_at(
     ctx: ParamCheck, flat: np.ndarray, known: EntryResults | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Numeric gradient of ``ctx``'s parameter at ``flat``: reused where checked (and not a
-    kink), else evaluated; with the round-off floors."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Numeric gradient of ``ctx``'s parameter at ``flat``, its round-off floor, and where it is
+    usable: reused where already checked, evaluated where not, unusable where the check's step
+    crossed a kink (its value is then not a derivative)."""
     numeric = np.full(flat.size, np.nan)
     noise = np.zeros(flat.size)
+    usable = np.ones(flat.size, dtype=bool)
     todo = np.ones(flat.size, dtype=bool)
     if known is not None and known.size:
         where = {int(f): j for j, f in enumerate(known.flat_index)}
+        reusable = known.reusable
         for r, f in enumerate(flat):
             j = where.get(int(f))
-            if j is not None and not known.kink[j]:
+            if j is None:
+                continue
+            todo[r] = False
+            if reusable[j]:
                 numeric[r] = known.numeric[j]
                 # The kept numeric came with its tolerance: recover its noise share from it.
                 noise[r] = known.allowed[j]
-                todo[r] = False
+            else:
+                usable[r] = False
     if np.any(todo):
         numeric[todo], noise[todo] = numeric_entries(ctx, flat[todo])
-    return numeric, noise
+    return numeric, noise, usable & np.isfinite(numeric)
 
 
 def _pick(e: EntryResults, mask: np.ndarray, k: int) -> np.ndarray:
@@ -192,6 +199,9 @@ def diagnose_parameter(
             {"n_entries": int(nonfinite.size), "first_index": first},
         )
     e = entries[name]
+    # Fits take every finite entry that is not a kink (a failing entry whose step crossed one
+    # carries its nearest one-sided difference, still a slope); confirmations at other
+    # positions reuse only plain derivative estimates (EntryResults.reusable).
     ok = ~e.kink & np.isfinite(e.numeric) & np.isfinite(e.analytic)
     fail = e.failed & ok
     support = int(np.count_nonzero(fail))
@@ -233,12 +243,12 @@ def _transpose(ctx: ParamCheck, e: EntryResults, fail: np.ndarray) -> Diagnosis 
     if len(shape) != 2 or shape[0] != shape[1]:
         return None
     rows, cols = np.unravel_index(e.flat_index, shape)
-    pos = _pick(e, fail & (rows != cols), CONFIRM_ENTRIES)
+    pos = _pick(e, fail & e.reusable & (rows != cols), CONFIRM_ENTRIES)
     if pos.size == 0:
         return None
     flat_t = np.ravel_multi_index((cols[pos], rows[pos]), shape).astype(np.int64)
-    n_t, noise = _numeric_at(ctx, flat_t, e)
-    confirmed = _confirmed(ctx.tolerance.compare(e.analytic[pos], n_t, noise).passed)
+    n_t, noise, usable = _numeric_at(ctx, flat_t, e)
+    confirmed = _confirmed(ctx.tolerance.compare(e.analytic[pos], n_t, noise).passed, usable)
     if confirmed is None:
         return None
     name = ctx.name
@@ -252,10 +262,16 @@ def _transpose(ctx: ParamCheck, e: EntryResults, fail: np.ndarray) -> Diagnosis 
     )
 
 
-def _confirmed(match: np.ndarray) -> int | None:
-    """How many entries confirm a hypothesis, or None when fewer than 90% of them do."""
-    n = int(np.count_nonzero(match))
-    return n if n >= max(1, int(np.ceil(0.9 * match.size))) else None
+#: A hypothesis needs at least this many usable confirmations.
+MIN_CONFIRMATIONS = 2
+
+
+def _confirmed(match: np.ndarray, usable: np.ndarray) -> int | None:
+    """How many usable entries confirm a hypothesis, or None when fewer than 90% of them do
+    (or too few are usable to say)."""
+    k = int(np.count_nonzero(usable))
+    n = int(np.count_nonzero(match & usable))
+    return n if k >= MIN_CONFIRMATIONS and n >= int(np.ceil(0.9 * k)) else None
 
 
 def _swapped(
@@ -267,20 +283,31 @@ def _swapped(
 ) -> Diagnosis | None:
     shape = ctx.shape
     others = [c for c in contexts.values() if c.param != ctx.param and c.shape == shape]
-    pos = _pick(e, fail, CONFIRM_ENTRIES)
+    pos = _pick(e, fail & e.reusable, CONFIRM_ENTRIES)
+    flat = e.flat_index[pos]
     for other_ctx in others[:MAX_SWAP_CANDIDATES]:
         other = other_ctx.name
-        n_q, noise = _numeric_at(other_ctx, e.flat_index[pos], entries.get(other))
-        confirmed = _confirmed(ctx.tolerance.compare(e.analytic[pos], n_q, noise).passed)
+        # A swap is symmetric: test both directions at the same positions, this analytic
+        # against the other's numeric and the other's analytic against this numeric, so the
+        # two parameters of a swapped pair are judged on the same evidence.
+        n_q, noise_q, usable_q = _numeric_at(other_ctx, flat, entries.get(other))
+        forward = ctx.tolerance.compare(e.analytic[pos], n_q, noise_q).passed
+        a_q = other_ctx.analytic_flat[flat].astype(np.float64)
+        backward = other_ctx.tolerance.compare(a_q, e.numeric[pos], e.allowed[pos]).passed
+        usable_back = np.isfinite(a_q)
+        confirmed = _confirmed(
+            np.concatenate([forward, backward]), np.concatenate([usable_q, usable_back])
+        )
         if confirmed is not None:
             name = ctx.name
             return Diagnosis(
                 "swapped",
                 f"the analytic gradient of {name} matches the numeric gradient of {other} (same "
-                f"shape {shape}) at {confirmed} of {pos.size} entries: the "
+                f"shape {shape}), and the other way round, at {confirmed} of {2 * pos.size} "
+                "comparisons: the "
                 f"gradients of {name} and {other} are returned under each other's names",
                 _confidence(0.0, confirmed),
-                {"other": other, "n_confirmed": confirmed},
+                {"other": other, "n_confirmed": confirmed, "n_tried": 2 * int(pos.size)},
             )
     return None
 

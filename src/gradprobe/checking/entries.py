@@ -46,7 +46,10 @@ class EntryResults:
     """Per-entry outcome of a finite-difference check, aligned with ``flat_index``.
 
     ``step`` is the step behind ``numeric`` (half the central step actually taken; the smaller
-    step for retried entries); ``retried`` marks entries re-evaluated at a smaller step.
+    step for retried entries); ``retried`` marks entries re-evaluated at a smaller step;
+    ``crossed`` those whose step crossed a non-differentiable point (their ``numeric`` is then
+    not a derivative: a kink's, or the nearest one-sided difference for a failing entry, never
+    reused as evidence elsewhere).
     """
 
     flat_index: np.ndarray
@@ -59,6 +62,13 @@ class EntryResults:
     kink: np.ndarray
     step: np.ndarray
     retried: np.ndarray | None = None
+    crossed: np.ndarray | None = None
+
+    @property
+    def reusable(self) -> np.ndarray:
+        """Entries whose ``numeric`` is a plain derivative estimate (no kink crossed)."""
+        crossed = self.kink if self.crossed is None else self.crossed | self.kink
+        return ~crossed & np.isfinite(self.numeric)
 
     @property
     def size(self) -> int:
@@ -207,6 +217,7 @@ def evaluate_entries(
         kink=np.zeros(m, dtype=bool),
         step=est.step,
         retried=np.zeros(m, dtype=bool),
+        crossed=np.zeros(m, dtype=bool),
     )
     if not retry or ctx.method == "complex-step" or bool(np.all(passed)):
         return results
@@ -289,6 +300,7 @@ def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) ->
         "kink": results.kink.copy(),
         "step": results.step.copy(),
         "retried": np.zeros(results.size, dtype=bool),
+        "crossed": np.zeros(results.size, dtype=bool),
     }
     p = pos[fixed]
     out["numeric"][p] = numeric[fixed]
@@ -299,6 +311,7 @@ def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) ->
     out["step"][p] = step[fixed]
     out["kink"][pos[kink]] = True
     out["retried"][pos] = True
+    out["crossed"][pos[crossed | kink]] = True
     return EntryResults(flat_index=results.flat_index, analytic=results.analytic, **out)
 
 
