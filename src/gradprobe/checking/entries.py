@@ -279,6 +279,7 @@ def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) ->
         OneSided(fwd - a, bwd - a),
         results.allowed[pos],
         2.0 * small.noise,  # one-sided differences carry about twice the central floor
+        first.step / small.step,
     )
     crossed, kink = found.crossed & ~v.passed, found.kink & ~v.passed
     # Across a kink with the analytic value outside [lo, hi] the entry fails; the nearest

@@ -9,14 +9,20 @@ an entry, a loss difference for a probe) and hand it here scaled to the *first* 
   gradient disagrees by the same amount at every step, so it cannot hide under the smaller
   step's higher round-off floor), or when it agrees within ``rtol`` itself;
 - otherwise the one-sided errors ``e+ = forward - analytic`` and ``e- = backward - analytic``
-  decide whether the step crossed a non-differentiable point (ReLU at 0, max, abs): the gap
-  ``|e+ - e-|`` of a smooth function shrinks in proportion to the step (curvature), across a
-  kink it stays (the jump of the slope), or grows when kinks of opposite sides cancelled at the
-  first step. The step crossed a kink when the gap exceeds the allowance and shrank clearly
-  less than the step, or grew to over twice the first gap and the allowance;
-- a crossing is a kink, not a failure, when the analytic value lies between the one-sided values
-  (a valid subgradient), each side widened by the allowance plus how much that side moved
-  between the steps (one-sided differences are first-order accurate only);
+  at both steps decide. When they disagree (their gap exceeds the allowance) something
+  non-smooth lies within the step (ReLU at 0, max, abs), and:
+
+  * near, not at, a kink the analytic value must be the derivative of the side that does not
+    cross it: that side's error, extrapolated to a zero step from the two steps (a smooth
+    side's error is ~ c * h), vanishes and does not grow as the step shrinks. A wrong gradient
+    leaves its error there, however near the kink;
+  * at the kink itself both sides have reached their limits (each moved little between the
+    steps) and their gap stays (a jump of the slope; a smooth function's gap shrinks in
+    proportion to the step): any analytic value between the sides is a valid subgradient, each
+    side widened by the allowance plus how much it moved between the steps (one-sided
+    differences are first-order accurate only);
+  * a gap that grows as the step shrinks (kinks of opposite sides cancelled at the first step)
+    is judged like a kink at the point;
 - where the smaller step's one-sided round-off floor exceeds the first gap (float32 at an 8x
   smaller step) its one-sided values say nothing: the entry is judged from the first step's
   interval alone, with the allowance as margin.
@@ -38,6 +44,10 @@ SMOOTH_SHRINK = 0.75 * RETRY_FACTOR
 
 #: A retried disagreement must shrink below this fraction of the first to count as truncation.
 SHRINK_TO = 1.0 / 3.0
+
+#: A side that moved by less than this fraction of the first gap between the two steps (beyond
+#: the allowance and round-off) has reached its limit: the kink is at the point itself.
+STABLE_SIDE = 0.25
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,11 @@ def retry_passes(
 
 
 def classify(
-    first: OneSided, small: OneSided, allowed: np.ndarray, small_floor: np.ndarray
+    first: OneSided,
+    small: OneSided,
+    allowed: np.ndarray,
+    small_floor: np.ndarray,
+    ratio: np.ndarray | float = RETRY_FACTOR,
 ) -> KinkVerdict:
     """Apply the kink rule to estimates that still disagree after the retry.
 
@@ -89,11 +103,39 @@ def classify(
         The first comparison's allowance (same units).
     small_floor : ndarray
         Round-off floor of the smaller step's one-sided values (same units).
+    ratio : ndarray or float
+        The first step over the smaller one, as taken.
     """
     gap_first, gap_small = first.gap, small.gap
-    crossed = ((gap_first > allowed) & (gap_small * SMOOTH_SHRINK >= gap_first)) | (
-        gap_small > 2.0 * np.maximum(gap_first, allowed)
+    split = gap_first > allowed  # the two sides disagree: something non-smooth within reach
+    extrapolated_floor = small_floor * ratio / (ratio - 1.0)
+
+    def is_derivative(e_first: np.ndarray, e_small: np.ndarray) -> np.ndarray:
+        # The analytic value is this side's derivative: the side's error, extrapolated to a
+        # zero step (Richardson on the two steps; a smooth side's error is ~ c * h), vanishes,
+        # and it does not grow as the step shrinks. A wrong gradient leaves its error there.
+        at_zero = e_small + (e_small - e_first) / (ratio - 1.0)
+        return (np.abs(at_zero) <= allowed + extrapolated_floor) & (
+            np.abs(e_small) <= np.abs(e_first) + allowed + small_floor
+        )
+
+    def is_stable(e_first: np.ndarray, e_small: np.ndarray) -> np.ndarray:
+        # The side barely moved between the steps: its limit is reached (a kink at the point
+        # itself, not one the smaller step reaches less of).
+        return np.abs(e_first - e_small) <= allowed + small_floor + STABLE_SIDE * gap_first
+
+    one_side = is_derivative(first.plus, small.plus) | is_derivative(first.minus, small.minus)
+    # A kink at the point: both sides reached their limits and the gap between them stays (a
+    # jump of the slope; a smooth function's shrinks with the step), above the smaller step's
+    # round-off.
+    at_point = (
+        is_stable(first.plus, small.plus)
+        & is_stable(first.minus, small.minus)
+        & (gap_small * SMOOTH_SHRINK >= gap_first)
+        & (gap_first > allowed + small_floor)
     )
+    grew = gap_small > 2.0 * np.maximum(gap_first, allowed)
+    crossed = (split & (one_side | at_point)) | grew
     # Each side widened by the allowance plus how much it moved between the two steps.
     margin_plus = allowed + np.abs(first.plus - small.plus)
     margin_minus = allowed + np.abs(first.minus - small.minus)
@@ -104,4 +146,8 @@ def classify(
     blind = ~crossed & (gap_first > allowed) & (small_floor >= gap_first)
     blind &= np.minimum(first.plus, first.minus) - allowed <= 0.0
     blind &= np.maximum(first.plus, first.minus) + allowed >= 0.0
-    return KinkVerdict(crossed=crossed, kink=(crossed & inside) | blind)
+    # Near (not at) a kink the analytic value must be one side's derivative; at the kink itself
+    # (or where opposite kinks cancelled at the first step) any value between the sides is a
+    # valid subgradient.
+    kink = (split & one_side) | ((split & at_point | grew) & inside) | blind
+    return KinkVerdict(crossed=crossed, kink=kink)

@@ -206,6 +206,7 @@ class Prober:
             OneSided(np.array([r * s_plus]), np.array([r * s_minus])),
             np.array([p.allowed]),
             np.array([small_floor]),
+            r,
         )
         return dataclasses.replace(
             p, retried=True, crossed=bool(found.crossed[0]), kink=bool(found.kink[0])
