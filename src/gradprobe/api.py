@@ -20,7 +20,7 @@ from .checking.entries import EntryResults, evaluate_entries
 from .checking.preflight import promote_params, run_preflight
 from .checking.probes import DEFAULT_PROBES, merge_entry_results, probe_note, run_probes
 from .errors import GradCheckError, InvalidInputError, LossEvaluationError
-from .evaluate.execution import Evaluator, make_evaluator
+from .evaluate import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
 from .layout import (
     ParamLayout,
@@ -360,6 +360,12 @@ def check(
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     results: dict[str, ParamReport] = {}
     timings: dict[str, float] = {"compile": kernels.warm_up()}
+    planned = 0
+    if progress is not None:
+        planned = 2 + sum(  # base loss + pre-flight
+            2 * options.samples[n].resolve(size, SampleSpec("count", _default_sample(size)))
+            for n, size in zip(layout.names, layout.sizes, strict=True)
+        )
     evaluator = make_evaluator(
         loss,
         layout,
@@ -368,14 +374,10 @@ def check(
         batched=bool(batched),
         budget=options.budget,
         deadline=deadline,
+        progress=progress,
+        planned_evaluations=planned,
     )
     timings["compile"] += evaluator.compile_seconds
-    if progress is not None:
-        evaluator.on_progress = progress
-        evaluator.planned_evaluations = 2 + sum(  # base loss + pre-flight
-            2 * options.samples[n].resolve(size, SampleSpec("count", _default_sample(size)))
-            for n, size in zip(layout.names, layout.sizes, strict=True)
-        )
 
     # The loss's measured rounding noise (tolerances.py), recorded in the report's settings.
     noise_info: dict[str, Any] = {}

@@ -19,7 +19,7 @@ import numpy as np
 
 from .checking.entries import numeric_entries
 from .errors import InvalidInputError
-from .evaluate.execution import make_evaluator
+from .evaluate import make_evaluator
 from .layout import normalize_params, validate_callable
 from .numerics.steps import METHODS, default_relative_step
 from .numerics.tolerances import loss_epsilon, tolerance_for

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..evaluate.execution import Evaluator
+from ..evaluate import Evaluator
 from ..numerics.tolerances import Tolerance
 from ..report.model import Diagnosis, ParamReport
 from .entries import EntryResults, numeric_entries

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluate.execution import Evaluator
+from ..evaluate import Evaluator
 from ..numerics import kernels
 from ..numerics.steps import METHODS, RETRY_FACTOR, central_steps, complex_steps
 from ..numerics.tolerances import NOISE_FACTOR, Tolerance

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluate.execution import Evaluator
+from ..evaluate import Evaluator
 from ..numerics.steps import RETRY_FACTOR
 from ..numerics.tolerances import NOISE_FACTOR, Tolerance
 from .entries import SMOOTH_SHRINK, EntryResults, evaluate_entries
