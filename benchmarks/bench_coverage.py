@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 import gradprobe
 from gradprobe.checking.context import ParamCheck
 from gradprobe.checking.probes import run_probes
-from gradprobe.evaluate.execution import SerialEvaluator
+from gradprobe.evaluate import SerialEvaluator
 from gradprobe.examples import make_mlp
 from gradprobe.layout import normalize_params
 from gradprobe.numerics.sampling import stratified_sample

@@ -49,10 +49,14 @@ def assert_bitwise_unchanged(params, saved):
 def _dispatch_every_parallel_call(monkeypatch):
     """Send every parallel call to the workers, however small, so tests exercise them.
 
-    In normal use small calls stay in the calling process (``MIN_DISPATCH_SECONDS``); the
-    tests use small, fast losses that would otherwise never reach a worker.
+    In normal use small calls stay in the calling process (``DispatchPolicy``'s
+    ``min_dispatch_seconds`` and ``process_start_seconds``); the tests use small, fast losses
+    that would otherwise never reach a worker. Evaluators built without an explicit ``policy``
+    use this one.
     """
-    from gradprobe.evaluate import execution
+    from dataclasses import replace
 
-    monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.0)
-    monkeypatch.setattr(execution, "PROCESS_START_SECONDS", 0.0)
+    from gradprobe.evaluate import parallel
+
+    policy = replace(parallel.DEFAULT_POLICY, min_dispatch_seconds=0.0, process_start_seconds=0.0)
+    monkeypatch.setattr(parallel, "DEFAULT_POLICY", policy)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.evaluate.execution import BatchedEvaluator, SerialEvaluator
+from gradprobe.evaluate import BatchedEvaluator, SerialEvaluator
 from gradprobe.examples import make_mlp
 from gradprobe.layout import normalize_params
 

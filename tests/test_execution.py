@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import replace
 
 import joblib
 import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.evaluate.execution import ParallelEvaluator, SerialEvaluator, make_evaluator
+from gradprobe.evaluate import (
+    DispatchPolicy,
+    JoblibWorkers,
+    ParallelEvaluator,
+    SerialEvaluator,
+    default_policy,
+    make_evaluator,
+)
 from gradprobe.examples import make_mlp
 from gradprobe.layout import normalize_params
 
@@ -54,7 +63,8 @@ def test_chunking_does_not_change_losses():
     ref = _losses(SerialEvaluator(m.loss, layout, base))
     with joblib.parallel_config(backend="threading"):
         for chunks in (1, 3, 7):
-            with ParallelEvaluator(m.loss, layout, base, n_jobs=2, chunks_per_worker=chunks) as ev:
+            policy = replace(default_policy(), chunks_per_worker=chunks)
+            with ParallelEvaluator(m.loss, layout, base, n_jobs=2, policy=policy) as ev:
                 assert _losses(ev).tobytes() == ref.tobytes()
 
 
@@ -108,8 +118,9 @@ def test_all_cores_starts_no_more_workers_than_cores():
     layout, base = normalize_params(m.params)
     with ParallelEvaluator(m.loss, layout, base, n_jobs=-1) as ev:
         _losses(ev)
-        assert 1 <= len({w.split(":")[0] for w in ev.worker_ids}) <= (os.cpu_count() or 1)
-        assert ev.n_workers <= (os.cpu_count() or 1)
+        workers = ev.placement
+        assert 1 <= len({w.split(":")[0] for w in workers.worker_ids}) <= (os.cpu_count() or 1)
+        assert workers.n_workers <= (os.cpu_count() or 1)
 
 
 @pytest.mark.timeout(60)
@@ -137,7 +148,7 @@ def test_make_evaluator_choices():
     assert make_evaluator(m.loss, layout, base).executor == "serial"
     with joblib.parallel_config(backend="threading"):
         ev = make_evaluator(m.loss, layout, base, n_jobs=2)
-        assert isinstance(ev, ParallelEvaluator) and ev.executor.startswith("joblib")
+        assert isinstance(ev.placement, JoblibWorkers) and ev.executor.startswith("joblib")
     assert make_evaluator(m.batched_loss, layout, base, batched=True).executor == "batched"
 
 
@@ -160,12 +171,10 @@ def test_dask_local_cluster_matches_serial():
 
 
 @pytest.mark.timeout(60)
-def test_small_calls_stay_in_process_large_ones_dispatch(monkeypatch):
+def test_small_calls_stay_in_process_large_ones_dispatch():
     import time as _time
 
-    from gradprobe.evaluate import execution
-
-    monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.2)
+    policy = DispatchPolicy(min_dispatch_seconds=0.2)
     x = np.linspace(-1.0, 1.0, 12)
 
     def cheap(v):
@@ -177,35 +186,38 @@ def test_small_calls_stay_in_process_large_ones_dispatch(monkeypatch):
 
     layout, base = normalize_params(x)
     with joblib.parallel_config(backend="threading"):
-        with ParallelEvaluator(cheap, layout, base, n_jobs=2) as ev:
+        with ParallelEvaluator(cheap, layout, base, n_jobs=2, policy=policy) as ev:
             ev.base_loss()
             values = np.stack([x + 1e-3, x - 1e-3], axis=1)
             fast = ev.entry_losses(0, np.arange(12), values)
-            assert ev.dispatched == 0 and ev.in_process == 1
-        with ParallelEvaluator(slow, layout, base, n_jobs=2) as ev:
+            assert ev.placement.dispatched == 0 and ev.placement.in_process == 1
+        with ParallelEvaluator(slow, layout, base, n_jobs=2, policy=policy) as ev:
             ev.base_loss()  # ~10 ms per evaluation: 24 evaluations ~ 0.24 s >= 0.2 s
             slow_losses = ev.entry_losses(0, np.arange(12), values)
-            assert ev.dispatched == 1
+            assert ev.placement.dispatched == 1
     assert fast.tobytes() == slow_losses.tobytes()
 
 
 @pytest.mark.timeout(60)
-def test_process_workers_start_only_for_work_that_pays_for_them(monkeypatch):
-    from gradprobe.evaluate import execution
-
-    monkeypatch.setattr(execution, "MIN_DISPATCH_SECONDS", 0.2)
-    monkeypatch.setattr(execution, "PROCESS_START_SECONDS", 0.5)
+def test_process_workers_start_only_for_work_that_pays_for_them():
+    policy = DispatchPolicy(min_dispatch_seconds=0.2, process_start_seconds=0.5)
     x = np.linspace(-1.0, 1.0, 12)
     layout, base = normalize_params(x)
     with (
         joblib.parallel_config(backend="loky"),
-        ParallelEvaluator(_tanh_sum, layout, base, n_jobs=2) as ev,
+        make_evaluator(_tanh_sum, layout, base, n_jobs=2, policy=policy) as ev,
     ):
-        ev.loss_seconds, ev._calibrated = 0.01, True  # 24 evaluations ~ 0.24 s: under 0.7 s
-        assert not ev._dispatch(24)
-        assert ev._dispatch(80)  # 0.8 s: worth starting the workers
-        ev._started_processes = True  # once running, only the dispatch threshold counts
-        assert ev._dispatch(24)
+        workers = ev.placement
+        assert workers.policy is policy and workers.starts_processes  # none started yet
+        assert workers.worth_dispatching(24)  # the loss's cost is not measured yet
+        ev.base_loss()  # microseconds per evaluation: far below 0.2 s + 0.5 s
+        assert not workers.worth_dispatching(24)
+        decide = functools.partial(policy.dispatches, loss_seconds=0.01, n_workers=2)
+        assert not decide(24, start_processes=True)  # 24 evaluations ~ 0.24 s: under 0.7 s
+        assert decide(80, start_processes=True)  # 0.8 s: worth starting the workers
+        assert decide(24, start_processes=False)  # once running, only the threshold counts
+        assert not decide(24, start_processes=False, auto=True)  # "auto": 0.25 s
+        assert not policy.dispatches(10**6, loss_seconds=1.0, n_workers=1, start_processes=False)
 
 
 def _tanh_sum(v):

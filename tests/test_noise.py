@@ -7,7 +7,7 @@ import pytest
 
 import gradprobe
 from gradprobe.checking.preflight import estimate_loss_noise
-from gradprobe.evaluate.execution import SerialEvaluator
+from gradprobe.evaluate import SerialEvaluator
 from gradprobe.layout import normalize_params
 from gradprobe.numerics.tolerances import NOISE_HALF_POINTS, ecnoise
 

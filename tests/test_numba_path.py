@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("scipy")  # numba compiles `@` in the jitted example through scipy
 
 import gradprobe
-from gradprobe.evaluate.execution import JitEvaluator, SerialEvaluator
+from gradprobe.evaluate import JitEvaluator, SerialEvaluator
 from gradprobe.examples.jitted import make_jitted_mlp
 from gradprobe.layout import normalize_params
 

@@ -3,7 +3,7 @@ arrays are never changed (hypothesis, derandomized, bounded examples)."""
 
 from __future__ import annotations
 
-import functools
+from dataclasses import replace
 
 import joblib
 import numpy as np
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gradprobe
-from gradprobe.evaluate import execution
+from gradprobe.evaluate import parallel
 
 from .conftest import assert_bitwise_unchanged, snapshot
 
@@ -68,12 +68,9 @@ def _core(report):
 
 
 def _set_chunks(monkeypatch, chunks):
-    """Every ParallelEvaluator that check() builds splits work into ``chunks`` per worker."""
-    monkeypatch.setattr(
-        execution,
-        "ParallelEvaluator",
-        functools.partial(execution.ParallelEvaluator, chunks_per_worker=chunks),
-    )
+    """Every evaluator that check() builds splits work into ``chunks`` per worker."""
+    policy = replace(parallel.DEFAULT_POLICY, chunks_per_worker=chunks)
+    monkeypatch.setattr(parallel, "DEFAULT_POLICY", policy)
 
 
 def _check(case, params, **kwargs):

@@ -87,7 +87,7 @@ def test_wrong_gradient_near_kinks_still_fails(factor):
     for seed in range(5):
         loss, grad, params = _relu_net(seed)
 
-        def scaled(q):
+        def scaled(q, grad=grad):
             g = grad(q)
             g["W1"] = g["W1"] * factor
             return g

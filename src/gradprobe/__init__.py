@@ -27,12 +27,12 @@ from .suites.problem import Problem
 
 if TYPE_CHECKING:
     from .api import check
-    from .evaluate.execution import keep_workers
+    from .evaluate import keep_workers
     from .sweep import SweepResult, sweep
 
 _LAZY = {
     "check": "api",
-    "keep_workers": "evaluate.execution",
+    "keep_workers": "evaluate",
     "sweep": "sweep",
     "SweepResult": "sweep",
 }

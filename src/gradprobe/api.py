@@ -22,7 +22,7 @@ from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.probes import DEFAULT_PROBES
 from .checking.verdict import build_report, passes
 from .errors import GradCheckError, InvalidInputError
-from .evaluate.execution import Evaluator, make_evaluator
+from .evaluate import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
 from .layout import (
     ParamLayout,
@@ -269,6 +269,7 @@ def check(
     loss_eps = loss_epsilon(layout.dtypes)
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     timings: dict[str, float] = {"compile": kernels.warm_up()}
+    n_samples = _sample_sizes(layout, options)
     evaluator = make_evaluator(
         loss,
         layout,
@@ -277,12 +278,10 @@ def check(
         batched=bool(batched),
         budget=options.budget,
         deadline=deadline,
+        progress=progress,
+        planned_evaluations=2 + 2 * sum(n_samples),  # base loss + pre-flight + the samples
     )
     timings["compile"] += evaluator.compile_seconds
-    n_samples = _sample_sizes(layout, options)
-    if progress is not None:
-        evaluator.on_progress = progress
-        evaluator.planned_evaluations = 2 + 2 * sum(n_samples)  # base loss + pre-flight
 
     # The loss's measured rounding noise (tolerances.py), recorded in the report's settings.
     noise_info: dict[str, Any] = {}

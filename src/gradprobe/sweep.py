@@ -21,7 +21,7 @@ from .checking.context import ParamCheck
 from .checking.entries import numeric_entries
 from .checking.preflight import analytic_gradient
 from .errors import InvalidInputError
-from .evaluate.execution import make_evaluator
+from .evaluate import make_evaluator
 from .layout import normalize_params, unravel, validate_callable
 from .numerics.steps import METHODS, default_relative_step
 from .numerics.tolerances import Tolerance, loss_epsilon, tolerance_for

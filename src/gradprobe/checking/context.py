@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..evaluate.execution import Evaluator
+from ..evaluate import Evaluator
 from ..numerics.tolerances import Tolerance
 
 __all__ = ["ParamCheck"]

@@ -30,7 +30,7 @@ from ..errors import (
     LossEvaluationError,
     NondeterministicLossError,
 )
-from ..evaluate.execution import Evaluator, _one_blas_thread
+from ..evaluate import Evaluator, one_blas_thread
 from ..layout import ParamLayout, normalize_gradient
 from ..numerics.tolerances import (
     NOISE_FACTOR,
@@ -139,7 +139,7 @@ def _mutation_error(who: str, names: list[str]) -> InvalidInputError:
 
 def _second_loss(evaluator: Evaluator) -> tuple[float, list[np.ndarray]]:
     given = [a.copy() for a in evaluator.base]
-    evaluator._charge(1)
+    evaluator.charge(1)
     try:
         value = evaluator.call_loss(given, "at the base point (second pre-flight call)")
     except GradCheckError:
@@ -194,9 +194,9 @@ def estimate_loss_noise(
             _shifted(b, i * h, x, dt)
             for b, h, x, dt in zip(base, steps, v, layout.dtypes, strict=True)
         ]
-        evaluator._charge(1)
+        evaluator.charge(1)
         try:
-            with _one_blas_thread():
+            with one_blas_thread():
                 values.append(evaluator.call_loss(arrays, "near the base point (noise estimate)"))
         except GradCheckError:
             raise

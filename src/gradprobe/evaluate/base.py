@@ -1,0 +1,311 @@
+"""The evaluator: the one object the checks call to evaluate the user's loss.
+
+An :class:`Evaluator` keeps the accounting (budget, deadline, progress), evaluates the base
+point and complex steps, and wraps the loss's errors with where they happened. How a block of
+perturbed rows is evaluated (a per-entry loop, a batched call, a numba kernel: a
+:class:`RowRunner`) and where it runs (:class:`InProcess` or on joblib workers: a
+:class:`Placement`) are two objects that :func:`~gradprobe.evaluate.make_evaluator` composes.
+
+An evaluator owns private working copies of the parameters; the caller's arrays are never
+written to. Every perturbation restores the saved value in a ``finally`` block (never
+``x + h - h``), so the working copies are exact again whatever the loss does, KeyboardInterrupt
+included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, Protocol
+
+import numpy as np
+
+from ..errors import CheckAborted, InvalidInputError, LossEvaluationError
+from ..layout import ParamLayout
+from .threads import one_blas_thread
+
+__all__ = ["Evaluator", "InProcess", "Placement", "RowRunner"]
+
+
+class RowRunner(Protocol):
+    """How a block of perturbed rows is evaluated in this process (loop, batched call, kernel).
+
+    Each method receives the evaluator, for the loss, the parameters and the accounting; it
+    charges the evaluations it runs, holds the one-BLAS-thread limit and raises the loss's
+    errors wrapped (:meth:`Evaluator.raise_loss_error`).
+    """
+
+    #: The executor's name when every block runs in this process ("serial", "batched"...).
+    name: str
+    #: Seconds spent compiling kernels (reported apart from run time).
+    compile_seconds: float
+
+    def call_loss(self, ev: Evaluator, arrays: Sequence[np.ndarray], where: str) -> float:
+        """One unperturbed evaluation of the loss on ``arrays`` (one per parameter)."""
+        ...
+
+    def entry_losses(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        """See :meth:`Evaluator.entry_losses`."""
+        ...
+
+    def vector_losses(self, ev: Evaluator, param: int, vectors: np.ndarray) -> np.ndarray:
+        """See :meth:`Evaluator.vector_losses`."""
+        ...
+
+
+class Placement(Protocol):
+    """Where the blocks of a :class:`RowRunner` run: in this process or on workers."""
+
+    rows: RowRunner
+    #: Things the report should tell the user about where the loss was evaluated.
+    warnings: list[str]
+
+    @property
+    def executor(self) -> str:
+        """Which execution path evaluates the loss, as recorded in the report's settings."""
+        ...
+
+    def observe(self, seconds: float, n_evaluations: int) -> None:
+        """``n_evaluations`` took ``seconds`` in this process (input to a dispatch decision)."""
+        ...
+
+    def entry_losses(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
+    ) -> np.ndarray: ...
+
+    def vector_losses(self, ev: Evaluator, param: int, vectors: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None:
+        """Release workers or other resources."""
+        ...
+
+
+class Evaluator:
+    """Evaluates ``loss`` at the base point and at perturbations of one parameter at a time.
+
+    Parameters
+    ----------
+    loss : callable
+        The user's loss, called with the user's kind of container.
+    layout : ParamLayout
+        Names, shapes and container kind of the parameters.
+    base : list of ndarray
+        Private C-contiguous copies of the parameters (owned by the evaluator from now on).
+    placement : Placement
+        Where (and, through ``placement.rows``, how) blocks of perturbed rows are evaluated.
+    budget : int, optional
+        Maximum number of loss evaluations; exceeding it raises :class:`CheckAborted`.
+    deadline : float, optional
+        ``time.monotonic()`` value after which evaluation raises :class:`CheckAborted`.
+    progress : callable, optional
+        Called as ``progress(done, total)`` each time evaluations are charged; ``total`` is
+        ``max(planned_evaluations, done)``.
+    planned_evaluations : int
+        The number of evaluations the caller expects to run (for ``progress``).
+    """
+
+    def __init__(
+        self,
+        loss: Callable[[Any], Any],
+        layout: ParamLayout,
+        base: Sequence[np.ndarray],
+        *,
+        placement: Placement,
+        budget: int | None = None,
+        deadline: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        planned_evaluations: int = 0,
+    ) -> None:
+        self.loss = loss
+        self.layout = layout
+        self.base = list(base)
+        self.placement = placement
+        self.budget = budget
+        self.deadline = deadline
+        self.progress = progress
+        self.planned_evaluations = int(planned_evaluations)
+        self.n_evaluations = 0
+        self._base_value: float | None = None
+        #: Things the report should tell the user about how the loss was evaluated.
+        self.warnings: list[str] = list(placement.warnings)
+
+    @property
+    def rows(self) -> RowRunner:
+        """How blocks of perturbed rows are evaluated."""
+        return self.placement.rows
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling kernels for this evaluator (reported apart from run time)."""
+        return self.rows.compile_seconds
+
+    @property
+    def executor(self) -> str:
+        """Which execution path evaluates the loss, as recorded in the report's settings."""
+        return self.placement.executor
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release workers or other resources (nothing when every call runs in process)."""
+        self.placement.close()
+
+    # -- accounting ----------------------------------------------------------------------------
+    def charge(self, n: int) -> None:
+        """Account for ``n`` loss evaluations about to run; stop at the budget or deadline.
+
+        Raises :class:`CheckAborted` (``reason`` ``"budget"`` or ``"timeout"``) instead of
+        counting them; reports progress otherwise. Call it before every evaluation of the loss.
+        """
+        if self.budget is not None and self.n_evaluations + n > self.budget:
+            raise CheckAborted(
+                f"evaluation budget of {self.budget} loss evaluations exhausted "
+                f"({self.n_evaluations} done); raise `budget` or check fewer entries.",
+                reason="budget",
+            )
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise CheckAborted(
+                "time limit reached; raise `timeout` or check fewer entries.", reason="timeout"
+            )
+        self.n_evaluations += n
+        if self.progress is not None:
+            self.progress(self.n_evaluations, max(self.planned_evaluations, self.n_evaluations))
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def call_loss(self, arrays: Sequence[np.ndarray], where: str) -> float:
+        """Call the loss on ``arrays`` (one per parameter) and return a float."""
+        return self.rows.call_loss(self, arrays, where)
+
+    def base_loss(self) -> float:
+        """The loss at the unperturbed parameters (evaluated once; later calls reuse it, the
+        pre-flight having checked that the loss is deterministic). Its time is the placement's
+        first estimate of the cost of one evaluation."""
+        if self._base_value is None:
+            start = time.perf_counter()
+            self.charge(1)
+            with one_blas_thread():
+                value = self.call_loss([a.copy() for a in self.base], "at the base point")
+            self.placement.observe(time.perf_counter() - start, 1)
+            self._base_value = value
+        return self._base_value
+
+    def entry_losses(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Losses with single entries replaced.
+
+        Row ``r``, column ``c`` of the result is the loss with entry ``flat_index[r]`` of
+        parameter ``param`` set to ``values[r, c]`` (values in the parameter's dtype) and every
+        other entry at its base value.
+        """
+        return self.placement.entry_losses(self, param, flat_index, values)
+
+    def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
+        """Losses with parameter ``param`` replaced by each row of ``vectors`` (flat, its dtype)."""
+        return self.placement.vector_losses(self, param, vectors)
+
+    # -- complex step (method="complex-step"; always serial, in this process) ------------------
+    def complex_entry_losses(
+        self, param: int, flat_index: np.ndarray, imag_steps: np.ndarray
+    ) -> np.ndarray:
+        """Complex losses with ``1j * imag_steps[r]`` added to entry ``flat_index[r]``.
+
+        Every parameter is passed as a complex copy (complex128, or complex64 for float32
+        and narrower); the loss must propagate complex values and return a complex scalar.
+        Returns the complex losses (imaginary part ``~ h * dL/dx``).
+        """
+        cdtype = [np.result_type(dt, np.complex64) for dt in self.layout.dtypes]
+        work = [b.astype(ct) for b, ct in zip(self.base, cdtype, strict=True)]
+        flat = work[param].reshape(-1)
+        name = self.layout.names[param]
+        out = np.empty(flat_index.size, dtype=np.complex128)
+        for r in range(flat_index.size):
+            i = int(flat_index[r])
+            self.charge(1)
+            try:
+                flat[i] = self.base[param].reshape(-1)[i] + 1j * imag_steps[r]
+                value = self.loss(self.layout.pack(work))
+            except (TypeError, np.exceptions.ComplexWarning) as exc:
+                raise _complex_unsupported(name, exc) from exc
+            except Exception as exc:
+                raise self.wrap_error(exc, param, i) from exc
+            finally:
+                # Fresh copies also undo anything the loss wrote into them.
+                for k, b in enumerate(self.base):
+                    work[k][...] = b
+            out[r] = _as_complex_loss(value, f"with {name!r} perturbed by a complex step")
+        return out
+
+    # -- errors --------------------------------------------------------------------------------
+    def wrap_error(self, exc: BaseException, param: int, flat: int | None) -> LossEvaluationError:
+        """The :class:`LossEvaluationError` for ``exc`` raised by the loss with parameter
+        ``param`` perturbed at flat index ``flat`` (None: along a direction)."""
+        name = self.layout.names[param]
+        if flat is None:
+            where, index = f"while perturbing parameter {name!r} along a direction", None
+        else:
+            index = tuple(int(i) for i in np.unravel_index(flat, self.layout.shapes[param]))
+            where = f"while perturbing parameter {name!r} at index {list(index)}"
+        err = LossEvaluationError(
+            f"loss raised {type(exc).__name__} {where}: {exc}", param=name, index=index
+        )
+        err.__cause__ = exc
+        return err
+
+    def raise_loss_error(self, exc: Exception, param: int, flat: int | None) -> NoReturn:
+        """Re-raise gradprobe's own errors as they are; wrap the loss's with where it failed."""
+        if isinstance(exc, (CheckAborted, LossEvaluationError)):
+            raise exc
+        raise self.wrap_error(exc, param, flat) from exc
+
+
+class InProcess:
+    """Placement: every block runs in this thread, through the row runner."""
+
+    def __init__(self, rows: RowRunner) -> None:
+        self.rows = rows
+        self.warnings: list[str] = []
+
+    @property
+    def executor(self) -> str:
+        return self.rows.name
+
+    def observe(self, seconds: float, n_evaluations: int) -> None:
+        """Nothing to decide in process."""
+
+    def entry_losses(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        return self.rows.entry_losses(ev, param, flat_index, values)
+
+    def vector_losses(self, ev: Evaluator, param: int, vectors: np.ndarray) -> np.ndarray:
+        return self.rows.vector_losses(ev, param, vectors)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _complex_unsupported(name: str, exc: Exception) -> Exception:
+    return InvalidInputError(
+        f"loss with {name!r} perturbed by a complex step: method='complex-step' needs a loss "
+        f"that accepts complex parameters, but it raised {type(exc).__name__}: {exc}. Remove "
+        "float()/np.abs/np.real/.astype(float) from the loss's path, or use method='central'."
+    )
+
+
+def _as_complex_loss(value: Any, where: str) -> complex:
+    """The complex scalar a loss returned under ``method="complex-step"``."""
+    arr = np.asarray(value)
+    if arr.size != 1 or arr.dtype.kind != "c":
+        raise InvalidInputError(
+            f"loss {where}: method='complex-step' expected a complex scalar, found "
+            f"{type(value).__name__} (dtype {arr.dtype}, size {arr.size}). The loss must "
+            "propagate complex inputs: no float(), np.abs, np.real or .astype(float) on the "
+            "path; otherwise use method='central'."
+        )
+    return complex(arr.reshape(()))

@@ -1,0 +1,275 @@
+"""The perturb / evaluate / restore loops, in this process and on workers.
+
+The per-entry loop (:func:`perturb_entries`) and the replacement-vector loop
+(:func:`replace_vectors`) are shared by :class:`EntryLoop` (the row runner that calls the loss
+once per perturbed row, in this thread) and by the worker chunk functions. A joblib task is a
+:class:`ChunkTask`: a chunk of rows of one parameter and the module-level (so process backends
+pickle it by name) function that runs it; the worker sends back a :class:`ChunkResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import CheckAborted, LossEvaluationError
+from ..layout import ParamLayout, as_scalar_loss
+from .threads import one_blas_thread
+
+if TYPE_CHECKING:
+    from .base import Evaluator
+
+__all__ = [
+    "ChunkResult",
+    "ChunkTask",
+    "EntryLoop",
+    "entry_chunk",
+    "perturb_entries",
+    "raise_chunk_error",
+    "replace_vectors",
+    "vector_chunk",
+]
+
+
+def perturb_entries(
+    call: Callable[[], float],
+    flat: np.ndarray,
+    flat_index: np.ndarray,
+    values: np.ndarray,
+    out: np.ndarray,
+    before_each: Callable[[], None] | None = None,
+) -> tuple[int, Exception] | None:
+    """The per-entry loop: set entry ``flat_index[r]`` to each ``values[r, c]``, store
+    ``call()`` in ``out[r, c]`` and restore the saved value (``finally``: whatever happens,
+    KeyboardInterrupt included). Returns ``(row, exception)`` for the first evaluation that
+    raised, None when all succeeded."""
+    m, k = values.shape
+    for r in range(m):
+        i = int(flat_index[r])
+        saved = flat[i]
+        try:
+            for c in range(k):
+                if before_each is not None:
+                    before_each()
+                flat[i] = values[r, c]
+                out[r, c] = call()
+        except Exception as exc:
+            return r, exc
+        finally:
+            flat[i] = saved
+    return None
+
+
+def replace_vectors(
+    call: Callable[[], float],
+    flat: np.ndarray,
+    base: np.ndarray,
+    vectors: np.ndarray,
+    out: np.ndarray,
+    before_each: Callable[[], None] | None = None,
+) -> tuple[int, Exception] | None:
+    """Like :func:`perturb_entries` for whole replacement vectors, restoring ``base``."""
+    for r in range(vectors.shape[0]):
+        try:
+            if before_each is not None:
+                before_each()
+            flat[:] = vectors[r]
+            out[r] = call()
+        except Exception as exc:
+            return r, exc
+        finally:
+            flat[:] = base
+    return None
+
+
+# -- work done by one worker (module level so process backends can pickle it) -----------------
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a worker sends back for one chunk of rows."""
+
+    losses: np.ndarray
+    worker: str  # "pid:thread" of the worker that ran it
+    failed_row: int  # row (within the chunk) whose evaluation raised, -1 when none did
+    error: BaseException | None
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkTask:
+    """One joblib task: rows of one parameter to evaluate, and what a worker needs for them.
+
+    ``run`` is a module-level function (pickled by name) called as ``run(task)``. Entry rows
+    (``flat_index`` given) set entry ``flat_index[r]`` to each ``values[r, c]``; vector rows
+    (``flat_index`` None) replace the parameter by ``values[r]``. The parameters (``arrays``)
+    travel with the task: joblib memory-maps large arrays for process backends.
+    """
+
+    run: Callable[[ChunkTask], ChunkResult]
+    loss: Callable[[Any], Any]
+    layout: ParamLayout
+    arrays: Sequence[np.ndarray]
+    param: int
+    #: pid of the process that made the task (a thread worker shares its BLAS limit).
+    parent: str
+    values: np.ndarray
+    flat_index: np.ndarray | None = None
+    #: Bytes of perturbed copies per batched call (batched tasks only).
+    memory: int = 0
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.values.shape[0])
+
+    def part(self, start: int, stop: int) -> ChunkTask:
+        """The same task for rows ``start:stop`` only."""
+        index = None if self.flat_index is None else self.flat_index[start:stop]
+        return dataclasses.replace(self, values=self.values[start:stop], flat_index=index)
+
+
+def worker_id() -> str:
+    return f"{os.getpid()}:{threading.get_ident()}"
+
+
+def portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else a RuntimeError carrying its type and message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def limit_in_worker(parent: str) -> contextlib.AbstractContextManager[None]:
+    """The BLAS limit for a task made by process ``parent``: already held there (the parent
+    holds the process-wide limit around thread-backend calls; entering it again from several
+    threads would race on the restore), entered anew in another process."""
+    return contextlib.nullcontext() if parent == str(os.getpid()) else one_blas_thread()
+
+
+def entry_chunk(task: ChunkTask) -> ChunkResult:
+    """Per-entry loop over one chunk, on this worker's own copy of the parameters."""
+    assert task.flat_index is not None
+    flat_index, values = task.flat_index, task.values
+    out = np.empty(values.shape)
+    return _in_worker(
+        task, out, lambda call, flat: perturb_entries(call, flat, flat_index, values, out)
+    )
+
+
+def vector_chunk(task: ChunkTask) -> ChunkResult:
+    """Losses with parameter ``task.param`` replaced by each row of ``task.values``."""
+    vectors = task.values
+    out = np.empty(vectors.shape[0])
+    base = np.asarray(task.arrays[task.param]).reshape(-1)
+    return _in_worker(task, out, lambda call, flat: replace_vectors(call, flat, base, vectors, out))
+
+
+def _in_worker(
+    task: ChunkTask,
+    out: np.ndarray,
+    run: Callable[[Callable[[], float], np.ndarray], tuple[int, Exception] | None],
+) -> ChunkResult:
+    """What a worker does around one loop: its BLAS limit, its own copies of the parameters
+    (memmaps arrive read-only), and the loop's failure packed for the parent."""
+    loss, layout = task.loss, task.layout
+    with limit_in_worker(task.parent):
+        work = [np.array(a, copy=True) for a in task.arrays]
+        where = f"with {layout.names[task.param]!r} perturbed"
+        failure = run(
+            lambda: as_scalar_loss(loss(layout.pack(work)), where), work[task.param].reshape(-1)
+        )
+        if failure is not None:
+            return ChunkResult(out, worker_id(), failure[0], portable(failure[1]))
+        return ChunkResult(out, worker_id(), -1, None)
+
+
+def raise_chunk_error(
+    ev: Evaluator, res: ChunkResult, param: int, flat_index: np.ndarray | None
+) -> None:
+    """Raise the error a chunk sent back, wrapped like the in-process loop's."""
+    exc = res.error
+    assert exc is not None
+    # Same error types as the in-process loop: only its own errors pass through unwrapped.
+    if isinstance(exc, (CheckAborted, LossEvaluationError, KeyboardInterrupt)):
+        raise exc
+    flat = None if flat_index is None else int(flat_index[res.failed_row])
+    raise ev.wrap_error(exc, param, flat) from exc
+
+
+class EntryLoop:
+    """Row runner: one loss call per perturbed row, on working copies perturbed in place.
+
+    The working copies are made from the evaluator's parameters on first use (one runner per
+    evaluator). Its blocks can also run on joblib workers (:meth:`chunk_task`).
+    """
+
+    name = "serial"
+    #: What its worker tasks are called in the executor's name.
+    chunk_name = "chunks"
+    #: Its in-process blocks time one evaluation each: they refine the dispatch cost model.
+    times_rows = True
+    compile_seconds = 0.0
+
+    def __init__(self) -> None:
+        self._work: list[np.ndarray] | None = None
+
+    def _working_copies(self, ev: Evaluator) -> list[np.ndarray]:
+        if self._work is None:
+            self._work = [a.copy() for a in ev.base]
+        return self._work
+
+    def call_loss(self, ev: Evaluator, arrays: Sequence[np.ndarray], where: str) -> float:
+        return as_scalar_loss(ev.loss(ev.layout.pack(arrays)), where)
+
+    def entry_losses(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        work = self._working_copies(ev)
+        out = np.empty(values.shape)
+        where = f"with {ev.layout.names[param]!r} perturbed"
+        with one_blas_thread():
+            failure = perturb_entries(
+                lambda: self.call_loss(ev, work, where),
+                work[param].reshape(-1),
+                flat_index,
+                values,
+                out,
+                before_each=lambda: ev.charge(1),
+            )
+        if failure is not None:
+            row, exc = failure
+            ev.raise_loss_error(exc, param, int(flat_index[row]))
+        return out
+
+    def vector_losses(self, ev: Evaluator, param: int, vectors: np.ndarray) -> np.ndarray:
+        work = self._working_copies(ev)
+        out = np.empty(vectors.shape[0])
+        where = f"with {ev.layout.names[param]!r} perturbed"
+        with one_blas_thread():
+            failure = replace_vectors(
+                lambda: self.call_loss(ev, work, where),
+                work[param].reshape(-1),
+                ev.base[param].reshape(-1),
+                vectors,
+                out,
+                before_each=lambda: ev.charge(1),
+            )
+        if failure is not None:
+            ev.raise_loss_error(failure[1], param, None)
+        return out
+
+    def chunk_task(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray | None, values: np.ndarray
+    ) -> ChunkTask:
+        """The worker task for entry rows (``flat_index`` given) or replacement vectors."""
+        run = vector_chunk if flat_index is None else entry_chunk
+        return ChunkTask(
+            run, ev.loss, ev.layout, ev.base, param, str(os.getpid()), values, flat_index
+        )

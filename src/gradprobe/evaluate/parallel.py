@@ -1,0 +1,322 @@
+"""Joblib dispatch: the placement that sends blocks of rows to workers, and its cost model.
+
+:class:`JoblibWorkers` splits each call into ``chunks_per_worker`` chunks per worker and sends
+them to the workers in one joblib call; each :class:`~gradprobe.evaluate.loops.ChunkTask`
+carries the parameters (joblib memory-maps large arrays for process backends instead of
+pickling them), perturbs the worker's own copy with a saved-value restore and returns the
+losses. The backend is whatever ``joblib.parallel_config`` says (processes preferred by
+default): threads, loky or a Dask cluster. The budget and deadline are charged here, per call,
+before dispatching.
+
+Whether a call is worth dispatching is the :class:`DispatchPolicy`'s decision: a call whose
+evaluations would take less than a threshold in one process (by the timing of the base-point
+evaluation) runs in this process, where dispatching would cost more than it saves. Every
+evaluation runs with one BLAS thread wherever it runs, so results are the same bit for bit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..errors import GradCheckError, InvalidInputError
+from .base import RowRunner
+from .loops import ChunkResult, ChunkTask, raise_chunk_error
+from .threads import one_blas_thread
+from .workers import (
+    PROCESS_BACKENDS,
+    check_picklable,
+    is_pickling_error,
+    keeping_workers,
+    mark_pool_warm,
+    pool_is_warm,
+    shutdown_loky_workers,
+    unpicklable,
+    worker_died_error,
+)
+
+if TYPE_CHECKING:
+    from .base import Evaluator
+
+__all__ = ["DEFAULT_POLICY", "DispatchPolicy", "JoblibWorkers", "default_policy", "workers_for"]
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    """When a call goes to joblib workers, and how it is split.
+
+    Attributes
+    ----------
+    min_dispatch_seconds : float
+        A call whose evaluations would take less than this in one process runs in this
+        process instead: a dispatch to joblib workers costs ~10-20 ms (measured on 2 cores
+        with loky, up to ~50 ms with 8 chunks), so small calls (probes, retries, tiny
+        parameters) would spend more time dispatching than evaluating. Results are identical
+        either way.
+    process_start_seconds : float
+        Starting process workers (loky, multiprocessing) costs about this much (measured
+        0.4-0.5 s for 2 workers on 2 cores): a call dispatches only when its work pays for
+        that too.
+    auto_dispatch_seconds : float
+        The threshold in place of ``min_dispatch_seconds`` for ``n_jobs="auto"``.
+    chunks_per_worker : int
+        Chunks of entries per worker (and per numba thread): enough to balance uneven chunks
+        and to check the deadline between rounds, few enough that per-task overhead stays
+        small.
+    """
+
+    min_dispatch_seconds: float = 0.2
+    process_start_seconds: float = 0.5
+    auto_dispatch_seconds: float = 0.25
+    chunks_per_worker: int = 4
+
+    def dispatches(
+        self,
+        n_evaluations: int,
+        *,
+        loss_seconds: float | None,
+        n_workers: int,
+        start_processes: bool,
+        auto: bool = False,
+    ) -> bool:
+        """Whether ``n_evaluations`` of ``loss_seconds`` each (None: not measured yet) are
+        worth sending to ``n_workers`` workers, which must first be started as processes when
+        ``start_processes``; ``auto``: under ``n_jobs="auto"``."""
+        if n_workers < 2:
+            return False
+        if loss_seconds is None:
+            return True
+        threshold = self.auto_dispatch_seconds if auto else self.min_dispatch_seconds
+        startup = self.process_start_seconds if start_processes else 0.0
+        return loss_seconds * n_evaluations >= threshold + startup
+
+
+#: The policy evaluators use unless given one (tests replace it with monkeypatch.setattr).
+DEFAULT_POLICY = DispatchPolicy()
+
+
+def default_policy() -> DispatchPolicy:
+    """The current :data:`DEFAULT_POLICY` (looked up at each call, so it can be replaced)."""
+    return DEFAULT_POLICY
+
+
+def workers_for(n_jobs: Any) -> int:
+    """The number of workers ``n_jobs`` resolves to under the current joblib configuration."""
+    import joblib
+
+    return int(joblib.effective_n_jobs(-1 if n_jobs == "auto" else n_jobs))
+
+
+class WorkerRows(RowRunner, Protocol):
+    """A row runner whose blocks can also run on joblib workers."""
+
+    #: What its worker tasks are called in the executor's name ("chunks", "batched chunks").
+    chunk_name: str
+    #: Whether its in-process blocks refine the per-evaluation time (one call per evaluation).
+    times_rows: bool
+
+    def chunk_task(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray | None, values: np.ndarray
+    ) -> ChunkTask | None:
+        """The worker task for entry rows (``flat_index`` given) or replacement vectors
+        (``flat_index`` None); None when such rows always run in this process."""
+        ...
+
+
+class JoblibWorkers:
+    """Placement: blocks worth dispatching (:class:`DispatchPolicy`) go to joblib workers.
+
+    ``auto=True`` is ``n_jobs="auto"``: every core, the policy's ``auto_dispatch_seconds``
+    threshold, and a loss that process workers cannot pickle keeps everything in this thread
+    (with a warning in the report) instead of failing; without ``auto`` such a loss raises
+    :class:`InvalidInputError` at construction.
+    """
+
+    def __init__(
+        self,
+        rows: WorkerRows,
+        loss: Callable[[Any], Any],
+        n_jobs: Any = -1,
+        *,
+        policy: DispatchPolicy | None = None,
+        auto: bool = False,
+    ) -> None:
+        import joblib
+
+        self.rows = rows
+        self.policy = default_policy() if policy is None else policy
+        self.auto = auto
+        self.n_workers = int(joblib.effective_n_jobs(n_jobs))
+        self.loss_seconds: float | None = None
+        self._calibrated = False  # loss_seconds measured on more than the first evaluation
+        self.dispatched = 0  # joblib calls made
+        self.in_process = 0  # calls kept in this process
+        self._parallel = joblib.Parallel(n_jobs=n_jobs, prefer="processes")
+        self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
+        self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
+        self.worker_ids: set[str] = set()
+        self.warnings: list[str] = []
+        self._entered = False
+        #: Whether this placement sent work to joblib workers (and so may have started processes).
+        self._started_processes = False
+        if not self.uses_threads and self.n_workers >= 2:
+            try:
+                check_picklable(loss, self.backend_name)
+            except InvalidInputError as exc:
+                if not auto:
+                    raise
+                self.n_workers = 1
+                self.warnings.append(f"n_jobs='auto' stayed in this process: {exc}")
+
+    @property
+    def executor(self) -> str:
+        text = f"joblib {self.rows.chunk_name} ({self.backend_name}, {self.n_workers} workers)"
+        if self.in_process and not self.dispatched:
+            text += ", every call kept in process (too small for workers to pay off)"
+        if self.auto:
+            return "auto (serial)" if self.dispatched == 0 else f"auto (serial + {text})"
+        return text
+
+    # -- cost model ----------------------------------------------------------------------------
+    def observe(self, seconds: float, n_evaluations: int) -> None:
+        """Refine the per-evaluation time (the fastest seen: the first call is often cold)."""
+        per = seconds / max(1, n_evaluations)
+        self.loss_seconds = per if self.loss_seconds is None else min(self.loss_seconds, per)
+        self._calibrated = self._calibrated or n_evaluations >= 2
+
+    @property
+    def starts_processes(self) -> bool:
+        """Whether a dispatch now would first have to start process workers."""
+        started = self._started_processes or pool_is_warm()
+        return not started and self.backend_name in PROCESS_BACKENDS
+
+    def worth_dispatching(self, n_evaluations: int) -> bool:
+        """The policy's decision for ``n_evaluations`` now (measured cost, workers running)."""
+        return self.policy.dispatches(
+            n_evaluations,
+            loss_seconds=self.loss_seconds,
+            n_workers=self.n_workers,
+            start_processes=self.starts_processes,
+            auto=self.auto,
+        )
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def entry_losses(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        m, k = values.shape
+        calibrating = self.rows.times_rows and not self._calibrated and m > 2
+        if calibrating and self.worth_dispatching(m * k):
+            # The base-point timing is often cold (first call): time two rows here before
+            # deciding whether the rest is worth dispatching.
+            head = self._entries_in_process(ev, param, flat_index[:2], values[:2])
+            rest = self.entry_losses(ev, param, flat_index[2:], values[2:])
+            return np.concatenate([head, rest])
+        if not self.worth_dispatching(m * k):
+            return self._entries_in_process(ev, param, flat_index, values)
+        task = self.rows.chunk_task(ev, param, flat_index, values)
+        assert task is not None  # entry rows always have a worker task
+        ev.charge(m * k)
+        out = np.empty((m, k))
+        where = f"entries 0..{m - 1} of the {m} checked"
+        bounds = self._chunks(m)
+        results = self._run(ev, [task.part(a, b) for a, b in bounds], param, where)
+        for (a, b), res in zip(bounds, results, strict=True):
+            if res.error is not None:
+                raise_chunk_error(ev, res, param, flat_index[a:b])
+            out[a:b] = res.losses
+        return out
+
+    def _entries_in_process(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        self.in_process += 1
+        if not self.rows.times_rows:
+            return self.rows.entry_losses(ev, param, flat_index, values)
+        start = time.perf_counter()
+        out = self.rows.entry_losses(ev, param, flat_index, values)
+        self.observe(time.perf_counter() - start, values.size)
+        return out
+
+    def vector_losses(self, ev: Evaluator, param: int, vectors: np.ndarray) -> np.ndarray:
+        task = self.rows.chunk_task(ev, param, None, vectors)
+        if task is None:  # such rows never leave this process
+            return self.rows.vector_losses(ev, param, vectors)
+        m = vectors.shape[0]
+        if not self.worth_dispatching(m):
+            self.in_process += 1
+            return self.rows.vector_losses(ev, param, vectors)
+        ev.charge(m)
+        out = np.empty(m)
+        bounds = self._chunks(m)
+        results = self._run(ev, [task.part(a, b) for a, b in bounds], param, "directions")
+        for (a, b), res in zip(bounds, results, strict=True):
+            if res.error is not None:
+                raise_chunk_error(ev, res, param, None)
+            out[a:b] = res.losses
+        return out
+
+    def _chunks(self, m: int) -> list[tuple[int, int]]:
+        """Chunk bounds for ``m`` rows: ``chunks_per_worker`` per worker, as even as possible."""
+        n_chunks = min(m, self.n_workers * max(1, int(self.policy.chunks_per_worker)))
+        edges = np.linspace(0, m, n_chunks + 1).round().astype(int)
+        return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
+
+    def _call(self, tasks: list[ChunkTask]) -> list[ChunkResult]:
+        import joblib
+
+        return list(self._parallel([joblib.delayed(t.run)(t) for t in tasks]))
+
+    def _run(
+        self, ev: Evaluator, tasks: list[ChunkTask], param: int, what: str
+    ) -> list[ChunkResult]:
+        if not self._entered:
+            self._parallel.__enter__()
+            self._entered = True
+        self.dispatched += 1
+        self._started_processes = True
+        if keeping_workers():
+            mark_pool_warm()
+        try:
+            with one_blas_thread():  # covers thread backends; workers limit themselves
+                results = self._call(tasks)
+        except (GradCheckError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if is_pickling_error(exc):
+                raise unpicklable(self.backend_name, exc) from exc
+            raise worker_died_error(
+                exc,
+                backend=self.backend_name,
+                layout=ev.layout,
+                tasks=tasks,
+                param=param,
+                what=what,
+                rerun=lambda task: self._call([task]),
+                deadline=ev.deadline,
+            ) from exc
+        for res in results:
+            self.worker_ids.add(res.worker)
+        return results
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Leave joblib's context and stop the loky worker processes this check started.
+
+        loky keeps its reusable workers alive for minutes after a call; a check ends with none
+        left running (the next check spawns fresh ones). Thread pools end with the context; a
+        user's Dask cluster is never touched.
+        """
+        try:
+            if self._entered:
+                self._entered = False
+                self._parallel.__exit__(None, None, None)
+        finally:
+            if self._started_processes and self.backend_name == "loky" and not keeping_workers():
+                self._started_processes = False
+                shutdown_loky_workers()
