@@ -26,7 +26,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import CheckAborted, GradCheckError, InvalidInputError
-from ..report.model import Report
+from ..report.model import Report, jsonable
 from .config import CheckSpec
 
 __all__ = [
@@ -114,8 +114,6 @@ class CheckOutcome:
         return int(self.options.get("seed", 0))
 
     def to_dict(self) -> dict[str, Any]:
-        from ..report.model import _jsonable
-
         return {
             "name": self.name,
             "target": self.target,
@@ -124,8 +122,8 @@ class CheckOutcome:
             "message": self.message,
             "duration": self.duration,
             "seed": self.seed,
-            "options": _jsonable(dict(self.options)),
-            "args": _jsonable(dict(self.args)),
+            "options": jsonable(dict(self.options)),
+            "args": jsonable(dict(self.args)),
             "reproduce": self.reproduce,
             "report": None if self.report is None else self.report.to_dict(),
         }
