@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.errors import InvalidInputError
-from gradprobe.suites.config import SuiteConfigError, load_suite, select_checks
+from gradprobe.errors import InvalidInputError, SuiteConfigError
+from gradprobe.suites.config import load_suite
 from gradprobe.suites.problem import Problem
 from gradprobe.suites.runner import run_check
+from gradprobe.suites.select import select_checks
 from gradprobe.suites.targets import parse_target
 
 from .suite_helpers import write_models, write_suite

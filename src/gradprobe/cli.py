@@ -21,10 +21,10 @@ from ._version import __version__
 from .api import check
 from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .examples import MLP_BUGS, make_mlp
+from .report.text import align_columns
+from .suites.outcome import EXIT_CRASH, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_CRASH", "EXIT_MISMATCH", "EXIT_OK", "EXIT_USAGE", "main"]
-
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 
 
 def _samples_arg(text: str) -> int | float | str:
@@ -221,7 +221,7 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _specs_for_check(args: argparse.Namespace) -> tuple[list[Any], str]:
+def _specs_for_check(args: argparse.Namespace) -> list[Any]:
     from .suites.config import CheckSpec
     from .suites.targets import parse_target
 
@@ -235,13 +235,14 @@ def _specs_for_check(args: argparse.Namespace) -> tuple[list[Any], str]:
         options=options,
         isolate=not args.no_isolate,
     )
-    return [spec], target.text
+    return [spec]
 
 
 def _specs_for_run(args: argparse.Namespace) -> tuple[list[Any], Any]:
     import dataclasses
 
-    from .suites.config import load_suite, select_checks
+    from .suites.config import load_suite
+    from .suites.select import select_checks
 
     suite = load_suite(args.suite)
     chosen = select_checks(suite, args.keyword, args.names)
@@ -282,8 +283,7 @@ def _reproduce(args: argparse.Namespace, outcome: Any, suite: Any) -> str:
 
 
 def _summary_rows(outcomes: Sequence[Any]) -> str:
-    header = ("check", "status", "max rel err", "evaluations", "time")
-    rows = [header]
+    rows = [("check", "status", "max rel err", "evaluations", "time")]
     for o in outcomes:
         r = o.report
         if r is not None and r.params:
@@ -297,31 +297,43 @@ def _summary_rows(outcomes: Sequence[Any]) -> str:
             status += " (partial)"
         evals = f"{r.n_evaluations:,}" if r is not None else "-"
         rows.append((o.name, status, mre, evals, f"{o.duration:.2f} s"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return align_columns(rows)
 
 
 def _run_checks(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from .suites.progress import ProgressDisplay, progress_wanted
-    from .suites.runner import SuiteResult, now_iso, run_check, versions
-
+    """``gradprobe check`` and ``gradprobe run``: run, print, compare, write the outputs."""
     if args.command == "run":
         specs, suite = _specs_for_run(args)
-        suite_path = suite.path
         label = f"suite {_quote_path(suite.path)}"
     else:
-        specs, _ = _specs_for_check(args)
-        suite, suite_path, label = None, None, f"target {args.target}"
+        specs, suite = _specs_for_check(args), None
+        label = f"target {args.target}"
     baseline = None
     if args.baseline:
         from .suites.baseline import load_baseline
 
         baseline = load_baseline(args.baseline)  # fail early (exit 2) on a bad file
+    result = _run_specs(args, specs, suite, label)
+    code = result.exit_code
+    print("\nsummary:\n" + _summary_rows(result.outcomes))
+    regressions: dict[str, list[str]] = {}
+    if baseline is not None:
+        comparison = _compare_with_baseline(args, result, baseline, specs, suite)
+        regressions = comparison.by_check()
+        if comparison.has_regressions:
+            code = max(code, EXIT_MISMATCH)
+    _print_verdict(result, code, regressions)
+    _write_outputs(args, result, code, regressions)
+    return code
+
+
+def _run_specs(args: argparse.Namespace, specs: Sequence[Any], suite: Any, label: str) -> Any:
+    """Run each check under a progress bar, printing each outcome; the :class:`SuiteResult`."""
+    import dataclasses
+
+    from .suites.progress import ProgressDisplay, progress_wanted
+    from .suites.runner import SuiteResult, now_iso, run_check, versions
+
     vers = versions()
     print(
         f"gradprobe {vers['gradprobe']} · python {vers['python']} · numpy {vers['numpy']} · "
@@ -336,45 +348,57 @@ def _run_checks(args: argparse.Namespace) -> int:
             outcomes.append(outcome)
             if not args.quiet:
                 bar.print(_outcome_text(outcome, i, len(specs)))
-    result = SuiteResult(
-        outcomes=tuple(outcomes), suite=suite_path, versions=vers, created=now_iso()
+    return SuiteResult(
+        outcomes=tuple(outcomes),
+        suite=None if suite is None else suite.path,
+        versions=vers,
+        created=now_iso(),
     )
-    code = result.exit_code
-    regressions: dict[str, list[str]] = {}
-    print("\nsummary:\n" + _summary_rows(outcomes))
-    if baseline is not None:
-        from .suites.baseline import DEFAULT_FACTOR, compare
 
-        selected = {s.name for s in specs}
-        known = set(suite.names) if suite is not None else selected
-        # A check left out by -k/--check did not disappear: compare only what ran.
-        kept = tuple(o for o in baseline.outcomes if o.name in selected or o.name not in known)
-        comparison = compare(
-            result,
-            dataclasses.replace(baseline, outcomes=kept),
-            factor=args.regression_factor or DEFAULT_FACTOR,
-        )
-        lines = comparison.lines()
-        print(
-            f"\nbaseline {args.baseline} (regression factor {comparison.factor:g}): "
-            + ("no regressions" if not lines else "")
-        )
-        for line in lines:
-            print(f"  {line}")
-        regressions = comparison.by_check()
-        if comparison.has_regressions:
-            code = max(code, EXIT_MISMATCH)
-    counts = {
-        s: sum(o.status == s for o in outcomes)
-        for s in ("passed", "failed", "error", "aborted", "crashed")
-    }
-    told = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+
+def _compare_with_baseline(
+    args: argparse.Namespace, result: Any, baseline: Any, specs: Sequence[Any], suite: Any
+) -> Any:
+    """Compare with ``--baseline`` (the checks that ran), print the differences, and return
+    the :class:`BaselineComparison`."""
+    import dataclasses
+
+    from .suites.baseline import DEFAULT_FACTOR, compare
+
+    selected = {s.name for s in specs}
+    known = set(suite.names) if suite is not None else selected
+    # A check left out by -k/--check did not disappear: compare only what ran.
+    kept = tuple(o for o in baseline.outcomes if o.name in selected or o.name not in known)
+    comparison = compare(
+        result,
+        dataclasses.replace(baseline, outcomes=kept),
+        factor=args.regression_factor or DEFAULT_FACTOR,
+    )
+    lines = comparison.lines()
+    print(
+        f"\nbaseline {args.baseline} (regression factor {comparison.factor:g}): "
+        + ("no regressions" if not lines else "")
+    )
+    for line in lines:
+        print(f"  {line}")
+    return comparison
+
+
+def _print_verdict(result: Any, code: int, regressions: dict[str, list[str]]) -> None:
+    """The count of each status, the exit code, and a command reproducing each failing check."""
+    told = ", ".join(f"{n} {s}" for s, n in result.counts.items() if n)
     print(f"\n{told} — exit code {code}")
-    failing = [o for o in outcomes if o.status != "passed" or o.name in regressions]
+    failing = [o for o in result.outcomes if o.status != "passed" or o.name in regressions]
     if failing:
         print("reproduce:")
         for o in failing:
             print(f"  {o.name}: {o.reproduce}")
+
+
+def _write_outputs(
+    args: argparse.Namespace, result: Any, code: int, regressions: dict[str, list[str]]
+) -> None:
+    """``--json``, ``--junit`` and ``--plot``."""
     if args.json:
         data = result.to_dict()
         data["exit_code"] = code
@@ -382,17 +406,16 @@ def _run_checks(args: argparse.Namespace) -> int:
     if args.junit:
         from .suites.junit import write_junit
 
-        name = Path(suite_path).stem if suite_path else "gradprobe"
+        name = Path(result.suite).stem if result.suite else "gradprobe"
         write_junit(args.junit, result, name=name, regressions=regressions)
     if args.plot:
         from .report.plot import plot_reports
 
-        reports = {o.name: o.report for o in outcomes if o.report is not None}
+        reports = {o.name: o.report for o in result.outcomes if o.report is not None}
         if reports:
             plot_reports(reports, args.plot)
         else:
             print(f"gradprobe: no report to plot; {args.plot} not written", file=sys.stderr)
-    return code
 
 
 def _outcome_text(outcome: Any, i: int, n: int) -> str:

@@ -17,7 +17,8 @@ Every option of :func:`gradprobe.check` may appear in ``[defaults]`` or a check'
 also takes ``target`` (required), ``args`` and ``isolate`` (run in a worker process, default
 true, so a loss call that never returns can be killed; a check without ``timeout`` is killed
 after ``DEFAULT_TIMEOUT`` = 1 hour). A mistake raises
-:class:`SuiteConfigError` naming the file, the line and key, and the fix.
+:class:`gradprobe.errors.SuiteConfigError` naming the file, the line and key, and the fix.
+Choosing checks by name (``-k``, ``--check``) is :mod:`gradprobe.suites.select`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, SuiteConfigError
 from .problem import check_option_names
 from .targets import Target, parse_target
 
@@ -40,7 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["CheckSpec", "Suite", "SuiteConfigError", "find_suite", "load_suite", "select_checks"]
+__all__ = ["CheckSpec", "Suite", "find_suite", "load_suite"]
 
 SUITE_FILE = "gradprobe.toml"
 #: Keys of a check's table that are not options of gradprobe.check.
@@ -49,10 +50,6 @@ DEFAULT_KEYS = ("isolate",)
 #: Seconds after which an isolated check without its own ``timeout`` is killed (exit code 3):
 #: a loss call that never returns must not hang a nightly job.
 DEFAULT_TIMEOUT = 3600.0
-
-
-class SuiteConfigError(InvalidInputError):
-    """The suite file is not usable; the message names the file, line, key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -337,88 +334,3 @@ def load_suite(path: str | Path | None = None) -> Suite:
             )
         )
     return Suite(path=str(file), checks=tuple(specs))
-
-
-# -- selection ------------------------------------------------------------------------------
-_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
-
-
-def _keyword_matcher(expr: str) -> Any:
-    """Compile a pytest-style ``-k`` expression: substrings joined by and/or/not, parentheses."""
-    tokens = _TOKEN.findall(expr)
-    if not tokens or "".join(tokens) != re.sub(r"\s+", "", expr):
-        raise InvalidInputError(f"-k: cannot parse {expr!r}; write e.g. -k 'mlp and not bug'.")
-    pos = 0
-
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> str:
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
-
-    def parse_or() -> Any:
-        left = parse_and()
-        while peek() == "or":
-            take()
-            right = parse_and()
-            left = (lambda a, b: lambda n: a(n) or b(n))(left, right)
-        return left
-
-    def parse_and() -> Any:
-        left = parse_not()
-        while peek() == "and":
-            take()
-            right = parse_not()
-            left = (lambda a, b: lambda n: a(n) and b(n))(left, right)
-        return left
-
-    def parse_not() -> Any:
-        if peek() == "not":
-            take()
-            inner = parse_not()
-            return lambda n: not inner(n)
-        return parse_atom()
-
-    def parse_atom() -> Any:
-        tok = peek()
-        if tok is None or tok in ("and", "or", ")"):
-            raise InvalidInputError(
-                f"-k: expected a name or '(' in {expr!r}; write e.g. -k 'mlp and not bug'."
-            )
-        take()
-        if tok == "(":
-            inner = parse_or()
-            if peek() != ")":
-                raise InvalidInputError(f"-k: missing ')' in {expr!r}.")
-            take()
-            return inner
-        return lambda n: tok in n
-
-    matcher = parse_or()
-    if pos != len(tokens):
-        raise InvalidInputError(f"-k: unexpected {tokens[pos]!r} in {expr!r}.")
-    return matcher
-
-
-def select_checks(
-    suite: Suite, keyword: str | None = None, names: tuple[str, ...] | list[str] = ()
-) -> tuple[CheckSpec, ...]:
-    """Checks whose names match ``keyword`` (pytest ``-k`` style) and, if given, are in ``names``.
-
-    Raises
-    ------
-    InvalidInputError
-        An unknown name in ``names`` or an unparsable expression.
-    """
-    unknown = [n for n in names if n not in suite.names]
-    if unknown:
-        raise InvalidInputError(
-            f"--check: no check named {unknown} in {suite.path}; checks there: {list(suite.names)}."
-        )
-    chosen = [c for c in suite.checks if not names or c.name in names]
-    if keyword:
-        match = _keyword_matcher(keyword)
-        chosen = [c for c in chosen if match(c.name)]
-    return tuple(chosen)
