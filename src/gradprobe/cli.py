@@ -13,7 +13,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +21,30 @@ from ._version import __version__
 from .api import check
 from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .examples import MLP_BUGS, make_mlp
+from .options import OPTIONS, Option, option_problem
 from .report.text import align_columns
 from .suites.outcome import EXIT_CRASH, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_CRASH", "EXIT_MISMATCH", "EXIT_OK", "EXIT_USAGE", "main"]
 
 
-def _samples_arg(text: str) -> int | float | str:
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'all', an int or a fraction, found {text!r}"
-        ) from None
+#: The options of gradprobe.check that have a --flag (the check subcommand has them all).
+_FLAG_OPTIONS = tuple(o for o in OPTIONS.values() if o.from_text is not None)
 
 
-def _n_jobs(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidInputError(f"--n-jobs: expected an int or 'auto', found {text!r}") from None
+def _flag_type(read: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=`` from an option's ``from_text`` (its ValueError message shown as
+    is; ``int`` and ``float`` keep argparse's own "invalid int value" message)."""
+    if read in (int, float):
+        return read
+
+    def convert(text: str) -> Any:
+        try:
+            return read(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def _arg_pair(text: str) -> tuple[str, Any]:
@@ -62,20 +58,27 @@ def _arg_pair(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _add_check_options(parser: argparse.ArgumentParser, *, seed_default: int | None) -> None:
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=seed_default,
-        help="seed of the sample" + (" (default 0)" if seed_default is not None else ""),
-    )
-    parser.add_argument(
-        "--samples",
-        type=_samples_arg,
-        default=None,
-        help="entries per parameter checked one by one: N, a fraction, or 'all'",
-    )
-    parser.add_argument("--n-jobs", default=None, help="parallel workers, -1 for all cores, 'auto'")
+def _add_check_options(
+    parser: argparse.ArgumentParser,
+    names: Sequence[str],
+    *,
+    seed_default: int | None = None,
+    seed_help: str | None = None,
+) -> None:
+    """Add the ``--flag`` of each named option (help and parsing from gradprobe.options)."""
+    for name in names:
+        option: Option = OPTIONS[name]
+        assert option.from_text is not None, f"{name} has no command-line flag"
+        default, text = None, option.help
+        if name == "seed":
+            default = seed_default
+            if seed_help is not None:
+                text = seed_help
+            elif seed_default is not None:
+                text += f" (default {seed_default})"
+        parser.add_argument(
+            option.flag, type=_flag_type(option.from_text), default=default, help=text
+        )
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="plant a backprop bug: " + "; ".join(f"{k}: {v[0]}" for k, v in MLP_BUGS.items()),
     )
-    _add_check_options(demo, seed_default=0)
+    _add_check_options(demo, ("seed", "samples", "n_jobs"), seed_default=0)
     _add_output_options(demo)
 
     one = sub.add_parser(
@@ -143,9 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="keyword argument for the target function (VALUE parsed as JSON, else a string)",
     )
-    _add_check_options(one, seed_default=None)
-    one.add_argument("--timeout", type=float, default=None, help="seconds before stopping")
-    one.add_argument("--budget", type=int, default=None, help="loss evaluations before stopping")
+    _add_check_options(one, [o.name for o in _FLAG_OPTIONS])
     _add_output_options(one)
     _add_suite_options(one)
 
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run the check with exactly this name (repeatable)",
     )
-    run.add_argument("--seed", type=int, default=None, help="seed for every selected check")
+    _add_check_options(run, ("seed",), seed_help="seed for every selected check")
     _add_output_options(run)
     _add_suite_options(run)
     return parser
@@ -181,14 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_demo(args: argparse.Namespace) -> int:
     model = make_mlp(bug=args.bug)
     print(f"model: {model.name}")
-    report = check(
-        model.loss,
-        model.grad,
-        model.params,
-        seed=args.seed,
-        samples=args.samples,
-        n_jobs=_n_jobs(args.n_jobs or "1"),
-    )
+    report = check(model.loss, model.grad, model.params, **_cli_options(args))
     print(report)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
@@ -208,16 +202,17 @@ def _quote_path(path: str) -> str:
 
 
 def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given as flags, checked by gradprobe.check's own validator (a bad value
+    stops before anything runs, naming the flag)."""
     options: dict[str, Any] = {}
-    if args.seed is not None:
-        if args.seed < 0:
-            raise InvalidInputError(f"--seed: expected an int >= 0, found {args.seed}.")
-        options["seed"] = args.seed
-    for key in ("samples", "timeout", "budget"):
-        if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
-    if getattr(args, "n_jobs", None) is not None:
-        options["n_jobs"] = _n_jobs(args.n_jobs)
+    for option in _FLAG_OPTIONS:
+        value = getattr(args, option.name, None)
+        if value is None:
+            continue
+        problem = option_problem(option.name, value)
+        if problem is not None:
+            raise InvalidInputError(f"{option.flag}: {problem}.")
+        options[option.name] = value
     return options
 
 
@@ -273,10 +268,10 @@ def _reproduce(args: argparse.Namespace, outcome: Any, suite: Any) -> str:
             text = value if isinstance(value, str) else json.dumps(value)
             parts += ["--arg", shlex.quote(f"{key}={text}")]
     parts += ["--seed", str(outcome.seed)]
-    for flag in ("samples", "n_jobs", "timeout", "budget"):
-        value = getattr(args, flag, None)
-        if value is not None:
-            parts += [f"--{flag.replace('_', '-')}", shlex.quote(str(value))]
+    for option in _FLAG_OPTIONS:
+        value = getattr(args, option.name, None)
+        if option.name != "seed" and value is not None:
+            parts += [option.flag, shlex.quote(str(value))]
     if args.no_isolate:
         parts.append("--no-isolate")
     return " ".join(parts)

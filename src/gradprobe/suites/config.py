@@ -13,17 +13,17 @@ The file's shape::
     args = { bug = "sign" }            # keyword arguments of the target function
     budget = 5000                      # loss evaluations
 
-Every option of :func:`gradprobe.check` may appear in ``[defaults]`` or a check's table; a check
-also takes ``target`` (required), ``args`` and ``isolate`` (run in a worker process, default
-true, so a loss call that never returns can be killed; a check without ``timeout`` is killed
-after ``DEFAULT_TIMEOUT`` = 1 hour). A mistake raises
-:class:`gradprobe.errors.SuiteConfigError` naming the file, the line and key, and the fix.
+Every option of :func:`gradprobe.check` but the ``progress`` callback may appear in
+``[defaults]`` or a check's table (:data:`gradprobe.options.SUITE_KEYS`), its value checked by
+the same validator as ``check``'s. A check also takes ``target`` (required), ``args`` and
+``isolate`` (run in a worker process, default true, so a loss call that never returns can be
+killed; a check without ``timeout`` is killed after ``DEFAULT_TIMEOUT`` = 1 hour). A mistake
+raises :class:`gradprobe.errors.SuiteConfigError` naming the file, the line and key, and the fix.
 Choosing checks by name (``-k``, ``--check``) is :mod:`gradprobe.suites.select`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 from collections.abc import Mapping
@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import InvalidInputError, SuiteConfigError
-from .problem import check_option_names
+from ..options import OPTIONS, SUITE_KEYS, option_problem
 from .targets import Target, parse_target
 
 if sys.version_info >= (3, 11):
@@ -141,49 +141,12 @@ class _Source:
 
 
 # -- values ---------------------------------------------------------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _sample_ok(v: Any) -> bool:
-    if v == "all":
-        return True
-    if _is_int(v):
-        return v >= 1
-    if isinstance(v, float):
-        return 0.0 < v <= 1.0
-    return False
-
-
 def _value_problem(key: str, v: Any) -> tuple[str, str] | None:
-    """(problem, fix) when a known option has a value of the wrong kind, else None."""
-    if key == "seed" and not (_is_int(v) and v >= 0):
-        return f"expected an int >= 0, found {v!r}", "write e.g. seed = 0"
-    if key == "samples":
-        ok = _sample_ok(v) or (isinstance(v, dict) and all(_sample_ok(x) for x in v.values()))
-        if not ok:
-            return (
-                f'expected an int >= 1, a fraction in (0, 1], "all" or a table of those by '
-                f"parameter name, found {v!r}",
-                'write e.g. samples = 64, samples = 0.1, samples = "all" or samples = { W1 = 32 }',
-            )
-    if key == "n_jobs" and not ((_is_int(v) and v != 0) or v == "auto"):
-        return f'expected a nonzero int or "auto", found {v!r}', "write e.g. n_jobs = 2 or -1"
-    if key == "timeout" and not (_is_number(v) and v > 0):
-        return f"expected seconds > 0, found {v!r}", "write e.g. timeout = 60"
-    if key == "budget" and not (_is_int(v) and v >= 1):
-        return (
-            f"expected an int >= 1 (loss evaluations), found {v!r}",
-            "write e.g. budget = 10000",
-        )
-    if key in ("eps", "rtol") and not (_is_number(v) and v > 0):
-        return f"expected a number > 0, found {v!r}", f"write e.g. {key} = 1e-5"
-    if key == "atol" and not (_is_number(v) and v >= 0):
-        return f"expected a number >= 0, found {v!r}", "write e.g. atol = 0.0"
+    """(problem, fix) when a key has a value of the wrong kind, else None. Options of
+    gradprobe.check are judged by its own validator (gradprobe.options)."""
+    if key in OPTIONS:
+        problem = option_problem(key, v)
+        return None if problem is None else (problem, f"write e.g. {OPTIONS[key].toml_example}")
     if key == "isolate" and not isinstance(v, bool):
         return f"expected true or false, found {v!r}", "write isolate = true"
     if key == "args" and not isinstance(v, dict):
@@ -201,8 +164,7 @@ def _check_table(
         raise src.error(
             table, None, f"expected a table, found {values!r}", f"write it as [{table}]"
         )
-    options = check_option_names()
-    allowed = (*allowed_extra, *options)
+    allowed = (*allowed_extra, *SUITE_KEYS)
     for key, v in values.items():
         if key not in allowed:
             raise src.error(
