@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.errors import InvalidInputError
-from gradprobe.suites.config import SuiteConfigError, load_suite, select_checks
+from gradprobe.errors import InvalidInputError, SuiteConfigError
+from gradprobe.suites.config import load_suite
 from gradprobe.suites.problem import Problem
 from gradprobe.suites.runner import run_check
+from gradprobe.suites.select import select_checks
 from gradprobe.suites.targets import parse_target
 
 from .suite_helpers import write_models, write_suite
@@ -95,11 +96,16 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
     ("old", "new", "line", "key"),
     [
         ("seed = 1", "seed = -1", 3, "seed"),
-        ("samples = 4", "samples = 0", 4, "samples"),
+        ("samples = 4", "samples = -1", 4, "samples"),
         ("timeout = 30", 'timeout = "soon"', 5, "timeout"),
         ("budget = 500", "budget = 2.5", 14, "budget"),
         ("isolate = false", 'isolate = "no"', 18, "isolate"),
         ("args = { scale = 3.0 }", "args = 3", 12, "args"),
+        # Every option of gradprobe.check is judged by check's own validator.
+        ("budget = 500", 'budget = 500\nmethod = "backward"', 15, "method"),
+        ("seed = 1", "seed = 1\nprobes = -2", 4, "probes"),
+        ("samples = 4", "samples = { x = 1.5 }", 4, "samples"),
+        ("timeout = 30", "timeout = 30\nn_jobs = 0", 6, "n_jobs"),
     ],
 )
 def test_bad_values_name_line_key_and_fix(tmp_path, old, new, line, key):

@@ -22,7 +22,7 @@ from .errors import (
     LossEvaluationError,
     NondeterministicLossError,
 )
-from .report.model import Coverage, Diagnosis, EntryCheck, ParamReport, Report
+from .report import Coverage, Diagnosis, EntryCheck, ParamReport, Report
 from .suites.problem import Problem
 
 if TYPE_CHECKING:

@@ -8,8 +8,7 @@ and assemble the report. Each step lives in the module named for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,110 +18,25 @@ from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
-from .checking.probes import DEFAULT_PROBES
 from .checking.verdict import build_report, passes
 from .errors import GradCheckError, InvalidInputError
-from .evaluate import Evaluator, make_evaluator
+from .evaluate import make_evaluator
 from .evaluate.watchdog import hard_deadline
-from .layout import (
-    ParamLayout,
-    SampleSpec,
-    normalize_params,
-    promote_to_float64,
-    validate_callable,
-    validate_positive,
-    validate_samples,
-)
+from .layout import ParamLayout, normalize_params, promote_to_float64, validate_callable
 from .numerics import kernels
-from .numerics.steps import METHODS, default_relative_step
+from .numerics.steps import default_relative_step
 from .numerics.tolerances import loss_epsilon, tolerance_for
+from .options import (
+    DEFAULT_PROBES,
+    DEFAULT_SAMPLES,
+    CheckOptions,
+    SampleSpec,
+    settings,
+    validate_options,
+)
 from .report.model import Diagnosis, Report
 
 __all__ = ["DEFAULT_SAMPLES", "check"]
-
-#: Parameters with at most this many entries are checked in full by default; larger ones get
-#: this many entries checked one by one (2 loss evaluations each).
-DEFAULT_SAMPLES = 512
-
-
-@dataclass(frozen=True)
-class CheckOptions:
-    """Validated options of one check."""
-
-    seed: int
-    samples: Mapping[str, SampleSpec]
-    eps: float | None
-    rtol: float | None
-    atol: float | None
-    method: str
-    n_jobs: Any
-    timeout: float | None
-    budget: int | None
-    probes: int = DEFAULT_PROBES
-    slice_probes: bool = False
-
-
-def _validate_options(
-    layout: ParamLayout,
-    *,
-    seed: Any,
-    samples: Any,
-    eps: Any,
-    rtol: Any,
-    atol: Any,
-    method: Any,
-    n_jobs: Any,
-    timeout: Any,
-    budget: Any,
-) -> CheckOptions:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInputError(f"seed: expected an int >= 0, found {seed!r}.")
-    if method not in METHODS:
-        raise InvalidInputError(f"method: expected one of {list(METHODS)}, found {method!r}.")
-    if atol is not None:
-        if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
-            raise InvalidInputError(f"atol: expected a number >= 0, found {atol!r}.")
-        atol = float(atol)
-    if n_jobs != "auto" and (
-        isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0
-    ):
-        raise InvalidInputError(
-            f"n_jobs: expected a nonzero int (-1 = all cores) or 'auto', found {n_jobs!r}."
-        )
-    if budget is not None and (
-        isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1
-    ):
-        raise InvalidInputError(
-            f"budget: expected an int >= 1 (loss evaluations), found {budget!r}."
-        )
-    return CheckOptions(
-        seed=int(seed),
-        samples=validate_samples(samples, layout.names),
-        eps=validate_positive("eps", eps),
-        rtol=validate_positive("rtol", rtol),
-        atol=atol,
-        method=method,
-        n_jobs=n_jobs,
-        timeout=validate_positive("timeout", timeout),
-        budget=None if budget is None else int(budget),
-    )
-
-
-def _validate_probe_options(probes: Any, slice_probes: Any) -> dict[str, Any]:
-    if probes is False:
-        probes = 0
-    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 0:
-        raise InvalidInputError(
-            f"probes: expected an int >= 0 (random directions per parameter) or False, found "
-            f"{probes!r}."
-        )
-    if not isinstance(slice_probes, (bool, np.bool_)):
-        raise InvalidInputError(f"slice_probes: expected True or False, found {slice_probes!r}.")
-    if slice_probes and not probes:
-        raise InvalidInputError(
-            "slice_probes: True needs probes; found probes=0. Pass probes=1 or more."
-        )
-    return {"probes": int(probes), "slice_probes": bool(slice_probes)}
 
 
 def _default_sample(n_total: int) -> int:
@@ -241,14 +155,8 @@ def check(
     start = time.perf_counter()
     validate_callable("loss", loss)
     layout, base = normalize_params(params)
-    for name, flag in (("promote", promote), ("batched", batched)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise InvalidInputError(f"{name}: expected True or False, found {flag!r}.")
-    promoted: list[str] = []
-    if promote:
-        layout, base, promoted = promote_to_float64(layout, base)
-    options = _validate_options(
-        layout,
+    options = validate_options(
+        layout.names,
         seed=seed,
         samples=samples,
         eps=eps,
@@ -256,10 +164,17 @@ def check(
         atol=atol,
         method=method,
         n_jobs=n_jobs,
+        batched=batched,
         timeout=timeout,
         budget=budget,
+        progress=progress,
+        promote=promote,
+        probes=probes,
+        slice_probes=slice_probes,
     )
-    options = replace(options, **_validate_probe_options(probes, slice_probes))
+    promoted: list[str] = []
+    if options.promote:
+        layout, base, promoted = promote_to_float64(layout, base)
     warnings = _dtype_warnings(layout)
     if promoted:
         warnings.append(
@@ -302,7 +217,7 @@ def check(
             passed=all_passed,
             warnings=tuple(warnings),
             seed=options.seed,
-            settings={**_settings(options, evaluator), **noise_info},
+            settings={**settings(options, evaluator.executor), **noise_info},
             n_evaluations=evaluator.n_evaluations,
             timings=timings,
             complete=complete,
@@ -400,26 +315,3 @@ def _dtype_warnings(layout: ParamLayout) -> list[str]:
         "resolve only ~3 significant digits, so tolerances are loosened; check in float64 when "
         "the loss allows it (check(..., promote=True) casts them for the check)."
     ]
-
-
-def _settings(options: CheckOptions, evaluator: Evaluator) -> dict[str, Any]:
-    def spec(s: SampleSpec) -> Any:
-        if s.mode == "default":
-            return f"default (all up to {DEFAULT_SAMPLES}, else {DEFAULT_SAMPLES})"
-        if s.mode == "all":
-            return "all"
-        return int(s.value) if s.mode == "count" else s.value
-
-    return {
-        "method": options.method,
-        "eps": options.eps,
-        "rtol": options.rtol,
-        "atol": options.atol,
-        "samples": {k: spec(v) for k, v in options.samples.items()},
-        "n_jobs": options.n_jobs,
-        "executor": evaluator.executor,
-        "timeout": options.timeout,
-        "budget": options.budget,
-        "probes": options.probes,
-        "slice_probes": options.slice_probes,
-    }

@@ -13,7 +13,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +21,30 @@ from ._version import __version__
 from .api import check
 from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .examples import MLP_BUGS, make_mlp
+from .options import OPTIONS, Option, option_problem
+from .report.text import align_columns
+from .suites.outcome import EXIT_CRASH, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_CRASH", "EXIT_MISMATCH", "EXIT_OK", "EXIT_USAGE", "main"]
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
+
+#: The options of gradprobe.check that have a --flag (the check subcommand has them all).
+_FLAG_OPTIONS = tuple(o for o in OPTIONS.values() if o.from_text is not None)
 
 
-def _samples_arg(text: str) -> int | float | str:
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'all', an int or a fraction, found {text!r}"
-        ) from None
+def _flag_type(read: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=`` from an option's ``from_text`` (its ValueError message shown as
+    is; ``int`` and ``float`` keep argparse's own "invalid int value" message)."""
+    if read in (int, float):
+        return read
 
+    def convert(text: str) -> Any:
+        try:
+            return read(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-def _n_jobs(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidInputError(f"--n-jobs: expected an int or 'auto', found {text!r}") from None
+    return convert
 
 
 def _arg_pair(text: str) -> tuple[str, Any]:
@@ -62,20 +58,27 @@ def _arg_pair(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _add_check_options(parser: argparse.ArgumentParser, *, seed_default: int | None) -> None:
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=seed_default,
-        help="seed of the sample" + (" (default 0)" if seed_default is not None else ""),
-    )
-    parser.add_argument(
-        "--samples",
-        type=_samples_arg,
-        default=None,
-        help="entries per parameter checked one by one: N, a fraction, or 'all'",
-    )
-    parser.add_argument("--n-jobs", default=None, help="parallel workers, -1 for all cores, 'auto'")
+def _add_check_options(
+    parser: argparse.ArgumentParser,
+    names: Sequence[str],
+    *,
+    seed_default: int | None = None,
+    seed_help: str | None = None,
+) -> None:
+    """Add the ``--flag`` of each named option (help and parsing from gradprobe.options)."""
+    for name in names:
+        option: Option = OPTIONS[name]
+        assert option.from_text is not None, f"{name} has no command-line flag"
+        default, text = None, option.help
+        if name == "seed":
+            default = seed_default
+            if seed_help is not None:
+                text = seed_help
+            elif seed_default is not None:
+                text += f" (default {seed_default})"
+        parser.add_argument(
+            option.flag, type=_flag_type(option.from_text), default=default, help=text
+        )
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="plant a backprop bug: " + "; ".join(f"{k}: {v[0]}" for k, v in MLP_BUGS.items()),
     )
-    _add_check_options(demo, seed_default=0)
+    _add_check_options(demo, ("seed", "samples", "n_jobs"), seed_default=0)
     _add_output_options(demo)
 
     one = sub.add_parser(
@@ -143,9 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="keyword argument for the target function (VALUE parsed as JSON, else a string)",
     )
-    _add_check_options(one, seed_default=None)
-    one.add_argument("--timeout", type=float, default=None, help="seconds before stopping")
-    one.add_argument("--budget", type=int, default=None, help="loss evaluations before stopping")
+    _add_check_options(one, [o.name for o in _FLAG_OPTIONS])
     _add_output_options(one)
     _add_suite_options(one)
 
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run the check with exactly this name (repeatable)",
     )
-    run.add_argument("--seed", type=int, default=None, help="seed for every selected check")
+    _add_check_options(run, ("seed",), seed_help="seed for every selected check")
     _add_output_options(run)
     _add_suite_options(run)
     return parser
@@ -181,14 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_demo(args: argparse.Namespace) -> int:
     model = make_mlp(bug=args.bug)
     print(f"model: {model.name}")
-    report = check(
-        model.loss,
-        model.grad,
-        model.params,
-        seed=args.seed,
-        samples=args.samples,
-        n_jobs=_n_jobs(args.n_jobs or "1"),
-    )
+    report = check(model.loss, model.grad, model.params, **_cli_options(args))
     print(report)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
@@ -208,20 +202,21 @@ def _quote_path(path: str) -> str:
 
 
 def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given as flags, checked by gradprobe.check's own validator (a bad value
+    stops before anything runs, naming the flag)."""
     options: dict[str, Any] = {}
-    if args.seed is not None:
-        if args.seed < 0:
-            raise InvalidInputError(f"--seed: expected an int >= 0, found {args.seed}.")
-        options["seed"] = args.seed
-    for key in ("samples", "timeout", "budget"):
-        if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
-    if getattr(args, "n_jobs", None) is not None:
-        options["n_jobs"] = _n_jobs(args.n_jobs)
+    for option in _FLAG_OPTIONS:
+        value = getattr(args, option.name, None)
+        if value is None:
+            continue
+        problem = option_problem(option.name, value)
+        if problem is not None:
+            raise InvalidInputError(f"{option.flag}: {problem}.")
+        options[option.name] = value
     return options
 
 
-def _specs_for_check(args: argparse.Namespace) -> tuple[list[Any], str]:
+def _specs_for_check(args: argparse.Namespace) -> list[Any]:
     from .suites.config import CheckSpec
     from .suites.targets import parse_target
 
@@ -235,13 +230,14 @@ def _specs_for_check(args: argparse.Namespace) -> tuple[list[Any], str]:
         options=options,
         isolate=not args.no_isolate,
     )
-    return [spec], target.text
+    return [spec]
 
 
 def _specs_for_run(args: argparse.Namespace) -> tuple[list[Any], Any]:
     import dataclasses
 
-    from .suites.config import load_suite, select_checks
+    from .suites.config import load_suite
+    from .suites.select import select_checks
 
     suite = load_suite(args.suite)
     chosen = select_checks(suite, args.keyword, args.names)
@@ -272,18 +268,17 @@ def _reproduce(args: argparse.Namespace, outcome: Any, suite: Any) -> str:
             text = value if isinstance(value, str) else json.dumps(value)
             parts += ["--arg", shlex.quote(f"{key}={text}")]
     parts += ["--seed", str(outcome.seed)]
-    for flag in ("samples", "n_jobs", "timeout", "budget"):
-        value = getattr(args, flag, None)
-        if value is not None:
-            parts += [f"--{flag.replace('_', '-')}", shlex.quote(str(value))]
+    for option in _FLAG_OPTIONS:
+        value = getattr(args, option.name, None)
+        if option.name != "seed" and value is not None:
+            parts += [option.flag, shlex.quote(str(value))]
     if args.no_isolate:
         parts.append("--no-isolate")
     return " ".join(parts)
 
 
 def _summary_rows(outcomes: Sequence[Any]) -> str:
-    header = ("check", "status", "max rel err", "evaluations", "time")
-    rows = [header]
+    rows = [("check", "status", "max rel err", "evaluations", "time")]
     for o in outcomes:
         r = o.report
         if r is not None and r.params:
@@ -297,31 +292,43 @@ def _summary_rows(outcomes: Sequence[Any]) -> str:
             status += " (partial)"
         evals = f"{r.n_evaluations:,}" if r is not None else "-"
         rows.append((o.name, status, mre, evals, f"{o.duration:.2f} s"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return align_columns(rows)
 
 
 def _run_checks(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from .suites.progress import ProgressDisplay, progress_wanted
-    from .suites.runner import SuiteResult, now_iso, run_check, versions
-
+    """``gradprobe check`` and ``gradprobe run``: run, print, compare, write the outputs."""
     if args.command == "run":
         specs, suite = _specs_for_run(args)
-        suite_path = suite.path
         label = f"suite {_quote_path(suite.path)}"
     else:
-        specs, _ = _specs_for_check(args)
-        suite, suite_path, label = None, None, f"target {args.target}"
+        specs, suite = _specs_for_check(args), None
+        label = f"target {args.target}"
     baseline = None
     if args.baseline:
         from .suites.baseline import load_baseline
 
         baseline = load_baseline(args.baseline)  # fail early (exit 2) on a bad file
+    result = _run_specs(args, specs, suite, label)
+    code = result.exit_code
+    print("\nsummary:\n" + _summary_rows(result.outcomes))
+    regressions: dict[str, list[str]] = {}
+    if baseline is not None:
+        comparison = _compare_with_baseline(args, result, baseline, specs, suite)
+        regressions = comparison.by_check()
+        if comparison.has_regressions:
+            code = max(code, EXIT_MISMATCH)
+    _print_verdict(result, code, regressions)
+    _write_outputs(args, result, code, regressions)
+    return code
+
+
+def _run_specs(args: argparse.Namespace, specs: Sequence[Any], suite: Any, label: str) -> Any:
+    """Run each check under a progress bar, printing each outcome; the :class:`SuiteResult`."""
+    import dataclasses
+
+    from .suites.progress import ProgressDisplay, progress_wanted
+    from .suites.runner import SuiteResult, now_iso, run_check, versions
+
     vers = versions()
     print(
         f"gradprobe {vers['gradprobe']} · python {vers['python']} · numpy {vers['numpy']} · "
@@ -336,45 +343,57 @@ def _run_checks(args: argparse.Namespace) -> int:
             outcomes.append(outcome)
             if not args.quiet:
                 bar.print(_outcome_text(outcome, i, len(specs)))
-    result = SuiteResult(
-        outcomes=tuple(outcomes), suite=suite_path, versions=vers, created=now_iso()
+    return SuiteResult(
+        outcomes=tuple(outcomes),
+        suite=None if suite is None else suite.path,
+        versions=vers,
+        created=now_iso(),
     )
-    code = result.exit_code
-    regressions: dict[str, list[str]] = {}
-    print("\nsummary:\n" + _summary_rows(outcomes))
-    if baseline is not None:
-        from .suites.baseline import DEFAULT_FACTOR, compare
 
-        selected = {s.name for s in specs}
-        known = set(suite.names) if suite is not None else selected
-        # A check left out by -k/--check did not disappear: compare only what ran.
-        kept = tuple(o for o in baseline.outcomes if o.name in selected or o.name not in known)
-        comparison = compare(
-            result,
-            dataclasses.replace(baseline, outcomes=kept),
-            factor=args.regression_factor or DEFAULT_FACTOR,
-        )
-        lines = comparison.lines()
-        print(
-            f"\nbaseline {args.baseline} (regression factor {comparison.factor:g}): "
-            + ("no regressions" if not lines else "")
-        )
-        for line in lines:
-            print(f"  {line}")
-        regressions = comparison.by_check()
-        if comparison.has_regressions:
-            code = max(code, EXIT_MISMATCH)
-    counts = {
-        s: sum(o.status == s for o in outcomes)
-        for s in ("passed", "failed", "error", "aborted", "crashed")
-    }
-    told = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+
+def _compare_with_baseline(
+    args: argparse.Namespace, result: Any, baseline: Any, specs: Sequence[Any], suite: Any
+) -> Any:
+    """Compare with ``--baseline`` (the checks that ran), print the differences, and return
+    the :class:`BaselineComparison`."""
+    import dataclasses
+
+    from .suites.baseline import DEFAULT_FACTOR, compare
+
+    selected = {s.name for s in specs}
+    known = set(suite.names) if suite is not None else selected
+    # A check left out by -k/--check did not disappear: compare only what ran.
+    kept = tuple(o for o in baseline.outcomes if o.name in selected or o.name not in known)
+    comparison = compare(
+        result,
+        dataclasses.replace(baseline, outcomes=kept),
+        factor=args.regression_factor or DEFAULT_FACTOR,
+    )
+    lines = comparison.lines()
+    print(
+        f"\nbaseline {args.baseline} (regression factor {comparison.factor:g}): "
+        + ("no regressions" if not lines else "")
+    )
+    for line in lines:
+        print(f"  {line}")
+    return comparison
+
+
+def _print_verdict(result: Any, code: int, regressions: dict[str, list[str]]) -> None:
+    """The count of each status, the exit code, and a command reproducing each failing check."""
+    told = ", ".join(f"{n} {s}" for s, n in result.counts.items() if n)
     print(f"\n{told} — exit code {code}")
-    failing = [o for o in outcomes if o.status != "passed" or o.name in regressions]
+    failing = [o for o in result.outcomes if o.status != "passed" or o.name in regressions]
     if failing:
         print("reproduce:")
         for o in failing:
             print(f"  {o.name}: {o.reproduce}")
+
+
+def _write_outputs(
+    args: argparse.Namespace, result: Any, code: int, regressions: dict[str, list[str]]
+) -> None:
+    """``--json``, ``--junit`` and ``--plot``."""
     if args.json:
         data = result.to_dict()
         data["exit_code"] = code
@@ -382,17 +401,16 @@ def _run_checks(args: argparse.Namespace) -> int:
     if args.junit:
         from .suites.junit import write_junit
 
-        name = Path(suite_path).stem if suite_path else "gradprobe"
+        name = Path(result.suite).stem if result.suite else "gradprobe"
         write_junit(args.junit, result, name=name, regressions=regressions)
     if args.plot:
         from .report.plot import plot_reports
 
-        reports = {o.name: o.report for o in outcomes if o.report is not None}
+        reports = {o.name: o.report for o in result.outcomes if o.report is not None}
         if reports:
             plot_reports(reports, args.plot)
         else:
             print(f"gradprobe: no report to plot; {args.plot} not written", file=sys.stderr)
-    return code
 
 
 def _outcome_text(outcome: Any, i: int, n: int) -> str:

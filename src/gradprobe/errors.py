@@ -1,8 +1,20 @@
 """Exceptions raised by gradprobe.
 
-Every exception derives from :class:`GradCheckError`. Errors raised after some work was done
-carry it as ``partial_report`` (a :class:`gradprobe.report.Report` marked incomplete), so a
-nightly job keeps the evidence gathered before the failure.
+The tree::
+
+    GradCheckError                    base of everything gradprobe raises; .partial_report
+    ├── InvalidInputError             (also ValueError) a bad argument, input or option
+    │   └── SuiteConfigError          a suite file (gradprobe.toml, [tool.gradprobe]) is unusable
+    ├── GradientMismatchError         (also AssertionError) Report.raise_for_failures,
+    │                                 testing.assert_gradients_ok; .report
+    ├── NondeterministicLossError     the loss or grad returned different values for the same input
+    ├── LossEvaluationError           the loss or grad raised, or returned something unusable;
+    │                                 .param, .index
+    └── CheckAborted                  a time limit or evaluation budget ran out; .reason
+
+Errors raised after some work was done carry it as ``partial_report`` (a
+:class:`gradprobe.report.Report` marked incomplete), so a nightly job keeps the evidence gathered
+before the failure.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ __all__ = [
     "InvalidInputError",
     "LossEvaluationError",
     "NondeterministicLossError",
+    "SuiteConfigError",
 ]
 
 
@@ -35,6 +48,10 @@ class GradCheckError(Exception):
 
 class InvalidInputError(GradCheckError, ValueError):
     """An argument of a public function is not usable; the message names it and the fix."""
+
+
+class SuiteConfigError(InvalidInputError):
+    """The suite file is not usable; the message names the file, line, key and the fix."""
 
 
 class GradientMismatchError(GradCheckError, AssertionError):
@@ -80,10 +97,11 @@ class LossEvaluationError(GradCheckError):
 
 
 class CheckAborted(GradCheckError):
-    """The check stopped early: a time limit, an evaluation budget or an interrupt.
+    """The check stopped early: its time limit or its evaluation budget ran out.
 
-    ``partial_report`` holds what was finished. ``reason`` is ``"timeout"``, ``"budget"`` or
-    ``"interrupt"``.
+    ``partial_report`` holds what was finished. ``reason`` is ``"timeout"`` or ``"budget"``.
+    (Ctrl-C is not turned into this error: ``KeyboardInterrupt`` propagates, with the partial
+    report attached as its ``partial_report`` attribute.)
     """
 
     def __init__(self, message: str, *, reason: str, partial_report: Any = None) -> None:

@@ -19,14 +19,11 @@ from .errors import InvalidInputError
 
 __all__ = [
     "ParamLayout",
-    "SampleSpec",
     "as_scalar_loss",
     "normalize_gradient",
     "normalize_params",
     "promote_to_float64",
     "unravel",
-    "validate_positive",
-    "validate_samples",
 ]
 
 FLOAT_KINDS = ("f",)
@@ -262,79 +259,6 @@ def validate_callable(name: str, value: Any) -> Callable[..., Any]:
             f"{type(value).__name__}."
         )
     return value
-
-
-def validate_positive(name: str, value: Any, *, allow_none: bool = True) -> float | None:
-    """A finite positive real, or None when allowed."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidInputError(
-            f"{name}: expected a positive number, found {value!r} ({type(value).__name__})."
-        )
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidInputError(f"{name}: expected a finite number > 0, found {value!r}.")
-    return value
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """A validated per-parameter sample request: ``"all"``, a count or a fraction."""
-
-    mode: str  # "all", "count", "fraction", "default"
-    value: float = 0.0
-
-    def resolve(self, n_total: int, default: SampleSpec) -> int:
-        """How many entries to check one by one for a parameter of ``n_total`` entries."""
-        spec = default if self.mode == "default" else self
-        if spec.mode == "all":
-            return n_total
-        if spec.mode == "count":
-            return min(n_total, int(spec.value))
-        if spec.mode == "fraction":
-            return min(n_total, max(1, math.ceil(spec.value * n_total)))
-        raise AssertionError(f"unresolved sample mode {spec.mode!r}")
-
-
-def _parse_one_sample(value: Any, where: str) -> SampleSpec:
-    if value is None:
-        return SampleSpec("default")
-    if isinstance(value, str):
-        if value == "all":
-            return SampleSpec("all")
-        raise InvalidInputError(
-            f"{where}: expected 'all', an int >= 1 or a fraction in (0, 1], found {value!r}."
-        )
-    if isinstance(value, bool):
-        raise InvalidInputError(f"{where}: expected an int or a fraction, found {value!r}.")
-    if isinstance(value, numbers.Integral):
-        if value < 0:
-            raise InvalidInputError(f"{where}: expected an int >= 0, found {value}.")
-        return SampleSpec("count", float(value))
-    if isinstance(value, numbers.Real):
-        if not (0.0 < float(value) <= 1.0):
-            raise InvalidInputError(
-                f"{where}: expected a fraction in (0, 1], found {value!r}; pass an int for a "
-                "number of entries."
-            )
-        return SampleSpec("fraction", float(value))
-    raise InvalidInputError(
-        f"{where}: expected 'all', an int or a fraction, found {type(value).__name__}."
-    )
-
-
-def validate_samples(samples: Any, names: Sequence[str]) -> dict[str, SampleSpec]:
-    """Turn ``samples=`` into one :class:`SampleSpec` per parameter name."""
-    if isinstance(samples, Mapping):
-        unknown = [k for k in samples if k not in names]
-        if unknown:
-            raise InvalidInputError(
-                f"samples: unknown parameter names {unknown}; expected some of {list(names)}."
-            )
-        return {n: _parse_one_sample(samples.get(n), f"samples[{n!r}]") for n in names}
-    spec = _parse_one_sample(samples, "samples")
-    return dict.fromkeys(names, spec)
 
 
 def unravel(flat: int | np.integer, shape: Sequence[int]) -> tuple[int, ...]:

@@ -23,8 +23,9 @@ from .checking.preflight import analytic_gradient
 from .errors import InvalidInputError
 from .evaluate import make_evaluator
 from .layout import normalize_params, unravel, validate_callable
-from .numerics.steps import METHODS, default_relative_step
+from .numerics.steps import default_relative_step
 from .numerics.tolerances import Tolerance, loss_epsilon, tolerance_for
+from .options import check_option
 
 __all__ = ["SweepResult", "sweep"]
 
@@ -167,8 +168,7 @@ def sweep(
     """
     validate_callable("loss", loss)
     layout, base = normalize_params(params)
-    if method not in METHODS:
-        raise InvalidInputError(f"method: expected one of {list(METHODS)}, found {method!r}.")
+    method = check_option("method", method)
     if isinstance(entries, bool) or not isinstance(entries, (int, np.integer)) or entries < 1:
         raise InvalidInputError(f"entries: expected an int >= 1, found {entries!r}.")
     wanted = [param] if isinstance(param, str) else list(param or layout.names)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import GradientMismatchError
+from .report.text import failure_message
 
 if TYPE_CHECKING:
     from .report.model import Report
@@ -62,14 +63,10 @@ def assert_gradients_ok(
     report = check(loss, grad, params, **options)
     if report.passed:
         return report
-    lines = [
-        "Gradients not equal to finite differences",
-        "",
-        report.summary_line(),
-        "",
-        report.table(),
-    ]
-    for p in report.failures:
-        lines += ["", p.failure_text()]
-    lines += ["", f"Reproduce with seed={report.seed} (pytest --gradprobe-seed {report.seed})."]
-    raise GradientMismatchError("\n".join(lines), report=report)
+    message = failure_message(
+        report,
+        title="Gradients not equal to finite differences",
+        table=True,
+        footer=f"Reproduce with seed={report.seed} (pytest --gradprobe-seed {report.seed}).",
+    )
+    raise GradientMismatchError(message, report=report)

@@ -40,14 +40,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..options import DEFAULT_PROBES
 from .context import ParamCheck
 from .entries import EntryResults, evaluate_entries
 from .prober import Probe, Prober, choose_step, random_directions
 
-__all__ = ["DEFAULT_PROBES", "ProbeOutcome", "run_probes"]
-
-#: Random directions probed per parameter by default.
-DEFAULT_PROBES = 2
+__all__ = ["ProbeOutcome", "run_probes"]
 
 #: Bisection levels at which "every half fails" means widespread.
 WIDESPREAD_DEPTH = 2

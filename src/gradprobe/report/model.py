@@ -1,8 +1,9 @@
 """The result of a check: frozen dataclasses a person reads in seconds and a machine parses.
 
-``str(report)`` is a per-parameter table followed, for each failing parameter, by its worst
-entries in the style of ``numpy.testing.assert_allclose``. ``to_dict``/``to_json`` give a stable,
-versioned schema; ``Report.from_dict`` reads it back.
+``to_dict``/``to_json`` give a stable, versioned schema; ``Report.from_dict`` reads it back.
+The text (``str(report)``, the table, the ``numpy.testing``-style failure blocks) is written by
+:mod:`gradprobe.report.text` and the pictures by :mod:`gradprobe.report.plot`; the methods here
+only delegate to them.
 """
 
 from __future__ import annotations
@@ -17,30 +18,24 @@ from typing import Any
 import numpy as np
 
 from ..errors import GradientMismatchError
+from . import text
 
 __all__ = [
+    "MAX_BAD_INDICES",
+    "MAX_SHOWN_ENTRIES",
     "SCHEMA_VERSION",
     "Coverage",
     "Diagnosis",
     "EntryCheck",
     "ParamReport",
     "Report",
+    "jsonable",
 ]
 
 SCHEMA_VERSION = 1
 MAX_SHOWN_ENTRIES = 5
 #: ``ParamReport.bad_indices`` keeps at most this many entries.
 MAX_BAD_INDICES = 100
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.6g}" if math.isfinite(x) else str(x)
-
-
-def _index_str(index: tuple[int, ...] | None) -> str:
-    if index is None:
-        return "-"
-    return "[" + ", ".join(str(i) for i in index) + "]"
 
 
 def _float_or_none(x: Any) -> float | None:
@@ -142,7 +137,7 @@ class Diagnosis:
             "kind": self.kind,
             "detail": self.detail,
             "confidence": self.confidence,
-            "evidence": _jsonable(dict(self.evidence)),
+            "evidence": jsonable(dict(self.evidence)),
         }
 
     @classmethod
@@ -350,47 +345,9 @@ class ParamReport:
 
     def failure_text(self) -> str:
         """The ``assert_allclose``-style block for a failing parameter (empty when it passed)."""
-        if self.passed:
-            return ""
-        lines = [
-            f"{self.name}: Not equal to tolerance rtol={self.rtol:g}, atol={self.atol:g} "
-            f"(or the round-off floor; {self.method} differences, step {self.step:.3g})",
-        ]
-        if self.n_checked:
-            pct = 100.0 * self.n_failed / self.n_checked
-            lines.append(
-                f"Mismatched elements: {self.n_failed} / {self.n_checked} checked ({pct:.3g}%)"
-            )
-        if self.widespread:
-            lines.append("Probes disagree across most of the parameter (widespread).")
-        shown = [e for e in self.worst_entries if not e.passed and not e.kink]
-        if shown:
-            lines.append(
-                "Max absolute difference: "
-                + _fmt(max(e.abs_error for e in shown))
-                + "\nMax relative difference: "
-                + _fmt(max(e.rel_error for e in shown))
-            )
-            for e in shown[:MAX_SHOWN_ENTRIES]:
-                lines.append(
-                    f"  {_index_str(e.index)}: analytic={_fmt(e.analytic)}, "
-                    f"numeric={_fmt(e.numeric)}, rel_err={e.rel_error:.3g}"
-                )
-        extra = [i for i in self.bad_indices if i not in {e.index for e in shown}]
-        if extra:
-            more = ", ".join(_index_str(i) for i in extra[:MAX_SHOWN_ENTRIES])
-            if len(extra) > MAX_SHOWN_ENTRIES:
-                kept = len(self.bad_indices) >= MAX_BAD_INDICES
-                more += f", ... ({len(extra) - MAX_SHOWN_ENTRIES} more in bad_indices" + (
-                    f", which keeps the first {MAX_BAD_INDICES})" if kept else ")"
-                )
-            lines.append(f"  other wrong entries (sampled or localized by probes): {more}")
-        if self.diagnosis is not None:
-            lines.append(
-                f"  likely cause: {self.diagnosis.kind} — {self.diagnosis.detail} "
-                f"(confidence {self.diagnosis.confidence:.0%})"
-            )
-        return "\n".join(lines)
+        return text.failure_block(
+            self, max_shown=MAX_SHOWN_ENTRIES, max_bad_indices=MAX_BAD_INDICES
+        )
 
 
 @dataclass(frozen=True)
@@ -440,69 +397,17 @@ class Report:
         """The parameters that failed, in order."""
         return tuple(p for p in self.params.values() if not p.passed)
 
-    # -- text ----------------------------------------------------------------------------------
+    # -- text (gradprobe.report.text) -------------------------------------------------------
     def summary_line(self) -> str:
-        n_fail = len(self.failures)
-        status = "passed" if self.passed else "FAILED"
-        parts = [f"gradprobe: gradient check {status}"]
-        if n_fail:
-            parts.append(f" — {n_fail} of {len(self.params)} parameters mismatched")
-        if not self.complete:
-            parts.append(f" (INCOMPLETE: {self.incomplete_reason})")
-        total = self.timings.get("total")
-        meta = [f"seed {self.seed}", f"{self.n_evaluations:,} loss evaluations"]
-        if total is not None:
-            meta.append(f"{total:.3g} s")
-        return "".join(parts) + " (" + ", ".join(meta) + ")"
+        """One line: passed or FAILED, failures, seed, loss evaluations, seconds."""
+        return text.summary_line(self)
 
     def table(self) -> str:
         """The per-parameter table."""
-        header = ("parameter", "shape", "checked", "max rel err", "worst index", "verdict")
-        rows = [header]
-        for p in self.params.values():
-            checked = f"{p.n_checked:,} / {p.n_total:,}"
-            if p.coverage is not None and p.coverage.n_probed:
-                checked += " +probes"
-            verdict = "ok" if p.passed else "FAIL"
-            notes = [f"{p.n_kinks} kinks"] if p.n_kinks else []
-            if p.n_at_floor:
-                notes.append(f"{p.n_at_floor} at noise floor")
-            if p.passed and notes:
-                verdict = f"ok ({', '.join(notes)})"
-            if not p.passed and p.diagnosis is not None:
-                verdict = f"FAIL ({p.diagnosis.kind})"
-            rows.append(
-                (
-                    p.name,
-                    str(p.shape),
-                    checked,
-                    _rel_cell(p),
-                    _index_str(p.worst_index),
-                    verdict,
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        out = []
-        for r in rows:
-            out.append(
-                "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            )
-        return "\n".join(out)
+        return text.param_table(self)
 
     def __str__(self) -> str:
-        blocks = [self.summary_line(), "", self.table()]
-        for p in self.failures:
-            blocks += ["", p.failure_text()]
-        coverage = [p.coverage.statement for p in self.params.values() if p.coverage]
-        if coverage:
-            blocks += ["", "coverage:"] + [
-                f"  {p.name}: {p.coverage.statement}"
-                for p in self.params.values()
-                if p.coverage is not None
-            ]
-        if self.warnings:
-            blocks += ["", "warnings:"] + [f"  - {w}" for w in self.warnings]
-        return "\n".join(blocks)
+        return text.report_text(self)
 
     # -- machine-readable ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -516,7 +421,7 @@ class Report:
             "seed": self.seed,
             "n_evaluations": self.n_evaluations,
             "timings": dict(self.timings),
-            "settings": _jsonable(dict(self.settings)),
+            "settings": jsonable(dict(self.settings)),
             "warnings": list(self.warnings),
             "params": [p.to_dict() for p in self.params.values()],
         }
@@ -550,9 +455,9 @@ class Report:
         """Write a PNG of each parameter's relative errors (log axis, threshold, failures red).
 
         Needs matplotlib (``pip install "gradprobe[plot]"``); keyword arguments go to
-        :func:`gradprobe.plotting.plot_report`. Returns the path written.
+        :func:`gradprobe.report.plot.plot_report`. Returns the path written.
         """
-        from .plot import plot_report
+        from .plot import plot_report  # matplotlib loads only when a picture is asked for
 
         return plot_report(self, path, **kwargs)
 
@@ -560,99 +465,22 @@ class Report:
         """Raise :class:`GradientMismatchError` listing the failures; return self otherwise."""
         if self.passed:
             return self
-        lines = [self.summary_line(), ""]
-        for p in self.failures:
-            lines += [p.failure_text(), ""]
-        if not self.failures and not self.complete:
-            lines.append(f"The check did not complete: {self.incomplete_reason}.")
-        raise GradientMismatchError("\n".join(lines).rstrip(), report=self)
+        raise GradientMismatchError(text.failure_message(self), report=self)
 
 
-def _rel_cell(p: ParamReport) -> str:
-    """The table's relative error: the classic maximum for a failure; for a pass, the maximum
-    over entries resolvable above the round-off floor ("-" when none is)."""
-    r = p.headline_rel_error
-    return f"{r:.2e}" if not math.isnan(r) else "-"
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars, arrays and tuples to JSON types, recursively."""
+def jsonable(value: Any) -> Any:
+    """Convert numpy scalars, arrays and tuples to JSON types, recursively (non-finite floats
+    become None; anything else unknown becomes its ``repr``)."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return repr(value)
-
-
-def build_param_report(
-    *,
-    name: str,
-    shape: tuple[int, ...],
-    dtype: Any,
-    entries: Any,
-    sampling: str,
-    tolerance: Any,
-    relative_step: float,
-    method: str,
-    **extra: Any,
-) -> ParamReport:
-    """Summarize per-entry results (a :class:`gradprobe.differences.EntryResults`).
-
-    ``extra`` fills the optional fields (``diagnosis``, ``coverage``, ``bad_indices``...);
-    ``passed`` there overrides the entries' verdict (probes may fail a parameter whose sampled
-    entries all pass).
-    """
-    order = entries.worst_order()
-    worst = tuple(
-        EntryCheck(
-            index=tuple(int(i) for i in np.unravel_index(entries.flat_index[j], shape)),
-            analytic=float(entries.analytic[j]),
-            numeric=float(entries.numeric[j]),
-            rel_error=float(entries.rel_error[j]),
-            allowed=float(entries.allowed[j]),
-            step=float(entries.step[j]),
-            passed=bool(entries.passed[j]),
-            kink=bool(entries.kink[j]),
-        )
-        for j in order[:MAX_SHOWN_ENTRIES]
-    )
-    n_failed = int(np.count_nonzero(entries.failed))
-    # Resolvable: the allowance comes from rtol, not from the round-off floor.
-    with np.errstate(invalid="ignore"):
-        denom = np.maximum(1e-8, np.abs(entries.analytic) + np.abs(entries.numeric))
-        resolved = (entries.allowed <= tolerance.rtol * denom + tolerance.atol) & ~entries.kink
-    fields: dict[str, Any] = {
-        "passed": n_failed == 0,
-        "n_kinks": int(np.count_nonzero(entries.kink)),
-    }
-    fields.update(extra)
-    return ParamReport(
-        name=name,
-        shape=tuple(shape),
-        dtype=str(np.dtype(dtype)),
-        n_total=int(np.prod(shape, dtype=np.int64)),
-        n_checked=entries.size,
-        sampling=sampling,
-        max_rel_error=float(entries.rel_error.max()) if entries.size else 0.0,
-        max_rel_error_resolved=(
-            float(entries.rel_error[resolved].max()) if resolved.any() else math.nan
-        ),
-        n_at_floor=int(np.count_nonzero(~resolved & ~entries.kink)),
-        worst_index=worst[0].index if worst else None,
-        n_failed=n_failed,
-        worst_entries=worst,
-        rtol=tolerance.rtol,
-        atol=tolerance.atol,
-        step=relative_step,
-        method=method,
-        rel_errors=entries.rel_error,
-        **fields,
-    )

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
-from .model import Report
+
+if TYPE_CHECKING:  # plot reads reports; it never imports the model at run time (no cycle)
+    from .model import Report
 
 __all__ = ["plot_report", "plot_reports"]
 

@@ -13,16 +13,17 @@ The file's shape::
     args = { bug = "sign" }            # keyword arguments of the target function
     budget = 5000                      # loss evaluations
 
-Every option of :func:`gradprobe.check` may appear in ``[defaults]`` or a check's table; a check
-also takes ``target`` (required), ``args`` and ``isolate`` (run in a worker process, default
-true, so a loss call that never returns can be killed; a check without ``timeout`` is killed
-after ``DEFAULT_TIMEOUT`` = 1 hour). A mistake raises
-:class:`SuiteConfigError` naming the file, the line and key, and the fix.
+Every option of :func:`gradprobe.check` but the ``progress`` callback may appear in
+``[defaults]`` or a check's table (:data:`gradprobe.options.SUITE_KEYS`), its value checked by
+the same validator as ``check``'s. A check also takes ``target`` (required), ``args`` and
+``isolate`` (run in a worker process, default true, so a loss call that never returns can be
+killed; a check without ``timeout`` is killed after ``DEFAULT_TIMEOUT`` = 1 hour). A mistake
+raises :class:`gradprobe.errors.SuiteConfigError` naming the file, the line and key, and the fix.
+Choosing checks by name (``-k``, ``--check``) is :mod:`gradprobe.suites.select`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 from collections.abc import Mapping
@@ -31,8 +32,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import InvalidInputError
-from .problem import check_option_names
+from ..errors import InvalidInputError, SuiteConfigError
+from ..options import OPTIONS, SUITE_KEYS, option_problem
 from .targets import Target, parse_target
 
 if sys.version_info >= (3, 11):
@@ -40,7 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["CheckSpec", "Suite", "SuiteConfigError", "find_suite", "load_suite", "select_checks"]
+__all__ = ["CheckSpec", "Suite", "find_suite", "load_suite"]
 
 SUITE_FILE = "gradprobe.toml"
 #: Keys of a check's table that are not options of gradprobe.check.
@@ -49,10 +50,6 @@ DEFAULT_KEYS = ("isolate",)
 #: Seconds after which an isolated check without its own ``timeout`` is killed (exit code 3):
 #: a loss call that never returns must not hang a nightly job.
 DEFAULT_TIMEOUT = 3600.0
-
-
-class SuiteConfigError(InvalidInputError):
-    """The suite file is not usable; the message names the file, line, key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -144,49 +141,12 @@ class _Source:
 
 
 # -- values ---------------------------------------------------------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _sample_ok(v: Any) -> bool:
-    if v == "all":
-        return True
-    if _is_int(v):
-        return v >= 1
-    if isinstance(v, float):
-        return 0.0 < v <= 1.0
-    return False
-
-
 def _value_problem(key: str, v: Any) -> tuple[str, str] | None:
-    """(problem, fix) when a known option has a value of the wrong kind, else None."""
-    if key == "seed" and not (_is_int(v) and v >= 0):
-        return f"expected an int >= 0, found {v!r}", "write e.g. seed = 0"
-    if key == "samples":
-        ok = _sample_ok(v) or (isinstance(v, dict) and all(_sample_ok(x) for x in v.values()))
-        if not ok:
-            return (
-                f'expected an int >= 1, a fraction in (0, 1], "all" or a table of those by '
-                f"parameter name, found {v!r}",
-                'write e.g. samples = 64, samples = 0.1, samples = "all" or samples = { W1 = 32 }',
-            )
-    if key == "n_jobs" and not ((_is_int(v) and v != 0) or v == "auto"):
-        return f'expected a nonzero int or "auto", found {v!r}', "write e.g. n_jobs = 2 or -1"
-    if key == "timeout" and not (_is_number(v) and v > 0):
-        return f"expected seconds > 0, found {v!r}", "write e.g. timeout = 60"
-    if key == "budget" and not (_is_int(v) and v >= 1):
-        return (
-            f"expected an int >= 1 (loss evaluations), found {v!r}",
-            "write e.g. budget = 10000",
-        )
-    if key in ("eps", "rtol") and not (_is_number(v) and v > 0):
-        return f"expected a number > 0, found {v!r}", f"write e.g. {key} = 1e-5"
-    if key == "atol" and not (_is_number(v) and v >= 0):
-        return f"expected a number >= 0, found {v!r}", "write e.g. atol = 0.0"
+    """(problem, fix) when a key has a value of the wrong kind, else None. Options of
+    gradprobe.check are judged by its own validator (gradprobe.options)."""
+    if key in OPTIONS:
+        problem = option_problem(key, v)
+        return None if problem is None else (problem, f"write e.g. {OPTIONS[key].toml_example}")
     if key == "isolate" and not isinstance(v, bool):
         return f"expected true or false, found {v!r}", "write isolate = true"
     if key == "args" and not isinstance(v, dict):
@@ -204,8 +164,7 @@ def _check_table(
         raise src.error(
             table, None, f"expected a table, found {values!r}", f"write it as [{table}]"
         )
-    options = check_option_names()
-    allowed = (*allowed_extra, *options)
+    allowed = (*allowed_extra, *SUITE_KEYS)
     for key, v in values.items():
         if key not in allowed:
             raise src.error(
@@ -337,88 +296,3 @@ def load_suite(path: str | Path | None = None) -> Suite:
             )
         )
     return Suite(path=str(file), checks=tuple(specs))
-
-
-# -- selection ------------------------------------------------------------------------------
-_TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
-
-
-def _keyword_matcher(expr: str) -> Any:
-    """Compile a pytest-style ``-k`` expression: substrings joined by and/or/not, parentheses."""
-    tokens = _TOKEN.findall(expr)
-    if not tokens or "".join(tokens) != re.sub(r"\s+", "", expr):
-        raise InvalidInputError(f"-k: cannot parse {expr!r}; write e.g. -k 'mlp and not bug'.")
-    pos = 0
-
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> str:
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
-
-    def parse_or() -> Any:
-        left = parse_and()
-        while peek() == "or":
-            take()
-            right = parse_and()
-            left = (lambda a, b: lambda n: a(n) or b(n))(left, right)
-        return left
-
-    def parse_and() -> Any:
-        left = parse_not()
-        while peek() == "and":
-            take()
-            right = parse_not()
-            left = (lambda a, b: lambda n: a(n) and b(n))(left, right)
-        return left
-
-    def parse_not() -> Any:
-        if peek() == "not":
-            take()
-            inner = parse_not()
-            return lambda n: not inner(n)
-        return parse_atom()
-
-    def parse_atom() -> Any:
-        tok = peek()
-        if tok is None or tok in ("and", "or", ")"):
-            raise InvalidInputError(
-                f"-k: expected a name or '(' in {expr!r}; write e.g. -k 'mlp and not bug'."
-            )
-        take()
-        if tok == "(":
-            inner = parse_or()
-            if peek() != ")":
-                raise InvalidInputError(f"-k: missing ')' in {expr!r}.")
-            take()
-            return inner
-        return lambda n: tok in n
-
-    matcher = parse_or()
-    if pos != len(tokens):
-        raise InvalidInputError(f"-k: unexpected {tokens[pos]!r} in {expr!r}.")
-    return matcher
-
-
-def select_checks(
-    suite: Suite, keyword: str | None = None, names: tuple[str, ...] | list[str] = ()
-) -> tuple[CheckSpec, ...]:
-    """Checks whose names match ``keyword`` (pytest ``-k`` style) and, if given, are in ``names``.
-
-    Raises
-    ------
-    InvalidInputError
-        An unknown name in ``names`` or an unparsable expression.
-    """
-    unknown = [n for n in names if n not in suite.names]
-    if unknown:
-        raise InvalidInputError(
-            f"--check: no check named {unknown} in {suite.path}; checks there: {list(suite.names)}."
-        )
-    chosen = [c for c in suite.checks if not names or c.name in names]
-    if keyword:
-        match = _keyword_matcher(keyword)
-        chosen = [c for c in chosen if match(c.name)]
-    return tuple(chosen)

@@ -3,8 +3,9 @@
 The layout follows the common schema that Jenkins, GitLab, GitHub test reporters and pytest's
 ``--junitxml`` share: ``<testsuites>`` around one ``<testsuite>`` with ``tests``, ``failures``,
 ``errors``, ``skipped`` and ``time`` counts, and per check a ``<testcase classname name time>``
-holding ``<failure>`` (a gradient mismatch or a regression, with the per-parameter table) or
-``<error>`` (a crash, a timeout, a bad input), and the full report in ``<system-out>``.
+holding ``<failure>`` (a gradient mismatch or a regression) or ``<error>`` (a crash, a timeout,
+a bad input) with the full report as its text, or, for a passing check, the full report in
+``<system-out>``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ Suites and the command line load checks from files as module-level functions ret
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -14,29 +13,17 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..report.model import Report
 
-__all__ = ["Problem", "check_option_names"]
-
-_NOT_OPTIONS = ("loss", "grad", "params")
-
-
-def check_option_names() -> tuple[str, ...]:
-    """The keyword options :func:`gradprobe.check` accepts (read from its signature)."""
-    from ..api import check
-
-    return tuple(
-        name
-        for name, p in inspect.signature(check).parameters.items()
-        if name not in _NOT_OPTIONS and p.kind is inspect.Parameter.KEYWORD_ONLY
-    )
+__all__ = ["Problem"]
 
 
 def _validate_option_names(options: Mapping[str, Any], where: str) -> None:
-    valid = check_option_names()
-    unknown = sorted(set(options) - set(valid))
+    from ..options import OPTION_NAMES  # loaded on first use: `import gradprobe` stays cheap
+
+    unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:
         raise InvalidInputError(
-            f"{where}: unknown option(s) {unknown}; gradprobe.check accepts {list(valid)}. "
-            "Fix the spelling or remove them."
+            f"{where}: unknown option(s) {unknown}; gradprobe.check accepts "
+            f"{list(OPTION_NAMES)}. Fix the spelling or remove them."
         )
 
 

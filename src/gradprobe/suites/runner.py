@@ -26,11 +26,13 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import CheckAborted, GradCheckError, InvalidInputError
-from ..report.model import Report
+from ..report.model import Report, jsonable
 from .config import CheckSpec
+from .outcome import EXIT_CODES, STATUSES
 
 __all__ = [
     "EXIT_CODES",
+    "STATUSES",
     "SUITE_SCHEMA_VERSION",
     "CheckOutcome",
     "SuiteResult",
@@ -39,9 +41,6 @@ __all__ = [
 ]
 
 SUITE_SCHEMA_VERSION = 1
-#: Exit code of each status; a run exits with the largest among its checks.
-EXIT_CODES = {"passed": 0, "failed": 1, "error": 2, "aborted": 3, "crashed": 3}
-STATUSES = tuple(EXIT_CODES)
 #: Seconds a worker may take to start (import numpy, numba, gradprobe) before it counts as hung.
 STARTUP_LIMIT = 120.0
 
@@ -114,8 +113,6 @@ class CheckOutcome:
         return int(self.options.get("seed", 0))
 
     def to_dict(self) -> dict[str, Any]:
-        from ..report.model import _jsonable
-
         return {
             "name": self.name,
             "target": self.target,
@@ -124,8 +121,8 @@ class CheckOutcome:
             "message": self.message,
             "duration": self.duration,
             "seed": self.seed,
-            "options": _jsonable(dict(self.options)),
-            "args": _jsonable(dict(self.args)),
+            "options": jsonable(dict(self.options)),
+            "args": jsonable(dict(self.args)),
             "reproduce": self.reproduce,
             "report": None if self.report is None else self.report.to_dict(),
         }
@@ -165,6 +162,11 @@ class SuiteResult:
     def by_name(self) -> Mapping[str, CheckOutcome]:
         return MappingProxyType({o.name: o for o in self.outcomes})
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Checks by status, every status listed (in :data:`STATUSES` order)."""
+        return {s: sum(o.status == s for o in self.outcomes) for s in STATUSES}
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: ``schema_version``, versions, and every check with its report."""
         return {
@@ -174,7 +176,7 @@ class SuiteResult:
             "created": self.created,
             "versions": dict(self.versions),
             "exit_code": self.exit_code,
-            "counts": {s: sum(o.status == s for o in self.outcomes) for s in STATUSES},
+            "counts": self.counts,
             "checks": [o.to_dict() for o in self.outcomes],
         }
 

@@ -1,0 +1,480 @@
+"""The options of :func:`gradprobe.check`, listed once.
+
+:data:`OPTIONS` is the table: each option's name, default, validator (its kind), one line of
+help, whether a suite file may set it and how to write it there, and how ``gradprobe check``
+reads it from a ``--flag``. Everything else derives from it:
+
+- :func:`validate_options` turns the raw keyword arguments of ``check`` into a
+  :class:`CheckOptions` (the only validator: ``check``, suite files, the command line and
+  ``sweep`` all call into it, so one rule gives one message everywhere);
+- :data:`OPTION_NAMES` (what ``Problem`` accepts) and :data:`SUITE_KEYS` (what a suite table
+  accepts besides ``target``, ``args`` and ``isolate``);
+- :func:`option_problem` (what a suite file or a flag gets wrong, for messages that name the
+  file, line and key, or the flag);
+- :func:`settings` (the options in force, as ``report.settings`` records them).
+
+The signature of ``check`` is written by hand (for readers and IDEs); a test holds its defaults
+to this table's.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .numerics.steps import METHODS
+
+__all__ = [
+    "DEFAULT_PROBES",
+    "DEFAULT_SAMPLES",
+    "OPTIONS",
+    "OPTION_NAMES",
+    "SUITE_KEYS",
+    "CheckOptions",
+    "Option",
+    "SampleSpec",
+    "check_option",
+    "option_problem",
+    "settings",
+    "validate_options",
+    "validate_positive",
+    "validate_samples",
+]
+
+#: Parameters with at most this many entries are checked in full by default; larger ones get
+#: this many entries checked one by one (2 loss evaluations each).
+DEFAULT_SAMPLES = 512
+#: Random directions probed per parameter by default.
+DEFAULT_PROBES = 2
+
+
+# -- samples ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleSpec:
+    """A validated per-parameter sample request: ``"all"``, a count or a fraction."""
+
+    mode: str  # "all", "count", "fraction", "default"
+    value: float = 0.0
+
+    def resolve(self, n_total: int, default: SampleSpec) -> int:
+        """How many entries to check one by one for a parameter of ``n_total`` entries."""
+        spec = default if self.mode == "default" else self
+        if spec.mode == "all":
+            return n_total
+        if spec.mode == "count":
+            return min(n_total, int(spec.value))
+        if spec.mode == "fraction":
+            return min(n_total, max(1, math.ceil(spec.value * n_total)))
+        raise AssertionError(f"unresolved sample mode {spec.mode!r}")
+
+
+def _parse_one_sample(value: Any, where: str) -> SampleSpec:
+    if value is None:
+        return SampleSpec("default")
+    if isinstance(value, str):
+        if value == "all":
+            return SampleSpec("all")
+        raise InvalidInputError(
+            f"{where}: expected 'all', an int >= 1 or a fraction in (0, 1], found {value!r}."
+        )
+    if isinstance(value, bool):
+        raise InvalidInputError(f"{where}: expected an int or a fraction, found {value!r}.")
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise InvalidInputError(f"{where}: expected an int >= 0, found {value}.")
+        return SampleSpec("count", float(value))
+    if isinstance(value, numbers.Real):
+        if not (0.0 < float(value) <= 1.0):
+            raise InvalidInputError(
+                f"{where}: expected a fraction in (0, 1], found {value!r}; pass an int for a "
+                "number of entries."
+            )
+        return SampleSpec("fraction", float(value))
+    raise InvalidInputError(
+        f"{where}: expected 'all', an int or a fraction, found {type(value).__name__}."
+    )
+
+
+def validate_samples(samples: Any, names: Sequence[str] | None) -> dict[str, SampleSpec]:
+    """Turn ``samples=`` into one :class:`SampleSpec` per parameter name.
+
+    ``names`` None (a suite file, read before any parameter exists): the values are checked,
+    the names of a mapping are not, and the result is keyed by the names given.
+    """
+    if isinstance(samples, Mapping):
+        if names is None:
+            return {str(n): _parse_one_sample(v, f"samples[{n!r}]") for n, v in samples.items()}
+        unknown = [k for k in samples if k not in names]
+        if unknown:
+            raise InvalidInputError(
+                f"samples: unknown parameter names {unknown}; expected some of {list(names)}."
+            )
+        return {n: _parse_one_sample(samples.get(n), f"samples[{n!r}]") for n in names}
+    spec = _parse_one_sample(samples, "samples")
+    return dict.fromkeys(names or (), spec)
+
+
+# -- one validator per kind -------------------------------------------------------------------
+def validate_positive(name: str, value: Any, *, allow_none: bool = True) -> float | None:
+    """A finite positive real, or None when allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidInputError(
+            f"{name}: expected a positive number, found {value!r} ({type(value).__name__})."
+        )
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidInputError(f"{name}: expected a finite number > 0, found {value!r}.")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _seed(value: Any, names: Sequence[str] | None) -> int:
+    if not _is_int(value) or value < 0:
+        raise InvalidInputError(f"seed: expected an int >= 0, found {value!r}.")
+    return int(value)
+
+
+def _positive(name: str) -> Callable[[Any, Sequence[str] | None], float | None]:
+    def check(value: Any, names: Sequence[str] | None) -> float | None:
+        return validate_positive(name, value)
+
+    return check
+
+
+def _atol(value: Any, names: Sequence[str] | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise InvalidInputError(f"atol: expected a number >= 0, found {value!r}.")
+    return float(value)
+
+
+def _method(value: Any, names: Sequence[str] | None) -> str:
+    if value not in METHODS:
+        raise InvalidInputError(f"method: expected one of {list(METHODS)}, found {value!r}.")
+    return str(value)
+
+
+def _n_jobs(value: Any, names: Sequence[str] | None) -> int | str:
+    if isinstance(value, str) and value == "auto":
+        return value
+    if not _is_int(value) or value == 0:
+        raise InvalidInputError(
+            f"n_jobs: expected a nonzero int (-1 = all cores) or 'auto', found {value!r}."
+        )
+    return value
+
+
+def _flag(name: str) -> Callable[[Any, Sequence[str] | None], bool]:
+    def check(value: Any, names: Sequence[str] | None) -> bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise InvalidInputError(f"{name}: expected True or False, found {value!r}.")
+        return bool(value)
+
+    return check
+
+
+def _budget(value: Any, names: Sequence[str] | None) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise InvalidInputError(
+            f"budget: expected an int >= 1 (loss evaluations), found {value!r}."
+        )
+    return int(value)
+
+
+def _progress(value: Any, names: Sequence[str] | None) -> Callable[[int, int], None] | None:
+    if value is not None and not callable(value):
+        raise InvalidInputError(
+            f"progress: expected a callable progress(done, total) or None, found "
+            f"{type(value).__name__}."
+        )
+    return value
+
+
+def _probes(value: Any, names: Sequence[str] | None) -> int:
+    if value is False:
+        return 0
+    if not _is_int(value) or value < 0:
+        raise InvalidInputError(
+            f"probes: expected an int >= 0 (random directions per parameter) or False, found "
+            f"{value!r}."
+        )
+    return int(value)
+
+
+# -- reading a --flag -------------------------------------------------------------------------
+def _samples_from_text(text: str) -> int | float | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected 'all', an int or a fraction, found {text!r}") from None
+
+
+def _n_jobs_from_text(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an int or 'auto', found {text!r}") from None
+
+
+# -- the table --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """One option of :func:`gradprobe.check`.
+
+    Attributes
+    ----------
+    name : str
+        The keyword (and, in a suite file, the key).
+    default : object
+        The default of ``check``'s signature.
+    validate : callable
+        ``validate(value, names)`` returns the validated value or raises
+        :class:`InvalidInputError` (``"name: expected ..., found ..."``); ``names`` are the
+        parameter names, or None where no parameter exists yet (a suite file).
+    help : str
+        One line: the command line's ``--help`` for the flag.
+    suite_key : bool
+        A suite file (``[defaults]``, ``[checks.NAME]``) may set it.
+    toml_example : str
+        How to write it in a suite file (the "Fix:" of a config error).
+    from_text : callable or None
+        Reads the value of ``gradprobe check``'s ``--flag`` (raises ``ValueError``); None where
+        the option has no flag.
+    """
+
+    name: str
+    default: Any
+    validate: Callable[[Any, Sequence[str] | None], Any]
+    help: str
+    suite_key: bool = True
+    toml_example: str = ""
+    from_text: Callable[[str], Any] | None = None
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: ``--n-jobs`` for ``n_jobs``."""
+        return "--" + self.name.replace("_", "-")
+
+
+_TABLE = (
+    Option(
+        "seed",
+        0,
+        _seed,
+        "seed of the sample",
+        toml_example="seed = 0",
+        from_text=int,
+    ),
+    Option(
+        "samples",
+        None,
+        validate_samples,
+        "entries per parameter checked one by one: N, a fraction, or 'all'",
+        toml_example='samples = 64, samples = 0.1, samples = "all" or samples = { W1 = 32 }',
+        from_text=_samples_from_text,
+    ),
+    Option("eps", None, _positive("eps"), "relative step", toml_example="eps = 1e-5"),
+    Option("rtol", None, _positive("rtol"), "relative tolerance", toml_example="rtol = 1e-5"),
+    Option("atol", None, _atol, "absolute tolerance", toml_example="atol = 0.0"),
+    Option(
+        "method",
+        "central",
+        _method,
+        f"finite-difference scheme: {', '.join(METHODS)}",
+        toml_example='method = "richardson"',
+    ),
+    Option(
+        "n_jobs",
+        1,
+        _n_jobs,
+        "parallel workers, -1 for all cores, 'auto'",
+        toml_example="n_jobs = 2 or -1",
+        from_text=_n_jobs_from_text,
+    ),
+    Option(
+        "batched",
+        False,
+        _flag("batched"),
+        "the loss evaluates a batch of perturbed parameters per call",
+        toml_example="batched = true",
+    ),
+    Option(
+        "timeout",
+        None,
+        _positive("timeout"),
+        "seconds before stopping",
+        toml_example="timeout = 60",
+        from_text=float,
+    ),
+    Option(
+        "budget",
+        None,
+        _budget,
+        "loss evaluations before stopping",
+        toml_example="budget = 10000",
+        from_text=int,
+    ),
+    Option(
+        "progress",
+        None,
+        _progress,
+        "progress(done, total) called as loss evaluations are spent",
+        suite_key=False,  # a callable: the runner passes its own
+    ),
+    Option(
+        "promote",
+        False,
+        _flag("promote"),
+        "cast parameters below float64 to float64 for the check",
+        toml_example="promote = true",
+    ),
+    Option(
+        "probes",
+        DEFAULT_PROBES,
+        _probes,
+        "random directions probed per parameter (0 or false: none)",
+        toml_example="probes = 4 or probes = 0",
+    ),
+    Option(
+        "slice_probes",
+        False,
+        _flag("slice_probes"),
+        "also probe each slice along the leading axis",
+        toml_example="slice_probes = true",
+    ),
+)
+
+#: Every option of :func:`gradprobe.check`, by name, in the order of its signature.
+OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in _TABLE})
+#: The keyword options :func:`gradprobe.check` (and :class:`gradprobe.Problem`) accept.
+OPTION_NAMES: tuple[str, ...] = tuple(OPTIONS)
+#: The options a suite file may set.
+SUITE_KEYS: tuple[str, ...] = tuple(o.name for o in _TABLE if o.suite_key)
+
+
+# -- validation -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckOptions:
+    """Validated options of one check (see :func:`gradprobe.check` for each)."""
+
+    seed: int
+    samples: Mapping[str, SampleSpec]
+    eps: float | None
+    rtol: float | None
+    atol: float | None
+    method: str
+    n_jobs: int | str
+    batched: bool
+    timeout: float | None
+    budget: int | None
+    progress: Callable[[int, int], None] | None
+    promote: bool
+    probes: int
+    slice_probes: bool
+
+
+def check_option(name: str, value: Any, names: Sequence[str] | None = None) -> Any:
+    """Validate one option (``names``: the parameter names, when known); return its value.
+
+    Raises
+    ------
+    InvalidInputError
+        ``"name: expected ..., found ..."``; also for a name that is not an option.
+    """
+    option = OPTIONS.get(name)
+    if option is None:
+        raise InvalidInputError(
+            f"{name}: not an option of gradprobe.check; expected one of {list(OPTION_NAMES)}."
+        )
+    return option.validate(value, names)
+
+
+def option_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for option ``name`` (without the leading ``"name: "`` and
+    the final period, for messages that name the place themselves), or None when it is fine.
+    Parameter names are unknown here, so a mapping's keys are not checked."""
+    try:
+        check_option(name, value)
+    except InvalidInputError as exc:
+        text = str(exc)
+        return text.removeprefix(f"{name}: ").removesuffix(".")
+    return None
+
+
+def validate_options(layout_names: Sequence[str], **raw: Any) -> CheckOptions:
+    """Validate the options of one check (defaults for those not given).
+
+    Parameters
+    ----------
+    layout_names : sequence of str
+        The parameter names (``samples`` may be a mapping over them).
+    **raw
+        Options of :func:`gradprobe.check`, by name.
+
+    Raises
+    ------
+    InvalidInputError
+        The first bad option, named, with what was expected and found.
+    """
+    unknown = [k for k in raw if k not in OPTIONS]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown option(s) {unknown}; gradprobe.check accepts {list(OPTION_NAMES)}."
+        )
+    values = {
+        o.name: o.validate(raw.get(o.name, o.default), layout_names) for o in OPTIONS.values()
+    }
+    if values["slice_probes"] and not values["probes"]:
+        raise InvalidInputError(
+            "slice_probes: True needs probes; found probes=0. Pass probes=1 or more."
+        )
+    return CheckOptions(**values)
+
+
+def settings(options: CheckOptions, executor: str) -> dict[str, Any]:
+    """The options in force as ``report.settings`` records them (``executor``: where the loss
+    ran, from the evaluator)."""
+
+    def spec(s: SampleSpec) -> Any:
+        if s.mode == "default":
+            return f"default (all up to {DEFAULT_SAMPLES}, else {DEFAULT_SAMPLES})"
+        if s.mode == "all":
+            return "all"
+        return int(s.value) if s.mode == "count" else s.value
+
+    return {
+        "method": options.method,
+        "eps": options.eps,
+        "rtol": options.rtol,
+        "atol": options.atol,
+        "samples": {k: spec(v) for k, v in options.samples.items()},
+        "n_jobs": options.n_jobs,
+        "executor": executor,
+        "timeout": options.timeout,
+        "budget": options.budget,
+        "probes": options.probes,
+        "slice_probes": options.slice_probes,
+    }
