@@ -11,7 +11,7 @@ from gradprobe.evaluate import BatchedEvaluator, SerialEvaluator
 from gradprobe.examples import make_mlp
 from gradprobe.layout import normalize_params
 
-from .conftest import assert_bitwise_unchanged, snapshot
+from ..helpers import assert_bitwise_unchanged, snapshot
 
 
 def test_batched_loss_agrees_with_the_plain_loss():

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import gradprobe
 from gradprobe.evaluate import parallel
 
-from .conftest import assert_bitwise_unchanged, snapshot
+from ..helpers import assert_bitwise_unchanged, report_core, snapshot
 
 PROPERTY = settings(
     derandomize=True,
@@ -60,13 +60,6 @@ def _params(case):
     return {"w": w, "v": v}
 
 
-def _core(report):
-    d = report.to_dict()
-    d.pop("timings", None)
-    d["settings"] = {k: v for k, v in d["settings"].items() if k not in ("n_jobs", "executor")}
-    return d
-
-
 def _set_chunks(monkeypatch, chunks):
     """Every evaluator that check() builds splits work into ``chunks`` per worker."""
     policy = replace(parallel.DEFAULT_POLICY, chunks_per_worker=chunks)
@@ -90,7 +83,7 @@ def test_report_independent_of_threads_and_chunking(case, chunks, backend, monke
     _set_chunks(monkeypatch, chunks)
     with joblib.parallel_config(backend="threading"):
         other = _check(case, params, n_jobs=2 if backend == "threading" else 1)
-    assert _core(other) == _core(ref)
+    assert report_core(other) == report_core(ref)
     assert_bitwise_unchanged(params, saved)
 
 
@@ -106,5 +99,5 @@ def test_report_independent_of_loky_processes(case, chunks, monkeypatch):
     with joblib.parallel_config(backend="loky"):
         other = _check(case, params, n_jobs=2)
     assert "loky" in other.settings["executor"]
-    assert _core(other) == _core(ref)
+    assert report_core(other) == report_core(ref)
     assert_bitwise_unchanged(params, saved)

@@ -8,7 +8,7 @@ import pytest
 import gradprobe
 from gradprobe.examples import make_mlp
 
-from .conftest import assert_bitwise_unchanged, snapshot
+from ..helpers import assert_bitwise_unchanged, snapshot
 
 
 def awkward_params():

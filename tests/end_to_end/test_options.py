@@ -21,7 +21,7 @@ from gradprobe.options import (
 )
 from gradprobe.suites.config import load_suite
 
-from .suite_helpers import write_models, write_suite
+from ..helpers import write_models, write_suite
 
 
 def test_table_matches_the_signature_of_check():

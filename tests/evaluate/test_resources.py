@@ -11,8 +11,8 @@ import pytest
 
 import gradprobe
 
-from .conftest import assert_bitwise_unchanged, snapshot
-from .test_faults import _workers
+from ..helpers import assert_bitwise_unchanged, snapshot
+from ..helpers import live_workers as _workers
 
 
 def _sum_sin(p):

@@ -11,7 +11,7 @@ import gradprobe
 from gradprobe.examples import make_mlp
 from gradprobe.numerics.tolerances import NOISE_HALF_POINTS
 
-from .conftest import quadratic_problem
+from ..helpers import quadratic_problem
 
 
 def test_quadratic_single_array_passes():

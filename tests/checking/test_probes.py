@@ -16,7 +16,7 @@ from gradprobe.layout import normalize_params
 from gradprobe.numerics.steps import default_relative_step
 from gradprobe.numerics.tolerances import loss_epsilon, tolerance_for
 
-from .conftest import assert_bitwise_unchanged, snapshot
+from ..helpers import assert_bitwise_unchanged, snapshot
 
 
 def _bound(n: int) -> float:

@@ -17,13 +17,13 @@ import time
 
 import joblib
 import numpy as np
-import psutil
 import pytest
 
 import gradprobe
 from gradprobe import CheckAborted, LossEvaluationError
 
-from .conftest import assert_bitwise_unchanged, snapshot
+from ..helpers import assert_bitwise_unchanged, snapshot
+from ..helpers import live_workers as _workers
 
 #: Entry of "b" whose upward perturbation triggers the fault (only that one: its base value is
 #: just below the threshold, and every other entry is far from it).
@@ -81,22 +81,6 @@ def _faulty_batched(p, fault="raise", parent=None):
     out = np.sum(a**2, axis=1) + np.sum(np.sin(b), axis=(1, 2))
     if fault == "nan":
         out = np.where(b[:, TRIGGER[0], TRIGGER[1]] > THRESHOLD, np.nan, out)
-    return out
-
-
-def _workers() -> set[int]:
-    """Worker processes below this one (loky's and multiprocessing's resource trackers excluded:
-    one idle helper each per Python process, started once and exiting with it)."""
-    out = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if "resource_tracker" in " ".join(child.cmdline()):
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        out.add(child.pid)
     return out
 
 

@@ -10,7 +10,7 @@ import pytest
 import gradprobe
 from gradprobe import InvalidInputError
 
-from .conftest import assert_bitwise_unchanged, snapshot
+from ..helpers import assert_bitwise_unchanged, snapshot
 
 
 def test_zero_dimensional_parameter():
@@ -32,7 +32,9 @@ def test_zero_dimensional_wrong_gradient_fails_with_empty_index():
 
 def test_views_sharing_memory_are_rejected():
     x = np.ones(10)
-    with pytest.raises(InvalidInputError, match=r"parameters 'a' and 'b': expected separate arrays"):
+    with pytest.raises(
+        InvalidInputError, match=r"parameters 'a' and 'b': expected separate arrays"
+    ):
         gradprobe.check(lambda p: 1.0, lambda p: p, {"a": x[:5], "b": x[4:]})
 
 
@@ -63,7 +65,9 @@ def test_float16_parameters_warn_and_pass_on_exact_quadratic():
 
 
 def test_complex_parameters_rejected_with_fix():
-    with pytest.raises(InvalidInputError, match=r"parameter 'x': expected a floating-point dtype, found complex128"):
+    with pytest.raises(
+        InvalidInputError, match=r"parameter 'x': expected a floating-point dtype, found complex128"
+    ):
         gradprobe.check(lambda v: float(np.abs(v).sum()), np.ones(2), np.ones(2, dtype=complex))
 
 

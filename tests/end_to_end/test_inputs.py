@@ -8,7 +8,7 @@ import pytest
 import gradprobe
 from gradprobe import InvalidInputError
 
-from .conftest import quadratic_problem
+from ..helpers import quadratic_problem
 
 
 def ok_loss(p):

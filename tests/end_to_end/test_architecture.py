@@ -29,9 +29,7 @@ def test_imports_only_point_down():
     assert "0 broken" in out.stdout
 
 
-@pytest.mark.parametrize(
-    "path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
-)
+@pytest.mark.parametrize("path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_each_module_says_its_job_and_stays_small(path):
     text = path.read_text()
     n = text.count("\n")

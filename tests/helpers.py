@@ -1,4 +1,5 @@
-"""Shared pieces of the suite/CLI tests: a models file with quick problems, a CLI runner."""
+"""Shared test helpers: small problems with exact gradients, bit-exact snapshots, the
+report minus what may differ between runs, worker processes, and the suite/CLI files."""
 
 from __future__ import annotations
 
@@ -6,6 +7,68 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import numpy as np
+import psutil
+
+
+def quadratic_problem(n: int = 5, seed: int = 0):
+    """L(x) = 0.5 x^T A x + b^T x with A symmetric; grad = A x + b."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n, n))
+    A = M @ M.T + n * np.eye(n)
+    b = rng.standard_normal(n)
+    x = rng.standard_normal(n)
+
+    def loss(v):
+        return 0.5 * v @ A @ v + b @ v
+
+    def grad(v):
+        return A @ v + b
+
+    return loss, grad, x
+
+
+def snapshot(params):
+    """Bit-exact copies of every array in a params container."""
+    if isinstance(params, np.ndarray):
+        return [params.copy()]
+    if isinstance(params, dict):
+        return [v.copy() for v in params.values()]
+    return [v.copy() for v in params]
+
+
+def assert_bitwise_unchanged(params, saved):
+    current = snapshot(params)
+    assert len(current) == len(saved)
+    for now, before in zip(current, saved, strict=True):
+        assert now.dtype == before.dtype and now.shape == before.shape
+        assert now.tobytes() == before.tobytes(), "caller's array was modified"
+
+
+def report_core(report, *, drop=("n_jobs", "executor")):
+    """The report's content without its timings and the settings that name how it ran."""
+    d = report.to_dict()
+    d.pop("timings", None)
+    d["settings"] = {k: v for k, v in d["settings"].items() if k not in drop}
+    return d
+
+
+def live_workers() -> set[int]:
+    """Worker processes below this one (loky's and multiprocessing's resource trackers excluded:
+    one idle helper each per Python process, started once and exiting with it)."""
+    out = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        out.add(child.pid)
+    return out
+
 
 MODELS = textwrap.dedent(
     """

@@ -10,7 +10,7 @@ import pytest
 from gradprobe.report.model import Report
 from gradprobe.suites.runner import SuiteResult
 
-from .suite_helpers import run_cli, write_models, write_suite
+from ..helpers import run_cli, write_models, write_suite
 
 SUITE = """
 [defaults]

@@ -22,19 +22,11 @@ from gradprobe.evaluate import (
 from gradprobe.examples import make_mlp
 from gradprobe.layout import normalize_params
 
-from .conftest import assert_bitwise_unchanged, snapshot
+from ..helpers import assert_bitwise_unchanged, report_core, snapshot
 
 
 def _small_model(bug=None):
     return make_mlp(sizes=(6, 5, 5, 3), batch=4, bug=bug)
-
-
-def _core(report):
-    """The report's content without timings and the executor's name."""
-    d = report.to_dict()
-    d.pop("timings", None)
-    d["settings"] = {k: v for k, v in d["settings"].items() if k not in ("n_jobs", "executor")}
-    return d
 
 
 def _losses(evaluator, param=0):
@@ -52,7 +44,7 @@ def test_joblib_backends_match_serial_bit_for_bit(backend):
     with joblib.parallel_config(backend=backend):
         par = gradprobe.check(m.loss, m.grad, m.params, seed=3, n_jobs=2)
     assert backend in par.settings["executor"]
-    assert _core(par) == _core(serial)
+    assert report_core(par) == report_core(serial)
     assert not par.passed
 
 
@@ -138,7 +130,7 @@ def test_auto_stays_serial_for_a_cheap_loss_and_matches():
     auto = gradprobe.check(m.loss, m.grad, m.params, n_jobs="auto")
     serial = gradprobe.check(m.loss, m.grad, m.params)
     assert auto.settings["executor"] == "auto (serial)"
-    assert _core(auto) == _core(serial)
+    assert report_core(auto) == report_core(serial)
 
 
 @pytest.mark.timeout(60)
@@ -167,7 +159,7 @@ def test_dask_local_cluster_matches_serial():
     ):
         par = gradprobe.check(m.loss, m.grad, m.params, seed=1, n_jobs=2)
     assert "dask" in par.settings["executor"]
-    assert _core(par) == _core(serial)
+    assert report_core(par) == report_core(serial)
 
 
 @pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ from gradprobe.suites.runner import run_check
 from gradprobe.suites.select import select_checks
 from gradprobe.suites.targets import parse_target
 
-from .suite_helpers import write_models, write_suite
+from ..helpers import write_models, write_suite
 
 GOOD = """
 [defaults]

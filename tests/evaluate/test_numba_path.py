@@ -15,7 +15,7 @@ from gradprobe.evaluate import JitEvaluator, SerialEvaluator
 from gradprobe.examples.jitted import make_jitted_mlp
 from gradprobe.layout import normalize_params
 
-from .conftest import assert_bitwise_unchanged, snapshot
+from ..helpers import assert_bitwise_unchanged, snapshot
 
 
 @pytest.fixture(scope="module")
