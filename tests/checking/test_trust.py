@@ -95,3 +95,68 @@ def test_wrong_gradient_near_kinks_still_fails(factor):
         report = gradprobe.check(loss, scaled, params)
         assert {p.name for p in report.failures} == {"W1"}, str(report)
         assert report.params["W1"].n_failed >= 0.9 * report.params["W1"].n_checked
+
+
+def _embedding_model(rows: int = 2000, dim: int = 16, batch: int = 4000, seed: int = 0):
+    """A linear model over an embedding table (rows x dim) looked up by token ids."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(rows, size=batch)
+    target = rng.standard_normal(batch)
+    w = rng.standard_normal(dim)
+    params = {"E": 0.1 * rng.standard_normal((rows, dim)), "w": w}
+
+    def loss(p):
+        h = p["E"][ids]
+        return float(0.5 * np.mean((h @ p["w"] - target) ** 2))
+
+    def grad(p):
+        h = p["E"][ids]
+        r = (h @ p["w"] - target) / batch
+        g_e = np.zeros_like(p["E"])
+        np.add.at(g_e, ids, np.outer(r, p["w"]))
+        return {"E": g_e, "w": h.T @ r}
+
+    return loss, grad, params
+
+
+@pytest.mark.parametrize("samples", [None, 64, "all"])
+def test_error_below_rtol_everywhere_passes_whatever_the_sample(samples):
+    # Every gradient entry off by 2e-6 relative: below the default rtol of 1e-5.
+    loss, grad, params = _embedding_model(rows=300)
+
+    def scaled(p):
+        return {k: v * (1.0 + 2e-6) for k, v in grad(p).items()}
+
+    report = gradprobe.check(loss, scaled, params, samples=samples)
+    assert report.passed, str(report)
+
+
+def test_rtol_is_honoured_by_the_probes():
+    loss, grad, params = _embedding_model(rows=300)
+
+    def off(p):
+        return {k: v * (1.0 + 1e-4) for k, v in grad(p).items()}
+
+    assert gradprobe.check(loss, off, params, samples=64, rtol=1e-2).passed
+    failed = gradprobe.check(loss, off, params, samples=64)
+    assert not failed.passed and failed.params["E"].n_failed > 0
+
+
+def test_bug_in_a_few_rows_of_a_large_table_is_localized_entry_by_entry():
+    # 4 rows (64 entries) of a 32,000-entry table are wrong: every one is named, none other,
+    # and the parameter is not called widespread.
+    loss, grad, params = _embedding_model()
+    bad_rows = [17, 640, 641, 1999]
+
+    def buggy(p):
+        g = grad(p)
+        g["E"][bad_rows] *= 1.5
+        return g
+
+    report = gradprobe.check(loss, buggy, params)
+    e = report.params["E"]
+    assert not e.passed and not e.widespread and not e.capped
+    wrong = {(r, c) for r in bad_rows for c in range(16)}
+    assert set(e.bad_indices) == wrong, str(report)
+    assert "widespread" not in e.coverage.statement
+    assert report.params["w"].passed

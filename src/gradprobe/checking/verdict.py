@@ -31,8 +31,11 @@ __all__ = ["build_report", "passes"]
 
 def passes(evidence: Evidence) -> bool:
     """THE verdict: no checked entry fails (kinks excluded), the probes did not find a
-    widespread disagreement, and the analytic gradient is finite everywhere."""
-    widespread = evidence.outcome is not None and evidence.outcome.widespread
+    disagreement beyond ``rtol`` too widespread or too frequent to localize, and the analytic
+    gradient is finite everywhere. Probes only raise suspicions: entries are failed by the
+    per-entry rule, so the verdict honours ``rtol`` whatever ``samples=`` is."""
+    outcome = evidence.outcome
+    widespread = outcome is not None and (outcome.widespread or outcome.capped)
     return (
         not bool(np.any(evidence.entries.failed))
         and not widespread
@@ -103,6 +106,7 @@ def build_report(
         n_kinks=int(np.count_nonzero(entries.kink)),
         bad_indices=_bad_indices(ctx, evidence),
         widespread=outcome is not None and outcome.widespread,
+        capped=outcome is not None and outcome.capped,
         coverage=coverage,
         diagnosis=diagnosis,
     )
@@ -175,8 +179,20 @@ def probe_note(outcome: ProbeOutcome | None, shape: tuple[int, ...]) -> str:
     excess = f"{worst.excess:.3g}x its allowance" if worst is not None else "beyond tolerance"
     if outcome.widespread:
         return (
-            f"probes disagree ({excess}) across most of the parameter: widespread, "
-            f"bisection stopped after {outcome.bisection_depth} levels"
+            f"probes disagree ({excess}) across the whole parameter, beyond rtol, and most "
+            f"entries checked one by one fail: widespread, bisection stopped after "
+            f"{outcome.bisection_depth} levels"
+        )
+    if outcome.capped:
+        return (
+            f"probes disagree ({excess}) beyond rtol in more places than localization covers: "
+            f"{outcome.localized.size} wrong entries localized before it stopped "
+            f"({outcome.n_evaluations} evaluations)"
+        )
+    if outcome.within_rtol:
+        return (
+            f"probes disagree ({excess}) across the parameter, but no more than entries all "
+            "within rtol can explain (a relative error below rtol everywhere): not a failure"
         )
     if outcome.localized.size:
         where = ", ".join(

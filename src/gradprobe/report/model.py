@@ -237,7 +237,11 @@ class ParamReport:
     bad_indices : tuple of tuple of int
         Entries localized as wrong (by individual checks or probe bisection).
     widespread : bool
-        Probes found disagreement in most of the parameter; localization stopped early.
+        Probes disagreed beyond ``rtol`` across the whole parameter and most entries checked
+        one by one fail; localization stopped early.
+    capped : bool
+        Probes disagreed beyond ``rtol`` in more places than ``bad_indices`` can hold;
+        localization stopped at that many entries.
     coverage : Coverage or None
         Probe and sample coverage, when the probes ran.
     rel_errors : ndarray
@@ -263,6 +267,7 @@ class ParamReport:
     n_kinks: int = 0
     bad_indices: tuple[tuple[int, ...], ...] = ()
     widespread: bool = False
+    capped: bool = False
     coverage: Coverage | None = None
     rel_errors: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
     #: Largest relative error among entries resolvable above the round-off floor (their
@@ -308,6 +313,7 @@ class ParamReport:
             "n_kinks": self.n_kinks,
             "bad_indices": [list(i) for i in self.bad_indices],
             "widespread": self.widespread,
+            "capped": self.capped,
             "coverage": None if self.coverage is None else self.coverage.to_dict(),
         }
 
@@ -340,6 +346,7 @@ class ParamReport:
             n_kinks=int(d.get("n_kinks", 0)),
             bad_indices=tuple(tuple(i) for i in d.get("bad_indices", [])),
             widespread=bool(d.get("widespread", False)),
+            capped=bool(d.get("capped", False)),
             coverage=None if d.get("coverage") is None else Coverage.from_dict(d["coverage"]),
         )
 
