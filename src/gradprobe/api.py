@@ -8,7 +8,7 @@ and assemble the report. Each step lives in the module named for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,12 +20,12 @@ from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.verdict import build_report, passes
 from .errors import GradCheckError, InvalidInputError
-from .evaluate import make_evaluator
+from .evaluate import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
 from .layout import ParamLayout, normalize_params, promote_to_float64, validate_callable
 from .numerics import kernels
 from .numerics.steps import default_relative_step
-from .numerics.tolerances import loss_epsilon, tolerance_for
+from .numerics.tolerances import loss_epsilon, precision_dtype, tolerance_for
 from .options import (
     DEFAULT_PROBES,
     DEFAULT_SAMPLES,
@@ -240,26 +240,18 @@ def check(
                 loss_eps,
                 noise_rng=np.random.default_rng(seeds[-1]),
             )
-            noise_info.update(loss_noise=preflight.noise.sigma, noise=preflight.noise.status)
+            noise = preflight.noise
+            # The precision the loss is really computed in (coarser than the parameters' for
+            # a float32 loss of float64 parameters): it sets the default step and rtol.
+            precision = noise.resolution(base_value, loss_eps)
+            noise_info.update(loss_noise=noise.sigma, noise=noise.status, loss_precision=precision)
             warnings.extend(preflight.warnings)
-            warnings.extend(_noisy_loss_warning(preflight.noise.sigma, base_value, loss_eps))
             for p, name in enumerate(layout.names):
-                tolerance = tolerance_for(
-                    layout.dtypes[p],
-                    loss_eps,
-                    options.rtol,
-                    options.atol,
-                    loss_noise=preflight.noise.sigma,
+                contexts[name] = _context(
+                    evaluator, p, analytic[p], options, precision, noise.sigma
                 )
-                contexts[name] = ParamCheck(
-                    evaluator=evaluator,
-                    param=p,
-                    analytic_flat=analytic[p].reshape(-1),
-                    tolerance=tolerance,
-                    relative_step=options.eps
-                    or default_relative_step(layout.dtypes[p], options.method),
-                    method=options.method,
-                )
+            warnings.extend(_precision_warnings(contexts, noise.sigma, base_value, loss_eps))
+            for p, name in enumerate(layout.names):
                 evidence[name] = gather_evidence(
                     contexts[name],
                     n_samples[p],
@@ -288,12 +280,46 @@ def check(
     return assemble(True)
 
 
+def _context(
+    evaluator: Evaluator,
+    p: int,
+    analytic: np.ndarray,
+    options: CheckOptions,
+    precision: float,
+    loss_noise: float,
+) -> ParamCheck:
+    """Parameter ``p``'s context: its pass rule and step for the loss's precision."""
+    dtype = evaluator.layout.dtypes[p]
+    return ParamCheck(
+        evaluator=evaluator,
+        param=p,
+        analytic_flat=analytic.reshape(-1),
+        tolerance=tolerance_for(dtype, precision, options.rtol, options.atol, loss_noise),
+        relative_step=options.eps or default_relative_step(dtype, options.method, precision),
+        method=options.method,
+    )
+
+
 #: Measured noise this many times above ``EPS * max(1, |L|)`` is not floating-point round-off.
 NOISY_LOSS_RATIO = 1e6
 
 
-def _noisy_loss_warning(sigma: float, base_value: float, loss_eps: float) -> list[str]:
-    """A warning when the loss's measured noise is far above floating-point round-off."""
+def _precision_warnings(
+    contexts: Mapping[str, ParamCheck], sigma: float, base_value: float, loss_eps: float
+) -> list[str]:
+    """A warning when the loss is computed more coarsely than its parameters, or is noisy."""
+    first = next(iter(contexts.values()))
+    precision = first.tolerance.loss_eps
+    if precision > loss_eps:
+        like = precision_dtype(precision)
+        return [
+            f"the loss is computed in lower precision than its parameters: it stays flat when "
+            f"they move by a few of their ulps and resolves only ~{precision:.2g} relative "
+            f"(like {like}); a float32 cast inside the loss, a float32 return value, or "
+            f"rounding. The check used the step and tolerance of that precision (step "
+            f"{first.relative_step:.3g}, rtol {first.tolerance.rtol:g}, measured noise "
+            f"{sigma:.3g}); compute the loss in the parameters' precision for a tighter check."
+        ]
     roundoff = loss_eps * max(1.0, abs(base_value))
     if not sigma > NOISY_LOSS_RATIO * roundoff:
         return []

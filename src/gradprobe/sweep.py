@@ -213,10 +213,7 @@ def sweep(
     rel = verdict.rel_error.reshape(numeric.shape)
     result = SweepResult(
         steps=grid,
-        entries=tuple(
-            (layout.names[p], unravel(f, layout.shapes[p]))
-            for p, f in picked
-        ),
+        entries=tuple((layout.names[p], unravel(f, layout.shapes[p])) for p, f in picked),
         analytic=a,
         numeric=numeric,
         rel_errors=rel,

@@ -160,3 +160,52 @@ def test_bug_in_a_few_rows_of_a_large_table_is_localized_entry_by_entry():
     assert set(e.bad_indices) == wrong, str(report)
     assert "widespread" not in e.coverage.statement
     assert report.params["w"].passed
+
+
+def _tanh_regression(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((64, 10)), rng.standard_normal(64)
+    params = {"W": 0.3 * rng.standard_normal((10, 8)), "v": rng.standard_normal(8)}
+
+    def value64(p):
+        h = np.tanh(x @ p["W"])
+        return 0.5 * np.mean((h @ p["v"] - y) ** 2)
+
+    def grad(p):
+        h = np.tanh(x @ p["W"])
+        r = (h @ p["v"] - y) / len(y)
+        return {"W": x.T @ (np.outer(r, p["v"]) * (1 - h**2)), "v": h.T @ r}
+
+    def cast32(p):  # the loss computed in float32 under float64 parameters
+        h = np.tanh(x.astype(np.float32) @ p["W"].astype(np.float32))
+        return float(0.5 * np.mean((h @ p["v"].astype(np.float32) - y.astype(np.float32)) ** 2))
+
+    losses = {
+        "cast to float32 inside": cast32,
+        "float32 return value": lambda p: np.float32(value64(p)),
+        "rounded to 1e-9": lambda p: round(float(value64(p)), 9),
+    }
+    return losses, grad, params
+
+
+@pytest.mark.parametrize(
+    "kind", ["cast to float32 inside", "float32 return value", "rounded to 1e-9"]
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_loss_in_lower_precision_than_its_parameters(kind, seed):
+    losses, grad, params = _tanh_regression(seed)
+    loss = losses[kind]
+    report = gradprobe.check(loss, grad, params)
+    assert report.passed, str(report)
+    assert any("lower precision than its parameters" in w for w in report.warnings)
+    assert report.settings["loss_precision"] > 1e-12
+    # A planted 1.5x scale bug in one parameter is still found there, and only there.
+
+    def bad(p):
+        g = grad(p)
+        g["v"] = 1.5 * g["v"]
+        return g
+
+    report = gradprobe.check(loss, bad, params)
+    assert [q.name for q in report.failures] == ["v"], str(report)
+    assert report.params["v"].diagnosis.kind == "scale"

@@ -168,15 +168,42 @@ def estimate_loss_noise(
     ``NOISE_ULPS * EPS_p * sqrt(n) * max(1, rms(x_p))`` (``n`` entries in all): an entry of
     typical size moves by about ``NOISE_ULPS`` ulps, so the points differ in their last bits
     while the smooth part (and any kink crossed) changes the differences far less than the
-    noise does.
+    noise does. When the loss does not change at all there (computed or rounded more coarsely
+    than its parameters: a float32 loss of float64 parameters), the step grows by
+    :data:`NOISE_SCALING` until it does, at most :data:`MAX_NOISE_SCALINGS` times
+    (``NoiseEstimate.step_scale`` says how far).
     """
+    estimate = NoiseEstimate(0.0, 0, "flat")
+    spent, scale = 0, 1.0
+    # A loss computed (or rounded) more coarsely than its parameters stays flat at a few of
+    # their ulps: enlarge the step until it changes, and measure the noise there.
+    for _ in range(MAX_NOISE_SCALINGS + 1):
+        estimate = _noise_at(evaluator, base_loss, rng, scale)
+        spent += 2 * NOISE_HALF_POINTS
+        if estimate.status != "flat":
+            break
+        scale *= NOISE_SCALING
+    return replace(estimate, n_evaluations=spent, step_scale=scale)
+
+
+#: When the loss is flat at a few ulps, the noise estimate's step grows by this factor...
+NOISE_SCALING = 256.0
+#: ... at most this many times (steps up to ~1e-5 relative in float64; 8 evaluations each).
+MAX_NOISE_SCALINGS = 5
+
+
+def _noise_at(
+    evaluator: Evaluator, base_loss: float, rng: np.random.Generator, scale: float
+) -> NoiseEstimate:
+    """ECnoise on ``L(x + i * delta * v)`` with ``delta`` ``scale`` times the ulp-sized step."""
     layout = evaluator.layout
     base = [b.astype(np.float64, copy=False) for b in evaluator.base]
     n = sum(b.size for b in base)
     v = [rng.standard_normal(b.shape) for b in base]
     norm = float(np.sqrt(sum(float(np.sum(x * x)) for x in v)))
     steps = [
-        NOISE_ULPS
+        scale
+        * NOISE_ULPS
         * float(np.finfo(dt).eps)
         * np.sqrt(n)
         # einsum's own loop, not BLAS: the sum must not depend on the BLAS thread count.
@@ -205,7 +232,7 @@ def estimate_loss_noise(
                 f"loss raised {type(exc).__name__} within a few ulps of the base point (noise "
                 f"estimate; the base point itself succeeded): {exc}"
             ) from exc
-    return replace(ecnoise(values), n_evaluations=2 * k)
+    return ecnoise(values)
 
 
 def _shifted(base: np.ndarray, scale: float, direction: np.ndarray, dtype: np.dtype) -> np.ndarray:
