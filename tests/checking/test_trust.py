@@ -209,3 +209,45 @@ def test_loss_in_lower_precision_than_its_parameters(kind, seed):
     report = gradprobe.check(loss, bad, params)
     assert [q.name for q in report.failures] == ["v"], str(report)
     assert report.params["v"].diagnosis.kind == "scale"
+
+
+def _normalization(seed: int, offset: float, axis: int):
+    """sum(G * normalize(x)) over ``axis`` (-1: a layer norm; 0: a batch norm's statistics),
+    checked with respect to inputs ``offset + N(0, 1)``."""
+    rng = np.random.default_rng(seed)
+    x = offset + rng.standard_normal((6, 16))
+    g_out = rng.standard_normal((6, 16))  # a random upstream gradient, never ones
+    eps = 1e-5
+
+    def parts(v):
+        c = v - v.mean(axis, keepdims=True)
+        s = np.sqrt((c**2).mean(axis, keepdims=True) + eps)
+        return c, s
+
+    def loss(p):
+        c, s = parts(p["x"])
+        return float(np.sum(g_out * c / s))
+
+    def grad(p):
+        c, s = parts(p["x"])
+        xh = c / s
+        mean = lambda a: a.mean(axis, keepdims=True)  # noqa: E731
+        return {"x": (g_out - mean(g_out) - xh * mean(g_out * xh)) / s}
+
+    return loss, grad, {"x": x}
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("offset", [1e4, 3e4, 1e5])
+def test_inputs_far_from_zero_with_unit_spread(offset, axis):
+    for seed in range(4):
+        loss, grad, params = _normalization(seed, offset, axis)
+        report = gradprobe.check(loss, grad, params)
+        assert report.passed, str(report)
+
+        def missing(p, grad=grad):  # the term through the variance left out: a real bug
+            g = grad(p)
+            c = p["x"] - p["x"].mean(axis, keepdims=True)
+            return {"x": g["x"] + 0.01 * c}
+
+        assert not gradprobe.check(loss, missing, params).passed
