@@ -18,7 +18,7 @@ from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
-from .checking.verdict import build_report, passes
+from .checking.verdict import build_report, floor_warnings, passes
 from .errors import GradCheckError, InvalidInputError
 from .evaluate import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
@@ -215,7 +215,7 @@ def check(
         return Report(
             params=results,
             passed=all_passed,
-            warnings=tuple(warnings),
+            warnings=(*warnings, *floor_warnings(results)),
             seed=options.seed,
             settings={**settings(options, evaluator.executor), **noise_info},
             n_evaluations=evaluator.n_evaluations,
@@ -333,11 +333,15 @@ def _precision_warnings(
 
 
 def _dtype_warnings(layout: ParamLayout) -> list[str]:
-    low = [n for n, dt in zip(layout.names, layout.dtypes, strict=True) if np.finfo(dt).bits < 64]
-    if not low:
-        return []
-    return [
-        f"parameters {low} are lower than float64 precision: finite differences in float32 "
-        "resolve only ~3 significant digits, so tolerances are loosened; check in float64 when "
-        "the loss allows it (check(..., promote=True) casts them for the check)."
-    ]
+    out = []
+    for dtype in sorted({dt for dt in layout.dtypes if np.finfo(dt).bits < 64}, key=str):
+        names = [n for n, dt in zip(layout.names, layout.dtypes, strict=True) if dt == dtype]
+        # Central differences reach ~EPS**(2/3) relative accuracy at best.
+        digits = int(-np.log10(float(np.finfo(dtype).eps) ** (2.0 / 3.0)))
+        out.append(
+            f"parameters {names} are {dtype}, lower than float64 precision: finite differences "
+            f"in {dtype} resolve only ~{digits} significant digits, so tolerances are loosened; "
+            "check in float64 when the loss allows it (check(..., promote=True) casts them for "
+            "the check)."
+        )
+    return out

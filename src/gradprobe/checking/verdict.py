@@ -26,7 +26,11 @@ from .context import ParamCheck
 from .parameter import Evidence
 from .probes import ProbeOutcome
 
-__all__ = ["build_report", "passes"]
+__all__ = ["build_report", "floor_warnings", "passes"]
+
+#: A passing parameter with at least this share of its checked entries at the round-off floor
+#: was hardly verified: the report says so.
+UNVERIFIED_SHARE = 0.9
 
 
 def passes(evidence: Evidence) -> bool:
@@ -41,6 +45,22 @@ def passes(evidence: Evidence) -> bool:
         and not widespread
         and evidence.nonfinite.size == 0
     )
+
+
+def floor_warnings(reports: Mapping[str, ParamReport]) -> list[str]:
+    """A warning for each passing parameter whose checked entries sit (almost) all at the
+    round-off floor: nothing was verified there."""
+    out = []
+    for r in reports.values():
+        if r.passed and r.n_checked and r.n_at_floor >= UNVERIFIED_SHARE * r.n_checked:
+            out.append(
+                f"{r.name}: {r.n_at_floor} of {r.n_checked} checked entries are at the round-off "
+                "floor, where an error cannot be told from noise: it passed, but nothing was "
+                "verified there. The loss hardly changes with it (an upstream gradient of ones "
+                "that cancels, a tiny weight) or its precision is too low: use a random upstream "
+                "gradient, float64 (promote=True), or a larger batch."
+            )
+    return out
 
 
 def _bad_indices(ctx: ParamCheck, evidence: Evidence) -> tuple[tuple[int, ...], ...]:
@@ -80,6 +100,7 @@ def build_report(
         n_probed=ctx.size if outcome is not None else 0,
         n_probes=outcome.n_probes if outcome is not None else 0,
         n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
+        n_unverified=int(np.count_nonzero(~resolved & ~entries.kink)),
         probe_note=probe_note(outcome, ctx.shape),
     )
     return ParamReport(
@@ -130,6 +151,7 @@ def build_coverage(
     n_probed: int = 0,
     n_probes: int = 0,
     n_probe_kinks: int = 0,
+    n_unverified: int = 0,
     probe_note: str = "",
     confidence: float = CONFIDENCE,
 ) -> Coverage:
@@ -144,11 +166,19 @@ def build_coverage(
     if n_probed:
         kinks = f", {n_probe_kinks} across kinks" if n_probe_kinks else ""
         parts.append(f"all {n_probed:,} entries probed ({n_probes} directional probes{kinks})")
+    # Entries at the round-off floor passed without evidence: they count for no bound.
+    n_unverified = min(n_unverified, n_sampled)
+    n_verified = n_sampled - n_unverified
+    unverified = f" ({n_unverified:,} at the round-off floor, unverified)" if n_unverified else ""
     if n_sampled >= n_total:
-        upper = n_failed_sampled / n_total if n_total else 1.0
-        parts.append(f"all {n_total:,} checked individually, {n_failed_sampled:,} wrong")
+        upper = (n_failed_sampled + n_unverified) / n_total if n_total else 1.0
+        parts.append(
+            f"all {n_total:,} checked individually, {n_failed_sampled:,} wrong{unverified}"
+        )
     else:
-        upper = upper_bound_wrong_fraction(n_sampled, n_failed_sampled, confidence)
+        upper = upper_bound_wrong_fraction(
+            n_verified, min(n_failed_sampled, n_verified), confidence
+        )
         by = ", ".join(f"{k} {v}" for k, v in strata.items())
         parts.append(f"{n_sampled:,} of {n_total:,} checked individually ({by})")
         if n_sampled:
@@ -157,7 +187,7 @@ def build_coverage(
                 if upper >= 1.0
                 else f"fewer than {_pct(upper)} wrong at {confidence:.0%}"
             )
-            parts.append(f"{n_failed_sampled:,} of {n_sampled:,} failed: {bound}")
+            parts.append(f"{n_failed_sampled:,} of {n_sampled:,} failed{unverified}: {bound}")
     if probe_note:
         parts.append(probe_note)
     return Coverage(

@@ -279,12 +279,17 @@ class ParamReport:
 
     @property
     def headline_rel_error(self) -> float:
-        """The relative error the report's table shows: the classic maximum for a failing
-        parameter; for a passing one the maximum over entries resolvable above the round-off
-        floor (NaN when none is: their differences are noise, not evidence)."""
+        """The relative error the report's table shows: for a failing parameter the largest
+        among the failing entries its failure block shows (so the two agree; an entry at the
+        round-off floor may have a larger classic relative error, in ``max_rel_error``); for
+        a passing one the maximum over entries resolvable above the round-off floor (NaN when
+        none is: their differences are noise, not evidence)."""
         if not self.n_checked:
             return math.nan
-        return self.max_rel_error if not self.passed else self.max_rel_error_resolved
+        if self.passed:
+            return self.max_rel_error_resolved
+        shown = self.failing_entries
+        return max(e.rel_error for e in shown) if shown else self.max_rel_error
 
     @property
     def failing_entries(self) -> tuple[EntryCheck, ...]:
