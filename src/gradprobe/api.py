@@ -70,6 +70,7 @@ def check(
     promote: bool = False,
     probes: int | bool = DEFAULT_PROBES,
     slice_probes: bool = False,
+    nondet_tol: float | None = None,
 ) -> Report:
     """Check an analytic gradient against central finite differences.
 
@@ -127,13 +128,21 @@ def check(
     promote : bool
         Cast parameters below float64 to float64 for the check (the loss and grad receive
         float64 arrays); use when the loss accepts them, for float64-tight tolerances.
+    nondet_tol : float, optional
+        Relative difference between repeated evaluations at the same parameters accepted as
+        run-to-run jitter (summation order, atomics): the loss's two values, and each
+        parameter's two gradients over its largest entry. Accepted jitter is folded into the
+        noise floor (differences below it are noise, not gradient errors). Default 1e-12 (never
+        below 16 ulps of the loss's dtype), with a warning when jitter is found; passing it
+        silences the warning.
 
     Before any perturbation, the loss is evaluated a second time at the base point and the
-    grad function called a second time (pre-flight): different values raise
-    :class:`NondeterministicLossError`, a loss or grad that writes into its arguments raises
-    :class:`InvalidInputError`. NaN/inf entries of the analytic gradient fail their parameter
-    (diagnosis ``"nonfinite"``) without stopping the check. Every failing parameter gets a
-    :class:`Diagnosis` (``report.params[name].diagnosis``).
+    grad function called a second time (pre-flight): values differing beyond ``nondet_tol``
+    raise :class:`NondeterministicLossError` (:class:`StatefulGradientError` when the loss
+    repeats and grad does not: a buffer accumulated into or scaled in place), a loss or grad
+    that writes into its arguments raises :class:`InvalidInputError`. NaN/inf entries of the
+    analytic gradient fail their parameter (diagnosis ``"nonfinite"``) without stopping the
+    check. Every failing parameter gets a :class:`Diagnosis` (``report.params[name].diagnosis``).
 
     Returns
     -------
@@ -148,7 +157,8 @@ def check(
     LossEvaluationError
         The loss or grad raised; the message names the parameter and entry.
     NondeterministicLossError
-        The loss or grad returned different values for the same parameters.
+        The loss or grad returned different values for the same parameters (beyond
+        ``nondet_tol``); :class:`StatefulGradientError` when grad keeps state between calls.
     CheckAborted
         The time limit or evaluation budget ran out (``exc.partial_report`` keeps the results).
     """
@@ -171,6 +181,7 @@ def check(
         promote=promote,
         probes=probes,
         slice_probes=slice_probes,
+        nondet_tol=nondet_tol,
     )
     promoted: list[str] = []
     if options.promote:
@@ -239,6 +250,7 @@ def check(
                 analytic,
                 loss_eps,
                 noise_rng=np.random.default_rng(seeds[-1]),
+                nondet_tol=options.nondet_tol,
             )
             noise = preflight.noise
             # The precision the loss is really computed in (coarser than the parameters' for

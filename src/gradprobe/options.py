@@ -32,6 +32,7 @@ from .errors import InvalidInputError
 from .numerics.steps import METHODS
 
 __all__ = [
+    "DEFAULT_NONDET_TOL",
     "DEFAULT_PROBES",
     "DEFAULT_SAMPLES",
     "OPTIONS",
@@ -53,6 +54,7 @@ __all__ = [
 DEFAULT_SAMPLES = 512
 #: Random directions probed per parameter by default.
 DEFAULT_PROBES = 2
+DEFAULT_NONDET_TOL = 1e-12  #: relative jitter accepted by default (docs/reliability.md)
 
 
 # -- samples ----------------------------------------------------------------------------------
@@ -159,6 +161,14 @@ def _atol(value: Any, names: Sequence[str] | None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise InvalidInputError(f"atol: expected a number >= 0, found {value!r}.")
     return float(value)
+
+
+def _nondet_tol(value: Any, names: Sequence[str] | None) -> float | None:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if value is None or (real and 0 <= value < math.inf):
+        return None if value is None else float(value)
+    expected = "a finite number >= 0 (e.g. 1e-10; None for the default)"
+    raise InvalidInputError(f"nondet_tol: expected {expected}, found {value!r}.")
 
 
 def _method(value: Any, names: Sequence[str] | None) -> str:
@@ -365,6 +375,14 @@ _TABLE = (
         "also probe each slice along the leading axis",
         toml_example="slice_probes = true",
     ),
+    Option(
+        "nondet_tol",
+        None,
+        _nondet_tol,
+        f"relative jitter accepted between repeated evaluations (default {DEFAULT_NONDET_TOL:g})",
+        toml_example="nondet_tol = 1e-10",
+        from_text=float,
+    ),
 )
 
 #: Every option of :func:`gradprobe.check`, by name, in the order of its signature.
@@ -394,6 +412,7 @@ class CheckOptions:
     promote: bool
     probes: int
     slice_probes: bool
+    nondet_tol: float | None
 
 
 def check_option(name: str, value: Any, names: Sequence[str] | None = None) -> Any:
@@ -477,4 +496,5 @@ def settings(options: CheckOptions, executor: str) -> dict[str, Any]:
         "budget": options.budget,
         "probes": options.probes,
         "slice_probes": options.slice_probes,
+        "nondet_tol": options.nondet_tol,
     }
