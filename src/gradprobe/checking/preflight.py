@@ -9,7 +9,7 @@ from grad's state), and lists the entries where the analytic gradient is not fin
 difference up to ``nondet_tol`` is run-to-run jitter (summation order, atomics): accepted,
 folded into the noise floor (the tolerance's ``loss_noise``) and reported as a warning.
 
-:func:`estimate_loss_noise` measures the loss's rounding noise (ECnoise, see
+:func:`~gradprobe.checking.noise.estimate_loss_noise` measures the loss's rounding noise (ECnoise, see
 :mod:`gradprobe.tolerances`) with ``2 * NOISE_HALF_POINTS`` more evaluations, for losses whose
 value cancels (its round-off is then far above ``EPS * |L|``).
 
@@ -39,19 +39,16 @@ from ..evaluate import Evaluator, one_blas_thread
 from ..layout import ParamLayout, normalize_gradient
 from ..numerics.tolerances import (
     NOISE_FACTOR,
-    NOISE_HALF_POINTS,
     NOISE_SAFETY,
-    NOISE_ULPS,
     NoiseEstimate,
-    ecnoise,
 )
 from ..options import DEFAULT_NONDET_TOL
+from .noise import estimate_loss_noise
 
 __all__ = [
     "PreflightResult",
     "analytic_gradient",
     "base_loss",
-    "estimate_loss_noise",
     "jitter_bar",
     "run_preflight",
 ]
@@ -354,92 +351,6 @@ def _jitter_warnings(rel: float, noise: float, grad: _GradChange | None, bar: fl
             f"{silence}{_suggested_tol(grad.relative)})."
         )
     return out
-
-
-def estimate_loss_noise(
-    evaluator: Evaluator, base_loss: float, rng: np.random.Generator
-) -> NoiseEstimate:
-    """Measure the loss's rounding noise along a random direction over every parameter.
-
-    Evaluates ``L(x + i * delta * v)`` for ``i = -k..k``, ``i != 0`` (``k =``
-    :data:`~gradprobe.tolerances.NOISE_HALF_POINTS`; the centre is ``base_loss``), ``v`` a unit
-    vector over all entries drawn from ``rng``, and hands the values to
-    :func:`~gradprobe.tolerances.ecnoise`. Parameter ``p``'s part of the step is
-    ``NOISE_ULPS * EPS_p * sqrt(n) * max(1, rms(x_p))`` (``n`` entries in all): an entry of
-    typical size moves by about ``NOISE_ULPS`` ulps, so the points differ in their last bits
-    while the smooth part (and any kink crossed) changes the differences far less than the
-    noise does. When the loss does not change at all there (computed or rounded more coarsely
-    than its parameters: a float32 loss of float64 parameters), the step grows by
-    :data:`NOISE_SCALING` until it does, at most :data:`MAX_NOISE_SCALINGS` times
-    (``NoiseEstimate.step_scale`` says how far).
-    """
-    estimate = NoiseEstimate(0.0, 0, "flat")
-    spent, scale = 0, 1.0
-    # A loss computed (or rounded) more coarsely than its parameters stays flat at a few of
-    # their ulps: enlarge the step until it changes, and measure the noise there.
-    for _ in range(MAX_NOISE_SCALINGS + 1):
-        estimate = _noise_at(evaluator, base_loss, rng, scale)
-        spent += 2 * NOISE_HALF_POINTS
-        if estimate.status != "flat":
-            break
-        scale *= NOISE_SCALING
-    return replace(estimate, n_evaluations=spent, step_scale=scale)
-
-
-#: When the loss is flat at a few ulps, the noise estimate's step grows by this factor...
-NOISE_SCALING = 256.0
-#: ... at most this many times (steps up to ~1e-5 relative in float64; 8 evaluations each).
-MAX_NOISE_SCALINGS = 5
-
-
-def _noise_at(
-    evaluator: Evaluator, base_loss: float, rng: np.random.Generator, scale: float
-) -> NoiseEstimate:
-    """ECnoise on ``L(x + i * delta * v)`` with ``delta`` ``scale`` times the ulp-sized step."""
-    layout = evaluator.layout
-    base = [b.astype(np.float64, copy=False) for b in evaluator.base]
-    n = sum(b.size for b in base)
-    v = [rng.standard_normal(b.shape) for b in base]
-    norm = float(np.sqrt(sum(float(np.sum(x * x)) for x in v)))
-    steps = [
-        scale
-        * NOISE_ULPS
-        * float(np.finfo(dt).eps)
-        * np.sqrt(n)
-        # einsum's own loop, not BLAS: the sum must not depend on the BLAS thread count.
-        * max(1.0, float(np.sqrt(np.einsum("i,i->", b.reshape(-1), b.reshape(-1)) / b.size)))
-        / norm
-        for b, dt in zip(base, layout.dtypes, strict=True)
-    ]
-    k = NOISE_HALF_POINTS
-    values = []
-    for i in range(-k, k + 1):
-        if i == 0:
-            values.append(base_loss)
-            continue
-        arrays = [
-            _shifted(b, i * h, x, dt)
-            for b, h, x, dt in zip(base, steps, v, layout.dtypes, strict=True)
-        ]
-        evaluator.charge(1)
-        try:
-            with one_blas_thread():
-                values.append(evaluator.call_loss(arrays, "near the base point (noise estimate)"))
-        except GradCheckError:
-            raise
-        except Exception as exc:
-            raise LossEvaluationError(
-                f"loss raised {type(exc).__name__} within a few ulps of the base point (noise "
-                f"estimate; the base point itself succeeded): {exc}"
-            ) from exc
-    return ecnoise(values)
-
-
-def _shifted(base: np.ndarray, scale: float, direction: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``(base + scale * direction).astype(dtype)`` with one temporary instead of three."""
-    out = np.multiply(direction, scale)
-    out += base
-    return out.astype(dtype, copy=False)
 
 
 def run_preflight(
