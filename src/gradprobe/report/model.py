@@ -117,8 +117,10 @@ class Diagnosis:
     Attributes
     ----------
     kind : str
-        ``"scale"``, ``"sign"``, ``"transpose"``, ``"zero"``, ``"missing-term"``, ``"swapped"``,
-        ``"mismatch"`` (or ``"widespread"``/``"nonfinite"`` where those apply).
+        One of ``"nonfinite"``, ``"zero"``, ``"unused"``, ``"missing-term"``, ``"sign"``,
+        ``"scale"``, ``"transpose"``, ``"swapped"``, ``"shifted"``, ``"partial-factor"``,
+        ``"confined"``, ``"mismatch"`` (:mod:`gradprobe.checking.diagnosis` tries them in
+        that order).
     detail : str
         One line a person can act on.
     confidence : float
@@ -212,7 +214,7 @@ class ParamReport:
     n_checked : int
         Entries checked one by one against a finite difference.
     sampling : str
-        How those entries were chosen (``"all"``, ``"random"``, ``"stratified"``).
+        How those entries were chosen (``"all"`` or ``"stratified"``).
     max_rel_error : float
         Largest relative error among the checked entries (inf when one is NaN).
     worst_index : tuple of int or None
