@@ -251,3 +251,54 @@ def test_inputs_far_from_zero_with_unit_spread(offset, axis):
             return {"x": g["x"] + 0.01 * c}
 
         assert not gradprobe.check(loss, missing, params).passed
+
+
+def test_everything_at_the_noise_floor_is_not_called_verified():
+    # A softmax summed with an upstream gradient of ones is constant: its gradient is 0 and
+    # every difference is round-off. It passes, but the report says nothing was verified.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6))
+
+    def loss(p):
+        z = x @ p["W"]
+        e = np.exp(z - z.max(1, keepdims=True))
+        return float(np.sum(e / e.sum(1, keepdims=True)))
+
+    params = {"W": rng.standard_normal((6, 4))}
+    report = gradprobe.check(loss, lambda p: {"W": np.zeros((6, 4))}, params)
+    assert report.passed
+    assert any(
+        "nothing was verified" in w and "random upstream gradient" in w for w in report.warnings
+    )
+    statement = report.params["W"].coverage.statement
+    assert "24 at the round-off floor, unverified" in statement
+    assert report.params["W"].coverage.upper_bound == 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_low_precision_warning_names_its_own_dtype(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(5).astype(dtype)
+    report = gradprobe.check(lambda v: float(np.sum(v.astype(np.float64) ** 2)), lambda v: 2 * v, x)
+    text = " ".join(report.warnings)
+    assert np.dtype(dtype).name in text
+    assert ("float32" in text) == (dtype == np.float32)
+
+
+def test_table_relative_error_matches_the_failure_block():
+    # A failing parameter whose largest classic relative error sits at an entry near zero:
+    # the table shows the largest among the failing entries its block lists.
+    loss, grad, params = _embedding_model(rows=40)
+
+    def off(p):
+        g = grad(p)
+        g["E"][3] *= 1.01
+        return g
+
+    report = gradprobe.check(loss, off, params)
+    e = report.params["E"]
+    assert not e.passed
+    shown = [w.rel_error for w in e.worst_entries if not w.passed and not w.kink]
+    assert e.headline_rel_error == max(shown)
+    row = next(ln for ln in report.table().splitlines() if ln.strip().startswith("E "))
+    assert f"{max(shown):.2e}" in row

@@ -42,9 +42,13 @@ def estimate_loss_noise(
     # A loss computed (or rounded) more coarsely than its parameters stays flat at a few of
     # their ulps: enlarge the step until it changes, and measure the noise there.
     for _ in range(MAX_NOISE_SCALINGS + 1):
-        estimate = _noise_at(evaluator, base_loss, rng, scale)
+        estimate, values = _noise_at(evaluator, base_loss, rng, scale)
         spent += 2 * NOISE_HALF_POINTS
-        if estimate.status != "flat":
+        # Quantized: equal to the last bit, or mostly so with no consistent noise order (a
+        # coarse rounding grid crossed at one or two of the points).
+        unchanged = int(np.count_nonzero(np.diff(values) == 0.0))
+        quantized = estimate.status == "inconclusive" and 2 * unchanged >= len(values) - 1
+        if estimate.status != "flat" and not quantized:
             break
         scale *= NOISE_SCALING
     return replace(estimate, n_evaluations=spent, step_scale=scale)
@@ -58,7 +62,7 @@ MAX_NOISE_SCALINGS = 5
 
 def _noise_at(
     evaluator: Evaluator, base_loss: float, rng: np.random.Generator, scale: float
-) -> NoiseEstimate:
+) -> tuple[NoiseEstimate, list[float]]:
     """ECnoise on ``L(x + i * delta * v)`` with ``delta`` ``scale`` times the ulp-sized step."""
     layout = evaluator.layout
     base = [b.astype(np.float64, copy=False) for b in evaluator.base]
@@ -96,7 +100,7 @@ def _noise_at(
                 f"loss raised {type(exc).__name__} within a few ulps of the base point (noise "
                 f"estimate; the base point itself succeeded): {exc}"
             ) from exc
-    return ecnoise(values)
+    return ecnoise(values), values
 
 
 def _shifted(base: np.ndarray, scale: float, direction: np.ndarray, dtype: np.dtype) -> np.ndarray:
