@@ -183,113 +183,140 @@ def check(
         slice_probes=slice_probes,
         nondet_tol=nondet_tol,
     )
-    promoted: list[str] = []
-    if options.promote:
-        layout, base, promoted = promote_to_float64(layout, base)
-    warnings = _dtype_warnings(layout)
-    if promoted:
-        warnings.append(
-            f"parameters {promoted} were promoted to float64 for the check (promote=True): the "
-            "loss and grad received float64 arrays."
-        )
-    loss_eps = loss_epsilon(layout.dtypes)
-    deadline = None if options.timeout is None else time.monotonic() + options.timeout
-    timings: dict[str, float] = {"compile": kernels.warm_up()}
-    n_samples = _sample_sizes(layout, options)
-    evaluator = make_evaluator(
-        loss,
-        layout,
-        base,
-        n_jobs=options.n_jobs,
-        batched=bool(batched),
-        budget=options.budget,
-        deadline=deadline,
-        progress=progress,
-        planned_evaluations=2 + 2 * sum(n_samples),  # base loss + pre-flight + the samples
-    )
-    timings["compile"] += evaluator.compile_seconds
-
-    # The loss's measured rounding noise (tolerances.py), recorded in the report's settings.
-    noise_info: dict[str, Any] = {}
-
-    contexts: dict[str, ParamCheck] = {}
-    evidence: dict[str, Evidence] = {}
-    diagnoses: dict[str, Diagnosis] = {}
-
-    def assemble(complete: bool, reason: str | None = None) -> Report:
-        timings["total"] = time.perf_counter() - start
-        results = {
-            name: build_report(contexts[name], evidence[name], diagnoses.get(name))
-            for name in evidence
-        }
-        all_passed = complete and all(r.passed for r in results.values())
-        return Report(
-            params=results,
-            passed=all_passed,
-            warnings=(*warnings, *floor_warnings(results)),
-            seed=options.seed,
-            settings={**settings(options, evaluator.executor), **noise_info},
-            n_evaluations=evaluator.n_evaluations,
-            timings=timings,
-            complete=complete,
-            incomplete_reason=reason,
-            version=__version__,
-        )
-
+    run = _Run(loss, grad, layout, base, options, start)
     try:
-        remaining = None if deadline is None else max(1e-3, deadline - time.monotonic())
-        with evaluator, hard_deadline(remaining):
-            base_value = base_loss(evaluator)
-            analytic = analytic_gradient(grad, layout, base)
-            # One seed per parameter, and one more for the noise estimate's direction.
-            seeds = np.random.SeedSequence(options.seed).spawn(len(layout.names) + 1)
-            preflight = run_preflight(
-                evaluator,
-                base_value,
-                grad,
-                analytic,
-                loss_eps,
-                noise_rng=np.random.default_rng(seeds[-1]),
-                nondet_tol=options.nondet_tol,
-            )
-            noise = preflight.noise
-            # The precision the loss is really computed in (coarser than the parameters' for
-            # a float32 loss of float64 parameters): it sets the default step and rtol.
-            precision = noise.resolution(base_value, loss_eps)
-            noise_info.update(loss_noise=noise.sigma, noise=noise.status, loss_precision=precision)
-            warnings.extend(preflight.warnings)
-            for p, name in enumerate(layout.names):
-                contexts[name] = _context(
-                    evaluator, p, analytic[p], options, precision, noise.sigma
-                )
-            warnings.extend(_precision_warnings(contexts, noise.sigma, base_value, loss_eps))
-            for p, name in enumerate(layout.names):
-                evidence[name] = gather_evidence(
-                    contexts[name],
-                    n_samples[p],
-                    np.random.default_rng(seeds[p]),
-                    probes=options.probes,
-                    slice_probes=options.slice_probes,
-                    nonfinite=preflight.nonfinite.get(name),
-                )
-            failing = [name for name in layout.names if not passes(evidence[name])]
-            diagnoses.update(
-                diagnose(
-                    contexts,
-                    {name: ev.entries for name, ev in evidence.items()},
-                    failing,
-                    preflight.nonfinite,
-                )
-            )
-            warnings.extend(evaluator.warnings)
+        with run.evaluator, hard_deadline(run.time_left()):
+            run.preflight()
+            run.gather_evidence()
+            run.diagnose()
     except GradCheckError as exc:
         if exc.partial_report is None and not isinstance(exc, InvalidInputError):
-            exc.partial_report = assemble(False, f"{type(exc).__name__}: {exc}")
+            exc.partial_report = run.report(f"{type(exc).__name__}: {exc}")
         raise
     except KeyboardInterrupt as exc:
-        exc.partial_report = assemble(False, "interrupted (KeyboardInterrupt)")  # type: ignore[attr-defined]
+        exc.partial_report = run.report("interrupted (KeyboardInterrupt)")  # type: ignore[attr-defined]
         raise
-    return assemble(True)
+    return run.report()
+
+
+class _Run:
+    """One check's state, step by step: plan, pre-flight, evidence, diagnosis, report."""
+
+    def __init__(
+        self,
+        loss: Callable[[Any], Any],
+        grad: Any,
+        layout: ParamLayout,
+        base: list[np.ndarray],
+        options: CheckOptions,
+        start: float,
+    ) -> None:
+        self.grad, self.options, self.start = grad, options, start
+        promoted: list[str] = []
+        if options.promote:
+            layout, base, promoted = promote_to_float64(layout, base)
+        self.layout, self.base = layout, base
+        self.warnings = _dtype_warnings(layout)
+        if promoted:
+            self.warnings.append(
+                f"parameters {promoted} were promoted to float64 for the check (promote=True): "
+                "the loss and grad received float64 arrays."
+            )
+        self.loss_eps = loss_epsilon(layout.dtypes)
+        self.deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        self.timings: dict[str, float] = {"compile": kernels.warm_up()}
+        self.n_samples = _sample_sizes(layout, options)
+        self.evaluator = make_evaluator(
+            loss,
+            layout,
+            base,
+            n_jobs=options.n_jobs,
+            batched=options.batched,
+            budget=options.budget,
+            deadline=self.deadline,
+            progress=options.progress,
+            planned_evaluations=2 + 2 * sum(self.n_samples),  # base, pre-flight, samples
+        )
+        self.timings["compile"] += self.evaluator.compile_seconds
+        # One seed per parameter, and one more for the noise estimate's direction.
+        self.seeds = np.random.SeedSequence(options.seed).spawn(len(layout.names) + 1)
+        self.noise_info: dict[str, Any] = {}
+        self.contexts: dict[str, ParamCheck] = {}
+        self.evidence: dict[str, Evidence] = {}
+        self.diagnoses: dict[str, Diagnosis] = {}
+        self.nonfinite: Mapping[str, np.ndarray] = {}
+
+    def time_left(self) -> float | None:
+        return None if self.deadline is None else max(1e-3, self.deadline - time.monotonic())
+
+    def preflight(self) -> None:
+        """Base point, analytic gradient, pre-flight; each parameter's context."""
+        evaluator, layout = self.evaluator, self.layout
+        base_value = base_loss(evaluator)
+        analytic = analytic_gradient(self.grad, layout, self.base)
+        checked = run_preflight(
+            evaluator,
+            base_value,
+            self.grad,
+            analytic,
+            self.loss_eps,
+            noise_rng=np.random.default_rng(self.seeds[-1]),
+            nondet_tol=self.options.nondet_tol,
+        )
+        self.nonfinite = checked.nonfinite
+        noise = checked.noise
+        # The precision the loss is really computed in (coarser than the parameters' for a
+        # float32 loss of float64 parameters): it sets the default step and rtol.
+        precision = noise.resolution(base_value, self.loss_eps)
+        self.noise_info.update(loss_noise=noise.sigma, noise=noise.status, loss_precision=precision)
+        self.warnings.extend(checked.warnings)
+        for p, name in enumerate(layout.names):
+            self.contexts[name] = _context(
+                evaluator, p, analytic[p], self.options, precision, noise.sigma
+            )
+        self.warnings.extend(
+            _precision_warnings(self.contexts, noise.sigma, base_value, self.loss_eps)
+        )
+
+    def gather_evidence(self) -> None:
+        """Each parameter's sample, probes and bisection."""
+        for p, name in enumerate(self.layout.names):
+            self.evidence[name] = gather_evidence(
+                self.contexts[name],
+                self.n_samples[p],
+                np.random.default_rng(self.seeds[p]),
+                probes=self.options.probes,
+                slice_probes=self.options.slice_probes,
+                nonfinite=self.nonfinite.get(name),
+            )
+
+    def diagnose(self) -> None:
+        """The likely cause of each failing parameter."""
+        failing = [name for name in self.layout.names if not passes(self.evidence[name])]
+        entries = {name: ev.entries for name, ev in self.evidence.items()}
+        self.diagnoses.update(diagnose(self.contexts, entries, failing, self.nonfinite))
+        self.warnings.extend(self.evaluator.warnings)
+
+    def report(self, incomplete: str | None = None) -> Report:
+        """The report of what was done (partial, with the reason, when ``incomplete``)."""
+        self.timings["total"] = time.perf_counter() - self.start
+        results = {
+            name: build_report(self.contexts[name], ev, self.diagnoses.get(name))
+            for name, ev in self.evidence.items()
+        }
+        complete = incomplete is None
+        return Report(
+            params=results,
+            passed=complete and all(r.passed for r in results.values()),
+            warnings=(*self.warnings, *floor_warnings(results)),
+            seed=self.options.seed,
+            settings={**settings(self.options, self.evaluator.executor), **self.noise_info},
+            n_evaluations=self.evaluator.n_evaluations,
+            timings=self.timings,
+            complete=complete,
+            incomplete_reason=incomplete,
+            version=__version__,
+        )
 
 
 def _context(
