@@ -6,6 +6,10 @@
 
 ``check``, ``sweep`` and ``keep_workers`` load their modules (and numba) on first use, so that
 importing the package, or its pytest plugin at every pytest start, stays cheap.
+
+The public API is the names in ``__all__`` (and ``gradprobe.testing``, ``gradprobe.examples``,
+the ``gradprobe`` command). Every other submodule (``numerics``, ``evaluate``, ``checking``,
+``report``, ``suites``, ``options``, ``layout``...) is internal and may change without notice.
 """
 
 from __future__ import annotations
