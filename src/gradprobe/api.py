@@ -19,7 +19,7 @@ from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.verdict import build_report, passes
-from .errors import GradCheckError, InvalidInputError
+from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .evaluate import make_evaluator
 from .evaluate.watchdog import hard_deadline
 from .layout import ParamLayout, normalize_params, promote_to_float64, validate_callable
@@ -279,6 +279,9 @@ def check(
             )
             warnings.extend(evaluator.warnings)
     except GradCheckError as exc:
+        if isinstance(exc, CheckAborted) and exc.reason == "timeout" and options.timeout:
+            # Quote the user's timeout, not the time left when the watchdog was armed.
+            exc.args = (_timeout_message(options.timeout),)
         if exc.partial_report is None and not isinstance(exc, InvalidInputError):
             exc.partial_report = assemble(False, f"{type(exc).__name__}: {exc}")
         raise
@@ -286,6 +289,13 @@ def check(
         exc.partial_report = assemble(False, "interrupted (KeyboardInterrupt)")  # type: ignore[attr-defined]
         raise
     return assemble(True)
+
+
+def _timeout_message(timeout: float) -> str:
+    return (
+        f"time limit of {timeout:g} s (timeout={timeout:g}) reached; raise `timeout` or check "
+        "fewer entries."
+    )
 
 
 #: Measured noise this many times above ``EPS * max(1, |L|)`` is not floating-point round-off.

@@ -42,6 +42,7 @@ __all__ = [
     "SampleSpec",
     "check_option",
     "option_problem",
+    "options_conflict",
     "settings",
     "validate_options",
     "validate_positive",
@@ -78,14 +79,12 @@ class SampleSpec:
 def _parse_one_sample(value: Any, where: str) -> SampleSpec:
     if value is None:
         return SampleSpec("default")
-    if isinstance(value, str):
-        if value == "all":
-            return SampleSpec("all")
+    if isinstance(value, str) and value == "all":
+        return SampleSpec("all")
+    if isinstance(value, (str, bool)):
         raise InvalidInputError(
-            f"{where}: expected 'all', an int >= 1 or a fraction in (0, 1], found {value!r}."
+            f"{where}: expected 'all', an int >= 0 or a fraction in (0, 1], found {value!r}."
         )
-    if isinstance(value, bool):
-        raise InvalidInputError(f"{where}: expected an int or a fraction, found {value!r}.")
     if isinstance(value, numbers.Integral):
         if value < 0:
             raise InvalidInputError(f"{where}: expected an int >= 0, found {value}.")
@@ -206,12 +205,13 @@ def _progress(value: Any, names: Sequence[str] | None) -> Callable[[int, int], N
 
 
 def _probes(value: Any, names: Sequence[str] | None) -> int:
-    if value is False:
-        return 0
+    # True and False read as "probes on" (the default count) and "off", as a flag would.
+    if isinstance(value, (bool, np.bool_)):
+        return DEFAULT_PROBES if value else 0
     if not _is_int(value) or value < 0:
         raise InvalidInputError(
-            f"probes: expected an int >= 0 (random directions per parameter) or False, found "
-            f"{value!r}."
+            f"probes: expected an int >= 0 (random directions per parameter), True (the "
+            f"default {DEFAULT_PROBES}) or False (none), found {value!r}."
         )
     return int(value)
 
@@ -355,7 +355,7 @@ _TABLE = (
         "probes",
         DEFAULT_PROBES,
         _probes,
-        "random directions probed per parameter (0 or false: none)",
+        "random directions probed per parameter (0 or false: none; true: the default)",
         toml_example="probes = 4 or probes = 0",
     ),
     Option(
@@ -447,11 +447,27 @@ def validate_options(layout_names: Sequence[str], **raw: Any) -> CheckOptions:
     values = {
         o.name: o.validate(raw.get(o.name, o.default), layout_names) for o in OPTIONS.values()
     }
-    if values["slice_probes"] and not values["probes"]:
-        raise InvalidInputError(
-            "slice_probes: True needs probes; found probes=0. Pass probes=1 or more."
-        )
+    conflict = options_conflict(values)
+    if conflict is not None:
+        raise InvalidInputError(f"{conflict[0]}: {conflict[1]}.")
     return CheckOptions(**values)
+
+
+def options_conflict(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(option, problem)`` when options valid one by one contradict each other, else None
+    (``values``: validated or suite-file values; suite files call it when they are read)."""
+    probes = values.get("probes", DEFAULT_PROBES)
+    probes = DEFAULT_PROBES if probes is True else int(probes or 0)
+    if values.get("slice_probes") and not probes:
+        return "slice_probes", "True needs probes; found probes=0. Pass probes=1 or more"
+    samples = values.get("samples")
+    specs = samples.values() if isinstance(samples, Mapping) else [samples]
+    if not probes and any(s == 0 or s == SampleSpec("count") for s in specs):
+        return "samples", (
+            "0 entries checked one by one with probes=0 would check nothing; keep the probes "
+            "(samples=0 means probes only) or check some entries"
+        )
+    return None
 
 
 def settings(options: CheckOptions, executor: str) -> dict[str, Any]:
