@@ -21,6 +21,7 @@ from .errors import (
     InvalidInputError,
     LossEvaluationError,
     NondeterministicLossError,
+    StatefulGradientError,
 )
 from .report import Coverage, Diagnosis, EntryCheck, ParamReport, Report
 from .suites.problem import Problem
@@ -50,6 +51,7 @@ __all__ = [
     "ParamReport",
     "Problem",
     "Report",
+    "StatefulGradientError",
     "SweepResult",
     "__version__",
     "check",

@@ -8,7 +8,7 @@ and assemble the report. Each step lives in the module named for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,14 +18,14 @@ from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
-from .checking.verdict import build_report, passes
+from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError
-from .evaluate import make_evaluator
+from .evaluate import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
 from .layout import ParamLayout, normalize_params, promote_to_float64, validate_callable
 from .numerics import kernels
 from .numerics.steps import default_relative_step
-from .numerics.tolerances import loss_epsilon, tolerance_for
+from .numerics.tolerances import loss_epsilon, precision_dtype, tolerance_for
 from .options import (
     DEFAULT_PROBES,
     DEFAULT_SAMPLES,
@@ -70,6 +70,7 @@ def check(
     promote: bool = False,
     probes: int | bool = DEFAULT_PROBES,
     slice_probes: bool = False,
+    nondet_tol: float | None = None,
 ) -> Report:
     """Check an analytic gradient against central finite differences.
 
@@ -127,13 +128,21 @@ def check(
     promote : bool
         Cast parameters below float64 to float64 for the check (the loss and grad receive
         float64 arrays); use when the loss accepts them, for float64-tight tolerances.
+    nondet_tol : float, optional
+        Relative difference between repeated evaluations at the same parameters accepted as
+        run-to-run jitter (summation order, atomics): the loss's two values, and each
+        parameter's two gradients over its largest entry. Accepted jitter is folded into the
+        noise floor (differences below it are noise, not gradient errors). Default 1e-12 (never
+        below 16 ulps of the loss's dtype), with a warning when jitter is found; passing it
+        silences the warning.
 
     Before any perturbation, the loss is evaluated a second time at the base point and the
-    grad function called a second time (pre-flight): different values raise
-    :class:`NondeterministicLossError`, a loss or grad that writes into its arguments raises
-    :class:`InvalidInputError`. NaN/inf entries of the analytic gradient fail their parameter
-    (diagnosis ``"nonfinite"``) without stopping the check. Every failing parameter gets a
-    :class:`Diagnosis` (``report.params[name].diagnosis``).
+    grad function called a second time (pre-flight): values differing beyond ``nondet_tol``
+    raise :class:`NondeterministicLossError` (:class:`StatefulGradientError` when the loss
+    repeats and grad does not: a buffer accumulated into or scaled in place), a loss or grad
+    that writes into its arguments raises :class:`InvalidInputError`. NaN/inf entries of the
+    analytic gradient fail their parameter (diagnosis ``"nonfinite"``) without stopping the
+    check. Every failing parameter gets a :class:`Diagnosis` (``report.params[name].diagnosis``).
 
     Returns
     -------
@@ -148,7 +157,8 @@ def check(
     LossEvaluationError
         The loss or grad raised; the message names the parameter and entry.
     NondeterministicLossError
-        The loss or grad returned different values for the same parameters.
+        The loss or grad returned different values for the same parameters (beyond
+        ``nondet_tol``); :class:`StatefulGradientError` when grad keeps state between calls.
     CheckAborted
         The time limit or evaluation budget ran out (``exc.partial_report`` keeps the results).
     """
@@ -171,6 +181,7 @@ def check(
         promote=promote,
         probes=probes,
         slice_probes=slice_probes,
+        nondet_tol=nondet_tol,
     )
     promoted: list[str] = []
     if options.promote:
@@ -215,7 +226,7 @@ def check(
         return Report(
             params=results,
             passed=all_passed,
-            warnings=tuple(warnings),
+            warnings=(*warnings, *floor_warnings(results)),
             seed=options.seed,
             settings={**settings(options, evaluator.executor), **noise_info},
             n_evaluations=evaluator.n_evaluations,
@@ -239,27 +250,20 @@ def check(
                 analytic,
                 loss_eps,
                 noise_rng=np.random.default_rng(seeds[-1]),
+                nondet_tol=options.nondet_tol,
             )
-            noise_info.update(loss_noise=preflight.noise.sigma, noise=preflight.noise.status)
+            noise = preflight.noise
+            # The precision the loss is really computed in (coarser than the parameters' for
+            # a float32 loss of float64 parameters): it sets the default step and rtol.
+            precision = noise.resolution(base_value, loss_eps)
+            noise_info.update(loss_noise=noise.sigma, noise=noise.status, loss_precision=precision)
             warnings.extend(preflight.warnings)
-            warnings.extend(_noisy_loss_warning(preflight.noise.sigma, base_value, loss_eps))
             for p, name in enumerate(layout.names):
-                tolerance = tolerance_for(
-                    layout.dtypes[p],
-                    loss_eps,
-                    options.rtol,
-                    options.atol,
-                    loss_noise=preflight.noise.sigma,
+                contexts[name] = _context(
+                    evaluator, p, analytic[p], options, precision, noise.sigma
                 )
-                contexts[name] = ParamCheck(
-                    evaluator=evaluator,
-                    param=p,
-                    analytic_flat=analytic[p].reshape(-1),
-                    tolerance=tolerance,
-                    relative_step=options.eps
-                    or default_relative_step(layout.dtypes[p], options.method),
-                    method=options.method,
-                )
+            warnings.extend(_precision_warnings(contexts, noise.sigma, base_value, loss_eps))
+            for p, name in enumerate(layout.names):
                 evidence[name] = gather_evidence(
                     contexts[name],
                     n_samples[p],
@@ -291,6 +295,26 @@ def check(
     return assemble(True)
 
 
+def _context(
+    evaluator: Evaluator,
+    p: int,
+    analytic: np.ndarray,
+    options: CheckOptions,
+    precision: float,
+    loss_noise: float,
+) -> ParamCheck:
+    """Parameter ``p``'s context: its pass rule and step for the loss's precision."""
+    dtype = evaluator.layout.dtypes[p]
+    return ParamCheck(
+        evaluator=evaluator,
+        param=p,
+        analytic_flat=analytic.reshape(-1),
+        tolerance=tolerance_for(dtype, precision, options.rtol, options.atol, loss_noise),
+        relative_step=options.eps or default_relative_step(dtype, options.method, precision),
+        method=options.method,
+    )
+
+
 def _timeout_message(timeout: float) -> str:
     return (
         f"time limit of {timeout:g} s (timeout={timeout:g}) reached; raise `timeout` or check "
@@ -302,8 +326,22 @@ def _timeout_message(timeout: float) -> str:
 NOISY_LOSS_RATIO = 1e6
 
 
-def _noisy_loss_warning(sigma: float, base_value: float, loss_eps: float) -> list[str]:
-    """A warning when the loss's measured noise is far above floating-point round-off."""
+def _precision_warnings(
+    contexts: Mapping[str, ParamCheck], sigma: float, base_value: float, loss_eps: float
+) -> list[str]:
+    """A warning when the loss is computed more coarsely than its parameters, or is noisy."""
+    first = next(iter(contexts.values()))
+    precision = first.tolerance.loss_eps
+    if precision > loss_eps:
+        like = precision_dtype(precision)
+        return [
+            f"the loss is computed in lower precision than its parameters: it stays flat when "
+            f"they move by a few of their ulps and resolves only ~{precision:.2g} relative "
+            f"(like {like}); a float32 cast inside the loss, a float32 return value, or "
+            f"rounding. The check used the step and tolerance of that precision (step "
+            f"{first.relative_step:.3g}, rtol {first.tolerance.rtol:g}, measured noise "
+            f"{sigma:.3g}); compute the loss in the parameters' precision for a tighter check."
+        ]
     roundoff = loss_eps * max(1.0, abs(base_value))
     if not sigma > NOISY_LOSS_RATIO * roundoff:
         return []
@@ -317,11 +355,15 @@ def _noisy_loss_warning(sigma: float, base_value: float, loss_eps: float) -> lis
 
 
 def _dtype_warnings(layout: ParamLayout) -> list[str]:
-    low = [n for n, dt in zip(layout.names, layout.dtypes, strict=True) if np.finfo(dt).bits < 64]
-    if not low:
-        return []
-    return [
-        f"parameters {low} are lower than float64 precision: finite differences in float32 "
-        "resolve only ~3 significant digits, so tolerances are loosened; check in float64 when "
-        "the loss allows it (check(..., promote=True) casts them for the check)."
-    ]
+    out = []
+    for dtype in sorted({dt for dt in layout.dtypes if np.finfo(dt).bits < 64}, key=str):
+        names = [n for n, dt in zip(layout.names, layout.dtypes, strict=True) if dt == dtype]
+        # Central differences reach ~EPS**(2/3) relative accuracy at best.
+        digits = int(-np.log10(float(np.finfo(dtype).eps) ** (2.0 / 3.0)))
+        out.append(
+            f"parameters {names} are {dtype}, lower than float64 precision: finite differences "
+            f"in {dtype} resolve only ~{digits} significant digits, so tolerances are loosened; "
+            "check in float64 when the loss allows it (check(..., promote=True) casts them for "
+            "the check)."
+        )
+    return out

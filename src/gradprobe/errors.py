@@ -8,6 +8,9 @@ The tree::
     ├── GradientMismatchError         (also AssertionError) Report.raise_for_failures,
     │                                 testing.assert_gradients_ok; .report
     ├── NondeterministicLossError     the loss or grad returned different values for the same input
+    │   └── StatefulGradientError     grad changed between calls while the loss repeated (a buffer
+    │                                 accumulated into or scaled in place), or calling grad
+    │                                 changed the loss
     ├── LossEvaluationError           the loss or grad raised, or returned something unusable;
     │                                 .param, .index
     └── CheckAborted                  a time limit or evaluation budget ran out; .reason
@@ -28,6 +31,7 @@ __all__ = [
     "InvalidInputError",
     "LossEvaluationError",
     "NondeterministicLossError",
+    "StatefulGradientError",
     "SuiteConfigError",
 ]
 
@@ -69,7 +73,16 @@ class GradientMismatchError(GradCheckError, AssertionError):
 
 
 class NondeterministicLossError(GradCheckError):
-    """The loss returned different values for the same parameters."""
+    """The loss returned different values for the same parameters (beyond ``nondet_tol``)."""
+
+
+class StatefulGradientError(NondeterministicLossError):
+    """``grad`` keeps state between calls: told apart from a random loss by the call order.
+
+    Raised when the loss repeats at the base point but two ``grad`` calls there differ (it
+    accumulates into a buffer, scales an array it was given in place, or is random in the
+    backward pass only), or when the loss repeats back to back but changes after ``grad`` runs.
+    """
 
 
 class LossEvaluationError(GradCheckError):

@@ -13,6 +13,9 @@ reads it from a ``--flag``. Everything else derives from it:
   file, line and key, or the flag);
 - :func:`settings` (the options in force, as ``report.settings`` records them).
 
+``samples=`` has a module of its own (:mod:`gradprobe.samples`: per-parameter counts,
+fractions or "all").
+
 The signature of ``check`` is written by hand (for readers and IDEs); a test holds its defaults
 to this table's.
 """
@@ -30,8 +33,10 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .numerics.steps import METHODS
+from .samples import SampleSpec, samples_from_text, validate_samples
 
 __all__ = [
+    "DEFAULT_NONDET_TOL",
     "DEFAULT_PROBES",
     "DEFAULT_SAMPLES",
     "OPTIONS",
@@ -54,70 +59,7 @@ __all__ = [
 DEFAULT_SAMPLES = 512
 #: Random directions probed per parameter by default.
 DEFAULT_PROBES = 2
-
-
-# -- samples ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SampleSpec:
-    """A validated per-parameter sample request: ``"all"``, a count or a fraction."""
-
-    mode: str  # "all", "count", "fraction", "default"
-    value: float = 0.0
-
-    def resolve(self, n_total: int, default: SampleSpec) -> int:
-        """How many entries to check one by one for a parameter of ``n_total`` entries."""
-        spec = default if self.mode == "default" else self
-        if spec.mode == "all":
-            return n_total
-        if spec.mode == "count":
-            return min(n_total, int(spec.value))
-        if spec.mode == "fraction":
-            return min(n_total, max(1, math.ceil(spec.value * n_total)))
-        raise AssertionError(f"unresolved sample mode {spec.mode!r}")
-
-
-def _parse_one_sample(value: Any, where: str) -> SampleSpec:
-    if value is None:
-        return SampleSpec("default")
-    if isinstance(value, str) and value == "all":
-        return SampleSpec("all")
-    if isinstance(value, (str, bool)):
-        raise InvalidInputError(
-            f"{where}: expected 'all', an int >= 0 or a fraction in (0, 1], found {value!r}."
-        )
-    if isinstance(value, numbers.Integral):
-        if value < 0:
-            raise InvalidInputError(f"{where}: expected an int >= 0, found {value}.")
-        return SampleSpec("count", float(value))
-    if isinstance(value, numbers.Real):
-        if not (0.0 < float(value) <= 1.0):
-            raise InvalidInputError(
-                f"{where}: expected a fraction in (0, 1], found {value!r}; pass an int for a "
-                "number of entries."
-            )
-        return SampleSpec("fraction", float(value))
-    raise InvalidInputError(
-        f"{where}: expected 'all', an int or a fraction, found {type(value).__name__}."
-    )
-
-
-def validate_samples(samples: Any, names: Sequence[str] | None) -> dict[str, SampleSpec]:
-    """Turn ``samples=`` into one :class:`SampleSpec` per parameter name.
-
-    ``names`` None (a suite file, read before any parameter exists): the values are checked,
-    the names of a mapping are not, and the result is keyed by the names given.
-    """
-    if isinstance(samples, Mapping):
-        if names is None:
-            return {str(n): _parse_one_sample(v, f"samples[{n!r}]") for n, v in samples.items()}
-        unknown = [k for k in samples if k not in names]
-        if unknown:
-            raise InvalidInputError(
-                f"samples: unknown parameter names {unknown}; expected some of {list(names)}."
-            )
-        return {n: _parse_one_sample(samples.get(n), f"samples[{n!r}]") for n in names}
-    spec = _parse_one_sample(samples, "samples")
-    return dict.fromkeys(names or (), spec)
+DEFAULT_NONDET_TOL = 1e-12  #: relative jitter accepted by default (docs/reliability.md)
 
 
 # -- one validator per kind -------------------------------------------------------------------
@@ -158,6 +100,14 @@ def _atol(value: Any, names: Sequence[str] | None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise InvalidInputError(f"atol: expected a number >= 0, found {value!r}.")
     return float(value)
+
+
+def _nondet_tol(value: Any, names: Sequence[str] | None) -> float | None:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if value is None or (real and 0 <= value < math.inf):
+        return None if value is None else float(value)
+    expected = "a finite number >= 0 (e.g. 1e-10; None for the default)"
+    raise InvalidInputError(f"nondet_tol: expected {expected}, found {value!r}.")
 
 
 def _method(value: Any, names: Sequence[str] | None) -> str:
@@ -217,19 +167,6 @@ def _probes(value: Any, names: Sequence[str] | None) -> int:
 
 
 # -- reading a --flag -------------------------------------------------------------------------
-def _samples_from_text(text: str) -> int | float | str:
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"expected 'all', an int or a fraction, found {text!r}") from None
-
-
 def _n_jobs_from_text(text: str) -> int | str:
     if text == "auto":
         return text
@@ -294,7 +231,7 @@ _TABLE = (
         validate_samples,
         "entries per parameter checked one by one: N, a fraction, or 'all'",
         toml_example='samples = 64, samples = 0.1, samples = "all" or samples = { W1 = 32 }',
-        from_text=_samples_from_text,
+        from_text=samples_from_text,
     ),
     Option("eps", None, _positive("eps"), "relative step", toml_example="eps = 1e-5"),
     Option("rtol", None, _positive("rtol"), "relative tolerance", toml_example="rtol = 1e-5"),
@@ -365,6 +302,14 @@ _TABLE = (
         "also probe each slice along the leading axis",
         toml_example="slice_probes = true",
     ),
+    Option(
+        "nondet_tol",
+        None,
+        _nondet_tol,
+        f"relative jitter accepted between repeated evaluations (default {DEFAULT_NONDET_TOL:g})",
+        toml_example="nondet_tol = 1e-10",
+        from_text=float,
+    ),
 )
 
 #: Every option of :func:`gradprobe.check`, by name, in the order of its signature.
@@ -394,6 +339,7 @@ class CheckOptions:
     promote: bool
     probes: int
     slice_probes: bool
+    nondet_tol: float | None
 
 
 def check_option(name: str, value: Any, names: Sequence[str] | None = None) -> Any:
@@ -493,4 +439,5 @@ def settings(options: CheckOptions, executor: str) -> dict[str, Any]:
         "budget": options.budget,
         "probes": options.probes,
         "slice_probes": options.slice_probes,
+        "nondet_tol": options.nondet_tol,
     }

@@ -111,12 +111,37 @@ def test_swapped_names_the_other_parameter():
     assert report.params["b2"].diagnosis.evidence["other"] == "b1"
 
 
-def test_mismatch_hint_names_the_failing_parameter_closest_to_the_loss():
+def _full_relative_error(m, name):
+    """||a - n|| / ||n|| over every entry of ``name``, n by central differences."""
+    x = m.params[name]
+    num = np.zeros(x.shape)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        h = 1e-6 * max(1.0, abs(old))
+        x[i] = old + h
+        up = m.loss(m.params)
+        x[i] = old - h
+        down = m.loss(m.params)
+        x[i] = old
+        num[i] = (up - down) / (2 * h)
+    return np.linalg.norm(m.grad(m.params)[name] - num) / np.linalg.norm(num)
+
+
+def test_mismatch_hint_starts_with_the_largest_relative_error():
     m = make_mlp(bug="activation")
     report = gradprobe.check(m.loss, m.grad, m.params)
+    failing = [p.name for p in report.failures]
     for p in report.failures:
-        assert p.diagnosis.evidence["start_with"] == "b2"
+        ev = p.diagnosis.evidence
+        # The hint names a failing parameter: the one whose checked entries have the largest
+        # ||a - n|| / ||n||, and says so.
+        assert set(ev["relative_errors"]) == set(failing)
+        assert ev["start_with"] == max(failing, key=ev["relative_errors"].get)
         assert "one layer at a time" in p.diagnosis.detail
+        assert "largest relative error" in p.diagnosis.detail
+    # b1's error (1.03) is well above b2's (0.90), W1's and W2's (0.71) over every entry too.
+    full = {name: _full_relative_error(m, name) for name in failing}
+    assert max(full, key=full.get) == "b1" == report.failures[0].diagnosis.evidence["start_with"]
 
 
 def test_diagnosis_in_text_and_dict():

@@ -9,7 +9,8 @@ import pytest
 
 import gradprobe
 from gradprobe.checking.context import ParamCheck
-from gradprobe.checking.probes import run_probes
+from gradprobe.checking.entries import evaluate_entries
+from gradprobe.checking.probes import WIDESPREAD_CHECKS, run_probes
 from gradprobe.evaluate import SerialEvaluator
 from gradprobe.examples import make_mlp
 from gradprobe.layout import normalize_params
@@ -37,13 +38,15 @@ def _smooth_problem(n: int, seed: int = 0):
     return loss, grad, x
 
 
-def _probe(loss, params, analytic, name, seed=0, **kw):
+def _probe(loss, params, analytic, name, seed=0, checked_entries=None, **kw):
     layout, base = normalize_params(params)
     p = layout.names.index(name)
     tol = tolerance_for(layout.dtypes[p], loss_epsilon(layout.dtypes))
     ev = SerialEvaluator(loss, layout, base)
     step = default_relative_step(layout.dtypes[p])
     ctx = ParamCheck(ev, p, analytic.reshape(-1), tol, step)
+    if checked_entries is not None:
+        kw["checked"] = evaluate_entries(ctx, checked_entries)
     return run_probes(ctx, np.random.default_rng(seed), **kw)
 
 
@@ -84,13 +87,18 @@ def test_mid_mlp_w1_single_entry_off_by_5_percent_is_localized():
 def test_widespread_failure_stops_early():
     m = make_mlp(sizes=(100, 50, 10), batch=8, bug="scale")
     g = m.grad(m.params)["W1"]
-    out = _probe(m.loss, m.params, g, "W1")
+    # With a sample checked one by one (most of it failing), widespread costs no more checks.
+    out = _probe(m.loss, m.params, g, "W1", checked_entries=np.arange(0, 5000, 157))
     assert out.widespread and not out.passed
     # pilot 4, 2 directions 4, the base loss 1 and the directions' retries at a smaller step 4
     # (kink rule), 2 levels
     assert out.bisection_depth == 2 and out.n_evaluations <= 4 + 4 + 1 + 4 + 2 * 3
     assert out.n_retried == 2 and out.n_kinks == 0
     assert out.localized.size == 0
+    # Without a sample, the claim rests on WIDESPREAD_CHECKS entries checked one by one.
+    spot = _probe(m.loss, m.params, g, "W1")
+    assert spot.widespread and spot.leaves is not None
+    assert spot.leaves.size == WIDESPREAD_CHECKS and spot.leaves.failed.mean() > 0.5
 
 
 def test_slice_probes_cover_each_row():

@@ -95,3 +95,159 @@ def test_wrong_gradient_near_kinks_still_fails(factor):
         report = gradprobe.check(loss, scaled, params)
         assert {p.name for p in report.failures} == {"W1"}, str(report)
         assert report.params["W1"].n_failed >= 0.9 * report.params["W1"].n_checked
+
+
+def _embedding_model(rows: int = 2000, dim: int = 16, batch: int = 4000, seed: int = 0):
+    """A linear model over an embedding table (rows x dim) looked up by token ids."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(rows, size=batch)
+    target = rng.standard_normal(batch)
+    w = rng.standard_normal(dim)
+    params = {"E": 0.1 * rng.standard_normal((rows, dim)), "w": w}
+
+    def loss(p):
+        h = p["E"][ids]
+        return float(0.5 * np.mean((h @ p["w"] - target) ** 2))
+
+    def grad(p):
+        h = p["E"][ids]
+        r = (h @ p["w"] - target) / batch
+        g_e = np.zeros_like(p["E"])
+        np.add.at(g_e, ids, np.outer(r, p["w"]))
+        return {"E": g_e, "w": h.T @ r}
+
+    return loss, grad, params
+
+
+@pytest.mark.parametrize("samples", [None, 64, "all"])
+def test_error_below_rtol_everywhere_passes_whatever_the_sample(samples):
+    # Every gradient entry off by 2e-6 relative: below the default rtol of 1e-5.
+    loss, grad, params = _embedding_model(rows=300)
+
+    def scaled(p):
+        return {k: v * (1.0 + 2e-6) for k, v in grad(p).items()}
+
+    report = gradprobe.check(loss, scaled, params, samples=samples)
+    assert report.passed, str(report)
+
+
+def test_rtol_is_honoured_by_the_probes():
+    loss, grad, params = _embedding_model(rows=300)
+
+    def off(p):
+        return {k: v * (1.0 + 1e-4) for k, v in grad(p).items()}
+
+    assert gradprobe.check(loss, off, params, samples=64, rtol=1e-2).passed
+    failed = gradprobe.check(loss, off, params, samples=64)
+    assert not failed.passed and failed.params["E"].n_failed > 0
+
+
+def test_bug_in_a_few_rows_of_a_large_table_is_localized_entry_by_entry():
+    # 4 rows (64 entries) of a 32,000-entry table are wrong: every one is named, none other,
+    # and the parameter is not called widespread.
+    loss, grad, params = _embedding_model()
+    bad_rows = [17, 640, 641, 1999]
+
+    def buggy(p):
+        g = grad(p)
+        g["E"][bad_rows] *= 1.5
+        return g
+
+    report = gradprobe.check(loss, buggy, params)
+    e = report.params["E"]
+    assert not e.passed and not e.widespread and not e.capped
+    wrong = {(r, c) for r in bad_rows for c in range(16)}
+    assert set(e.bad_indices) == wrong, str(report)
+    assert "widespread" not in e.coverage.statement
+    assert report.params["w"].passed
+
+
+def _tanh_regression(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((64, 10)), rng.standard_normal(64)
+    params = {"W": 0.3 * rng.standard_normal((10, 8)), "v": rng.standard_normal(8)}
+
+    def value64(p):
+        h = np.tanh(x @ p["W"])
+        return 0.5 * np.mean((h @ p["v"] - y) ** 2)
+
+    def grad(p):
+        h = np.tanh(x @ p["W"])
+        r = (h @ p["v"] - y) / len(y)
+        return {"W": x.T @ (np.outer(r, p["v"]) * (1 - h**2)), "v": h.T @ r}
+
+    def cast32(p):  # the loss computed in float32 under float64 parameters
+        h = np.tanh(x.astype(np.float32) @ p["W"].astype(np.float32))
+        return float(0.5 * np.mean((h @ p["v"].astype(np.float32) - y.astype(np.float32)) ** 2))
+
+    losses = {
+        "cast to float32 inside": cast32,
+        "float32 return value": lambda p: np.float32(value64(p)),
+        "rounded to 1e-9": lambda p: round(float(value64(p)), 9),
+    }
+    return losses, grad, params
+
+
+@pytest.mark.parametrize(
+    "kind", ["cast to float32 inside", "float32 return value", "rounded to 1e-9"]
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_loss_in_lower_precision_than_its_parameters(kind, seed):
+    losses, grad, params = _tanh_regression(seed)
+    loss = losses[kind]
+    report = gradprobe.check(loss, grad, params)
+    assert report.passed, str(report)
+    assert any("lower precision than its parameters" in w for w in report.warnings)
+    assert report.settings["loss_precision"] > 1e-12
+    # A planted 1.5x scale bug in one parameter is still found there, and only there.
+
+    def bad(p):
+        g = grad(p)
+        g["v"] = 1.5 * g["v"]
+        return g
+
+    report = gradprobe.check(loss, bad, params)
+    assert [q.name for q in report.failures] == ["v"], str(report)
+    assert report.params["v"].diagnosis.kind == "scale"
+
+
+def _normalization(seed: int, offset: float, axis: int):
+    """sum(G * normalize(x)) over ``axis`` (-1: a layer norm; 0: a batch norm's statistics),
+    checked with respect to inputs ``offset + N(0, 1)``."""
+    rng = np.random.default_rng(seed)
+    x = offset + rng.standard_normal((6, 16))
+    g_out = rng.standard_normal((6, 16))  # a random upstream gradient, never ones
+    eps = 1e-5
+
+    def parts(v):
+        c = v - v.mean(axis, keepdims=True)
+        s = np.sqrt((c**2).mean(axis, keepdims=True) + eps)
+        return c, s
+
+    def loss(p):
+        c, s = parts(p["x"])
+        return float(np.sum(g_out * c / s))
+
+    def grad(p):
+        c, s = parts(p["x"])
+        xh = c / s
+        mean = lambda a: a.mean(axis, keepdims=True)  # noqa: E731
+        return {"x": (g_out - mean(g_out) - xh * mean(g_out * xh)) / s}
+
+    return loss, grad, {"x": x}
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("offset", [1e4, 3e4, 1e5])
+def test_inputs_far_from_zero_with_unit_spread(offset, axis):
+    for seed in range(4):
+        loss, grad, params = _normalization(seed, offset, axis)
+        report = gradprobe.check(loss, grad, params)
+        assert report.passed, str(report)
+
+        def missing(p, grad=grad):  # the term through the variance left out: a real bug
+            g = grad(p)
+            c = p["x"] - p["x"].mean(axis, keepdims=True)
+            return {"x": g["x"] + 0.01 * c}
+
+        assert not gradprobe.check(loss, missing, params).passed

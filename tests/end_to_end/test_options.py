@@ -48,6 +48,7 @@ def test_defaults_validate_and_settings_keep_their_keys():
         "budget",
         "probes",
         "slice_probes",
+        "nondet_tol",
     ]
     with pytest.raises(InvalidInputError, match="unknown option"):
         validate_options(("w",), sampels=3)
@@ -57,7 +58,13 @@ def test_defaults_validate_and_settings_keep_their_keys():
 
 @pytest.mark.parametrize(
     ("name", "value", "flag_text"),
-    [("n_jobs", 0, "0"), ("budget", 0, "0"), ("timeout", -1.0, "-1"), ("seed", -1, "-1")],
+    [
+        ("n_jobs", 0, "0"),
+        ("budget", 0, "0"),
+        ("timeout", -1.0, "-1"),
+        ("seed", -1, "-1"),
+        ("nondet_tol", -1.0, "-1"),
+    ],
 )
 def test_one_message_for_check_suite_file_and_flag(tmp_path, capsys, name, value, flag_text):
     x = np.array([1.0, 2.0])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.checking.preflight import estimate_loss_noise
+from gradprobe.checking.noise import estimate_loss_noise
 from gradprobe.evaluate import SerialEvaluator
 from gradprobe.layout import normalize_params
 from gradprobe.numerics.tolerances import NOISE_HALF_POINTS, ecnoise

@@ -1,13 +1,18 @@
 """The likely cause of a failing parameter, named in words a person can act on.
 
 :func:`diagnose` looks at the checked entries of each failing parameter (analytic value ``a``,
-numeric value ``n``, parameter value ``w``) and tests, in order, hypotheses that each point at
-one classic backprop mistake:
+numeric value ``n``, parameter value ``w``) and tests, in this order, hypotheses that each
+point at one classic backprop mistake; the first that holds is the diagnosis:
 
 ``nonfinite``
     the gradient has NaN/inf entries where the loss is finite;
 ``zero``
-    ``a == 0`` where ``n != 0``: the backward pass never writes this gradient;
+    ``a == 0`` where ``n != 0`` (>= 90% of the failing entries): the backward pass never writes
+    this gradient;
+``unused``
+    ``n`` is 0 within its round-off floor (``|n| <= allowed``) where ``a`` is not (>= 90% of
+    the failing entries): the loss does not read those entries (a mask, dropout or padding the
+    forward pass applies and the backward pass does not; a term only in the backward pass);
 ``missing-term``
     ``a - n = k * w``: a term proportional to the parameter (an L2 penalty) is missing (k < 0)
     or extra (k > 0); the coefficient is reported;
@@ -21,12 +26,27 @@ one classic backprop mistake:
 ``swapped``
     ``a`` matches the numeric gradient of another parameter of the same shape and that one's
     analytic gradient matches this numeric one (symmetric; a few extra evaluations);
+``shifted``
+    ``a[i] = n[i + k]`` along the leading or trailing axis for one offset ``k`` (a padding
+    offset, an off-by-one in a convolution or a stride); confirmed at shifted positions, the
+    axis and offset are reported;
+``partial-factor``
+    ``a = c * n`` with ``c`` a simple ratio (1/2, 2, -1, ...) on some rows (or columns) and
+    ``a = n`` on the others, e.g. 1/2 on the rows of an embedding whose index appears twice
+    when the backward pass scatters with a buffered ``W[idx] += g``; rows and factors reported;
+``confined``
+    every failure lies in at most a quarter of the rows (or columns) checked while at least two
+    others pass: the rows (columns) are reported, look at how the backward pass indexes them;
 ``mismatch``
-    none of the above; the hint names where to start looking.
+    none of the above; the hint names where to start looking: the failing parameter with the
+    largest relative error ``||a - n|| / ||n||`` over its checked entries (not kinks; within
+    1% of the largest counts as a tie, taken closest to the loss).
 
 Fits are judged by the residual relative to the discrepancy ``|a - n|`` (a hypothesis must
 explain at least 90% of it); confidence grows with the residual's smallness and the number of
-entries supporting it (``1 - 2**-k``), and is lower for the catch-all ``mismatch``.
+entries supporting it (``1 - 2**-k``), and is lower for the catch-all ``mismatch``. The value
+fits live in :mod:`.fits`, the positional patterns in :mod:`.patterns`; this module holds their
+order.
 """
 
 from __future__ import annotations
@@ -37,142 +57,42 @@ import numpy as np
 
 from ..report.model import Diagnosis
 from .context import ParamCheck
-from .entries import EntryResults, numeric_entries
+from .entries import EntryResults
+from .fits import linear_fit, partial_factor_fit, unused_fit, zero_fit
+from .patterns import confined_pattern, shifted_pattern, swapped_pattern, transpose_pattern
 
-__all__ = ["diagnose", "diagnose_parameter"]
-
-#: A fitted hypothesis must leave at most this fraction of the discrepancy unexplained.
-MAX_RESIDUAL = 0.1
-#: Entries confirmed at transposed positions or against another parameter.
-CONFIRM_ENTRIES = 12
-#: Same-shape parameters tried as the other half of a swap.
-MAX_SWAP_CANDIDATES = 4
+__all__ = ["diagnose", "diagnose_parameter", "rank_failing", "relative_error"]
 
 
-def _confidence(residual: float, support: int) -> float:
-    return float(round(max(0.0, 1.0 - residual) * (1.0 - 0.5**support), 3))
+def _checked(e: EntryResults) -> np.ndarray:
+    """Entries the fits take: finite, not a kink (a failing entry whose step crossed one
+    carries its nearest one-sided difference, still a slope)."""
+    return ~e.kink & np.isfinite(e.numeric) & np.isfinite(e.analytic)
 
 
-def _lstsq(columns: list[np.ndarray], target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    A = np.stack(columns, axis=1)
-    coef, *_ = np.linalg.lstsq(A, target, rcond=None)
-    return coef, target - A @ coef
+def relative_error(e: EntryResults) -> float:
+    """``||a - n|| / ||n||`` over the checked entries that are not kinks (inf when ``n`` is 0
+    there and ``a`` is not; NaN when no entry is usable)."""
+    ok = _checked(e)
+    if not np.any(ok):
+        return float("nan")
+    d = float(np.linalg.norm(e.analytic[ok] - e.numeric[ok]))
+    n = float(np.linalg.norm(e.numeric[ok]))
+    if n == 0.0:
+        return 0.0 if d == 0.0 else float("inf")
+    return d / n
 
 
-def _scale_hint(c: float) -> str:
-    r = round(c)
-    if abs(c) >= 1.5 and abs(c - r) <= 0.01 * abs(c):
-        return (
-            f"c = {r}: if {abs(r)} is your batch size, the loss averages over the batch but the "
-            f"gradient sums over it (divide the gradient by {abs(r)})"
-        )
-    if abs(c) < 1 and c != 0:
-        inv = 1.0 / c
-        ri = round(inv)
-        if abs(inv) >= 1.5 and abs(inv - ri) <= 0.01 * abs(inv):
-            return (
-                f"c = 1/{ri}: the gradient is divided by {abs(ri)} once too often (a summed loss "
-                "with an averaged gradient, or a mean taken twice)"
-            )
-    if abs(abs(c) - 2.0) < 0.02 or abs(abs(c) - 0.5) < 0.01:
-        return "a factor 2 or 1/2, as from the derivative of a square (0.5 * x**2 vs x**2)"
-    return "a constant factor missing or extra (a temperature, a loss weight, a 1/N)"
-
-
-def _fits(name: str, a: np.ndarray, n: np.ndarray, w: np.ndarray, support: int) -> Diagnosis | None:
-    """Missing-term, sign and scale: linear relations between a, n and w."""
-    d = a - n
-    dn = float(np.linalg.norm(d))
-    if dn == 0.0 or a.size == 0:
-        return None
-    has_w = bool(np.any(w != 0))
-    if has_w:
-        (k,), res = _lstsq([w], d)
-        resid = float(np.linalg.norm(res)) / dn
-        if resid <= MAX_RESIDUAL:
-            if k < 0:
-                detail = (
-                    f"analytic - numeric = {k:.4g} x {name}: a term {-k:.4g} * {name} is missing "
-                    f"from the gradient (e.g. the L2 penalty 0.5 * lambda * sum({name}**2) with "
-                    f"lambda = {-k:.4g}, in the loss but not in the backward pass)"
-                )
-            else:
-                detail = (
-                    f"analytic - numeric = {k:.4g} x {name}: an extra term {k:.4g} * {name} in "
-                    "the gradient (the L2 term added twice, or a penalty the loss does not have)"
-                )
-            return Diagnosis(
-                "missing-term",
-                detail,
-                _confidence(resid, support),
-                {"coefficient": float(k), "residual": resid, "n_entries": int(a.size)},
-            )
-    (c,), res = _lstsq([n], a)
-    resid = float(np.linalg.norm(res)) / dn
-    k = 0.0
-    if resid > MAX_RESIDUAL and has_w:
-        (c, k), res = _lstsq([n, w], a)
-        resid = float(np.linalg.norm(res)) / dn
-    if resid > MAX_RESIDUAL or abs(c) < 1e-3:
-        return None
-    evidence = {"c": float(c), "residual": resid, "n_entries": int(a.size)}
-    if abs(c + 1.0) <= 0.02 and abs(k) <= 1e-12:
-        return Diagnosis(
-            "sign",
-            f"analytic = -numeric for {name}: a sign is flipped in its backward path (a "
-            "derivative written (h**2 - 1) for (1 - h**2), a residual taken as target - output, "
-            "gradient ascent instead of descent)",
-            _confidence(resid, support),
-            evidence,
-        )
-    if abs(c - 1.0) <= 0.01:
-        return None
-    extra = ""
-    if k:
-        evidence["term_coefficient"] = float(k)
-        extra = f"; the term {k:.3g} * {name} outside the factor suggests an unscaled penalty"
+def _nonfinite(name: str, shape: tuple[int, ...], nonfinite: np.ndarray) -> Diagnosis:
+    first = [int(i) for i in np.unravel_index(int(nonfinite[0]), shape)]
     return Diagnosis(
-        "scale",
-        f"analytic = {c:.6g} x numeric for {name}: {_scale_hint(c)}{extra}",
-        _confidence(resid, support),
-        evidence,
+        "nonfinite",
+        f"the gradient of {name} has {nonfinite.size} NaN/inf entries (first at {first}) "
+        "where the loss is finite: look for log(0), 0/0, sqrt at 0 or an overflowing exp in "
+        "its backward path",
+        1.0,
+        {"n_entries": int(nonfinite.size), "first_index": first},
     )
-
-
-def _numeric_at(
-    ctx: ParamCheck, flat: np.ndarray, known: EntryResults | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Numeric gradient of ``ctx``'s parameter at ``flat``, its round-off floor, and where it is
-    usable: reused where already checked, evaluated where not, unusable where the check's step
-    crossed a kink (its value is then not a derivative)."""
-    numeric = np.full(flat.size, np.nan)
-    noise = np.zeros(flat.size)
-    usable = np.ones(flat.size, dtype=bool)
-    todo = np.ones(flat.size, dtype=bool)
-    if known is not None and known.size:
-        where = {int(f): j for j, f in enumerate(known.flat_index)}
-        reusable = known.reusable
-        for r, f in enumerate(flat):
-            j = where.get(int(f))
-            if j is None:
-                continue
-            todo[r] = False
-            if reusable[j]:
-                numeric[r] = known.numeric[j]
-                # The kept numeric came with its tolerance: recover its noise share from it.
-                noise[r] = known.allowed[j]
-            else:
-                usable[r] = False
-    if np.any(todo):
-        numeric[todo], noise[todo] = numeric_entries(ctx, flat[todo])
-    return numeric, noise, usable & np.isfinite(numeric)
-
-
-def _pick(e: EntryResults, mask: np.ndarray, k: int) -> np.ndarray:
-    """Up to ``k`` positions of ``mask``, the most disagreeing first."""
-    pos = np.flatnonzero(mask)
-    order = np.argsort(-np.nan_to_num(e.abs_error[pos] / e.allowed[pos], nan=np.inf), kind="stable")
-    return pos[order[:k]]
 
 
 def diagnose_parameter(
@@ -180,136 +100,99 @@ def diagnose_parameter(
     contexts: Mapping[str, ParamCheck],
     entries: Mapping[str, EntryResults],
     nonfinite: np.ndarray | None = None,
-    downstream: str | None = None,
+    start_with: str | None = None,
+    relative_errors: Mapping[str, float] | None = None,
 ) -> Diagnosis:
     """The likely cause of the failure of ``ctx``'s parameter (see the module docstring).
 
     ``contexts`` and ``entries`` hold every parameter's context and checked entries (the
-    swap hypothesis looks at same-shape parameters).
+    swap hypothesis looks at same-shape parameters). ``start_with`` and ``relative_errors``
+    feed the ``mismatch`` hint (:func:`diagnose` ranks the failing parameters).
     """
     name, shape = ctx.name, ctx.shape
     if nonfinite is not None and nonfinite.size:
-        first = [int(i) for i in np.unravel_index(int(nonfinite[0]), shape)]
-        return Diagnosis(
-            "nonfinite",
-            f"the gradient of {name} has {nonfinite.size} NaN/inf entries (first at {first}) "
-            "where the loss is finite: look for log(0), 0/0, sqrt at 0 or an overflowing exp in "
-            "its backward path",
-            1.0,
-            {"n_entries": int(nonfinite.size), "first_index": first},
-        )
+        return _nonfinite(name, shape, nonfinite)
     e = entries[name]
-    # Fits take every finite entry that is not a kink (a failing entry whose step crossed one
-    # carries its nearest one-sided difference, still a slope); confirmations at other
-    # positions reuse only plain derivative estimates (EntryResults.reusable).
-    ok = ~e.kink & np.isfinite(e.numeric) & np.isfinite(e.analytic)
+    # Confirmations at other positions reuse only plain derivative estimates
+    # (EntryResults.reusable).
+    ok = _checked(e)
     fail = e.failed & ok
     support = int(np.count_nonzero(fail))
     if support:
-        a_f = e.analytic[fail]
-        if np.count_nonzero(a_f == 0.0) >= 0.9 * a_f.size:
-            return Diagnosis(
-                "zero",
-                f"the analytic gradient of {name} is 0 at {np.count_nonzero(a_f == 0.0)} of "
-                f"{a_f.size} failing entries where the numeric one is not: the backward pass "
-                "never writes it (left at zeros) or the path to it is cut",
-                _confidence(0.0, support),
-                {"n_zero": int(np.count_nonzero(a_f == 0.0)), "n_failing": int(a_f.size)},
-            )
-        w = ctx.base_flat[e.flat_index[ok]].astype(np.float64)
-        fit = _fits(name, e.analytic[ok], e.numeric[ok], w, support)
-        if fit is not None:
-            return fit
-        found = _transpose(ctx, e, fail)
-        if found is not None:
-            return found
-        found = _swapped(ctx, e, fail, contexts, entries)
-        if found is not None:
-            return found
-    start = downstream or name
+        a, n, flat = e.analytic, e.numeric, e.flat_index
+        w = ctx.base_flat[flat[ok]].astype(np.float64)
+        hypotheses = (
+            lambda: zero_fit(name, a[fail], support),
+            lambda: unused_fit(
+                name,
+                shape,
+                flat[fail],
+                a[fail],
+                n[fail],
+                e.allowed[fail],
+                e.reusable[fail],
+                support,
+            ),
+            lambda: linear_fit(name, a[ok], n[ok], w, support),
+            lambda: transpose_pattern(ctx, e, fail),
+            lambda: swapped_pattern(ctx, e, fail, contexts, entries),
+            lambda: shifted_pattern(ctx, e, fail),
+            lambda: partial_factor_fit(
+                name, shape, flat[ok], a[ok], n[ok], e.allowed[ok], fail[ok], support
+            ),
+            lambda: confined_pattern(ctx, e, fail, ok),
+        )
+        for hypothesis in hypotheses:
+            found = hypothesis()
+            if found is not None:
+                return found
+    return _mismatch(name, support, start_with or name, relative_errors or {})
+
+
+def _mismatch(
+    name: str, support: int, start: str, relative_errors: Mapping[str, float]
+) -> Diagnosis:
+    r = relative_errors.get(start)
+    size = "" if r is None or not np.isfinite(r) else f", {r:.3g}"
     return Diagnosis(
         "mismatch",
-        f"no simple pattern (scale, sign, transpose, zero, missing term, swap) explains {name}'s "
-        "error: suspect a wrong activation derivative or a wrong cached tensor; check one layer "
-        f"at a time, starting from the failing parameter closest to the loss ({start!r}, "
-        "taking parameters as listed input to output)",
+        f"no simple pattern (scale, sign, transpose, zero, unused, missing term, swap, shift, "
+        f"partial factor, confined rows) explains {name}'s error: suspect a wrong activation "
+        "derivative or a wrong cached tensor; check one layer at a time, starting from the "
+        f"failing parameter with the largest relative error ||a - n|| / ||n|| over its checked "
+        f"entries ({start!r}{size})",
         0.5 if support else 0.3,
-        {"n_failing": support, "start_with": start},
+        {
+            "n_failing": support,
+            "start_with": start,
+            "relative_errors": {k: float(v) for k, v in relative_errors.items()},
+        },
     )
 
 
-def _transpose(ctx: ParamCheck, e: EntryResults, fail: np.ndarray) -> Diagnosis | None:
-    shape = ctx.shape
-    if len(shape) != 2 or shape[0] != shape[1]:
-        return None
-    rows, cols = np.unravel_index(e.flat_index, shape)
-    pos = _pick(e, fail & e.reusable & (rows != cols), CONFIRM_ENTRIES)
-    if pos.size == 0:
-        return None
-    flat_t = np.ravel_multi_index((cols[pos], rows[pos]), shape).astype(np.int64)
-    n_t, noise, usable = _numeric_at(ctx, flat_t, e)
-    confirmed = _confirmed(ctx.tolerance.compare(e.analytic[pos], n_t, noise).passed, usable)
-    if confirmed is None:
-        return None
-    name = ctx.name
-    return Diagnosis(
-        "transpose",
-        f"the analytic gradient of {name} equals the numeric one transposed at "
-        f"{confirmed} of {pos.size} entries checked at transposed positions: "
-        f"return d{name} = X.T @ delta, not its transpose (or swap the operands of the product)",
-        _confidence(0.0, confirmed),
-        {"n_confirmed": confirmed, "n_tried": int(pos.size)},
-    )
+#: Relative errors within this fraction of the largest count as tied for ``start_with``.
+RANK_MARGIN = 0.01
 
 
-#: A hypothesis needs at least this many usable confirmations.
-MIN_CONFIRMATIONS = 2
-
-
-def _confirmed(match: np.ndarray, usable: np.ndarray) -> int | None:
-    """How many usable entries confirm a hypothesis, or None when fewer than 90% of them do
-    (or too few are usable to say)."""
-    k = int(np.count_nonzero(usable))
-    n = int(np.count_nonzero(match & usable))
-    return n if k >= MIN_CONFIRMATIONS and n >= int(np.ceil(0.9 * k)) else None
-
-
-def _swapped(
-    ctx: ParamCheck,
-    e: EntryResults,
-    fail: np.ndarray,
-    contexts: Mapping[str, ParamCheck],
-    entries: Mapping[str, EntryResults],
-) -> Diagnosis | None:
-    shape = ctx.shape
-    others = [c for c in contexts.values() if c.param != ctx.param and c.shape == shape]
-    pos = _pick(e, fail & e.reusable, CONFIRM_ENTRIES)
-    flat = e.flat_index[pos]
-    for other_ctx in others[:MAX_SWAP_CANDIDATES]:
-        other = other_ctx.name
-        # A swap is symmetric: test both directions at the same positions, this analytic
-        # against the other's numeric and the other's analytic against this numeric, so the
-        # two parameters of a swapped pair are judged on the same evidence.
-        n_q, noise_q, usable_q = _numeric_at(other_ctx, flat, entries.get(other))
-        forward = ctx.tolerance.compare(e.analytic[pos], n_q, noise_q).passed
-        a_q = other_ctx.analytic_flat[flat].astype(np.float64)
-        backward = other_ctx.tolerance.compare(a_q, e.numeric[pos], e.allowed[pos]).passed
-        usable_back = np.isfinite(a_q)
-        confirmed = _confirmed(
-            np.concatenate([forward, backward]), np.concatenate([usable_q, usable_back])
-        )
-        if confirmed is not None:
-            name = ctx.name
-            return Diagnosis(
-                "swapped",
-                f"the analytic gradient of {name} matches the numeric gradient of {other} (same "
-                f"shape {shape}), and the other way round, at {confirmed} of {2 * pos.size} "
-                "comparisons: the "
-                f"gradients of {name} and {other} are returned under each other's names",
-                _confidence(0.0, confirmed),
-                {"other": other, "n_confirmed": confirmed, "n_tried": 2 * int(pos.size)},
-            )
-    return None
+def rank_failing(
+    entries: Mapping[str, EntryResults], failing: Sequence[str]
+) -> tuple[str | None, dict[str, float]]:
+    """The failing parameter to start with, and every failing parameter's relative error
+    (:func:`relative_error`). The start has the largest; errors within :data:`RANK_MARGIN` of
+    it are ties (so a last-ulp difference cannot flip the hint), broken by layout order from
+    the loss back (the last one listed first). Parameters without usable entries come last."""
+    errors = {name: relative_error(entries[name]) for name in failing if name in entries}
+    usable = {nm: r for nm, r in errors.items() if not np.isnan(r)}
+    if not usable:
+        return (failing[-1] if failing else None), errors
+    top = max(usable.values())
+    tied = [
+        nm
+        for nm in failing
+        if nm in usable
+        and (usable[nm] == top or (np.isfinite(top) and usable[nm] >= (1 - RANK_MARGIN) * top))
+    ]
+    return tied[-1], errors
 
 
 def diagnose(
@@ -320,13 +203,15 @@ def diagnose(
 ) -> dict[str, Diagnosis]:
     """Diagnose each parameter named in ``failing`` (in layout order); name -> Diagnosis.
 
-    May spend a few loss evaluations on transposed positions and on entries of same-shape
-    parameters, at most ``2 * CONFIRM_ENTRIES`` per hypothesis.
+    May spend a few loss evaluations on transposed and shifted positions and on entries of
+    same-shape parameters, at most ``2 * CONFIRM_ENTRIES`` per hypothesis.
     """
     nonfinite = nonfinite or {}
-    downstream = failing[-1] if failing else None
+    start, errors = rank_failing(entries, failing)
     return {
-        name: diagnose_parameter(contexts[name], contexts, entries, nonfinite.get(name), downstream)
+        name: diagnose_parameter(
+            contexts[name], contexts, entries, nonfinite.get(name), start, errors
+        )
         for name in failing
         if name in entries or name in nonfinite
     }

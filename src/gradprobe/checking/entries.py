@@ -272,6 +272,25 @@ def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) ->
             tol.within_rtol(a, numeric, v.abs_error),
         ),
     )
+    # Still failing, but the disagreement shrank with the step: truncation (inputs far from
+    # zero make h = eps * |x| far larger than the function's scale) or a kink near the step,
+    # not a wrong gradient, which disagrees alike at every step. Go on down the step ladder
+    # while it keeps shrinking, before any kink is considered.
+    # Far from zero even the retry's step may dwarf the function's scale, before any
+    # shrinking shows: such entries take one more rung whatever.
+    far = np.abs(ctx.base_flat[results.flat_index[pos]].astype(np.float64)) > FAR_FROM_ZERO
+    ladder = ~v.passed & ((v.abs_error < SHRINKING * results.abs_error[pos]) | far)
+    if ctx.method == "central" and np.any(ladder):
+        numeric, step, v = _descend(
+            ctx,
+            results.flat_index[pos],
+            a,
+            ladder,
+            results.allowed[pos],
+            v,
+            numeric,
+            step,
+        )
     fwd, bwd, _ = _one_sided(small, f0)
     fwd_big, bwd_big, _ = _one_sided(first, f0)
     found = classify(
@@ -314,6 +333,64 @@ def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) ->
     out["retried"][pos] = True
     out["crossed"][pos[crossed | kink]] = True
     return EntryResults(flat_index=results.flat_index, analytic=results.analytic, **out)
+
+
+#: A retried disagreement below this fraction of the first one shrank with the step: the
+#: entry goes down the step ladder (a wrong gradient disagrees alike at every step).
+SHRINKING = 0.75
+
+#: Entries larger than this in magnitude (the relative step then exceeds RETRY_FACTOR**2
+#: times a unit entry's) go down the step ladder even when the retry did not shrink.
+FAR_FROM_ZERO = RETRY_FACTOR**2
+
+#: Further steps, each RETRY_FACTOR times smaller, tried while the disagreement shrinks.
+MAX_RUNGS = 4
+
+
+def _descend(
+    ctx: ParamCheck,
+    flat_index: np.ndarray,
+    a: np.ndarray,
+    ladder: np.ndarray,
+    first_allowed: np.ndarray,
+    v: Verdict,
+    numeric: np.ndarray,
+    step: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, Verdict]:
+    """Central differences at ever smaller steps for the entries where ``ladder`` is set,
+    while their disagreement keeps decreasing (at most :data:`MAX_RUNGS` rungs). An entry
+    passes when it agrees within ``rtol``, or within a round-off floor no higher than
+    ``first_allowed`` (the first comparison's allowance). The arrays are aligned
+    with ``flat_index``; the returned ones carry each entry's last (smallest-error) rung."""
+    tol = ctx.tolerance
+    numeric, step = numeric.copy(), step.copy()
+    fields = {f: getattr(v, f).copy() for f in ("abs_error", "rel_error", "allowed", "passed")}
+    todo = np.flatnonzero(ladder)
+    previous = fields["abs_error"][todo]
+    relative = ctx.relative_step / RETRY_FACTOR
+    for _ in range(MAX_RUNGS):
+        if todo.size == 0:
+            break
+        relative /= RETRY_FACTOR
+        est = _estimate(ctx, flat_index[todo], relative)
+        w = tol.compare(a[todo], est.numeric, est.noise)
+        # A pass down here must be within rtol itself, or rest on a round-off floor no higher
+        # than the first comparison's allowance: deep rungs have high floors, and a wrong
+        # gradient must not hide under them.
+        ok = w.passed & (
+            tol.within_rtol(a[todo], est.numeric, w.abs_error) | (w.allowed <= first_allowed[todo])
+        )
+        # Keep the rung whose estimate disagrees least (its verdict is the entry's).
+        better = ok | (w.abs_error < previous)
+        idx = todo[better]
+        numeric[idx], step[idx] = est.numeric[better], est.step[better]
+        for f in ("abs_error", "rel_error", "allowed"):
+            fields[f][idx] = getattr(w, f)[better]
+        fields["passed"][idx] = ok[better]
+        # Before the asymptotic range the decrease can be slow: go on while it decreases.
+        go_on = ~ok & (w.abs_error < previous)
+        todo, previous = todo[go_on], w.abs_error[go_on]
+    return numeric, step, Verdict(**fields)
 
 
 def merge_entry_results(a: EntryResults, b: EntryResults) -> EntryResults:

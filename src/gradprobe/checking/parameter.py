@@ -61,7 +61,9 @@ def gather_evidence(
     outcome = None
     # Probes add nothing where every entry was checked one by one.
     if probes and not sample.complete:
-        outcome = run_probes(ctx, rng, n_directions=probes, slice_probes=slice_probes)
+        outcome = run_probes(
+            ctx, rng, n_directions=probes, slice_probes=slice_probes, checked=entries
+        )
         if outcome.leaves is not None:
             entries = merge_entry_results(entries, outcome.leaves)
     return Evidence(

@@ -45,7 +45,9 @@ class Probe:
     numeric : float
         ``L(x + s) - L(x - s)``.
     allowed : float
-        The largest ``|analytic - numeric|`` that passes.
+        The largest ``|analytic - numeric|`` that passes: round-off, truncation and ``atol``,
+        no ``rtol`` (a disagreement above it is a suspicion, bisected to single entries that
+        the per-entry rule judges).
     inferred : bool
         ``numeric`` was not evaluated but inferred as the parent's minus the sibling's.
     f_plus, f_minus : float
@@ -60,6 +62,9 @@ class Probe:
     crossed : bool
         The one-sided gap did not shrink like a smooth function's: the step crosses a kink
         (whether or not the analytic slope lies within the one-sided interval).
+    bound : float
+        ``allowed`` plus the most that entries all within ``rtol`` and ``atol`` can add up to:
+        a discrepancy above it proves that some entry of the range exceeds ``rtol``.
     """
 
     lo: int
@@ -76,6 +81,7 @@ class Probe:
     kink: bool = False
     retry_passed: bool = False
     crossed: bool = False
+    bound: float = math.inf
 
     @property
     def discrepancy(self) -> float:
@@ -85,6 +91,11 @@ class Probe:
     def within(self) -> bool:
         """The central difference agrees within the allowance (NaN fails)."""
         return bool(self.discrepancy <= self.allowed)
+
+    @property
+    def beyond_rtol(self) -> bool:
+        """The discrepancy exceeds what entries all within ``rtol`` can explain (NaN counts)."""
+        return not bool(self.discrepancy <= self.bound)
 
     @property
     def passed(self) -> bool:
@@ -130,9 +141,10 @@ class Prober:
             self.plus[j] = x + s
             self.minus[j] = x - s
 
-    def _sums(self, j: int, lo: int, hi: int) -> tuple[float, float, float, float]:
+    def _sums(self, j: int, lo: int, hi: int) -> tuple[float, float, float, float, float]:
         """Over entries ``lo:hi`` of direction ``j`` at the current step: ``g . d``, its
-        forward part ``g . ((x + s) - x)``, ``|g| . |d|`` and ``|d|**2`` (``d`` the step taken).
+        forward part ``g . ((x + s) - x)``, ``|g| . |d|``, ``|d|**2`` and ``sum |d|`` (``d`` the
+        step taken).
 
         Computed per range rather than stored for every entry: four float64 arrays per
         direction and step would multiply the check's memory for a large parameter.
@@ -147,8 +159,9 @@ class Prober:
         gd_sum = float(gd.sum())
         abs_gd_sum = float(np.abs(gd, out=gd).sum())
         up *= g
+        abs_d_sum = float(np.abs(taken).sum())
         taken *= taken
-        return gd_sum, float(up.sum()), abs_gd_sum, float(taken.sum())
+        return gd_sum, float(up.sum()), abs_gd_sum, float(taken.sum()), abs_d_sum
 
     @property
     def f0(self) -> float:
@@ -236,14 +249,17 @@ class Prober:
         (both round-off floors and truncations enter the inferred difference).
         """
         lo, hi, j = left.hi, parent.hi, parent.direction
+        gd, _, abs_gd, _, abs_d = self._sums(j, lo, hi)
+        allowed = parent.allowed + left.allowed
         return Probe(
             lo=lo,
             hi=hi,
             direction=j,
             depth=left.depth,
-            analytic=self._sums(j, lo, hi)[0],
+            analytic=gd,
             numeric=parent.numeric - left.numeric,
-            allowed=parent.allowed + left.allowed,
+            allowed=allowed,
+            bound=allowed + self._rtol_share(abs_gd, abs_d),
             inferred=True,
         )
 
@@ -252,9 +268,9 @@ class Prober:
         noise = float(tol.difference_floor(f_plus, f_minus))
         # The analytic side's own round-off: a sum of (hi - lo) products of inputs that carry
         # the gradient's precision (the loss's epsilon, never finer than float64's).
-        gd, _, abs_gd, taken_sq = self._sums(j, lo, hi)
+        gd, _, abs_gd, taken_sq, abs_d = self._sums(j, lo, hi)
         dot_noise = NOISE_FACTOR * max(tol.loss_eps, _EPS64) * abs_gd
-        atol_term = tol.atol * math.sqrt(taken_sq)
+        allowed = noise + dot_noise + self.truncation + tol.atol * math.sqrt(taken_sq)
         return Probe(
             lo=lo,
             hi=hi,
@@ -262,10 +278,21 @@ class Prober:
             depth=depth,
             analytic=gd,
             numeric=float(f_plus - f_minus),
-            allowed=noise + dot_noise + self.truncation + atol_term,
+            allowed=allowed,
+            bound=allowed + self._rtol_share(abs_gd, abs_d),
             f_plus=float(f_plus),
             f_minus=float(f_minus),
         )
+
+    def _rtol_share(self, abs_gd: float, abs_d: float) -> float:
+        """The largest discrepancy that entries all within ``rtol`` and ``atol`` can add up to.
+
+        ``|a - n| <= rtol * (|a| + |n|) + atol`` for every entry implies
+        ``|a - n| <= (2 rtol |a| + atol) / (1 - rtol)``, so the probe's discrepancy is at most
+        ``sum (2 rtol |g_i| + atol) |d_i| / (1 - rtol)``.
+        """
+        rtol = min(self.tolerance.rtol, 0.5)
+        return (2.0 * rtol * abs_gd + self.tolerance.atol * abs_d) / (1.0 - rtol)
 
 
 def random_directions(rng: np.random.Generator, k: int, n: int) -> np.ndarray:

@@ -41,17 +41,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..options import DEFAULT_PROBES
+from ..report.model import MAX_BAD_INDICES
 from .context import ParamCheck
-from .entries import EntryResults, evaluate_entries
+from .entries import EntryResults, evaluate_entries, merge_entry_results
 from .prober import Probe, Prober, choose_step, random_directions
 
 __all__ = ["ProbeOutcome", "run_probes"]
 
-#: Bisection levels at which "every half fails" means widespread.
+#: Bisection levels after which "every half fails" asks whether most entries are wrong.
 WIDESPREAD_DEPTH = 2
 
-#: At most this many entries are localized before the failure is called widespread.
-MAX_LOCALIZED = 16
+#: Entries checked one by one to decide whether most entries are wrong, when the sample
+#: already checked has fewer.
+WIDESPREAD_CHECKS = 16
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,14 @@ class ProbeOutcome:
     leaves : EntryResults or None
         Per-entry results of the single entries bisection reached.
     widespread : bool
-        Probe failures were spread over most of the parameter; bisection stopped early.
+        Probes disagreed across the whole parameter beyond ``rtol`` and most entries checked
+        one by one fail: bisection stopped early.
+    capped : bool
+        More ranges disagreed beyond ``rtol`` than entries may be localized
+        (``max_localized``): localization stopped with those found so far.
+    within_rtol : bool
+        Probes disagreed across the parameter, but never by more than entries all within
+        ``rtol`` can explain: a relative error below ``rtol`` everywhere (not a failure).
     unconfirmed : bool
         A probe failed but bisection isolated no entry that a per-entry check confirmed
         (a kink crossed by the probe step, or many small errors that cancel in halves).
@@ -100,6 +109,8 @@ class ProbeOutcome:
     leaves: EntryResults | None
     widespread: bool
     unconfirmed: bool
+    capped: bool = False
+    within_rtol: bool = False
     bisection_depth: int = 0
     n_kinks: int = 0
     n_retried: int = 0
@@ -115,7 +126,8 @@ def run_probes(
     *,
     n_directions: int = DEFAULT_PROBES,
     slice_probes: bool = False,
-    max_localized: int = MAX_LOCALIZED,
+    max_localized: int = MAX_BAD_INDICES,
+    checked: EntryResults | None = None,
 ) -> ProbeOutcome:
     """Probe every entry of the parameter of ``ctx`` along random directions; bisect failures.
 
@@ -132,7 +144,10 @@ def run_probes(
     slice_probes : bool
         Also probe each slice along the leading axis (one probe per row, 2 evaluations each).
     max_localized : int
-        Entries to localize before calling the failure widespread.
+        Entries to localize one by one before localization stops.
+    checked : EntryResults, optional
+        Entries already checked one by one (the sample): evidence of whether most entries
+        are wrong when the probes disagree everywhere.
 
     Returns
     -------
@@ -153,27 +168,87 @@ def run_probes(
     top = [prober.judge(p) for p in prober.run(ranges, depth=0)]
     failing = [p for p in top if not p.passed]
 
-    widespread = False
-    depth = 0
-    leaves: list[int] = []
+    search = _Bisection(ctx, prober, n, max_localized, checked, rng)
     if failing:
         whole = [p for p in failing if p.hi - p.lo == n]
         # One direction is enough to localize: bisect along the worst whole-parameter probe.
-        frontier = [max(whole, key=lambda p: p.excess)] if whole else failing
-        all_failing = True
+        search.run([max(whole, key=lambda p: p.excess)] if whole else failing)
+    leaf_results = search.leaf_results()
+    localized = (
+        leaf_results.flat_index[leaf_results.failed]
+        if leaf_results is not None
+        else np.empty(0, dtype=np.int64)
+    )
+    return ProbeOutcome(
+        probes=tuple(top),
+        n_probes=prober.n_probes,
+        n_evaluations=evaluator.n_evaluations - n0,
+        step=step,
+        truncation=truncation,
+        passed=not failing,
+        localized=localized,
+        leaves=leaf_results,
+        widespread=search.widespread,
+        capped=search.capped,
+        within_rtol=bool(failing) and search.within_rtol,
+        unconfirmed=bool(failing)
+        and not (search.widespread or search.capped or search.within_rtol)
+        and localized.size == 0,
+        bisection_depth=search.depth,
+        n_kinks=sum(1 for p in top if p.kink),
+        n_retried=prober.n_retried,
+    )
+
+
+class _Bisection:
+    """Bisects failing probes to single entries, up to ``max_localized`` of them.
+
+    It stops early in three cases, each with its evidence:
+
+    - every range fails at the first levels and each disagrees by no more than entries all
+      within ``rtol`` can explain (:attr:`Probe.bound`): a relative error below ``rtol``
+      everywhere, which the pass rule accepts (``within_rtol``; not a failure);
+    - every range fails at the first levels, some beyond ``rtol``, and most entries checked one
+      by one (the sample, or :data:`WIDESPREAD_CHECKS` spot checks) fail: ``widespread``;
+    - more ranges fail than entries may be localized, some beyond ``rtol``: ``capped`` (more
+      wrong entries than ``max_localized``; those localized so far are kept).
+    """
+
+    def __init__(
+        self,
+        ctx: ParamCheck,
+        prober: Prober,
+        n: int,
+        max_localized: int,
+        checked: EntryResults | None,
+        rng: np.random.Generator,
+    ) -> None:
+        self.ctx, self.prober, self.n = ctx, prober, n
+        self.max_localized = max_localized
+        self.checked, self.rng = checked, rng
+        self.leaves: list[int] = []
+        self.depth = 0
+        self.widespread = self.capped = self.within_rtol = False
+        self.spot: EntryResults | None = None
+        self._asked_most = False
+
+    def run(self, frontier: list[Probe]) -> None:
+        prober, all_failing = self.prober, True
         while frontier:
             parents = []
             for p in frontier:
                 if p.hi - p.lo == 1:
-                    leaves.append(p.lo)
+                    self.leaves.append(p.lo)
                 else:
                     parents.append(p)
             if not parents:
-                break
-            depth += 1
+                return
+            self.depth += 1
             # Probe the left half; the right half's loss difference is the parent's minus the
             # left's (the discrepancy is additive), so each level costs 2 evaluations per node.
-            lefts = prober.run([(p.lo, (p.lo + p.hi) // 2, p.direction) for p in parents], depth)
+            lefts = prober.run(
+                [(p.lo, (p.lo + p.hi) // 2, p.direction) for p in parents], self.depth
+            )
             children = []
             for parent, left in zip(parents, lefts, strict=True):
                 right = prober.complement(parent, left)
@@ -184,30 +259,46 @@ def run_probes(
                 children += [left, right]
             frontier = [c for c in children if not c.passed]
             all_failing = all_failing and len(frontier) == len(children)
-            if (depth >= WIDESPREAD_DEPTH and all_failing) or (
-                len(frontier) + len(leaves) > max_localized
-            ):
-                widespread = True
-                break
+            everywhere = self.depth >= WIDESPREAD_DEPTH and all_failing
+            too_many = len(frontier) + len(self.leaves) > self.max_localized
+            if (everywhere or too_many) and self._stop(frontier, everywhere, too_many):
+                return
 
-    leaf_results = None
-    localized = np.empty(0, dtype=np.int64)
-    if leaves and not widespread:
-        idx = np.unique(np.asarray(leaves, dtype=np.int64))
-        leaf_results = evaluate_entries(ctx, idx)
-        localized = idx[leaf_results.failed]
-    return ProbeOutcome(
-        probes=tuple(top),
-        n_probes=prober.n_probes,
-        n_evaluations=evaluator.n_evaluations - n0,
-        step=step,
-        truncation=truncation,
-        passed=not failing,
-        localized=localized,
-        leaves=leaf_results,
-        widespread=widespread,
-        unconfirmed=bool(failing) and not widespread and localized.size == 0,
-        bisection_depth=depth,
-        n_kinks=sum(1 for p in top if p.kink),
-        n_retried=prober.n_retried,
-    )
+    def _stop(self, frontier: list[Probe], everywhere: bool, too_many: bool) -> bool:
+        if not any(p.beyond_rtol for p in frontier):
+            if everywhere:
+                self.within_rtol = True
+                return True
+            return False  # many small suspicions: keep localizing until the cap says stop
+        if everywhere and not self._asked_most:
+            self._asked_most = True
+            if self._most_wrong():
+                self.widespread = True
+                return True
+        if too_many:
+            self.capped = True
+            return True
+        return False
+
+    def _most_wrong(self) -> bool:
+        """Whether most entries checked one by one fail (kinks aside): the sample when it
+        has at least WIDESPREAD_CHECKS entries, else that many spot checks."""
+        e = self.checked
+        if e is None or e.size < WIDESPREAD_CHECKS:
+            taken = set() if e is None else set(e.flat_index.tolist())
+            free = np.setdiff1d(np.arange(self.n), np.fromiter(taken, dtype=np.int64))
+            k = min(WIDESPREAD_CHECKS, free.size)
+            idx = np.sort(self.rng.choice(free, size=k, replace=False)) if k else free
+            self.spot = evaluate_entries(self.ctx, idx.astype(np.int64))
+            e = self.spot if e is None else merge_entry_results(e, self.spot)
+        judged = e.size - int(np.count_nonzero(e.kink))
+        return judged > 0 and 2 * int(np.count_nonzero(e.failed)) > judged
+
+    def leaf_results(self) -> EntryResults | None:
+        """Per-entry results of the single entries reached (and of any spot checks)."""
+        out = self.spot
+        if self.leaves:
+            idx = np.unique(np.asarray(self.leaves, dtype=np.int64))
+            leaves = evaluate_entries(self.ctx, idx)
+            out = leaves if out is None else merge_entry_results(out, leaves)
+        return out

@@ -26,18 +26,41 @@ from .context import ParamCheck
 from .parameter import Evidence
 from .probes import ProbeOutcome
 
-__all__ = ["build_report", "passes"]
+__all__ = ["build_report", "floor_warnings", "passes"]
+
+#: A passing parameter with at least this share of its checked entries at the round-off floor
+#: was hardly verified: the report says so.
+UNVERIFIED_SHARE = 0.9
 
 
 def passes(evidence: Evidence) -> bool:
     """THE verdict: no checked entry fails (kinks excluded), the probes did not find a
-    widespread disagreement, and the analytic gradient is finite everywhere."""
-    widespread = evidence.outcome is not None and evidence.outcome.widespread
+    disagreement beyond ``rtol`` too widespread or too frequent to localize, and the analytic
+    gradient is finite everywhere. Probes only raise suspicions: entries are failed by the
+    per-entry rule, so the verdict honours ``rtol`` whatever ``samples=`` is."""
+    outcome = evidence.outcome
+    widespread = outcome is not None and (outcome.widespread or outcome.capped)
     return (
         not bool(np.any(evidence.entries.failed))
         and not widespread
         and evidence.nonfinite.size == 0
     )
+
+
+def floor_warnings(reports: Mapping[str, ParamReport]) -> list[str]:
+    """A warning for each passing parameter whose checked entries sit (almost) all at the
+    round-off floor: nothing was verified there."""
+    out = []
+    for r in reports.values():
+        if r.passed and r.n_checked and r.n_at_floor >= UNVERIFIED_SHARE * r.n_checked:
+            out.append(
+                f"{r.name}: {r.n_at_floor} of {r.n_checked} checked entries are at the round-off "
+                "floor, where an error cannot be told from noise: it passed, but nothing was "
+                "verified there. The loss hardly changes with it (an upstream gradient of ones "
+                "that cancels, a tiny weight) or its precision is too low: use a random upstream "
+                "gradient, float64 (promote=True), or a larger batch."
+            )
+    return out
 
 
 def _bad_indices(ctx: ParamCheck, evidence: Evidence) -> tuple[tuple[int, ...], ...]:
@@ -77,6 +100,7 @@ def build_report(
         n_probed=ctx.size if outcome is not None else 0,
         n_probes=outcome.n_probes if outcome is not None else 0,
         n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
+        n_unverified=int(np.count_nonzero(~resolved & ~entries.kink)),
         probe_note=probe_note(outcome, ctx.shape),
     )
     return ParamReport(
@@ -103,6 +127,7 @@ def build_report(
         n_kinks=int(np.count_nonzero(entries.kink)),
         bad_indices=_bad_indices(ctx, evidence),
         widespread=outcome is not None and outcome.widespread,
+        capped=outcome is not None and outcome.capped,
         coverage=coverage,
         diagnosis=diagnosis,
     )
@@ -126,6 +151,7 @@ def build_coverage(
     n_probed: int = 0,
     n_probes: int = 0,
     n_probe_kinks: int = 0,
+    n_unverified: int = 0,
     probe_note: str = "",
     confidence: float = CONFIDENCE,
 ) -> Coverage:
@@ -140,11 +166,19 @@ def build_coverage(
     if n_probed:
         kinks = f", {n_probe_kinks} across kinks" if n_probe_kinks else ""
         parts.append(f"all {n_probed:,} entries probed ({n_probes} directional probes{kinks})")
+    # Entries at the round-off floor passed without evidence: they count for no bound.
+    n_unverified = min(n_unverified, n_sampled)
+    n_verified = n_sampled - n_unverified
+    unverified = f" ({n_unverified:,} at the round-off floor, unverified)" if n_unverified else ""
     if n_sampled >= n_total:
-        upper = n_failed_sampled / n_total if n_total else 1.0
-        parts.append(f"all {n_total:,} checked individually, {n_failed_sampled:,} wrong")
+        upper = (n_failed_sampled + n_unverified) / n_total if n_total else 1.0
+        parts.append(
+            f"all {n_total:,} checked individually, {n_failed_sampled:,} wrong{unverified}"
+        )
     else:
-        upper = upper_bound_wrong_fraction(n_sampled, n_failed_sampled, confidence)
+        upper = upper_bound_wrong_fraction(
+            n_verified, min(n_failed_sampled, n_verified), confidence
+        )
         by = ", ".join(f"{k} {v}" for k, v in strata.items())
         parts.append(f"{n_sampled:,} of {n_total:,} checked individually ({by})")
         if n_sampled:
@@ -153,7 +187,7 @@ def build_coverage(
                 if upper >= 1.0
                 else f"fewer than {_pct(upper)} wrong at {confidence:.0%}"
             )
-            parts.append(f"{n_failed_sampled:,} of {n_sampled:,} failed: {bound}")
+            parts.append(f"{n_failed_sampled:,} of {n_sampled:,} failed{unverified}: {bound}")
     if probe_note:
         parts.append(probe_note)
     return Coverage(
@@ -175,8 +209,20 @@ def probe_note(outcome: ProbeOutcome | None, shape: tuple[int, ...]) -> str:
     excess = f"{worst.excess:.3g}x its allowance" if worst is not None else "beyond tolerance"
     if outcome.widespread:
         return (
-            f"probes disagree ({excess}) across most of the parameter: widespread, "
-            f"bisection stopped after {outcome.bisection_depth} levels"
+            f"probes disagree ({excess}) across the whole parameter, beyond rtol, and most "
+            f"entries checked one by one fail: widespread, bisection stopped after "
+            f"{outcome.bisection_depth} levels"
+        )
+    if outcome.capped:
+        return (
+            f"probes disagree ({excess}) beyond rtol in more places than localization covers: "
+            f"{outcome.localized.size} wrong entries localized before it stopped "
+            f"({outcome.n_evaluations} evaluations)"
+        )
+    if outcome.within_rtol:
+        return (
+            f"probes disagree ({excess}) across the parameter, but no more than entries all "
+            "within rtol can explain (a relative error below rtol everywhere): not a failure"
         )
     if outcome.localized.size:
         where = ", ".join(

@@ -38,13 +38,23 @@ _STEP_POWER = {
 RETRY_FACTOR = 8.0
 
 
-def default_relative_step(dtype: np.dtype, method: str = "central") -> float:
-    """Default relative step ``EPS**power`` for ``dtype`` and finite-difference ``method``."""
+def default_relative_step(
+    dtype: np.dtype, method: str = "central", loss_eps: float | None = None
+) -> float:
+    """Default relative step ``EPS**power`` for ``dtype`` and finite-difference ``method``.
+
+    ``loss_eps``, when coarser than ``dtype``'s epsilon, is the precision the loss is really
+    computed in (a float32 loss of float64 parameters): the step balances truncation against
+    that precision's round-off instead.
+    """
     try:
         power = _STEP_POWER[method]
     except KeyError:
         raise ValueError(f"no default step for method {method!r}") from None
-    return float(np.finfo(dtype).eps) ** power
+    eps = float(np.finfo(dtype).eps)
+    if loss_eps is not None:
+        eps = max(eps, loss_eps)
+    return eps**power
 
 
 @dataclass(frozen=True)

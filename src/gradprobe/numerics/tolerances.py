@@ -52,6 +52,7 @@ __all__ = [
     "Verdict",
     "ecnoise",
     "loss_epsilon",
+    "precision_dtype",
     "tolerance_for",
 ]
 
@@ -77,6 +78,10 @@ NOISE_HALF_POINTS = 4
 
 #: The noise estimate's step moves an entry of a parameter of scale 1 by about this many ulps.
 NOISE_ULPS = 16.0
+
+#: A loss rounded to a grid of relative spacing ``eps`` has a rounding noise of about
+#: ``eps / 4`` relative (``ulp / sqrt(12)`` with an ulp between ``eps / 2`` and ``eps``).
+SIGMA_PER_EPS = 4.0
 
 
 @dataclass(frozen=True)
@@ -163,12 +168,25 @@ class NoiseEstimate:
         ``"inconclusive"`` (no order consistent; the ``EPS`` floor alone applies).
     n_evaluations : int
         Loss evaluations spent.
+    step_scale : float
+        How many times the step of a few ulps of the parameters' dtype had to be enlarged
+        before the loss changed at all (1: it changed at once). Above 1, the loss is computed
+        (or rounded) more coarsely than its parameters.
     """
 
     sigma: float
     order: int
     status: str
     n_evaluations: int = 0
+    step_scale: float = 1.0
+
+    def resolution(self, base_value: float, loss_eps: float) -> float:
+        """The relative precision the loss is actually computed in (an epsilon): the
+        parameters' ``loss_eps``, or coarser when the loss stayed flat at a few of their ulps
+        and its noise had to be measured at a larger step."""
+        if self.step_scale <= 1.0 or not self.sigma > 0.0:
+            return loss_eps
+        return max(loss_eps, SIGMA_PER_EPS * self.sigma / max(abs(base_value), 1e-300))
 
 
 def ecnoise(values: Sequence[float]) -> NoiseEstimate:
@@ -214,6 +232,15 @@ def loss_epsilon(dtypes: Iterable[np.dtype]) -> float:
     return max(float(np.finfo(dt).eps) for dt in dtypes)
 
 
+def precision_dtype(eps: float) -> np.dtype:
+    """The standard float dtype whose epsilon best describes a precision ``eps`` (the finest
+    one at least half as coarse)."""
+    for dt in (np.float64, np.float32, np.float16):
+        if float(np.finfo(dt).eps) >= 0.5 * eps:
+            return np.dtype(dt)
+    return np.dtype(np.float16)
+
+
 def tolerance_for(
     dtype: np.dtype,
     loss_eps: float,
@@ -223,9 +250,13 @@ def tolerance_for(
 ) -> Tolerance:
     """Tolerance for a parameter of ``dtype``, with user overrides merged over the table.
 
+    ``loss_eps`` is the precision the loss is computed in (:meth:`NoiseEstimate.resolution`);
+    when it is coarser than ``dtype``'s, the default ``rtol`` is that precision's.
     ``loss_noise`` is the measured noise level of one loss evaluation
     (:attr:`NoiseEstimate.sigma`; 0 when not measured).
     """
+    if loss_eps > float(np.finfo(dtype).eps):
+        dtype = precision_dtype(loss_eps)
     default = DEFAULT_RTOL.get(np.dtype(dtype), DEFAULT_RTOL[np.dtype(np.float64)])
     return Tolerance(
         rtol=default if rtol is None else rtol,

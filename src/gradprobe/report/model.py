@@ -117,8 +117,10 @@ class Diagnosis:
     Attributes
     ----------
     kind : str
-        ``"scale"``, ``"sign"``, ``"transpose"``, ``"zero"``, ``"missing-term"``, ``"swapped"``,
-        ``"mismatch"`` (or ``"widespread"``/``"nonfinite"`` where those apply).
+        One of ``"nonfinite"``, ``"zero"``, ``"unused"``, ``"missing-term"``, ``"sign"``,
+        ``"scale"``, ``"transpose"``, ``"swapped"``, ``"shifted"``, ``"partial-factor"``,
+        ``"confined"``, ``"mismatch"`` (:mod:`gradprobe.checking.diagnosis` tries them in
+        that order).
     detail : str
         One line a person can act on.
     confidence : float
@@ -212,7 +214,7 @@ class ParamReport:
     n_checked : int
         Entries checked one by one against a finite difference.
     sampling : str
-        How those entries were chosen (``"all"``, ``"random"``, ``"stratified"``).
+        How those entries were chosen (``"all"`` or ``"stratified"``).
     max_rel_error : float
         Largest relative error among the checked entries (inf when one is NaN).
     worst_index : tuple of int or None
@@ -237,7 +239,11 @@ class ParamReport:
     bad_indices : tuple of tuple of int
         Entries localized as wrong (by individual checks or probe bisection).
     widespread : bool
-        Probes found disagreement in most of the parameter; localization stopped early.
+        Probes disagreed beyond ``rtol`` across the whole parameter and most entries checked
+        one by one fail; localization stopped early.
+    capped : bool
+        Probes disagreed beyond ``rtol`` in more places than ``bad_indices`` can hold;
+        localization stopped at that many entries.
     coverage : Coverage or None
         Probe and sample coverage, when the probes ran.
     rel_errors : ndarray
@@ -263,6 +269,7 @@ class ParamReport:
     n_kinks: int = 0
     bad_indices: tuple[tuple[int, ...], ...] = ()
     widespread: bool = False
+    capped: bool = False
     coverage: Coverage | None = None
     rel_errors: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
     #: Largest relative error among entries resolvable above the round-off floor (their
@@ -274,12 +281,17 @@ class ParamReport:
 
     @property
     def headline_rel_error(self) -> float:
-        """The relative error the report's table shows: the classic maximum for a failing
-        parameter; for a passing one the maximum over entries resolvable above the round-off
-        floor (NaN when none is: their differences are noise, not evidence)."""
+        """The relative error the report's table shows: for a failing parameter the largest
+        among the failing entries its failure block shows (so the two agree; an entry at the
+        round-off floor may have a larger classic relative error, in ``max_rel_error``); for
+        a passing one the maximum over entries resolvable above the round-off floor (NaN when
+        none is: their differences are noise, not evidence)."""
         if not self.n_checked:
             return math.nan
-        return self.max_rel_error if not self.passed else self.max_rel_error_resolved
+        if self.passed:
+            return self.max_rel_error_resolved
+        shown = self.failing_entries
+        return max(e.rel_error for e in shown) if shown else self.max_rel_error
 
     @property
     def failing_entries(self) -> tuple[EntryCheck, ...]:
@@ -308,6 +320,7 @@ class ParamReport:
             "n_kinks": self.n_kinks,
             "bad_indices": [list(i) for i in self.bad_indices],
             "widespread": self.widespread,
+            "capped": self.capped,
             "coverage": None if self.coverage is None else self.coverage.to_dict(),
         }
 
@@ -340,6 +353,7 @@ class ParamReport:
             n_kinks=int(d.get("n_kinks", 0)),
             bad_indices=tuple(tuple(i) for i in d.get("bad_indices", [])),
             widespread=bool(d.get("widespread", False)),
+            capped=bool(d.get("capped", False)),
             coverage=None if d.get("coverage") is None else Coverage.from_dict(d["coverage"]),
         )
 

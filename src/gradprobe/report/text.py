@@ -124,6 +124,11 @@ def failure_block(p: ParamReport, *, max_shown: int, max_bad_indices: int) -> st
         lines.append(f"Mismatched elements: {p.n_failed} / {p.n_checked} checked ({pct:.3g}%)")
     if p.widespread:
         lines.append("Probes disagree across most of the parameter (widespread).")
+    elif p.capped:
+        lines.append(
+            f"Probes disagree in more places than localization covers: more than "
+            f"{len(p.bad_indices)} wrong entries (bad_indices keeps the first ones found)."
+        )
     shown = list(p.failing_entries[:max_shown])
     if shown:
         lines.append(

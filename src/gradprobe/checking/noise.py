@@ -1,0 +1,106 @@
+"""The loss's measured rounding noise near the base point (ECnoise on a few evaluations).
+
+:func:`estimate_loss_noise` evaluates the loss at points a few ulps apart along a random
+direction over every parameter and hands the values to
+:func:`gradprobe.numerics.tolerances.ecnoise`. A loss that stays flat there is computed (or
+rounded) more coarsely than its parameters: the step grows until the loss changes, which tells
+the precision the loss is really computed in (``NoiseEstimate.step_scale``, ``resolution``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..errors import GradCheckError, LossEvaluationError
+from ..evaluate import Evaluator, one_blas_thread
+from ..numerics.tolerances import NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, ecnoise
+
+__all__ = ["MAX_NOISE_SCALINGS", "NOISE_SCALING", "estimate_loss_noise"]
+
+
+def estimate_loss_noise(
+    evaluator: Evaluator, base_loss: float, rng: np.random.Generator
+) -> NoiseEstimate:
+    """Measure the loss's rounding noise along a random direction over every parameter.
+
+    Evaluates ``L(x + i * delta * v)`` for ``i = -k..k``, ``i != 0`` (``k =``
+    :data:`~gradprobe.tolerances.NOISE_HALF_POINTS`; the centre is ``base_loss``), ``v`` a unit
+    vector over all entries drawn from ``rng``, and hands the values to
+    :func:`~gradprobe.tolerances.ecnoise`. Parameter ``p``'s part of the step is
+    ``NOISE_ULPS * EPS_p * sqrt(n) * max(1, rms(x_p))`` (``n`` entries in all): an entry of
+    typical size moves by about ``NOISE_ULPS`` ulps, so the points differ in their last bits
+    while the smooth part (and any kink crossed) changes the differences far less than the
+    noise does. When the loss does not change at all there (computed or rounded more coarsely
+    than its parameters: a float32 loss of float64 parameters), the step grows by
+    :data:`NOISE_SCALING` until it does, at most :data:`MAX_NOISE_SCALINGS` times
+    (``NoiseEstimate.step_scale`` says how far).
+    """
+    estimate = NoiseEstimate(0.0, 0, "flat")
+    spent, scale = 0, 1.0
+    # A loss computed (or rounded) more coarsely than its parameters stays flat at a few of
+    # their ulps: enlarge the step until it changes, and measure the noise there.
+    for _ in range(MAX_NOISE_SCALINGS + 1):
+        estimate = _noise_at(evaluator, base_loss, rng, scale)
+        spent += 2 * NOISE_HALF_POINTS
+        if estimate.status != "flat":
+            break
+        scale *= NOISE_SCALING
+    return replace(estimate, n_evaluations=spent, step_scale=scale)
+
+
+#: When the loss is flat at a few ulps, the noise estimate's step grows by this factor...
+NOISE_SCALING = 256.0
+#: ... at most this many times (steps up to ~1e-5 relative in float64; 8 evaluations each).
+MAX_NOISE_SCALINGS = 5
+
+
+def _noise_at(
+    evaluator: Evaluator, base_loss: float, rng: np.random.Generator, scale: float
+) -> NoiseEstimate:
+    """ECnoise on ``L(x + i * delta * v)`` with ``delta`` ``scale`` times the ulp-sized step."""
+    layout = evaluator.layout
+    base = [b.astype(np.float64, copy=False) for b in evaluator.base]
+    n = sum(b.size for b in base)
+    v = [rng.standard_normal(b.shape) for b in base]
+    norm = float(np.sqrt(sum(float(np.sum(x * x)) for x in v)))
+    steps = [
+        scale
+        * NOISE_ULPS
+        * float(np.finfo(dt).eps)
+        * np.sqrt(n)
+        # einsum's own loop, not BLAS: the sum must not depend on the BLAS thread count.
+        * max(1.0, float(np.sqrt(np.einsum("i,i->", b.reshape(-1), b.reshape(-1)) / b.size)))
+        / norm
+        for b, dt in zip(base, layout.dtypes, strict=True)
+    ]
+    k = NOISE_HALF_POINTS
+    values = []
+    for i in range(-k, k + 1):
+        if i == 0:
+            values.append(base_loss)
+            continue
+        arrays = [
+            _shifted(b, i * h, x, dt)
+            for b, h, x, dt in zip(base, steps, v, layout.dtypes, strict=True)
+        ]
+        evaluator.charge(1)
+        try:
+            with one_blas_thread():
+                values.append(evaluator.call_loss(arrays, "near the base point (noise estimate)"))
+        except GradCheckError:
+            raise
+        except Exception as exc:
+            raise LossEvaluationError(
+                f"loss raised {type(exc).__name__} within a few ulps of the base point (noise "
+                f"estimate; the base point itself succeeded): {exc}"
+            ) from exc
+    return ecnoise(values)
+
+
+def _shifted(base: np.ndarray, scale: float, direction: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``(base + scale * direction).astype(dtype)`` with one temporary instead of three."""
+    out = np.multiply(direction, scale)
+    out += base
+    return out.astype(dtype, copy=False)
