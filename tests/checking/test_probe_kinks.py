@@ -23,20 +23,7 @@ LARGE = {
 @pytest.mark.parametrize(
     ("name", "dtype"),
     [
-        pytest.param(
-            n,
-            dt,
-            id=f"{n}-{np.dtype(dt).name}",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known false alarm: float32 ReLU MLP 48-24-24-10 fails at seeds 10 and 15 "
-                "(of 20) in the per-entry check, on W1/b1 entries of a unit planted at "
-                "pre-activation 0: the 4.9e-3 float32 step crosses several kinks and the analytic "
-                "value lies outside the one-sided interval; float64 passes at every seed",
-            )
-            if (n, dt) == ("mlp-relu", np.float32)
-            else (),
-        )
+        pytest.param(n, dt, id=f"{n}-{np.dtype(dt).name}")
         for n in sorted(LARGE)
         for dt in (np.float64, np.float32)
     ],
@@ -82,3 +69,16 @@ def test_single_large_error_in_a_relu_layer_is_localized_by_probes():
     report = gradprobe.check(m.loss, grad, m.params, samples={"W1": 8})
     w1 = report.params["W1"]
     assert not w1.passed and bad in w1.bad_indices
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_float32_relu_mlp_has_no_false_alarm_over_100_seeds():
+    # Units planted at pre-activation 0; the float32 step (4.9e-3) crosses several kinks, and a
+    # float32 difference quotient is at times noisier than its floor model (was 5 of 100 seeds).
+    failed = []
+    for seed in range(100):
+        m = LARGE["mlp-relu"](seed, np.float32)
+        if not gradprobe.check(m.loss, m.grad, m.params, seed=seed).passed:
+            failed.append(seed)
+    assert failed == []

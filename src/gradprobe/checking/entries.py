@@ -36,7 +36,7 @@ from ..numerics import kernels
 from ..numerics.steps import METHODS, central_steps, complex_steps
 from ..numerics.tolerances import NOISE_FACTOR, Verdict
 from .context import ParamCheck
-from .kinks import RETRY_FACTOR, OneSided, classify, retry_passes
+from .kinks import RETRY_FACTOR, OneSided, classify, marginal, retry_passes
 
 __all__ = ["EntryResults", "evaluate_entries", "merge_entry_results", "numeric_entries"]
 
@@ -270,6 +270,11 @@ def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) ->
             v.abs_error,
             results.abs_error[pos],
             tol.within_rtol(a, numeric, v.abs_error),
+            marginal(
+                results.abs_error[pos],
+                results.allowed[pos],
+                ~tol.within_rtol(a, results.numeric[pos], results.allowed[pos]),
+            ),
         ),
     )
     # Still failing, but the disagreement shrank with the step: truncation (inputs far from

@@ -36,7 +36,15 @@ import numpy as np
 
 from ..numerics.steps import RETRY_FACTOR
 
-__all__ = ["RETRY_FACTOR", "SMOOTH_SHRINK", "KinkVerdict", "OneSided", "classify", "retry_passes"]
+__all__ = [
+    "RETRY_FACTOR",
+    "SMOOTH_SHRINK",
+    "KinkVerdict",
+    "OneSided",
+    "classify",
+    "marginal",
+    "retry_passes",
+]
 
 #: A one-sided gap that shrinks by less than this when the step shrinks by RETRY_FACTOR is not
 #: a smooth function's (which shrinks by RETRY_FACTOR).
@@ -44,6 +52,10 @@ SMOOTH_SHRINK = 0.75 * RETRY_FACTOR
 
 #: A retried disagreement must shrink below this fraction of the first to count as truncation.
 SHRINK_TO = 1.0 / 3.0
+
+#: A first disagreement within this multiple of an allowance set by the round-off floor is
+#: no evidence (when the retry agrees too).
+FLOOR_MARGIN = 2.0
 
 #: A side that moved by less than this fraction of the first gap between the two steps (beyond
 #: the allowance and round-off) has reached its limit: the kink is at the point itself.
@@ -80,10 +92,24 @@ def retry_passes(
     small_error: np.ndarray,
     first_error: np.ndarray,
     within_rtol: np.ndarray | bool = False,
+    marginal: np.ndarray | bool = False,
 ) -> np.ndarray:
     """The retry at a smaller step passes: it agrees, and its disagreement (scaled to the first
-    step) shrank below :data:`SHRINK_TO` of the first or is within ``rtol`` itself."""
-    return np.asarray(small_passed & ((small_error < first_error * SHRINK_TO) | within_rtol))
+    step) shrank below :data:`SHRINK_TO` of the first or is within ``rtol`` itself, or the
+    first disagreement was ``marginal`` (within :data:`FLOOR_MARGIN` times an allowance set
+    by the round-off floor, not by ``rtol``: no evidence either way)."""
+    return np.asarray(
+        small_passed & ((small_error < first_error * SHRINK_TO) | within_rtol | marginal)
+    )
+
+
+def marginal(
+    first_error: np.ndarray, first_allowed: np.ndarray, at_floor: np.ndarray
+) -> np.ndarray:
+    """First disagreements within :data:`FLOOR_MARGIN` times an allowance that the round-off
+    floor set (``at_floor``): a float32 difference quotient is noisier than its floor model
+    now and then, and such a disagreement is no evidence of a wrong gradient."""
+    return np.asarray(at_floor & (first_error <= FLOOR_MARGIN * first_allowed))
 
 
 def classify(
