@@ -72,6 +72,8 @@ def live_workers() -> set[int]:
 
 MODELS = textwrap.dedent(
     """
+    import os
+    import shutil
     import signal
     import time
 
@@ -150,6 +152,30 @@ MODELS = textwrap.dedent(
         return gradprobe.Problem(loss=loss, grad=_grad, params=_params())
 
 
+    def slow_marked(marker="started.txt", n=40, delay=0.05):
+        # Writes `marker` at its first loss call, so a test knows the check is under way.
+        rng = np.random.default_rng(1)
+        params = {"a": rng.standard_normal(n), "b": rng.standard_normal(n)}
+
+        def loss(p):
+            if not os.path.exists(marker):
+                with open(marker, "w") as fh:
+                    fh.write("started")
+            time.sleep(delay)
+            return float(np.sum(p["a"] ** 2) + np.sum(np.sin(p["b"])))
+
+        def grad(p):
+            return {"a": 2 * p["a"], "b": np.cos(p["b"])}
+
+        return gradprobe.Problem(loss=loss, grad=grad, params=params)
+
+
+    def removes_folder(folder="out"):
+        # Deletes an output folder while the run is under way: the final write then fails.
+        shutil.rmtree(folder, ignore_errors=True)
+        return good()
+
+
     def not_a_problem():
         return 42
 
@@ -182,3 +208,82 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120, env=None)
         cwd=cwd,
         env=env,
     )
+
+
+def run_cli_script(*args: str, cwd: Path, timeout: float = 120, env=None):
+    """Run the command line as the installed ``gradprobe`` script does: from a launcher file
+    in another folder, so the current folder is not on ``sys.path`` (``python -m`` and
+    ``python -c`` would put it there)."""
+    launcher = Path(__file__).resolve().parent / "_launch_gradprobe.py"
+    return subprocess.run(
+        [sys.executable, str(launcher), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def interrupt_cli(*args: str, cwd: Path, marker: Path, group: bool = False, timeout: float = 120):
+    """Start the command line, wait until ``marker`` exists (the check is under way), send
+    SIGINT (to the process, or to its whole group as a terminal's Ctrl-C does) and return
+    the finished process with its output."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradprobe", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,  # its own group: a background job's SIGINT is not ignored
+    )
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate()
+            raise AssertionError(f"the check never started:\n{out}\n{err}")
+        time.sleep(0.05)
+    time.sleep(0.3)  # well inside the check
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"no exit within 60 s of SIGINT:\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_cli_tty(*args: str, cwd: Path | None = None, env=None, timeout: float = 120):
+    """Run the command line with stdout on a pseudo-terminal; return (exit code, output)."""
+    import os
+    import pty
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradprobe", *args],
+        stdout=child,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+    )
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(main)
+    proc.wait(timeout=timeout)
+    return proc.returncode, b"".join(chunks).decode("utf-8", "replace")

@@ -19,7 +19,7 @@ from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.verdict import build_report, floor_warnings, passes
-from .errors import GradCheckError, InvalidInputError
+from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .evaluate import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
 from .layout import ParamLayout, normalize_params, promote_to_float64, validate_callable
@@ -190,6 +190,9 @@ def check(
             run.gather_evidence()
             run.diagnose()
     except GradCheckError as exc:
+        if isinstance(exc, CheckAborted) and exc.reason == "timeout" and options.timeout:
+            # Quote the user's timeout, not the time left when the watchdog was armed.
+            exc.args = (_timeout_message(options.timeout),)
         if exc.partial_report is None and not isinstance(exc, InvalidInputError):
             exc.partial_report = run.report(f"{type(exc).__name__}: {exc}")
         raise
@@ -336,6 +339,13 @@ def _context(
         tolerance=tolerance_for(dtype, precision, options.rtol, options.atol, loss_noise),
         relative_step=options.eps or default_relative_step(dtype, options.method, precision),
         method=options.method,
+    )
+
+
+def _timeout_message(timeout: float) -> str:
+    return (
+        f"time limit of {timeout:g} s (timeout={timeout:g}) reached; raise `timeout` or check "
+        "fewer entries."
     )
 
 

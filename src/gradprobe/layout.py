@@ -62,6 +62,8 @@ class ParamLayout:
         if self.kind == "sequence":
             if self.container_type in (list, tuple):
                 return self.container_type(arrays)
+            if _is_namedtuple(self.container_type):
+                return self.container_type(*arrays)  # p.W works as it does on the caller's
             try:
                 return self.container_type(arrays)
             except TypeError:
@@ -75,7 +77,13 @@ class ParamLayout:
             return values
 
 
-def _check_float_array(name: str, value: Any, what: str) -> np.ndarray:
+def _is_namedtuple(kind: type) -> bool:
+    return issubclass(kind, tuple) and hasattr(kind, "_fields")
+
+
+def _check_float_array(
+    name: str, value: Any, what: str, *, integers_are_values: bool = False
+) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         if isinstance(value, numbers.Number) or hasattr(value, "__array__"):
             value = np.asarray(value)
@@ -84,6 +92,10 @@ def _check_float_array(name: str, value: Any, what: str) -> np.ndarray:
                 f"{what} {name!r}: expected a float numpy array, found {type(value).__name__}. "
                 "Pass numpy arrays (np.asarray(x, dtype=np.float64))."
             )
+    if integers_are_values and value.dtype.kind in "iu":
+        # A gradient is a set of values, not something perturbed: an integer one (an exact
+        # derivative such as d(sum x)/dx = 1) is compared as float64.
+        value = value.astype(np.float64)
     if value.dtype.kind not in FLOAT_KINDS:
         hint = (
             "convert it with .astype(np.float64)"
@@ -176,17 +188,7 @@ def normalize_gradient(layout: ParamLayout, grad: Any) -> list[np.ndarray]:
     if layout.kind == "array" and isinstance(grad, np.ndarray):
         values = [grad]
     elif isinstance(grad, Mapping):
-        keys = [str(k) for k in grad]
-        missing = [n for n in layout.names if n not in grad]
-        extra = [k for k in keys if k not in layout.names]
-        if missing or extra:
-            raise InvalidInputError(
-                "grad: expected the same names as params "
-                f"{list(layout.names)}, found {keys}"
-                + (f"; missing {missing}" if missing else "")
-                + (f"; unexpected {extra}" if extra else "")
-                + ". Return one gradient array per parameter, under the parameter's name."
-            )
+        _check_gradient_keys(layout, grad)
         values = [grad[n] for n in layout.names]
     elif isinstance(grad, Sequence) and not isinstance(grad, (str, bytes)):
         if len(grad) != len(layout.names):
@@ -202,7 +204,7 @@ def normalize_gradient(layout: ParamLayout, grad: Any) -> list[np.ndarray]:
         )
     result = []
     for name, shape, value in zip(layout.names, layout.shapes, values, strict=True):
-        arr = _check_float_array(name, value, "gradient of")
+        arr = _check_float_array(name, value, "gradient of", integers_are_values=True)
         if arr.shape != shape:
             hint = (
                 " (it is the transpose: did the backward pass return W.T?)"
@@ -215,6 +217,36 @@ def normalize_gradient(layout: ParamLayout, grad: Any) -> list[np.ndarray]:
             )
         result.append(np.array(arr, dtype=np.float64, order="C", copy=True))
     return result
+
+
+def _typed(keys: Sequence[Any]) -> str:
+    """``['W', 0]`` shown with each key's type: ``['W' (str), 0 (int)]``."""
+    return "[" + ", ".join(f"{k!r} ({type(k).__name__})" for k in keys) + "]"
+
+
+def _check_gradient_keys(layout: ParamLayout, grad: Mapping[Any, Any]) -> None:
+    """The keys of a gradient mapping must be the parameter names themselves (str)."""
+    missing = [n for n in layout.names if n not in grad]
+    extra = [k for k in grad if k not in layout.names]
+    if not missing and not extra:
+        return
+    message = (
+        f"grad: expected the same names as params {_typed(layout.names)}, found "
+        f"{_typed(list(grad))}"
+    )
+    if missing:
+        message += f"; missing {missing}"
+    if extra:
+        message += f"; unexpected {_typed(extra)}"
+    as_text = {str(k) for k in extra}
+    if as_text and as_text <= set(missing):
+        message += (
+            ". The keys name the right parameters but are not str: return the gradient under "
+            "the same str names, e.g. {str(k): g for k, g in grads.items()}"
+        )
+    raise InvalidInputError(
+        message + ". Return one gradient array per parameter, under the parameter's name."
+    )
 
 
 def as_scalar_loss(value: Any, where: str) -> float:

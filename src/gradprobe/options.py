@@ -13,6 +13,9 @@ reads it from a ``--flag``. Everything else derives from it:
   file, line and key, or the flag);
 - :func:`settings` (the options in force, as ``report.settings`` records them).
 
+``samples=`` has a module of its own (:mod:`gradprobe.samples`: per-parameter counts,
+fractions or "all").
+
 The signature of ``check`` is written by hand (for readers and IDEs); a test holds its defaults
 to this table's.
 """
@@ -30,6 +33,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .numerics.steps import METHODS
+from .samples import SampleSpec, samples_from_text, validate_samples
 
 __all__ = [
     "DEFAULT_NONDET_TOL",
@@ -43,6 +47,7 @@ __all__ = [
     "SampleSpec",
     "check_option",
     "option_problem",
+    "options_conflict",
     "settings",
     "validate_options",
     "validate_positive",
@@ -55,72 +60,6 @@ DEFAULT_SAMPLES = 512
 #: Random directions probed per parameter by default.
 DEFAULT_PROBES = 2
 DEFAULT_NONDET_TOL = 1e-12  #: relative jitter accepted by default (docs/reliability.md)
-
-
-# -- samples ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SampleSpec:
-    """A validated per-parameter sample request: ``"all"``, a count or a fraction."""
-
-    mode: str  # "all", "count", "fraction", "default"
-    value: float = 0.0
-
-    def resolve(self, n_total: int, default: SampleSpec) -> int:
-        """How many entries to check one by one for a parameter of ``n_total`` entries."""
-        spec = default if self.mode == "default" else self
-        if spec.mode == "all":
-            return n_total
-        if spec.mode == "count":
-            return min(n_total, int(spec.value))
-        if spec.mode == "fraction":
-            return min(n_total, max(1, math.ceil(spec.value * n_total)))
-        raise AssertionError(f"unresolved sample mode {spec.mode!r}")
-
-
-def _parse_one_sample(value: Any, where: str) -> SampleSpec:
-    if value is None:
-        return SampleSpec("default")
-    if isinstance(value, str):
-        if value == "all":
-            return SampleSpec("all")
-        raise InvalidInputError(
-            f"{where}: expected 'all', an int >= 1 or a fraction in (0, 1], found {value!r}."
-        )
-    if isinstance(value, bool):
-        raise InvalidInputError(f"{where}: expected an int or a fraction, found {value!r}.")
-    if isinstance(value, numbers.Integral):
-        if value < 0:
-            raise InvalidInputError(f"{where}: expected an int >= 0, found {value}.")
-        return SampleSpec("count", float(value))
-    if isinstance(value, numbers.Real):
-        if not (0.0 < float(value) <= 1.0):
-            raise InvalidInputError(
-                f"{where}: expected a fraction in (0, 1], found {value!r}; pass an int for a "
-                "number of entries."
-            )
-        return SampleSpec("fraction", float(value))
-    raise InvalidInputError(
-        f"{where}: expected 'all', an int or a fraction, found {type(value).__name__}."
-    )
-
-
-def validate_samples(samples: Any, names: Sequence[str] | None) -> dict[str, SampleSpec]:
-    """Turn ``samples=`` into one :class:`SampleSpec` per parameter name.
-
-    ``names`` None (a suite file, read before any parameter exists): the values are checked,
-    the names of a mapping are not, and the result is keyed by the names given.
-    """
-    if isinstance(samples, Mapping):
-        if names is None:
-            return {str(n): _parse_one_sample(v, f"samples[{n!r}]") for n, v in samples.items()}
-        unknown = [k for k in samples if k not in names]
-        if unknown:
-            raise InvalidInputError(
-                f"samples: unknown parameter names {unknown}; expected some of {list(names)}."
-            )
-        return {n: _parse_one_sample(samples.get(n), f"samples[{n!r}]") for n in names}
-    spec = _parse_one_sample(samples, "samples")
-    return dict.fromkeys(names or (), spec)
 
 
 # -- one validator per kind -------------------------------------------------------------------
@@ -216,30 +155,18 @@ def _progress(value: Any, names: Sequence[str] | None) -> Callable[[int, int], N
 
 
 def _probes(value: Any, names: Sequence[str] | None) -> int:
-    if value is False:
-        return 0
+    # True and False read as "probes on" (the default count) and "off", as a flag would.
+    if isinstance(value, (bool, np.bool_)):
+        return DEFAULT_PROBES if value else 0
     if not _is_int(value) or value < 0:
         raise InvalidInputError(
-            f"probes: expected an int >= 0 (random directions per parameter) or False, found "
-            f"{value!r}."
+            f"probes: expected an int >= 0 (random directions per parameter), True (the "
+            f"default {DEFAULT_PROBES}) or False (none), found {value!r}."
         )
     return int(value)
 
 
 # -- reading a --flag -------------------------------------------------------------------------
-def _samples_from_text(text: str) -> int | float | str:
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"expected 'all', an int or a fraction, found {text!r}") from None
-
-
 def _n_jobs_from_text(text: str) -> int | str:
     if text == "auto":
         return text
@@ -304,7 +231,7 @@ _TABLE = (
         validate_samples,
         "entries per parameter checked one by one: N, a fraction, or 'all'",
         toml_example='samples = 64, samples = 0.1, samples = "all" or samples = { W1 = 32 }',
-        from_text=_samples_from_text,
+        from_text=samples_from_text,
     ),
     Option("eps", None, _positive("eps"), "relative step", toml_example="eps = 1e-5"),
     Option("rtol", None, _positive("rtol"), "relative tolerance", toml_example="rtol = 1e-5"),
@@ -365,7 +292,7 @@ _TABLE = (
         "probes",
         DEFAULT_PROBES,
         _probes,
-        "random directions probed per parameter (0 or false: none)",
+        "random directions probed per parameter (0 or false: none; true: the default)",
         toml_example="probes = 4 or probes = 0",
     ),
     Option(
@@ -466,11 +393,27 @@ def validate_options(layout_names: Sequence[str], **raw: Any) -> CheckOptions:
     values = {
         o.name: o.validate(raw.get(o.name, o.default), layout_names) for o in OPTIONS.values()
     }
-    if values["slice_probes"] and not values["probes"]:
-        raise InvalidInputError(
-            "slice_probes: True needs probes; found probes=0. Pass probes=1 or more."
-        )
+    conflict = options_conflict(values)
+    if conflict is not None:
+        raise InvalidInputError(f"{conflict[0]}: {conflict[1]}.")
     return CheckOptions(**values)
+
+
+def options_conflict(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(option, problem)`` when options valid one by one contradict each other, else None
+    (``values``: validated or suite-file values; suite files call it when they are read)."""
+    probes = values.get("probes", DEFAULT_PROBES)
+    probes = DEFAULT_PROBES if probes is True else int(probes or 0)
+    if values.get("slice_probes") and not probes:
+        return "slice_probes", "True needs probes; found probes=0. Pass probes=1 or more"
+    samples = values.get("samples")
+    specs = samples.values() if isinstance(samples, Mapping) else [samples]
+    if not probes and any(s == 0 or s == SampleSpec("count") for s in specs):
+        return "samples", (
+            "0 entries checked one by one with probes=0 would check nothing; keep the probes "
+            "(samples=0 means probes only) or check some entries"
+        )
+    return None
 
 
 def settings(options: CheckOptions, executor: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .layout import normalize_params, unravel, validate_callable
 from .numerics.steps import default_relative_step
 from .numerics.tolerances import Tolerance, loss_epsilon, tolerance_for
 from .options import check_option
+from .report.text import align_columns
 
 __all__ = ["SweepResult", "sweep"]
 
@@ -67,6 +68,39 @@ class SweepResult:
     def best_steps(self) -> np.ndarray:
         """For each entry, the step with the smallest relative error."""
         return self.steps[np.argmin(np.nan_to_num(self.rel_errors, nan=np.inf), axis=1)]
+
+    def __str__(self) -> str:
+        """A small table: per entry, the analytic value, the relative error at the default
+        step and at the best step of the sweep."""
+        col = int(np.argmin(np.abs(np.log(self.steps / self.default_step))))
+        rows = [
+            (
+                "entry",
+                "analytic",
+                f"rel err at default {self.default_step:.2g}",
+                "best step",
+                "rel err at best",
+            )
+        ]
+        errs = np.nan_to_num(self.rel_errors, nan=np.inf)
+        for r, (name, index) in enumerate(self.entries):
+            best = int(np.argmin(errs[r]))
+            rows.append(
+                (
+                    f"{name}[{', '.join(str(i) for i in index)}]",
+                    f"{self.analytic[r]:.6g}",
+                    f"{self.rel_errors[r, col]:.2e}",
+                    f"{self.steps[best]:.2g}",
+                    f"{self.rel_errors[r, best]:.2e}",
+                )
+            )
+        table = align_columns(rows)
+        head = (
+            f"step sweep: {self.method} differences, {self.steps.size} relative steps from "
+            f"{self.steps[0]:.2g} to {self.steps[-1]:.2g} ({self.n_evaluations:,} loss "
+            "evaluations)"
+        )
+        return f"{head}\n\n{table}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

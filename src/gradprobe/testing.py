@@ -57,6 +57,7 @@ def assert_gradients_ok(
     InvalidInputError, LossEvaluationError, CheckAborted
         As :func:`gradprobe.check` (a bad input or a crash is an error, not a failed assertion).
     """
+    __tracebackhide__ = True  # pytest shows the message, not this helper's source
     options.setdefault("seed", default_seed())
     from .api import check  # numba and the engine load on first use, not with the plugin
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
+import joblib
 import numpy as np
 import pytest
 
@@ -77,6 +79,32 @@ def test_tuple_params_passed_back_as_tuple():
 
     gradprobe.check(loss, lambda ps: (2 * ps[0],), (np.arange(3.0),))
     assert seen_types == {tuple}
+
+
+class _Params(NamedTuple):
+    W: np.ndarray
+    b: np.ndarray
+
+
+def test_namedtuple_params_reach_the_loss_as_the_same_namedtuple():
+    seen_types = set()
+
+    def loss(p):
+        seen_types.add(type(p))
+        return float(np.sum(p.W**2) + np.sum(np.sin(p.b)))  # attribute access, as written
+
+    def grad(p):
+        return _Params(W=2 * p.W, b=np.cos(p.b))
+
+    params = _Params(W=np.arange(6.0).reshape(2, 3), b=np.array([0.3, -0.2]))
+    report = gradprobe.check(loss, grad, params)
+    assert report.passed and list(report.params) == ["0", "1"]
+    assert seen_types == {_Params}
+    # Parallel calls rebuild the container the same way.
+    seen_types.clear()
+    with joblib.parallel_config(backend="threading"):
+        report = gradprobe.check(loss, grad, params, n_jobs=2)
+    assert report.passed and seen_types == {_Params}
 
 
 def test_precomputed_gradient_container_is_accepted():

@@ -127,6 +127,11 @@ def test_slow_loss_is_stopped_by_timeout():
     assert info.value.reason == "timeout"
     assert info.value.partial_report is not None and not info.value.partial_report.complete
     assert_bitwise_unchanged(x, saved)
+    # The message quotes the timeout the user gave, not the time left after start-up.
+    assert str(info.value).startswith("time limit of 1 s (timeout=1) reached")
+    summary = info.value.partial_report.summary_line()
+    assert summary.startswith("gradprobe: gradient check INCOMPLETE: CheckAborted: time limit")
+    assert "FAILED" not in summary
 
 
 def test_budget_stops_cleanly_with_partial_report():

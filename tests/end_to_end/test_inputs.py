@@ -53,7 +53,7 @@ def test_non_callable_loss():
 def test_missing_and_extra_gradient_keys():
     with pytest.raises(InvalidInputError, match=r"grad: expected the same names .*missing \['w'\]"):
         gradprobe.check(ok_loss, {"v": np.zeros(3)}, PARAMS)
-    with pytest.raises(InvalidInputError, match=r"unexpected \['extra'\]"):
+    with pytest.raises(InvalidInputError, match=r"unexpected \['extra' \(str\)\]"):
         gradprobe.check(ok_loss, {"w": np.zeros(3), "extra": np.zeros(1)}, PARAMS)
 
 
@@ -76,9 +76,36 @@ def test_non_float_params_rejected(dtype):
         gradprobe.check(ok_loss, ok_grad, {"w": np.ones(3, dtype=dtype)})
 
 
-def test_integer_gradient_rejected():
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_integer_gradient_is_compared_as_float(dtype):
+    # A gradient is a set of values (here the exact 2 * w), not a parameter: ints are fine.
+    report = gradprobe.check(ok_loss, {"w": np.array([2, 4, 6], dtype=dtype)}, PARAMS)
+    assert report.passed
+    wrong = gradprobe.check(ok_loss, {"w": np.array([2, 4, 7], dtype=dtype)}, PARAMS)
+    assert not wrong.passed and wrong.params["w"].bad_indices == ((2,),)
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.complex128, object])
+def test_non_numeric_gradient_rejected(dtype):
     with pytest.raises(InvalidInputError, match=r"gradient of 'w': expected a floating-point"):
-        gradprobe.check(ok_loss, {"w": np.array([2, 4, 6])}, PARAMS)
+        gradprobe.check(ok_loss, {"w": np.array([1, 0, 1], dtype=dtype)}, PARAMS)
+
+
+def test_int_keys_for_sequence_params_say_the_keys_must_be_the_str_names():
+    params = [np.ones(2), np.ones(2)]
+
+    def loss(p):
+        return float(np.sum(p[0] ** 2) + np.sum(p[1]))
+
+    with pytest.raises(InvalidInputError) as info:
+        gradprobe.check(loss, {0: 2 * params[0], 1: np.ones(2)}, params)
+    message = str(info.value)
+    # The types are shown, so '0' (str) and 0 (int) no longer read as the same key.
+    assert "['0' (str), '1' (str)]" in message and "[0 (int), 1 (int)]" in message
+    assert "not str" in message and "{str(k): g" in message
+    # The fix the message gives works.
+    report = gradprobe.check(loss, {"0": 2 * params[0], "1": np.ones(2)}, params)
+    assert report.passed
 
 
 def test_empty_parameter_rejected():

@@ -84,3 +84,51 @@ def test_one_message_for_check_suite_file_and_flag(tmp_path, capsys, name, value
     code = cli.main(["check", str(tmp_path / "models.py") + ":good", flag, flag_text])
     assert code == cli.EXIT_USAGE
     assert f"gradprobe: error: {flag}: {problem}" in capsys.readouterr().err
+
+
+def _quadratic():
+    x = np.linspace(-1.0, 1.0, 600)  # above the default sample size: probes run
+    return (lambda v: float(v @ v)), (lambda v: 2 * v), x
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, 2), (False, 0), (5, 5), (0, 0)])
+def test_probes_true_means_the_default_count_false_none(value, expected):
+    loss, grad, x = _quadratic()
+    report = gradprobe.check(loss, grad, x, probes=value)
+    assert report.settings["probes"] == expected
+    assert (report.params["x"].coverage.n_probes > 0) == (expected > 0)
+
+
+def test_samples_zero_means_probes_only_in_check_suite_file_and_flag(tmp_path, capsys):
+    loss, grad, x = _quadratic()
+    report = gradprobe.check(loss, grad, x, samples=0)
+    p = report.params["x"]
+    assert report.passed and p.n_checked == 0 and p.coverage.n_probed == x.size
+
+    suite = write_suite(tmp_path, '[checks.a]\ntarget = "models.py:good"\nsamples = 0\n')
+    assert load_suite(suite).checks[0].options["samples"] == 0
+    code = cli.main(["check", str(tmp_path / "models.py") + ":good", "--samples", "0", "-q"])
+    assert code == cli.EXIT_OK, capsys.readouterr()
+
+
+def test_samples_zero_without_probes_checks_nothing_and_is_rejected_everywhere(tmp_path):
+    loss, grad, x = _quadratic()
+    with pytest.raises(InvalidInputError) as info:
+        gradprobe.check(loss, grad, x, samples=0, probes=False)
+    message = str(info.value)
+    assert message.startswith("samples: 0 entries checked one by one with probes=0")
+    with pytest.raises(InvalidInputError, match="would check nothing"):
+        gradprobe.check(loss, grad, {"w": x, "b": x[:3].copy()}, samples={"w": 0}, probes=0)
+    suite = write_suite(
+        tmp_path, '[checks.a]\ntarget = "models.py:good"\nsamples = 0\nprobes = 0\n'
+    )
+    with pytest.raises(SuiteConfigError) as info:
+        load_suite(suite)
+    assert "gradprobe.toml:3: [checks.a] key 'samples'" in str(info.value)
+    assert message.removesuffix(".").removeprefix("samples: ") in str(info.value)
+
+
+def test_progress_must_be_callable_in_check():
+    loss, grad, x = _quadratic()
+    with pytest.raises(InvalidInputError, match=r"progress: expected a callable .* found int"):
+        gradprobe.check(loss, grad, x, progress=5)

@@ -58,3 +58,21 @@ def test_sweep_validates_its_arguments(kwargs, match):
     m = make_mlp((4, 3), batch=2)
     with pytest.raises(gradprobe.InvalidInputError, match=match):
         gradprobe.sweep(m.loss, m.grad, m.params, **kwargs)
+
+
+def test_sweep_result_prints_a_small_table():
+    m = make_mlp((8, 6, 6, 3), batch=4)
+    result = gradprobe.sweep(m.loss, m.grad, m.params, entries=2, steps=np.logspace(-9, -2, 8))
+    text = str(result)
+    lines = text.splitlines()
+    assert lines[0] == (
+        "step sweep: central differences, 8 relative steps from 1e-09 to 0.01 "
+        f"({result.n_evaluations:,} loss evaluations)"
+    )
+    header = lines[2].split()
+    assert header[:2] == ["entry", "analytic"] and "best step" in lines[2]
+    rows = lines[3:]
+    assert len(rows) == 2
+    for row, (name, index), best in zip(rows, result.entries, result.best_steps, strict=True):
+        assert row.split()[0] == f"{name}[{', '.join(map(str, index))}]".split()[0]
+        assert f"{best:.2g}" in row

@@ -78,3 +78,23 @@ def test_raise_for_failures_carries_the_report():
     assert info.value.report is report and "W" in str(info.value)
     ok = Report(params={"b": _param("b", 0)}, passed=True)
     assert ok.raise_for_failures() is ok
+
+
+def test_an_incomplete_report_without_failures_says_incomplete_not_failed():
+    params = {"b": _param("b", 0)}
+    report = Report(
+        params=params, passed=False, complete=False, incomplete_reason="CheckAborted: time"
+    )
+    line = report.summary_line()
+    assert line.startswith("gradprobe: gradient check INCOMPLETE: CheckAborted: time (1 parameter")
+    assert "FAILED" not in line
+    empty = Report(params={}, passed=False, complete=False, incomplete_reason="interrupted")
+    text = str(empty)
+    assert "INCOMPLETE: interrupted (0 parameters finished" in text
+    assert "(no parameter was finished)" in text and "parameter  shape" not in text
+    # A failure found before the stop is still a failure.
+    failing = Report(
+        params={"W": _param("W", 2)}, passed=False, complete=False, incomplete_reason="budget"
+    )
+    assert failing.summary_line().startswith("gradprobe: gradient check FAILED — 1 of 1")
+    assert "(INCOMPLETE: budget)" in failing.summary_line()

@@ -97,3 +97,33 @@ def test_plugin_import_does_not_load_the_engine():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+FAILING_TEST = textwrap.dedent(
+    """
+    import numpy as np
+    from gradprobe.testing import assert_gradients_ok
+
+    def test_wrong_gradient():
+        x = np.linspace(0.5, 1.5, 6)
+        assert_gradients_ok(lambda v: float(np.sum(v ** 3)), lambda v: 2 * v ** 2, x)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_pytest_shows_the_message_not_the_helpers_source(tmp_path):
+    (tmp_path / "test_x.py").write_text(FAILING_TEST)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_x.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "Gradients not equal to finite differences" in out
+    # __tracebackhide__: the helper's own lines (its docstring, its body) are not printed.
+    assert "options.setdefault" not in out and "def assert_gradients_ok" not in out
+    assert "assert_gradients_ok(lambda v" in out  # the user's line still is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import numpy as np
@@ -82,7 +83,7 @@ def _error(tmp_path, body):
     with pytest.raises(SuiteConfigError) as info:
         load_suite(path)
     msg = str(info.value)
-    assert str(path.resolve()) in msg and "Fix" in msg
+    assert msg.startswith(f"{path}:") and "Fix" in msg  # the path as it was given
     return msg
 
 
@@ -106,11 +107,70 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
         ("seed = 1", "seed = 1\nprobes = -2", 4, "probes"),
         ("samples = 4", "samples = { x = 1.5 }", 4, "samples"),
         ("timeout = 30", "timeout = 30\nn_jobs = 0", 6, "n_jobs"),
+        ("seed = 1", "seed = 1\npromote = 1", 4, "promote"),
+        ("budget = 500", 'budget = 500\nmethod = "Central"', 15, "method"),
+        ("args = { scale = 3.0 }", 'args = { scale = 3.0 }\nprobes = "many"', 13, "probes"),
     ],
 )
 def test_bad_values_name_line_key_and_fix(tmp_path, old, new, line, key):
     msg = _error(tmp_path, GOOD.replace(old, new))
     assert f"gradprobe.toml:{line}" in msg and f"key {key!r}" in msg and "write" in msg
+
+
+def test_progress_is_not_a_suite_key(tmp_path):
+    msg = _error(tmp_path, GOOD.replace("seed = 1", "seed = 1\nprogress = 5"))
+    assert "gradprobe.toml:4" in msg and "key 'progress'" in msg and "cannot set" in msg
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        ("{ scael = 3.0 }", r"bad\(\) \(defined at \S*models\.py:\d+\)"),
+        ("{ scael = 3.0 }", "takes no argument 'scael'; its arguments: ['scale']"),
+        ("{ scale = 3.0, extra = 1 }", "no argument 'extra'"),
+    ],
+)
+def test_unknown_args_key_is_a_config_error_with_line(tmp_path, args, expect):
+    # Found when the file is read (no import of models.py), not when the check runs.
+    msg = _error(tmp_path, GOOD.replace("args = { scale = 3.0 }", f"args = {args}"))
+    assert "gradprobe.toml:12: [checks.mlp_bug] key 'args'" in msg
+    assert re.search(expect, msg) or expect in msg
+
+
+def test_missing_required_argument_is_a_config_error(tmp_path):
+    body = GOOD + '\n[checks.needs]\ntarget = "extra.py:needs_n"\n'
+    (tmp_path / "extra.py").write_text("def needs_n(n, *, scale=1.0):\n    return n\n")
+    msg = _error(tmp_path, body)
+    assert "gradprobe.toml:20: [checks.needs]" in msg and "needs the argument(s) ['n']" in msg
+
+
+@pytest.mark.parametrize(
+    ("lines", "line", "key"),
+    [
+        ("samples = 0\nprobes = 0", 22, "samples"),
+        ("probes = false\nslice_probes = true", 23, "slice_probes"),
+    ],
+)
+def test_options_that_contradict_each_other_are_caught_at_load(tmp_path, lines, line, key):
+    msg = _error(tmp_path, GOOD + f'\n[checks.odd]\ntarget = "models.py:good"\n{lines}\n')
+    assert f"gradprobe.toml:{line}: [checks.odd] key {key!r}" in msg
+
+
+def test_a_relative_suite_path_is_named_as_given(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    write_suite(tmp_path / "sub", GOOD.replace("budget = 500", "budgte = 500"))
+    monkeypatch.chdir(tmp_path)
+    for given, shown in [
+        ("sub/gradprobe.toml", "sub/gradprobe.toml"),
+        ("sub", "sub/gradprobe.toml"),
+    ]:
+        with pytest.raises(SuiteConfigError) as info:
+            load_suite(given)
+        assert str(info.value).startswith(f"{shown}:14: [checks.mlp_bug] key 'budgte'")
+    monkeypatch.chdir(tmp_path / "sub")
+    with pytest.raises(SuiteConfigError) as info:
+        load_suite()
+    assert str(info.value).startswith("gradprobe.toml:14: ")
 
 
 def test_missing_target_key(tmp_path):

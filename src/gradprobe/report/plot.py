@@ -99,6 +99,16 @@ def plot_reports(reports: Mapping[str, Report], path: str | Path, *, dpi: int = 
     Path
         ``path``.
     """
+    plt = _pyplot()
+    fig = _figure(reports)
+    out = Path(path)
+    fig.savefig(out, dpi=dpi, format="png")
+    plt.close(fig)
+    return out
+
+
+def _figure(reports: Mapping[str, Report]) -> Any:
+    """The figure :func:`plot_reports` saves (a pyplot figure; the caller closes it)."""
     if not reports:
         raise InvalidInputError("plot: expected at least one report, found none.")
     plt = _pyplot()
@@ -123,21 +133,38 @@ def plot_reports(reports: Mapping[str, Report], path: str | Path, *, dpi: int = 
         Line2D([], [], marker="o", ls="", color=FAIL_COLOR, label="entries of a failing parameter"),
         Line2D([], [], ls="--", color=THRESH_COLOR, label="pass threshold rtol"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.text(
-        0.5,
-        0.045,
-        "Entries above rtol may still pass when their difference is below the round-off floor; "
-        f"exact zeros drawn at {ZERO_FLOOR:g}.",
-        ha="center",
-        fontsize=7,
-        color=THRESH_COLOR,
+    _legend_and_footnote(fig, handles)
+    return fig
+
+
+#: Footnote under the legend (wrapped to two lines on narrow figures).
+FOOTNOTE = (
+    "Entries above rtol may still pass when their difference is below the round-off floor; "
+    f"exact zeros drawn at {ZERO_FLOOR:g}."
+)
+
+
+def _legend_and_footnote(fig: Any, handles: list[Any]) -> None:
+    """The legend and the footnote stacked under the panels, placed in inches from the bottom
+    edge so they never overlap each other or the axes, whatever the figure's size."""
+    width, height = fig.get_size_inches()
+    lines = 1 if width >= 7.5 else 2
+    note = FOOTNOTE if lines == 1 else FOOTNOTE.replace("; ", ";\n", 1)
+    pad, line_h, legend_h = 0.06, 0.13, 0.28  # inches
+    fig.text(0.5, pad / height, note, ha="center", va="bottom", fontsize=7, color=THRESH_COLOR)
+    legend_at = (pad + lines * line_h + 0.04) / height
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, legend_at),
+        ncol=3 if width >= 6 else 1,
+        fontsize=8,
+        frameon=False,
+        borderaxespad=0.0,
     )
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    out = Path(path)
-    fig.savefig(out, dpi=dpi, format="png")
-    plt.close(fig)
-    return out
+    legend_h = legend_h if width >= 6 else 3 * 0.19
+    bottom = legend_at + (legend_h + 0.05) / height
+    fig.tight_layout(rect=(0, bottom, 1, 1))
 
 
 def plot_report(report: Report, path: str | Path, *, title: str = "", dpi: int = 110) -> Path:

@@ -46,16 +46,24 @@ def align_columns(rows: Sequence[Sequence[str]]) -> str:
 
 
 def summary_line(report: Report) -> str:
-    """One line: passed or FAILED, how many parameters failed, seed, evaluations, seconds."""
+    """One line: passed, FAILED (a mismatch was found) or INCOMPLETE (the check stopped before
+    finding one, with the reason), how many parameters failed, seed, evaluations, seconds."""
     n_fail = len(report.failures)
-    status = "passed" if report.passed else "FAILED"
-    parts = [f"gradprobe: gradient check {status}"]
-    if n_fail:
-        parts.append(f" — {n_fail} of {len(report.params)} parameters mismatched")
-    if not report.complete:
-        parts.append(f" (INCOMPLETE: {report.incomplete_reason})")
+    meta = []
+    if not report.complete and not n_fail:
+        # Nothing failed, but the check did not finish: not a verdict on the gradient.
+        parts = [f"gradprobe: gradient check INCOMPLETE: {report.incomplete_reason}"]
+        k = len(report.params)
+        meta.append(f"{k} parameter{'s' * (k != 1)} finished")
+    else:
+        status = "passed" if report.passed else "FAILED"
+        parts = [f"gradprobe: gradient check {status}"]
+        if n_fail:
+            parts.append(f" — {n_fail} of {len(report.params)} parameters mismatched")
+        if not report.complete:
+            parts.append(f" (INCOMPLETE: {report.incomplete_reason})")
     total = report.timings.get("total")
-    meta = [f"seed {report.seed}", f"{report.n_evaluations:,} loss evaluations"]
+    meta += [f"seed {report.seed}", f"{report.n_evaluations:,} loss evaluations"]
     if total is not None:
         meta.append(f"{total:.3g} s")
     return "".join(parts) + " (" + ", ".join(meta) + ")"
@@ -79,6 +87,8 @@ def _verdict_cell(p: ParamReport) -> str:
 
 def param_table(report: Report) -> str:
     """The per-parameter table: shape, entries checked, max relative error, worst index, verdict."""
+    if not report.params:
+        return "  (no parameter was finished)"
     rows = [("parameter", "shape", "checked", "max rel err", "worst index", "verdict")]
     for p in report.params.values():
         checked = f"{p.n_checked:,} / {p.n_total:,}"

@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import InvalidInputError, SuiteConfigError
-from ..options import OPTIONS, SUITE_KEYS, option_problem
+from ..options import OPTIONS, SUITE_KEYS, option_problem, options_conflict
 from .targets import Target, parse_target
 
 if sys.version_info >= (3, 11):
@@ -129,7 +129,7 @@ def _line_of(text: str, table: str, key: str | None = None) -> int | None:
 class _Source:
     """The suite text plus where its tables live (``[x]`` or ``[tool.gradprobe.x]``)."""
 
-    def __init__(self, path: Path, text: str, prefix: str) -> None:
+    def __init__(self, path: str, text: str, prefix: str) -> None:
         self.path, self.text, self.prefix = path, text, prefix
 
     def error(self, table: str, key: str | None, problem: str, fix: str) -> SuiteConfigError:
@@ -166,6 +166,14 @@ def _check_table(
         )
     allowed = (*allowed_extra, *SUITE_KEYS)
     for key, v in values.items():
+        if key in OPTIONS and key not in allowed:
+            raise src.error(
+                table,
+                key,
+                f"{key} is an option of gradprobe.check that a suite file cannot set (a Python "
+                "callable)",
+                "remove it; the command line draws its own progress bar (hidden by --quiet)",
+            )
         if key not in allowed:
             raise src.error(
                 table,
@@ -220,22 +228,24 @@ def load_suite(path: str | Path | None = None) -> Suite:
         Unreadable TOML, an unknown key, a bad value, a missing or unresolvable target; the
         message names the file, the line and key, and the fix.
     """
-    file = find_suite(path).resolve()
+    given = find_suite(path)
+    file = given.resolve()
+    shown = str(given)  # messages name the file as the user gave it (relative stays relative)
     text = file.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SuiteConfigError(f"{file}: invalid TOML: {exc}. Fix the syntax there.") from None
+        raise SuiteConfigError(f"{shown}: invalid TOML: {exc}. Fix the syntax there.") from None
     prefix = ""
     if file.name == "pyproject.toml":
         tool = data.get("tool", {})
         if "gradprobe" not in tool:
             raise SuiteConfigError(
-                f"{file}: no [tool.gradprobe] table. Fix: add [tool.gradprobe.checks.NAME] "
+                f"{shown}: no [tool.gradprobe] table. Fix: add [tool.gradprobe.checks.NAME] "
                 "tables, or pass a gradprobe.toml."
             )
         data, prefix = tool["gradprobe"], "tool.gradprobe."
-    src = _Source(file, text, prefix)
+    src = _Source(shown, text, prefix)
     for key in data:
         if key not in ("defaults", "checks"):
             line = _line_of(text, prefix.rstrip(".") or "defaults", key) if prefix else None
@@ -248,7 +258,7 @@ def load_suite(path: str | Path | None = None) -> Suite:
                     ),
                     None,
                 )
-            where = f"{file}:{line}" if line else str(file)
+            where = f"{shown}:{line}" if line else shown
             raise SuiteConfigError(
                 f"{where}: unknown top-level key {key!r}. Fix: use [defaults] and "
                 "[checks.NAME] tables only."
@@ -257,7 +267,7 @@ def load_suite(path: str | Path | None = None) -> Suite:
     checks_table = data.get("checks")
     if not isinstance(checks_table, dict) or not checks_table:
         raise SuiteConfigError(
-            f"{file}: no checks. Fix: add a table per check, e.g.\n"
+            f"{shown}: no checks. Fix: add a table per check, e.g.\n"
             f'  [{prefix}checks.mlp]\n  target = "models.py:make_mlp"'
         )
     specs = []
@@ -282,7 +292,20 @@ def load_suite(path: str | Path | None = None) -> Suite:
                 str(exc).rstrip("."),
                 "point it at a module-level function returning gradprobe.Problem",
             ) from None
+        problem = target.args_problem(dict(values.get("args", {})))
+        if problem is not None:
+            raise src.error(
+                where,
+                "args",
+                problem,
+                'pass only the function\'s keyword arguments, e.g. args = { bug = "sign" }',
+            )
         merged = {**defaults, **values}
+        conflict = options_conflict(merged)
+        if conflict is not None:
+            key, what = conflict
+            table_of_key = where if key in values or key not in defaults else "defaults"
+            raise src.error(table_of_key, key, what, "change one of the two")
         isolate = merged.pop("isolate", True)
         args = merged.pop("args", {})
         merged.pop("target")

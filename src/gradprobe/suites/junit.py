@@ -4,7 +4,7 @@ The layout follows the common schema that Jenkins, GitLab, GitHub test reporters
 ``--junitxml`` share: ``<testsuites>`` around one ``<testsuite>`` with ``tests``, ``failures``,
 ``errors``, ``skipped`` and ``time`` counts, and per check a ``<testcase classname name time>``
 holding ``<failure>`` (a gradient mismatch or a regression) or ``<error>`` (a crash, a timeout,
-a bad input) with the full report as its text, or, for a passing check, the full report in
+a bad input, Ctrl-C) with the full report as its text, or, for a passing check, the full report in
 ``<system-out>``.
 """
 
@@ -88,9 +88,14 @@ def junit_xml(
             counts["failures"] += 1
             attrs = {"message": _short(o), "type": "GradientMismatch"}
             ET.SubElement(case, "failure", attrs).text = _details(o)
-        elif o.status in ("error", "crashed", "aborted"):
+        elif o.status in ("error", "crashed", "aborted", "interrupted"):
             counts["errors"] += 1
-            kind = {"error": "InvalidInput", "crashed": "Crash", "aborted": "Timeout"}[o.status]
+            kind = {
+                "error": "InvalidInput",
+                "crashed": "Crash",
+                "aborted": "Timeout",
+                "interrupted": "Interrupted",
+            }[o.status]
             if o.status == "aborted" and "budget" in o.message:
                 kind = "BudgetExhausted"
             attrs = {"message": _short(o), "type": kind}

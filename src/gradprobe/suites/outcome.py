@@ -3,14 +3,23 @@ JSON schema, JUnit and the command line.
 
 A run exits with the largest code among its checks: 0 gradients match, 1 a gradient mismatch
 (or a regression against a baseline), 2 a usage, configuration or input error, 3 a check crashed
-or stopped early (timeout, budget).
+or stopped early (timeout, budget), 130 interrupted by Ctrl-C (128 + SIGINT, as shells report
+it) after writing what finished.
 """
 
 from __future__ import annotations
 
-__all__ = ["EXIT_CODES", "EXIT_CRASH", "EXIT_MISMATCH", "EXIT_OK", "EXIT_USAGE", "STATUSES"]
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_CRASH",
+    "EXIT_INTERRUPT",
+    "EXIT_MISMATCH",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "STATUSES",
+]
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPT = 0, 1, 2, 3, 130
 
 #: Exit code of each status of a check, in the order reports list them.
 EXIT_CODES = {
@@ -19,5 +28,6 @@ EXIT_CODES = {
     "error": EXIT_USAGE,  # bad options or inputs
     "aborted": EXIT_CRASH,  # timeout or budget; the report is partial
     "crashed": EXIT_CRASH,  # the loss, grad or target raised, or the worker was killed
+    "interrupted": EXIT_INTERRUPT,  # Ctrl-C; the report is partial
 }
 STATUSES = tuple(EXIT_CODES)

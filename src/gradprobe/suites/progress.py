@@ -1,7 +1,8 @@
 """A progress bar for long checks, drawn by rich (the optional ``progress`` extra).
 
 Shown only when stdout is a terminal, the ``CI`` environment variable is unset and the user did
-not ask for ``--quiet``; without rich installed there is simply no bar.
+not ask for ``--quiet``; without rich installed there is simply no bar. ``no_color=True`` (the
+command line passes it when ``NO_COLOR`` is set) draws it without colour.
 """
 
 from __future__ import annotations
@@ -38,13 +39,20 @@ class ProgressDisplay:
     When disabled every method does nothing.
     """
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, *, no_color: bool = False) -> None:
         self.enabled = enabled
+        self.no_color = no_color
         self._progress: Any = None
         self._task: Any = None
 
+    @property
+    def active(self) -> bool:
+        """A bar is being drawn (print through :meth:`print` so it stays below the text)."""
+        return self._progress is not None
+
     def __enter__(self) -> ProgressDisplay:
         if self.enabled:
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -60,6 +68,7 @@ class ProgressDisplay:
                 TextColumn("loss evaluations"),
                 TimeElapsedColumn(),
                 transient=True,
+                console=Console(no_color=self.no_color or None),
             )
             self._progress.start()
         return self

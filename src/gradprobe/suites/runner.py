@@ -5,18 +5,21 @@ stops it cleanly with a partial report, and a hard watchdog kills the worker whe
 arrives within ``timeout`` plus a grace period (a loss call stuck in C code that never returns).
 ``isolate = false`` runs in this process instead (the check's own timeout still applies).
 
+Ctrl-C stops the check in progress either way and :func:`run_check` returns it with status
+``"interrupted"`` and the partial report the engine attached to the ``KeyboardInterrupt``: in a
+worker, the parent catches the signal, forwards it, and waits up to :data:`INTERRUPT_GRACE`
+seconds for that report (the worker starts with Ctrl-C ignored and arms a one-shot handler, so
+a second signal cannot interrupt it while it reports). The caller decides whether to go on.
+
 :class:`SuiteResult` is what ``gradprobe run --json`` writes: a versioned schema holding each
 check's status and full report, read back by :meth:`SuiteResult.from_dict` (baselines use it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import multiprocessing
 import platform
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -25,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import CheckAborted, GradCheckError, InvalidInputError
 from ..report.model import Report, jsonable
 from .config import CheckSpec
+from .isolation import run_here, run_isolated
 from .outcome import EXIT_CODES, STATUSES
+
+ProgressFn = Callable[[int, int], None]
 
 __all__ = [
     "EXIT_CODES",
@@ -41,14 +46,6 @@ __all__ = [
 ]
 
 SUITE_SCHEMA_VERSION = 1
-#: Seconds a worker may take to start (import numpy, numba, gradprobe) before it counts as hung.
-STARTUP_LIMIT = 120.0
-
-
-def _grace(timeout: float) -> float:
-    # The check's own timeout fires between (or, via SIGALRM, inside) Python-level loss calls;
-    # the watchdog waits a little longer so that clean stop can deliver its partial report.
-    return 5.0 + 0.25 * timeout
 
 
 def versions() -> dict[str, str]:
@@ -76,10 +73,11 @@ class CheckOutcome:
         Its target as written.
     status : str
         ``"passed"``, ``"failed"`` (a gradient mismatch), ``"error"`` (bad options or inputs),
-        ``"aborted"`` (timeout or budget; ``report`` is partial) or ``"crashed"`` (the loss,
-        grad or target raised, or the worker was killed).
+        ``"aborted"`` (timeout or budget; ``report`` is partial), ``"crashed"`` (the loss,
+        grad or target raised, or the worker was killed) or ``"interrupted"`` (Ctrl-C;
+        ``report`` is partial).
     message : str
-        One line (or a traceback for crashes); empty when passed.
+        One line (or the user's frames of the traceback for crashes); empty when passed.
     report : Report or None
         The full report, or the partial one, when there is one.
     duration : float
@@ -202,69 +200,6 @@ def now_iso() -> str:
 
 
 # -- running one check ----------------------------------------------------------------------
-ProgressFn = Callable[[int, int], None]
-
-
-def _classify(exc: BaseException) -> tuple[str, str, Report | None]:
-    partial = getattr(exc, "partial_report", None)
-    if isinstance(exc, CheckAborted):
-        return "aborted", f"stopped early ({exc.reason}): {exc}", partial
-    if isinstance(exc, InvalidInputError):
-        return "error", str(exc), partial
-    if isinstance(exc, GradCheckError):
-        return "crashed", f"{type(exc).__name__}: {exc}", partial
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))
-    return "crashed", text.rstrip(), partial
-
-
-def _run_here(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
-    try:
-        problem = spec.target.problem(dict(spec.args))
-        options = dict(spec.options)
-        if progress is not None:
-            options["progress"] = progress
-        report = problem.run(**options)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        return _classify(exc)
-    return ("passed" if report.passed else "failed"), "", report
-
-
-def _pack_report(report: Report | None) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    if report is None:
-        return None
-    return report.to_dict(), {n: np.asarray(p.rel_errors) for n, p in report.params.items()}
-
-
-def _unpack_report(packed: Any) -> Report | None:
-    if packed is None:
-        return None
-    data, rel = packed
-    report = Report.from_dict(data)
-    params = {
-        n: dataclasses.replace(p, rel_errors=rel.get(n, np.empty(0)))
-        for n, p in report.params.items()
-    }
-    return dataclasses.replace(report, params=params)
-
-
-def _worker(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
-    """Entry point of the worker process: run the check, send the outcome back."""
-    conn.send(("started",))
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        t = time.monotonic()
-        if t - last[0] > 0.1 or done >= total:
-            last[0] = t
-            conn.send(("progress", done, total))
-
-    status, message, report = _run_here(spec, progress if want_progress else None)
-    conn.send(("result", status, message, _pack_report(report)))
-    conn.close()
-
-
 def run_check(spec: CheckSpec, progress: ProgressFn | None = None) -> CheckOutcome:
     """Run one check (in a worker process unless ``spec.isolate`` is false).
 
@@ -278,14 +213,14 @@ def run_check(spec: CheckSpec, progress: ProgressFn | None = None) -> CheckOutco
     Returns
     -------
     CheckOutcome
-        Never raises for a failing, crashing or hanging check (KeyboardInterrupt propagates
-        after the worker is killed).
+        Never raises for a failing, crashing or hanging check. Ctrl-C during the check gives
+        status ``"interrupted"`` with the partial report (the caller decides whether to go on).
     """
     start = time.monotonic()
     if spec.isolate:
-        status, message, report = _run_isolated(spec, progress)
+        status, message, report = run_isolated(spec, progress)
     else:
-        status, message, report = _run_here(spec, progress)
+        status, message, report = run_here(spec, progress)
     return CheckOutcome(
         name=spec.name,
         target=spec.target.text,
@@ -296,59 +231,3 @@ def run_check(spec: CheckSpec, progress: ProgressFn | None = None) -> CheckOutco
         options=dict(spec.options),
         args=dict(spec.args),
     )
-
-
-def _run_isolated(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
-    # Plain dicts: mapping proxies do not pickle.
-    spec = dataclasses.replace(spec, args=dict(spec.args), options=dict(spec.options))
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(child, spec, progress is not None), daemon=True)
-    proc.start()
-    child.close()
-    timeout = spec.timeout
-    started_at: float | None = None
-    limit = time.monotonic() + STARTUP_LIMIT
-    try:
-        while True:
-            wait = max(0.0, min(0.2, limit - time.monotonic()))
-            try:
-                ready = parent.poll(wait)
-                msg = parent.recv() if ready else None
-            except (EOFError, OSError):
-                proc.join(5)
-                return (
-                    "crashed",
-                    f"the worker process died (exit code {proc.exitcode}) before reporting; "
-                    "run with isolate = false to see the error in this process.",
-                    None,
-                )
-            if msg is not None:
-                if msg[0] == "started":
-                    started_at = time.monotonic()
-                    limit = started_at + timeout + _grace(timeout)
-                elif msg[0] == "progress":
-                    if progress is not None:
-                        progress(int(msg[1]), int(msg[2]))
-                elif msg[0] == "result":
-                    proc.join(10)
-                    return msg[1], msg[2], _unpack_report(msg[3])
-                continue
-            if time.monotonic() >= limit:
-                what = (
-                    f"no result {timeout:g} s (+{_grace(timeout):g} s grace) after the check "
-                    "started: a loss or grad call did not return"
-                    if started_at is not None
-                    else f"the worker did not start within {STARTUP_LIMIT:g} s"
-                )
-                return (
-                    "aborted",
-                    f"stopped early (timeout): {what}; the worker process was killed. Make "
-                    "each loss call return in time or raise `timeout`.",
-                    None,
-                )
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
-        parent.close()

@@ -2,8 +2,14 @@
 
 A target names a module-level function that returns a :class:`gradprobe.Problem`. A target
 before the colon that ends in ``.py`` or contains a path separator is a file (relative paths
-resolve against a base directory: the suite file's, or the current one); otherwise it is an
-importable module.
+resolve against a base directory: the suite file's, or the current one); otherwise it is a
+module, imported with that base directory first on ``sys.path`` (as ``python -m`` and pytest
+put the current folder there), so ``gradprobe check models:make_mlp`` works from the folder
+holding ``models.py``.
+
+Mistakes are found before anything runs and without importing the user's code: the file or
+module exists, defines the function, and the function accepts the keyword arguments given
+(read from its ``def`` with :mod:`ast`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import ast
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -38,12 +45,20 @@ class Target:
         Dotted module name, for module targets.
     function : str
         The function returning a :class:`Problem`.
+    folder : str or None
+        For module targets, the folder put first on ``sys.path`` to import it (the suite
+        file's folder, or the current one).
     """
 
     text: str
     file: str | None
     module: str | None
     function: str
+    folder: str | None = None
+
+    def _importable(self) -> None:
+        if self.folder is not None and self.folder not in sys.path:
+            sys.path.insert(0, self.folder)
 
     def find_problem(self) -> None:
         """Check, without importing anything, that the target exists (raise otherwise)."""
@@ -68,6 +83,7 @@ class Target:
                 )
             return
         assert self.module is not None
+        self._importable()
         try:
             spec = importlib.util.find_spec(self.module)
         except (ImportError, ValueError):
@@ -84,6 +100,7 @@ class Target:
             module = _import_file(self.file)
         else:
             assert self.module is not None
+            self._importable()
             module = importlib.import_module(self.module)
         func = getattr(module, self.function, None)
         if func is None or not callable(func):
@@ -97,7 +114,17 @@ class Target:
     def problem(self, args: dict[str, Any] | None = None) -> Problem:
         """Call the function with ``args`` and return the :class:`Problem` it builds."""
         func = self.load_function()
-        value = func(**(args or {}))
+        args = args or {}
+        try:
+            inspect.signature(func).bind(**args)
+        except TypeError as exc:
+            raise InvalidInputError(
+                f"target {self.text!r}: the arguments {sorted(args)} do not fit "
+                f"{self.function}{_signature_text(func)}: {exc}; fix `args` (--arg)."
+            ) from None
+        except ValueError:  # no signature to read (a builtin): let the call decide
+            pass
+        value = func(**args)
         if not isinstance(value, Problem):
             raise InvalidInputError(
                 f"target {self.text!r}: expected the function to return a gradprobe.Problem, "
@@ -105,6 +132,70 @@ class Target:
                 "params=...)."
             )
         return value
+
+    def args_problem(self, args: dict[str, Any]) -> str | None:
+        """What is wrong with the keyword ``args`` for the target function, read from its
+        ``def`` without importing it; None when they fit or the ``def`` cannot be read (the
+        call then decides)."""
+        found = self._definition()
+        if found is None:
+            return None
+        node, path = found
+        if node.decorator_list:  # a decorator may change what it accepts
+            return None
+        a = node.args
+        accepted = [x.arg for x in (*a.args, *a.kwonlyargs)]
+        unknown = [k for k in args if k not in accepted]
+        where = f"{self.function}() (defined at {_shown(path)}:{node.lineno})"
+        if unknown and a.kwarg is None:
+            return (
+                f"{where} takes no argument {', '.join(map(repr, unknown))}; its arguments: "
+                f"{accepted or 'none'}"
+            )
+        required = [x.arg for x in a.args[: len(a.args) - len(a.defaults)]]
+        required += [x.arg for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is None]
+        missing = [k for k in required if k not in args]
+        if missing:
+            return f"{where} needs the argument(s) {missing} (no default)"
+        return None
+
+    def _definition(self) -> tuple[ast.FunctionDef | ast.AsyncFunctionDef, str] | None:
+        path = self.file
+        if path is None and self.module is not None:
+            self._importable()
+            try:
+                spec = importlib.util.find_spec(self.module)
+            except (ImportError, ValueError):
+                return None
+            path = spec.origin if spec is not None else None
+        if path is None or not path.endswith(".py") or not Path(path).is_file():
+            return None
+        try:
+            tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            return None
+        found = None
+        for node in tree.body:  # the last definition wins, as at import
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.name == self.function:
+                    found = node
+        return None if found is None else (found, path)
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the current folder when it lies below it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _signature_text(func: Any) -> str:
+    try:
+        return str(inspect.signature(func))
+    except (TypeError, ValueError):
+        return "(...)"
 
 
 def _module_level_names(tree: ast.Module) -> set[str]:
@@ -171,4 +262,5 @@ def parse_target(text: Any, base_dir: str | os.PathLike[str] | None = None) -> T
         raise InvalidInputError(
             f"target: {where!r} is neither a .py file nor a dotted module name (in {text!r})."
         )
-    return Target(text=text, file=None, module=where, function=function)
+    folder = str(Path(base_dir or os.getcwd()).resolve())
+    return Target(text=text, file=None, module=where, function=function, folder=folder)

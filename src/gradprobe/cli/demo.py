@@ -1,0 +1,72 @@
+"""``gradprobe demo``: check the built-in tanh MLP, optionally with a planted backprop bug.
+
+Prints the model and the report (``--quiet``: the summary line only; ``--verbose``: also each
+parameter's settings and the timings), writes ``--json``/``--plot`` (paths checked before the
+check runs), and exits 0 when the gradients match, 1 on a mismatch, 130 on Ctrl-C after
+printing and writing what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..api import check
+from ..examples import make_mlp
+from ..suites.outcome import EXIT_INTERRUPT, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
+from .console import Console
+from .outputs import check_outputs, outputs_of, write_outputs
+from .parser import check_options
+from .summary import verbose_details
+
+__all__ = ["run_demo"]
+
+
+def run_demo(args: argparse.Namespace, console: Console) -> int:
+    """The exit code of ``gradprobe demo``."""
+    options = check_options(args)
+    outputs = outputs_of(args)
+    check_outputs(outputs)
+    model = make_mlp(bug=args.bug)
+    console.detail(f"model: {model.name}")
+    code = None
+    with console.progress() as bar:
+        bar.start("demo")
+        try:
+            report = check(model.loss, model.grad, model.params, progress=bar.update, **options)
+        except KeyboardInterrupt as exc:
+            report = getattr(exc, "partial_report", None)
+            code = EXIT_INTERRUPT
+    if code == EXIT_INTERRUPT:
+        console.err(
+            "gradprobe: interrupted (Ctrl-C); the report below holds the parameters finished "
+            "before it (exit code 130)."
+        )
+        if report is None:
+            return EXIT_INTERRUPT
+    else:
+        code = EXIT_OK if report.passed else EXIT_MISMATCH
+    _print(console, report)
+    if not _write(console, outputs, report):
+        code = max(code, EXIT_USAGE)
+    return code
+
+
+def _print(console: Console, report: Any) -> None:
+    if console.quiet:
+        console.out(report.summary_line())
+        return
+    console.out(str(report))
+    if console.verbose:
+        console.out("\n" + verbose_details(report))
+
+
+def _write(console: Console, outputs: Any, report: Any) -> bool:
+    def write_json(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(report.to_json())
+
+    by_flag = {"--json": write_json, "--plot": report.plot}
+    return write_outputs(
+        console, [(out, lambda f=by_flag[out.flag], p=out.path: f(p)) for out in outputs]
+    )

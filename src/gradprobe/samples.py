@@ -1,0 +1,95 @@
+"""``samples=``: how many entries of each parameter are checked one by one.
+
+A request is ``"all"``, a count (``0``: none, leaving the probes), a fraction in (0, 1], or a
+mapping from parameter name to one of those; :func:`validate_samples` turns it into one
+:class:`SampleSpec` per parameter, and :func:`samples_from_text` reads ``--samples``. The
+option itself is listed with the others in :mod:`gradprobe.options`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInputError
+
+__all__ = ["SampleSpec", "samples_from_text", "validate_samples"]
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """A validated per-parameter sample request: ``"all"``, a count or a fraction."""
+
+    mode: str  # "all", "count", "fraction", "default"
+    value: float = 0.0
+
+    def resolve(self, n_total: int, default: SampleSpec) -> int:
+        """How many entries to check one by one for a parameter of ``n_total`` entries."""
+        spec = default if self.mode == "default" else self
+        if spec.mode == "all":
+            return n_total
+        if spec.mode == "count":
+            return min(n_total, int(spec.value))
+        if spec.mode == "fraction":
+            return min(n_total, max(1, math.ceil(spec.value * n_total)))
+        raise AssertionError(f"unresolved sample mode {spec.mode!r}")
+
+
+def _parse_one_sample(value: Any, where: str) -> SampleSpec:
+    if value is None:
+        return SampleSpec("default")
+    if isinstance(value, str) and value == "all":
+        return SampleSpec("all")
+    if isinstance(value, (str, bool)):
+        raise InvalidInputError(
+            f"{where}: expected 'all', an int >= 0 or a fraction in (0, 1], found {value!r}."
+        )
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise InvalidInputError(f"{where}: expected an int >= 0, found {value}.")
+        return SampleSpec("count", float(value))
+    if isinstance(value, numbers.Real):
+        if not (0.0 < float(value) <= 1.0):
+            raise InvalidInputError(
+                f"{where}: expected a fraction in (0, 1], found {value!r}; pass an int for a "
+                "number of entries."
+            )
+        return SampleSpec("fraction", float(value))
+    raise InvalidInputError(
+        f"{where}: expected 'all', an int or a fraction, found {type(value).__name__}."
+    )
+
+
+def validate_samples(samples: Any, names: Sequence[str] | None) -> dict[str, SampleSpec]:
+    """Turn ``samples=`` into one :class:`SampleSpec` per parameter name.
+
+    ``names`` None (a suite file, read before any parameter exists): the values are checked,
+    the names of a mapping are not, and the result is keyed by the names given.
+    """
+    if isinstance(samples, Mapping):
+        if names is None:
+            return {str(n): _parse_one_sample(v, f"samples[{n!r}]") for n, v in samples.items()}
+        unknown = [k for k in samples if k not in names]
+        if unknown:
+            raise InvalidInputError(
+                f"samples: unknown parameter names {unknown}; expected some of {list(names)}."
+            )
+        return {n: _parse_one_sample(samples.get(n), f"samples[{n!r}]") for n in names}
+    spec = _parse_one_sample(samples, "samples")
+    return dict.fromkeys(names or (), spec)
+
+
+def samples_from_text(text: str) -> int | float | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected 'all', an int or a fraction, found {text!r}") from None

@@ -1,0 +1,264 @@
+"""Running one check: in this process, or in a worker process that can be killed.
+
+:func:`run_isolated` starts a fresh worker (``spawn``) per check: the check's own ``timeout``
+stops it cleanly with a partial report, and a watchdog kills the worker when no result
+arrives within ``timeout`` plus a grace period (a loss call stuck in C code that never
+returns). :func:`run_here` runs it in this process. Both return ``(status, message, report)``
+and never raise for a failing, crashing or hanging check.
+
+Ctrl-C: in this process the engine's ``KeyboardInterrupt`` (carrying the partial report) gives
+status ``"interrupted"``. With a worker, the parent counts the signal instead of raising,
+forwards it to the worker and waits up to :data:`INTERRUPT_GRACE` seconds for its partial
+report; the worker starts with Ctrl-C ignored and then arms a one-shot handler, so a second
+signal (the terminal sends one to both processes) cannot interrupt it while it reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckAborted, GradCheckError, InvalidInputError
+from ..report.model import Report
+from .config import CheckSpec
+from .tracebacks import crash_text
+
+__all__ = ["INTERRUPT_GRACE", "STARTUP_LIMIT", "run_here", "run_isolated"]
+
+ProgressFn = Callable[[int, int], None]
+
+#: Seconds a worker may take to start (import numpy, numba, gradprobe) before it counts as hung.
+STARTUP_LIMIT = 120.0
+#: Seconds an interrupted worker has to send back what it finished before it is killed.
+INTERRUPT_GRACE = 10.0
+
+
+def _grace(timeout: float) -> float:
+    # The check's own timeout fires between (or, via SIGALRM, inside) Python-level loss calls;
+    # the watchdog waits a little longer so that clean stop can deliver its partial report.
+    return 5.0 + 0.25 * timeout
+
+
+def _classify(exc: BaseException) -> tuple[str, str, Report | None]:
+    partial = getattr(exc, "partial_report", None)
+    if isinstance(exc, CheckAborted):
+        return "aborted", f"stopped early ({exc.reason}): {exc}", partial
+    if isinstance(exc, InvalidInputError):
+        return "error", str(exc), partial
+    if isinstance(exc, GradCheckError) and exc.__cause__ is None:
+        return "crashed", f"{type(exc).__name__}: {exc}", partial
+    return "crashed", crash_text(exc), partial  # the user's frames only
+
+
+def _interrupted(report: Report | None, detail: str = "") -> tuple[str, str, Report | None]:
+    if report is not None and report.complete:
+        what = "it had just finished: its report is complete"
+    elif report is not None and report.params:
+        what = f"the report holds the {len(report.params)} parameter(s) finished before it"
+    else:
+        what = "no parameter had finished"
+    return "interrupted", f"interrupted (Ctrl-C){detail}; {what}.", report
+
+
+def run_here(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
+    try:
+        problem = spec.target.problem(dict(spec.args))
+        options = dict(spec.options)
+        if progress is not None:
+            options["progress"] = progress
+        report = problem.run(**options)
+    except KeyboardInterrupt as exc:
+        return _interrupted(getattr(exc, "partial_report", None))
+    except Exception as exc:
+        return _classify(exc)
+    return ("passed" if report.passed else "failed"), "", report
+
+
+def _pack_report(report: Report | None) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    if report is None:
+        return None
+    return report.to_dict(), {n: np.asarray(p.rel_errors) for n, p in report.params.items()}
+
+
+def _unpack_report(packed: Any) -> Report | None:
+    if packed is None:
+        return None
+    data, rel = packed
+    report = Report.from_dict(data)
+    params = {
+        n: dataclasses.replace(p, rel_errors=rel.get(n, np.empty(0)))
+        for n, p in report.params.items()
+    }
+    return dataclasses.replace(report, params=params)
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    # The first Ctrl-C stops the check; later ones are ignored so that it can report.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _worker(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
+    """Entry point of the worker process: run the check, send the outcome back.
+
+    The worker starts with Ctrl-C ignored (see :func:`_run_isolated`); from here on the first
+    one (from the terminal, or forwarded by the parent) interrupts the check.
+    """
+    signal.signal(signal.SIGINT, _interrupt_once)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        t = time.monotonic()
+        if t - last[0] > 0.1 or done >= total:
+            last[0] = t
+            conn.send(("progress", done, total))
+
+    result = None
+    try:
+        conn.send(("started",))
+        result = run_here(spec, progress if want_progress else None)
+    except KeyboardInterrupt:
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if result is None:
+        result = _interrupted(None)
+    status, message, report = result
+    try:
+        conn.send(("result", status, message, _pack_report(report)))
+        conn.close()
+    except OSError:  # the parent is gone: nobody to tell
+        pass
+
+
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Ignore SIGINT (in the main thread) for the block: a worker started inside inherits it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _CtrlC:
+    """Counts SIGINTs in the main thread instead of raising ``KeyboardInterrupt``, so the
+    parent can forward the first to its worker and wait for the partial report."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _forward_interrupt(proc: Any) -> None:
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+    except (OSError, AttributeError):  # gone already, or no such signal here
+        pass
+
+
+def run_isolated(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
+    # Plain dicts: mapping proxies do not pickle.
+    spec = dataclasses.replace(spec, args=dict(spec.args), options=dict(spec.options))
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker, args=(child, spec, progress is not None), daemon=True)
+    with _CtrlC() as ctrl_c:
+        with _ctrl_c_ignored():
+            proc.start()
+        child.close()
+        try:
+            return _watch(spec, proc, parent, progress, ctrl_c)
+        finally:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+            parent.close()
+
+
+def _watch(
+    spec: CheckSpec, proc: Any, parent: Any, progress: ProgressFn | None, ctrl_c: _CtrlC
+) -> tuple[str, str, Report | None]:
+    """Wait for the worker's result, killing it at the hard limit; forward a Ctrl-C."""
+    timeout = spec.timeout
+    started_at: float | None = None
+    interrupted = False
+    limit = time.monotonic() + STARTUP_LIMIT
+    while True:
+        if ctrl_c.count and not interrupted:
+            interrupted = True
+            if started_at is None:  # still importing: nothing to report
+                return _interrupted(None, " while the worker started")
+            _forward_interrupt(proc)
+            limit = time.monotonic() + INTERRUPT_GRACE
+        elif ctrl_c.count > 1:  # a second Ctrl-C: stop waiting for the report
+            return _interrupted(None, " twice; the worker was killed")
+        wait = max(0.0, min(0.2, limit - time.monotonic()))
+        try:
+            ready = parent.poll(wait)
+            msg = parent.recv() if ready else None
+        except (EOFError, OSError):
+            proc.join(5)
+            if interrupted:
+                return _interrupted(None, "; the worker ended without reporting")
+            return (
+                "crashed",
+                f"the worker process died (exit code {proc.exitcode}) before reporting; "
+                "run with isolate = false to see the error in this process.",
+                None,
+            )
+        if msg is not None:
+            if msg[0] == "started":
+                started_at = time.monotonic()
+                if not interrupted:
+                    limit = started_at + timeout + _grace(timeout)
+            elif msg[0] == "progress":
+                if progress is not None:
+                    progress(int(msg[1]), int(msg[2]))
+            elif msg[0] == "result":
+                proc.join(10)
+                report = _unpack_report(msg[3])
+                if interrupted or msg[1] == "interrupted":
+                    return _interrupted(report)
+                return msg[1], msg[2], report
+            continue
+        if time.monotonic() >= limit:
+            if interrupted:
+                return _interrupted(
+                    None, f"; the worker did not report within {INTERRUPT_GRACE:g} s and was killed"
+                )
+            what = (
+                f"no result {timeout:g} s (+{_grace(timeout):g} s grace) after the check "
+                "started: a loss or grad call did not return"
+                if started_at is not None
+                else f"the worker did not start within {STARTUP_LIMIT:g} s"
+            )
+            return (
+                "aborted",
+                f"stopped early (timeout): {what}; the worker process was killed. Make "
+                "each loss call return in time or raise `timeout`.",
+                None,
+            )
