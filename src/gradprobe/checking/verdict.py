@@ -180,7 +180,9 @@ def build_coverage(
             n_verified, min(n_failed_sampled, n_verified), confidence
         )
         by = ", ".join(f"{k} {v}" for k, v in strata.items())
-        parts.append(f"{n_sampled:,} of {n_total:,} checked individually ({by})")
+        parts.append(
+            f"{n_sampled:,} of {n_total:,} checked individually" + (f" ({by})" if by else "")
+        )
         if n_sampled:
             bound = (
                 "cannot bound the wrong fraction"
