@@ -287,3 +287,20 @@ def run_cli_tty(*args: str, cwd: Path | None = None, env=None, timeout: float = 
     os.close(main)
     proc.wait(timeout=timeout)
     return proc.returncode, b"".join(chunks).decode("utf-8", "replace")
+
+
+#: A two-parameter smooth problem for the pre-flight tests: sum(sin(w) * X) + 0.5 |v|^2.
+SIN_X = np.random.default_rng(0).standard_normal(5)
+
+
+def sin_loss(p):
+    return float(np.sum(np.sin(p["w"]) * SIN_X) + 0.5 * np.sum(p["v"] ** 2))
+
+
+def sin_grad(p):
+    return {"w": np.cos(p["w"]) * SIN_X, "v": p["v"].copy()}
+
+
+def sin_params():
+    rng = np.random.default_rng(1)
+    return {"w": rng.standard_normal(5), "v": rng.standard_normal(3)}

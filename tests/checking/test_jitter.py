@@ -15,24 +15,14 @@ from gradprobe.options import DEFAULT_NONDET_TOL
 from gradprobe.suites.config import load_suite
 from gradprobe.suites.runner import run_check
 
+from ..helpers import SIN_X as X
 from ..helpers import run_cli, write_suite
+from ..helpers import sin_grad as grad
+from ..helpers import sin_loss as loss
+from ..helpers import sin_params as params
 
-X = np.random.default_rng(0).standard_normal(5)
 #: A constant added and removed again: its rounding makes the sum depend on the order (~1e-13).
 BIG = 16.0
-
-
-def loss(p):
-    return float(np.sum(np.sin(p["w"]) * X) + 0.5 * np.sum(p["v"] ** 2))
-
-
-def grad(p):
-    return {"w": np.cos(p["w"]) * X, "v": p["v"].copy()}
-
-
-def params():
-    rng = np.random.default_rng(1)
-    return {"w": rng.standard_normal(5), "v": rng.standard_normal(3)}
 
 
 def permuted_sum_loss():

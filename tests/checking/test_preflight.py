@@ -8,20 +8,10 @@ import pytest
 import gradprobe
 from gradprobe.numerics.tolerances import NOISE_HALF_POINTS
 
-X = np.random.default_rng(0).standard_normal(5)
-
-
-def loss(p):
-    return float(np.sum(np.sin(p["w"]) * X) + 0.5 * np.sum(p["v"] ** 2))
-
-
-def grad(p):
-    return {"w": np.cos(p["w"]) * X, "v": p["v"].copy()}
-
-
-def params():
-    rng = np.random.default_rng(1)
-    return {"w": rng.standard_normal(5), "v": rng.standard_normal(3)}
+from ..helpers import SIN_X as X
+from ..helpers import sin_grad as grad
+from ..helpers import sin_loss as loss
+from ..helpers import sin_params as params
 
 
 def test_random_loss_raises_nondeterministic_with_causes_and_fix():
