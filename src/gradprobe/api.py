@@ -303,6 +303,8 @@ class _Run:
     def report(self, incomplete: str | None = None) -> Report:
         """The report of what was done (partial, with the reason, when ``incomplete``)."""
         self.timings["total"] = time.perf_counter() - self.start
+        for name, ev in self.evidence.items():
+            self.timings[f"param:{name}"] = ev.seconds
         results = {
             name: build_report(self.contexts[name], ev, self.diagnoses.get(name))
             for name, ev in self.evidence.items()

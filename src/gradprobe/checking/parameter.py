@@ -6,6 +6,7 @@ they found; it decides nothing (the verdict is :mod:`gradprobe.checking.verdict`
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,8 @@ class Evidence:
         What the probes found (None when every entry was checked one by one or probes are off).
     nonfinite : ndarray of int64
         Flat indices where the analytic gradient is NaN/inf.
+    n_evaluations, seconds : int, float
+        Loss evaluations and wall time spent gathering it.
     """
 
     sample: Sample
@@ -41,6 +44,8 @@ class Evidence:
     n_failed_sampled: int
     outcome: ProbeOutcome | None
     nonfinite: np.ndarray
+    n_evaluations: int = 0
+    seconds: float = 0.0
 
 
 def gather_evidence(
@@ -55,6 +60,7 @@ def gather_evidence(
     """Check ``n_sample`` stratified entries of ``ctx``'s parameter, then probe every entry
     along ``probes`` random directions (when the sample is not complete) and bisect failures.
     """
+    start, n0 = time.perf_counter(), ctx.evaluator.n_evaluations
     sample = stratified_sample(rng, ctx.analytic_flat.reshape(ctx.shape), n_sample)
     entries = evaluate_entries(ctx, sample.flat_index)
     n_failed_sampled = int(np.count_nonzero(entries.failed))
@@ -72,4 +78,6 @@ def gather_evidence(
         n_failed_sampled=n_failed_sampled,
         outcome=outcome,
         nonfinite=np.empty(0, dtype=np.int64) if nonfinite is None else nonfinite,
+        n_evaluations=ctx.evaluator.n_evaluations - n0,
+        seconds=time.perf_counter() - start,
     )

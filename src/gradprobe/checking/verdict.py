@@ -130,6 +130,7 @@ def build_report(
         capped=outcome is not None and outcome.capped,
         coverage=coverage,
         diagnosis=diagnosis,
+        n_evaluations=evidence.n_evaluations,
     )
 
 

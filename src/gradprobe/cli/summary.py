@@ -33,23 +33,25 @@ def _seconds(x: Any) -> str:
 def verbose_details(report: Any, duration: float | None = None) -> str:
     """``--verbose``: each parameter's settings and coverage, then where the time went."""
     lines = ["details:"]
+    timings: Mapping[str, Any] = report.timings
     for p in report.params.values():
         probes = p.coverage.n_probes if p.coverage is not None else 0
         lines.append(
             f"  {p.name} {p.shape} {p.dtype}: {p.n_checked:,} of {p.n_total:,} entries checked "
             f"one by one ({p.sampling}), {probes} directional probes; {p.method} differences, "
-            f"relative step {p.step:.3g}, rtol {p.rtol:g}, atol {p.atol:g}: "
+            f"relative step {p.step:.3g}, rtol {p.rtol:g}, atol {p.atol:g}; "
+            f"{p.n_evaluations:,} loss evaluations in "
+            f"{_seconds(timings.get(f'param:{p.name}', math.nan))}: "
             f"{'ok' if p.passed else 'FAIL'}"
         )
     if not report.params:
         lines.append("  no parameter finished")
     settings: Mapping[str, Any] = report.settings
-    timings: Mapping[str, Any] = report.timings
     total = timings.get("total")
     rate = ""
     if total:
         rate = f" ({report.n_evaluations / float(total):,.0f} per second)"
-    told = ", ".join(f"{k} {_seconds(v)}" for k, v in timings.items())
+    told = ", ".join(f"{k} {_seconds(v)}" for k, v in timings.items() if not k.startswith("param:"))
     lines.append(
         f"  timings: {told or 'none recorded'}"
         + (f"; {duration:.2f} s with start-up" if duration is not None else "")

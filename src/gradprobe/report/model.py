@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import GradientMismatchError
 from . import text
+from .jsonable import jsonable
 
 __all__ = [
     "MAX_BAD_INDICES",
@@ -278,6 +279,10 @@ class ParamReport:
     max_rel_error_resolved: float = math.nan
     #: Checked entries whose allowance is the round-off floor (their difference is noise).
     n_at_floor: int = 0
+    #: Loss evaluations spent on this parameter's sample, probes and bisection (the
+    #: diagnosis's few extra evaluations are not counted here; 0 when not recorded). Its wall
+    #: time is in ``Report.timings["param:<name>"]``.
+    n_evaluations: int = 0
 
     @property
     def headline_rel_error(self) -> float:
@@ -308,6 +313,7 @@ class ParamReport:
             "max_rel_error": _float_or_none(self.max_rel_error),
             "max_rel_error_resolved": _float_or_none(self.max_rel_error_resolved),
             "n_at_floor": self.n_at_floor,
+            "n_evaluations": self.n_evaluations,
             "worst_index": None if self.worst_index is None else list(self.worst_index),
             "passed": self.passed,
             "n_failed": self.n_failed,
@@ -341,6 +347,7 @@ class ParamReport:
                 else float(d["max_rel_error_resolved"])
             ),
             n_at_floor=int(d.get("n_at_floor", 0)),
+            n_evaluations=int(d.get("n_evaluations", 0)),
             worst_index=None if d.get("worst_index") is None else tuple(d["worst_index"]),
             passed=bool(d["passed"]),
             n_failed=int(d["n_failed"]),
@@ -480,21 +487,3 @@ class Report:
         if self.passed:
             return self
         raise GradientMismatchError(text.failure_message(self), report=self)
-
-
-def jsonable(value: Any) -> Any:
-    """Convert numpy scalars, arrays and tuples to JSON types, recursively (non-finite floats
-    become None; anything else unknown becomes its ``repr``)."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return repr(value)
