@@ -291,7 +291,9 @@ def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) ->
             results.flat_index[pos],
             a,
             ladder,
-            results.allowed[pos],
+            # Far from zero the first step's allowance says nothing (that step dwarfed the
+            # function's scale): the small steps' own floors are the reference there.
+            np.where(far, np.inf, results.allowed[pos]),
             v,
             numeric,
             step,
