@@ -125,6 +125,8 @@ def check(
     progress : callable, optional
         ``progress(done, total)`` called as loss evaluations are spent (per chunk), with
         ``total`` the planned count (extra work such as localization may push ``done`` past it).
+        When it also has a ``parameter(name, index, count)`` method, that is called as each
+        parameter's check begins.
     promote : bool
         Cast parameters below float64 to float64 for the check (the loss and grad receive
         float64 arrays); use when the loss accepts them, for float64-tight tolerances.
@@ -283,7 +285,13 @@ class _Run:
 
     def gather_evidence(self) -> None:
         """Each parameter's sample, probes and bisection."""
-        for p, name in enumerate(self.layout.names):
+        # A progress object with a ``parameter(name, index, count)`` method hears which
+        # parameter is being checked (the command line's --verbose lines and bar use it).
+        announce = getattr(self.options.progress, "parameter", None)
+        names = self.layout.names
+        for p, name in enumerate(names):
+            if callable(announce):
+                announce(name, p, len(names))
             self.evidence[name] = gather_evidence(
                 self.contexts[name],
                 self.n_samples[p],

@@ -164,7 +164,7 @@ def _run_specs(
             for i, spec in enumerate(specs, 1):
                 current = spec
                 bar.start(f"[{i}/{n}] {spec.name}")
-                outcome = run_check(spec, progress=bar.update)
+                outcome = run_check(spec, progress=bar)
                 outcome = dataclasses.replace(outcome, reproduce=_reproduce(args, outcome, suite))
                 outcomes.append(outcome)
                 text = outcome_text(console, outcome, i, n)

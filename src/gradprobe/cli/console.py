@@ -63,7 +63,19 @@ class LineProgress:
             return
         self._last, self._reached = now, self._reached or done >= total
         pct = f" ({100 * done / total:.0f}%)" if total else ""
-        line = f"  {self._label}: {done:,} / {total:,} loss evaluations{pct}, {now - self._start:.1f} s"
+        self._print(
+            f"  {self._label}: {done:,} / {total:,} loss evaluations{pct}, "
+            f"{now - self._start:.1f} s"
+        )
+
+    __call__ = update
+
+    def parameter(self, name: str, index: int, count: int) -> None:
+        """One line as each parameter's check begins."""
+        elapsed = time.monotonic() - self._start
+        self._print(f"  {self._label}: parameter {name} ({index + 1}/{count}), {elapsed:.1f} s")
+
+    def _print(self, line: str) -> None:
         try:
             print(line, file=self.stream, flush=True)
         except (OSError, ValueError):

@@ -33,7 +33,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     with console.progress() as bar:
         bar.start("demo")
         try:
-            report = check(model.loss, model.grad, model.params, progress=bar.update, **options)
+            report = check(model.loss, model.grad, model.params, progress=bar, **options)
         except KeyboardInterrupt as exc:
             report = getattr(exc, "partial_report", None)
             code = EXIT_INTERRUPT

@@ -122,6 +122,11 @@ def _worker(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
             last[0] = t
             conn.send(("progress", done, total))
 
+    def parameter(name: str, index: int, count: int) -> None:
+        conn.send(("parameter", name, index, count))
+
+    progress.parameter = parameter  # type: ignore[attr-defined]
+
     result = None
     try:
         conn.send(("started",))
@@ -238,6 +243,10 @@ def _watch(
             elif msg[0] == "progress":
                 if progress is not None:
                     progress(int(msg[1]), int(msg[2]))
+            elif msg[0] == "parameter":
+                announce = getattr(progress, "parameter", None)
+                if callable(announce):
+                    announce(str(msg[1]), int(msg[2]), int(msg[3]))
             elif msg[0] == "result":
                 proc.join(10)
                 report = _unpack_report(msg[3])

@@ -44,6 +44,7 @@ class ProgressDisplay:
         self.no_color = no_color
         self._progress: Any = None
         self._task: Any = None
+        self._description = ""
 
     @property
     def active(self) -> bool:
@@ -89,12 +90,22 @@ class ProgressDisplay:
             return
         if self._task is not None:
             self._progress.remove_task(self._task)
+        self._description = description
         self._task = self._progress.add_task(description, total=None)
 
     def update(self, done: int, total: int) -> None:
         """Set the bar to ``done`` of ``total`` loss evaluations."""
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=done, total=total)
+
+    __call__ = update
+
+    def parameter(self, name: str, index: int, count: int) -> None:
+        """Show which parameter is being checked."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task, description=f"{self._description} · {name} ({index + 1}/{count})"
+            )
 
     def print(self, text: str) -> None:
         """Print above the bar (or plainly when there is none)."""
