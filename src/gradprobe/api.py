@@ -340,14 +340,16 @@ def _context(
     precision: float,
     loss_noise: float,
 ) -> ParamCheck:
-    """Parameter ``p``'s context: its pass rule and step for the loss's precision."""
+    """Parameter ``p``'s context: its pass rule and step, for its dtype, or for the loss's
+    precision when that was measured coarser than every parameter's."""
     dtype = evaluator.layout.dtypes[p]
+    coarse = precision if precision > loss_epsilon(evaluator.layout.dtypes) else None
     return ParamCheck(
         evaluator=evaluator,
         param=p,
         analytic_flat=analytic.reshape(-1),
-        tolerance=tolerance_for(dtype, precision, options.rtol, options.atol, loss_noise),
-        relative_step=options.eps or default_relative_step(dtype, options.method, precision),
+        tolerance=tolerance_for(dtype, precision, options.rtol, options.atol, loss_noise, coarse),
+        relative_step=options.eps or default_relative_step(dtype, options.method, coarse),
         method=options.method,
     )
 

@@ -307,3 +307,20 @@ def test_table_relative_error_matches_the_failure_block():
     assert e.headline_rel_error == max(shown)
     row = next(ln for ln in report.table().splitlines() if ln.strip().startswith("E "))
     assert f"{max(shown):.2e}" in row
+
+
+def test_mixed_precision_parameters_keep_their_own_step_and_rtol():
+    # A float64 parameter beside a float32 one is checked with float64's step and rtol; only a
+    # loss *measured* coarser than every parameter changes them.
+    rng = np.random.default_rng(0)
+    params = {"a": rng.standard_normal(4), "b": rng.standard_normal(3).astype(np.float32)}
+
+    def loss(q):
+        return float(np.sum(np.sin(q["a"])) + np.sum(q["b"].astype(np.float64) ** 2))
+
+    report = gradprobe.check(loss, lambda q: {"a": np.cos(q["a"]), "b": 2 * q["b"]}, params)
+    assert report.passed, str(report)
+    a, b = report.params["a"], report.params["b"]
+    assert (a.rtol, b.rtol) == (1e-5, 2e-3)
+    assert a.step == pytest.approx(np.finfo(np.float64).eps ** (1 / 3))
+    assert b.step == pytest.approx(np.finfo(np.float32).eps ** (1 / 3))

@@ -7,7 +7,7 @@ diagnosis take one object instead of a positional list of options.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,7 +60,3 @@ class ParamCheck:
     def base_flat(self) -> np.ndarray:
         """The parameter's values at the base point, flat (never written to)."""
         return self.evaluator.base[self.param].reshape(-1)
-
-    def for_param(self, param: int, analytic_flat: np.ndarray) -> ParamCheck:
-        """The same options for another parameter (the diagnosis looks at same-shape ones)."""
-        return replace(self, param=param, analytic_flat=analytic_flat)

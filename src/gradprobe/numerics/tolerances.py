@@ -247,16 +247,18 @@ def tolerance_for(
     rtol: float | None = None,
     atol: float | None = None,
     loss_noise: float = 0.0,
+    coarse: float | None = None,
 ) -> Tolerance:
     """Tolerance for a parameter of ``dtype``, with user overrides merged over the table.
 
-    ``loss_eps`` is the precision the loss is computed in (:meth:`NoiseEstimate.resolution`);
-    when it is coarser than ``dtype``'s, the default ``rtol`` is that precision's.
+    ``loss_eps`` is the epsilon of the loss's round-off floor. ``coarse``, when given, is a
+    *measured* precision coarser than the parameters' (:meth:`NoiseEstimate.resolution`: a
+    float32 loss of float64 parameters); the default ``rtol`` is then that precision's.
     ``loss_noise`` is the measured noise level of one loss evaluation
     (:attr:`NoiseEstimate.sigma`; 0 when not measured).
     """
-    if loss_eps > float(np.finfo(dtype).eps):
-        dtype = precision_dtype(loss_eps)
+    if coarse is not None and coarse > float(np.finfo(dtype).eps):
+        dtype = precision_dtype(coarse)
     default = DEFAULT_RTOL.get(np.dtype(dtype), DEFAULT_RTOL[np.dtype(np.float64)])
     return Tolerance(
         rtol=default if rtol is None else rtol,
