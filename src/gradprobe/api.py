@@ -30,7 +30,6 @@ from .options import (
     DEFAULT_PROBES,
     DEFAULT_SAMPLES,
     CheckOptions,
-    SampleSpec,
     settings,
     validate_options,
 )
@@ -39,14 +38,11 @@ from .report.model import Diagnosis, Report
 __all__ = ["DEFAULT_SAMPLES", "check"]
 
 
-def _default_sample(n_total: int) -> int:
-    return min(n_total, DEFAULT_SAMPLES)
-
-
-def _sample_sizes(layout: ParamLayout, options: CheckOptions) -> list[int]:
-    """Entries checked one by one per parameter (resolved once, for the work and the plan)."""
+def _sample_plans(layout: ParamLayout, options: CheckOptions) -> list[tuple[int, int | None]]:
+    """Per parameter, entries checked one by one at first and the size the sample grows to
+    where the evidence disagrees (resolved once, for the work and the plan)."""
     return [
-        options.samples[name].resolve(size, SampleSpec("count", _default_sample(size)))
+        options.samples[name].plan(size, bool(options.probes))
         for name, size in zip(layout.names, layout.sizes, strict=True)
     ]
 
@@ -62,7 +58,7 @@ def check(
     rtol: float | None = None,
     atol: float | None = None,
     method: str = "central",
-    n_jobs: int | str = 1,
+    n_jobs: int | str = "auto",
     batched: bool = False,
     timeout: float | None = None,
     budget: int | None = None,
@@ -230,7 +226,7 @@ class _Run:
         self.loss_eps = loss_epsilon(layout.dtypes)
         self.deadline = None if options.timeout is None else time.monotonic() + options.timeout
         self.timings: dict[str, float] = {"compile": kernels.warm_up()}
-        self.n_samples = _sample_sizes(layout, options)
+        self.sample_plans = _sample_plans(layout, options)
         self.evaluator = make_evaluator(
             loss,
             layout,
@@ -240,7 +236,8 @@ class _Run:
             budget=options.budget,
             deadline=self.deadline,
             progress=options.progress,
-            planned_evaluations=2 + 2 * sum(self.n_samples),  # base, pre-flight, samples
+            # base, pre-flight, first samples
+            planned_evaluations=2 + 2 * sum(first for first, _ in self.sample_plans),
         )
         self.timings["compile"] += self.evaluator.compile_seconds
         # One seed per parameter, and one more for the noise estimate's direction.
@@ -292,13 +289,15 @@ class _Run:
         for p, name in enumerate(names):
             if callable(announce):
                 announce(name, p, len(names))
+            first, grow_to = self.sample_plans[p]
             self.evidence[name] = gather_evidence(
                 self.contexts[name],
-                self.n_samples[p],
+                first,
                 np.random.default_rng(self.seeds[p]),
                 probes=self.options.probes,
                 slice_probes=self.options.slice_probes,
                 nonfinite=self.nonfinite.get(name),
+                grow_to=grow_to,
             )
 
     def diagnose(self) -> None:

@@ -33,7 +33,14 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .numerics.steps import METHODS
-from .samples import SampleSpec, samples_from_text, validate_samples
+from .samples import (
+    CHECK_ALL_UP_TO,
+    DEFAULT_SAMPLES,
+    FIRST_SAMPLE,
+    SampleSpec,
+    samples_from_text,
+    validate_samples,
+)
 
 __all__ = [
     "DEFAULT_NONDET_TOL",
@@ -54,9 +61,6 @@ __all__ = [
     "validate_samples",
 ]
 
-#: Parameters with at most this many entries are checked in full by default; larger ones get
-#: this many entries checked one by one (2 loss evaluations each).
-DEFAULT_SAMPLES = 512
 #: Random directions probed per parameter by default.
 DEFAULT_PROBES = 2
 DEFAULT_NONDET_TOL = 1e-12  #: relative jitter accepted by default (docs/reliability.md)
@@ -245,9 +249,9 @@ _TABLE = (
     ),
     Option(
         "n_jobs",
-        1,
+        "auto",
         _n_jobs,
-        "parallel workers, -1 for all cores, 'auto'",
+        "parallel workers: 'auto' (default: workers where they pay off), 1 serial, -1 all cores",
         toml_example="n_jobs = 2 or -1",
         from_text=_n_jobs_from_text,
     ),
@@ -422,7 +426,12 @@ def settings(options: CheckOptions, executor: str) -> dict[str, Any]:
 
     def spec(s: SampleSpec) -> Any:
         if s.mode == "default":
-            return f"default (all up to {DEFAULT_SAMPLES}, else {DEFAULT_SAMPLES})"
+            return (
+                f"adaptive (all up to {CHECK_ALL_UP_TO}, else {FIRST_SAMPLE}, grown to "
+                f"{DEFAULT_SAMPLES} where the evidence disagrees)"
+                if options.probes
+                else f"default (all up to {DEFAULT_SAMPLES}, else {DEFAULT_SAMPLES})"
+            )
         if s.mode == "all":
             return "all"
         return int(s.value) if s.mode == "count" else s.value

@@ -4,6 +4,12 @@ A request is ``"all"``, a count (``0``: none, leaving the probes), a fraction in
 mapping from parameter name to one of those; :func:`validate_samples` turns it into one
 :class:`SampleSpec` per parameter, and :func:`samples_from_text` reads ``--samples``. The
 option itself is listed with the others in :mod:`gradprobe.options`.
+
+The default is adaptive (:meth:`SampleSpec.plan`): a parameter of at most :data:`CHECK_ALL_UP_TO`
+entries is checked in full (a sample saves little there, and probes over few entries cannot
+resolve a small error in one of them); a larger one, with probes covering every entry, starts
+with :data:`FIRST_SAMPLE` entries and grows to :data:`DEFAULT_SAMPLES` only where the evidence
+disagrees. Without probes the sample is :data:`DEFAULT_SAMPLES` from the start.
 """
 
 from __future__ import annotations
@@ -16,7 +22,24 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["SampleSpec", "samples_from_text", "validate_samples"]
+__all__ = [
+    "CHECK_ALL_UP_TO",
+    "DEFAULT_SAMPLES",
+    "FIRST_SAMPLE",
+    "SampleSpec",
+    "samples_from_text",
+    "validate_samples",
+]
+
+#: Entries checked one by one where the evidence disagrees (a failed entry, a probe that
+#: disagreed), so the diagnosis has as much to read as it needs; without probes, the sample.
+DEFAULT_SAMPLES = 512
+#: Entries checked one by one first, with probes covering the rest: enough to bound the wrong
+#: fraction below ~6% at 95% on their own and to catch a dense bug at once; the probes and
+#: their bisection catch sparse ones.
+FIRST_SAMPLE = 48
+#: Parameters up to this many entries (4 first samples) are checked in full by default.
+CHECK_ALL_UP_TO = 4 * FIRST_SAMPLE
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,18 @@ class SampleSpec:
         if spec.mode == "fraction":
             return min(n_total, max(1, math.ceil(spec.value * n_total)))
         raise AssertionError(f"unresolved sample mode {spec.mode!r}")
+
+    def plan(self, n_total: int, probes: bool) -> tuple[int, int | None]:
+        """``(first, grow_to)``: entries checked one by one at first, and the size the sample
+        grows to where the evidence disagrees (None: it never grows; an explicit request is
+        taken as given)."""
+        if self.mode != "default":
+            return self.resolve(n_total, self), None
+        full = min(n_total, DEFAULT_SAMPLES)
+        if not probes or n_total <= CHECK_ALL_UP_TO:
+            return full, None
+        first = min(n_total, FIRST_SAMPLE)
+        return first, (full if full > first else None)
 
 
 def _parse_one_sample(value: Any, where: str) -> SampleSpec:

@@ -91,3 +91,28 @@ def test_one_dimensional_parameter_is_spread_along_the_array():
 def test_small_parameters_are_checked_in_full():
     s = stratified_sample(np.random.default_rng(0), np.zeros((3, 4)), 512)
     assert s.complete and s.kind == "all" and s.flat_index.tolist() == list(range(12))
+
+
+@pytest.mark.parametrize("shape", [(300,), (40, 30), (8, 6, 5)])
+def test_an_extended_sample_adds_new_entries_only_and_counts_add_up(shape):
+    from gradprobe.numerics.sampling import extend_sample
+
+    g = _grad(shape, seed=2, zeros=5)
+    first = stratified_sample(np.random.default_rng(0), g, 20)
+    checked = np.array([1, 7, 11], dtype=np.int64)  # e.g. entries bisection reached
+    extra, grown = extend_sample(np.random.default_rng(1), g, first, 50, checked=checked)
+    assert extra.size == 50
+    assert not np.isin(extra.flat_index, first.flat_index).any()
+    assert not np.isin(extra.flat_index, checked).any()
+    assert np.array_equal(grown.flat_index, np.union1d(first.flat_index, extra.flat_index))
+    assert sum(grown.strata.values()) == grown.size == 70
+    assert grown.n_total == g.size and not grown.complete
+
+
+def test_an_extended_sample_never_exceeds_the_entries_left():
+    from gradprobe.numerics.sampling import extend_sample
+
+    g = _grad((30,), seed=3)
+    first = stratified_sample(np.random.default_rng(0), g, 25)
+    extra, grown = extend_sample(np.random.default_rng(1), g, first, 100)
+    assert extra.size == 5 and grown.complete and grown.strata == {"all": 30}

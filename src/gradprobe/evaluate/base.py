@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import CheckAborted, InvalidInputError, LossEvaluationError
 from ..layout import ParamLayout
-from .threads import one_blas_thread
+from .threads import in_process_blas
 
 __all__ = ["Evaluator", "InProcess", "Placement", "RowRunner"]
 
@@ -190,7 +190,7 @@ class Evaluator:
         if self._base_value is None:
             start = time.perf_counter()
             self.charge(1)
-            with one_blas_thread():
+            with in_process_blas():
                 value = self.call_loss([a.copy() for a in self.base], "at the base point")
             self.placement.observe(time.perf_counter() - start, 1)
             self._base_value = value

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import GradCheckError, InvalidInputError
 from ..layout import ParamLayout, as_scalar_loss
 from .loops import ChunkResult, ChunkTask, limit_in_worker, portable, raise_chunk_error, worker_id
-from .threads import one_blas_thread
+from .threads import in_process_blas
 
 if TYPE_CHECKING:
     from .base import Evaluator
@@ -149,7 +149,7 @@ class BatchedCalls:
         n = ev.layout.sizes[param]
         rows = batched_rows(n, k, ev.layout.dtypes[param].itemsize, self.memory)
         task = self.chunk_task(ev, param, flat_index, values)
-        with one_blas_thread():
+        with in_process_blas():
             for start in range(0, m, rows):
                 stop = min(m, start + rows)
                 ev.charge((stop - start) * k)
@@ -164,7 +164,7 @@ class BatchedCalls:
         out = np.empty(m)
         n = ev.layout.sizes[param]
         rows = batched_rows(n, 1, ev.layout.dtypes[param].itemsize, self.memory)
-        with one_blas_thread():
+        with in_process_blas():
             for start in range(0, m, rows):
                 stop = min(m, start + rows)
                 ev.charge(stop - start)

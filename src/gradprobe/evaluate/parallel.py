@@ -17,6 +17,8 @@ evaluation runs with one BLAS thread wherever it runs, so results are the same b
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,7 +65,8 @@ class DispatchPolicy:
         0.4-0.5 s for 2 workers on 2 cores): a call dispatches only when its work pays for
         that too.
     auto_dispatch_seconds : float
-        The threshold in place of ``min_dispatch_seconds`` for ``n_jobs="auto"``.
+        For ``n_jobs="auto"`` (the default): the time a call must save on the workers (its
+        serial time times ``1 - 1/workers``), beyond starting them, to be dispatched.
     chunks_per_worker : int
         Chunks of entries per worker (and per numba thread): enough to balance uneven chunks
         and to check the deadline between rounds, few enough that per-task overhead stays
@@ -91,9 +94,14 @@ class DispatchPolicy:
             return False
         if loss_seconds is None:
             return True
-        threshold = self.auto_dispatch_seconds if auto else self.min_dispatch_seconds
+        serial = loss_seconds * n_evaluations
         startup = self.process_start_seconds if start_processes else 0.0
-        return loss_seconds * n_evaluations >= threshold + startup
+        if auto:
+            # The default: workers only where the time they save on this call (the part of it
+            # the other workers take) pays for dispatching and, first, for starting them.
+            saved = serial * (1.0 - 1.0 / n_workers)
+            return saved >= self.auto_dispatch_seconds + startup
+        return serial >= self.min_dispatch_seconds + startup
 
 
 #: The policy evaluators use unless given one (tests replace it with monkeypatch.setattr).
@@ -103,6 +111,14 @@ DEFAULT_POLICY = DispatchPolicy()
 def default_policy() -> DispatchPolicy:
     """The current :data:`DEFAULT_POLICY` (looked up at each call, so it can be replaced)."""
     return DEFAULT_POLICY
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
 
 
 def workers_for(n_jobs: Any) -> int:
@@ -146,32 +162,48 @@ class JoblibWorkers:
         policy: DispatchPolicy | None = None,
         auto: bool = False,
     ) -> None:
-        import joblib
-
         self.rows = rows
+        self.loss = loss
+        self.n_jobs = n_jobs
         self.policy = default_policy() if policy is None else policy
         self.auto = auto
-        self.n_workers = int(joblib.effective_n_jobs(n_jobs))
         self.loss_seconds: float | None = None
         self._calibrated = False  # loss_seconds measured on more than the first evaluation
         self.dispatched = 0  # joblib calls made
         self.in_process = 0  # calls kept in this process
-        self._parallel = joblib.Parallel(n_jobs=n_jobs, prefer="processes")
-        self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
-        self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
         self.worker_ids: set[str] = set()
         self.warnings: list[str] = []
+        #: Why ``n_jobs="auto"`` kept everything in this process although workers would pay.
+        self.kept_reason = ""
         self._entered = False
         #: Whether this placement sent work to joblib workers (and so may have started processes).
         self._started_processes = False
+        self._parallel: Any = None
+        if auto and "joblib" not in sys.modules:
+            # Under "auto" joblib is imported (~75 ms) only once a call is worth dispatching:
+            # a check of a cheap loss never pays for it. Until then, assume process workers
+            # on every core this process may use (what joblib would pick).
+            self.n_workers = available_cores()
+            self.backend_name, self.uses_threads = "loky", False
+        else:
+            self._connect()
+
+    def _connect(self) -> None:
+        """Build the joblib call for the configured backend (and check the loss pickles)."""
+        import joblib
+
+        self.n_workers = int(joblib.effective_n_jobs(self.n_jobs))
+        self._parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer="processes")
+        self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
+        self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
         if not self.uses_threads and self.n_workers >= 2:
             try:
-                check_picklable(loss, self.backend_name)
+                check_picklable(self.loss, self.backend_name)
             except InvalidInputError as exc:
-                if not auto:
+                if not self.auto:
                     raise
                 self.n_workers = 1
-                self.warnings.append(f"n_jobs='auto' stayed in this process: {exc}")
+                self.kept_reason = str(exc).split(";")[0]
 
     @property
     def executor(self) -> str:
@@ -179,7 +211,9 @@ class JoblibWorkers:
         if self.in_process and not self.dispatched:
             text += ", every call kept in process (too small for workers to pay off)"
         if self.auto:
-            return "auto (serial)" if self.dispatched == 0 else f"auto (serial + {text})"
+            if self.dispatched == 0:
+                return f"auto (serial: {self.kept_reason})" if self.kept_reason else "auto (serial)"
+            return f"auto (serial + {text})"
         return text
 
     # -- cost model ----------------------------------------------------------------------------
@@ -197,13 +231,22 @@ class JoblibWorkers:
 
     def worth_dispatching(self, n_evaluations: int) -> bool:
         """The policy's decision for ``n_evaluations`` now (measured cost, workers running)."""
-        return self.policy.dispatches(
-            n_evaluations,
-            loss_seconds=self.loss_seconds,
-            n_workers=self.n_workers,
-            start_processes=self.starts_processes,
-            auto=self.auto,
-        )
+
+        def decide() -> bool:
+            return self.policy.dispatches(
+                n_evaluations,
+                loss_seconds=self.loss_seconds,
+                n_workers=self.n_workers,
+                start_processes=self.starts_processes,
+                auto=self.auto,
+            )
+
+        if not decide():
+            return False
+        if self._parallel is None:
+            self._connect()  # the backend may have fewer workers, or the loss not pickle
+            return decide()
+        return True
 
     # -- evaluation ----------------------------------------------------------------------------
     def entry_losses(
@@ -313,7 +356,7 @@ class JoblibWorkers:
         user's Dask cluster is never touched.
         """
         try:
-            if self._entered:
+            if self._entered and self._parallel is not None:
                 self._entered = False
                 self._parallel.__exit__(None, None, None)
         finally:

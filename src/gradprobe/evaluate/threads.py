@@ -1,10 +1,16 @@
-"""One BLAS thread per loss evaluation: the threadpoolctl limit every evaluator runs under.
+"""BLAS threads per loss evaluation: one inside workers, the process's own in this process.
 
-Every loss evaluation, whatever the executor, runs under this limit: OpenBLAS splits some
-products differently with 1 and 2 threads and the loss changes in its last bits (measured on
-the mid-size example MLP: up to 8.9e-16), which would make the report depend on ``n_jobs``.
-Parallelism comes from workers, never from BLAS threads inside one evaluation, so workers x
-BLAS threads never exceed the cores. Without threadpoolctl nothing is limited.
+Workers (joblib processes or threads, numba threads) evaluate under :func:`one_blas_thread`, so
+workers x BLAS threads never exceed the cores. An evaluation in this process runs while no
+worker does (dispatch is synchronous), so it keeps every BLAS thread the process has
+(:func:`in_process_blas`): a serial check of a BLAS-heavy loss is as fast as a plain loop.
+
+OpenBLAS splits some products differently with 1 and 2 threads, so the same loss may differ in
+its last bits between a worker and this process (measured on the mid-size example MLP: up to
+8.9e-16 relative). Reports with and without workers may then differ in the last digits of a
+numeric derivative; the verdicts do not, as the pass rule's round-off floor covers those bits
+(the same bits that differ between CPUs' BLAS kernels). Without threadpoolctl nothing is
+limited.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["one_blas_thread", "refresh_blas_libraries"]
+__all__ = ["in_process_blas", "one_blas_thread", "refresh_blas_libraries"]
 
 _controller: Any = None
 
@@ -49,3 +55,9 @@ def one_blas_thread() -> Iterator[None]:
         return
     with controller.limit(limits=1, user_api="blas"):
         yield
+
+
+def in_process_blas() -> contextlib.AbstractContextManager[None]:
+    """The BLAS threads for an evaluation in this process, with no worker running: the
+    process's own (see the module); a worker's evaluations use :func:`one_blas_thread`."""
+    return contextlib.nullcontext()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MAGNITUDE_BINS", "STRATA", "Sample", "stratified_sample"]
+__all__ = ["MAGNITUDE_BINS", "STRATA", "Sample", "extend_sample", "stratified_sample"]
 
 #: Quantile bins of the nonzero ``|analytic|`` for the magnitude stratum.
 MAGNITUDE_BINS = 8
@@ -78,8 +78,10 @@ class Sample:
 class _Picker:
     """Accumulates distinct flat indices, remembering which stratum took each."""
 
-    def __init__(self, n_total: int, budget: int) -> None:
+    def __init__(self, n_total: int, budget: int, exclude: np.ndarray | None = None) -> None:
         self.taken = np.zeros(n_total, dtype=bool)
+        if exclude is not None:
+            self.taken[exclude] = True
         self.order: list[np.ndarray] = []
         self.counts: dict[str, int] = dict.fromkeys(STRATA, 0)
         self.budget = budget
@@ -121,7 +123,12 @@ def _cycled_permutations(rng: np.random.Generator, n: int, m: int) -> np.ndarray
     return np.concatenate([rng.permutation(n) for _ in range(reps)])[:m]
 
 
-def stratified_sample(rng: np.random.Generator, analytic: np.ndarray, n_sample: int) -> Sample:
+def stratified_sample(
+    rng: np.random.Generator,
+    analytic: np.ndarray,
+    n_sample: int,
+    exclude: np.ndarray | None = None,
+) -> Sample:
     """Choose ``n_sample`` distinct entries of a parameter, stratified by position and magnitude.
 
     Parameters
@@ -131,7 +138,10 @@ def stratified_sample(rng: np.random.Generator, analytic: np.ndarray, n_sample: 
     analytic : ndarray
         The analytic gradient of the parameter, in the parameter's shape.
     n_sample : int
-        Budget; every entry when ``n_sample >= analytic.size``.
+        Budget; every entry when ``n_sample >= analytic.size`` (and nothing is excluded).
+    exclude : ndarray of int, optional
+        Flat indices already checked (an earlier sample being extended): never chosen again;
+        the strata skip them as they skip their own duplicates.
 
     Returns
     -------
@@ -141,11 +151,12 @@ def stratified_sample(rng: np.random.Generator, analytic: np.ndarray, n_sample: 
     shape = tuple(analytic.shape)
     n_total = int(analytic.size)
     n_rows, n_mid, n_cols = _row_col_shape(shape)
-    if n_sample >= n_total:
+    n_excluded = 0 if exclude is None else int(np.unique(exclude).size)
+    if n_excluded == 0 and n_sample >= n_total:
         idx = np.arange(n_total, dtype=np.int64)
         return Sample(idx, {"all": n_total}, n_total, n_rows, n_cols, n_rows, n_cols)
-    n_sample = max(0, int(n_sample))
-    pick = _Picker(n_total, n_sample)
+    n_sample = max(0, min(int(n_sample), n_total - n_excluded))
+    pick = _Picker(n_total, n_sample, exclude)
     mag = np.abs(np.asarray(analytic, dtype=np.float64).reshape(-1))
 
     pick.add("edges", np.array([0, n_total - 1], dtype=np.int64))
@@ -194,3 +205,38 @@ def stratified_sample(rng: np.random.Generator, analytic: np.ndarray, n_sample: 
     cols_cov = np.unique(idx % n_cols).size
     strata = {k: v for k, v in pick.counts.items() if v}
     return Sample(idx, strata, n_total, rows_cov, cols_cov, n_rows, n_cols)
+
+
+def extend_sample(
+    rng: np.random.Generator,
+    analytic: np.ndarray,
+    first: Sample,
+    n_more: int,
+    checked: np.ndarray | None = None,
+) -> tuple[Sample, Sample]:
+    """Grow ``first`` by ``n_more`` entries, stratified the same way, skipping ``first`` and
+    any other entry already ``checked``.
+
+    Returns ``(extra, grown)``: the new entries alone (to evaluate) and ``first`` with them (to
+    report), whose strata add up the two samples' counts.
+    """
+    skip = first.flat_index if checked is None else np.union1d(first.flat_index, checked)
+    extra = stratified_sample(rng, analytic, n_more, exclude=skip.astype(np.int64))
+    shape = tuple(analytic.shape)
+    _, n_mid, n_cols = _row_col_shape(shape)
+    idx = np.union1d(first.flat_index, extra.flat_index).astype(np.int64)
+    strata = dict(first.strata)
+    for k, v in extra.strata.items():
+        strata[k] = strata.get(k, 0) + v
+    if idx.size == first.n_total:
+        strata = {"all": first.n_total}
+    grown = Sample(
+        idx,
+        strata,
+        first.n_total,
+        int(np.unique(idx // (n_mid * n_cols)).size),
+        int(np.unique(idx % n_cols).size),
+        first.n_rows,
+        first.n_cols,
+    )
+    return extra, grown
