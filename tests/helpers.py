@@ -181,7 +181,9 @@ MODELS = textwrap.dedent(
 
 
     def bad_input():
-        return gradprobe.Problem(loss=_loss, grad=_grad, params={"x": np.arange(3), "w": np.ones(2)})
+        return gradprobe.Problem(
+            loss=_loss, grad=_grad, params={"x": np.arange(3.0), "w": np.ones(2, dtype=complex)}
+        )
     """
 )
 

@@ -22,7 +22,13 @@ from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .evaluate import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
-from .layout import ParamLayout, normalize_params, promote_to_float64, validate_callable
+from .layout import (
+    ParamLayout,
+    describe_fixed,
+    normalize_params,
+    promote_to_float64,
+    validate_callable,
+)
 from .numerics import kernels
 from .numerics.steps import default_relative_step
 from .numerics.tolerances import loss_epsilon, precision_dtype, tolerance_for
@@ -75,11 +81,15 @@ def check(
     loss : callable
         ``loss(params) -> float``, called with a container of the same kind as ``params``.
     grad : callable or container
-        ``grad(params) -> container of arrays`` (same names and shapes as ``params``), or the
-        gradient already computed at ``params``.
-    params : mapping, sequence or ndarray
+        ``grad(params) -> container of arrays`` (same names and shapes as ``params``; leaves
+        held fixed may be left out), or the gradient already computed at ``params``.
+    params : mapping, sequence, dataclass or ndarray
         Float arrays by name (``{"W1": ..., "b1": ...}``), a sequence of arrays (named "0",
-        "1", ...) or one array (named "x"). Never modified.
+        "1", ...), one array (named "x"), or a tree of those (nested dicts, lists, tuples,
+        NamedTuples, dataclasses; names are paths such as ``"encoder.layers[0].W"``). Leaves
+        that are not float arrays (ints, strings, None, integer or bool arrays) are held fixed:
+        passed to the loss as they are, never perturbed, listed in ``report.warnings``. Never
+        modified.
     seed : int
         Seeds the choice of entries; the same seed gives the same report.
     samples : int, float, "all" or mapping, optional
@@ -218,6 +228,8 @@ class _Run:
             layout, base, promoted = promote_to_float64(layout, base)
         self.layout, self.base = layout, base
         self.warnings = _dtype_warnings(layout)
+        if layout.fixed:
+            self.warnings.append(f"held fixed (not checked): {describe_fixed(layout.fixed)}.")
         if promoted:
             self.warnings.append(
                 f"parameters {promoted} were promoted to float64 for the check (promote=True): "

@@ -7,19 +7,23 @@ found, where, and the fix.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .errors import InvalidInputError
+from .tree import TreeDef, flatten, match, unflatten
 
 __all__ = [
     "ParamLayout",
     "as_scalar_loss",
+    "describe_fixed",
     "normalize_gradient",
     "normalize_params",
     "promote_to_float64",
@@ -36,13 +40,18 @@ class ParamLayout:
     Attributes
     ----------
     names : tuple of str
-        Parameter names in order ("0", "1", ... for sequences, "x" for a single array).
+        Parameter names in order: paths in a tree (``encoder.layers[0].W``), the keys of a
+        flat mapping, "0", "1", ... for a flat sequence, "x" for a single array.
     kind : str
-        ``"mapping"``, ``"sequence"`` or ``"array"``.
+        ``"mapping"``, ``"sequence"``, ``"dataclass"`` or ``"array"`` (the top container).
     container_type : type
-        The mapping or sequence type to rebuild (``dict``, ``list``, ``tuple``...).
+        The type of the top container (``dict``, ``list``, ``tuple``...).
     shapes, dtypes : tuples
         Shape and dtype of each parameter.
+    tree : TreeDef
+        The structure :meth:`pack` rebuilds, holding the leaves that are not checked.
+    fixed : tuple of (str, str)
+        Each leaf held fixed (not a float array): its path and what it is (``"int64 array"``).
     """
 
     names: tuple[str, ...]
@@ -50,35 +59,25 @@ class ParamLayout:
     container_type: type
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[np.dtype, ...]
+    tree: TreeDef = field(repr=False, compare=False)
+    fixed: tuple[tuple[str, str], ...] = ()
+    watched: tuple[tuple[str, np.ndarray, str], ...] = field(default=(), repr=False)
 
     @property
     def sizes(self) -> tuple[int, ...]:
         return tuple(math.prod(s) for s in self.shapes)
 
     def pack(self, arrays: Sequence[Any]) -> Any:
-        """Build the user's kind of container around ``arrays`` (one per parameter)."""
+        """Build the user's kind of container around ``arrays`` (one per parameter); the
+        leaves held fixed are the caller's own objects."""
         if self.kind == "array":
             return arrays[0]
-        if self.kind == "sequence":
-            if self.container_type in (list, tuple):
-                return self.container_type(arrays)
-            if _is_namedtuple(self.container_type):
-                return self.container_type(*arrays)  # p.W works as it does on the caller's
-            try:
-                return self.container_type(arrays)
-            except TypeError:
-                return list(arrays)
-        values = dict(zip(self.names, arrays, strict=True))
-        if self.container_type is dict:
-            return values
-        try:
-            return self.container_type(values)
-        except TypeError:
-            return values
+        return unflatten(self.tree, arrays)
 
-
-def _is_namedtuple(kind: type) -> bool:
-    return issubclass(kind, tuple) and hasattr(kind, "_fields")
+    def changed_fixed(self) -> list[str]:
+        """The held-fixed arrays whose contents changed since the check began (written into
+        by the loss or grad: they are the caller's own arrays)."""
+        return [path for path, arr, digest in self.watched if _digest(arr) != digest]
 
 
 def _check_float_array(
@@ -122,40 +121,114 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
         return True
 
 
+def _describe(value: Any) -> str:
+    """What a leaf held fixed is, for the report: ``int64 array``, ``int``, ``str``."""
+    dtype = getattr(value, "dtype", None)
+    if hasattr(value, "shape") and dtype is not None and not isinstance(value, np.generic):
+        return f"{dtype} array"
+    return type(value).__name__
+
+
+def _dtype_kind(value: Any) -> str:
+    """The numpy kind of an array-like leaf ("f", "i", ...), or "" for a leaf that is none."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind
+    if isinstance(value, (numbers.Number, np.generic, str, bytes)) or value is None:
+        return ""  # scalars and text are data, held fixed
+    if not hasattr(value, "__array__"):
+        return ""
+    dtype = getattr(value, "dtype", None)
+    try:
+        return np.dtype(dtype).kind if dtype is not None else np.asarray(value).dtype.kind
+    except Exception:  # a framework's own dtype (torch.float32): let the array check decide
+        try:
+            return np.asarray(value).dtype.kind
+        except Exception:
+            return "f"
+
+
+def _is_param(path: str, value: Any) -> bool:
+    """A float array is a parameter; complex arrays are refused; the rest is held fixed."""
+    kind = _dtype_kind(value)
+    if kind == "c":
+        _check_float_array(path, value, "parameter")  # raises, with the fix
+    return kind in FLOAT_KINDS
+
+
+def _digest(value: np.ndarray) -> str:
+    return hashlib.blake2b(
+        np.ascontiguousarray(value).view(np.uint8).data, digest_size=16
+    ).hexdigest()
+
+
+def describe_fixed(fixed: Sequence[tuple[str, str]]) -> str:
+    """``labels (int64 array), cfg.n_heads (int)``, at most :data:`MAX_LISTED` of them."""
+    text = ", ".join(f"{path} ({what})" for path, what in fixed[:MAX_LISTED])
+    return text + (f" and {len(fixed) - MAX_LISTED} more" if len(fixed) > MAX_LISTED else "")
+
+
+def _no_parameter_error(held: list[tuple[str, Any]]) -> InvalidInputError:
+    found = describe_fixed([(p, _describe(v)) for p, v in held])
+    arrays = [(p, v) for p, v in held if _dtype_kind(v) not in ("", "f")]
+    if arrays:  # the message of a single array, which names the dtype and the fix
+        try:
+            _check_float_array(arrays[0][0], arrays[0][1], "parameter")
+        except InvalidInputError as exc:
+            return InvalidInputError(
+                f"{exc} params: no floating-point array to check, only leaves held fixed: {found}."
+            )
+    return InvalidInputError(
+        "params: expected at least one floating-point array to check, found only leaves held "
+        f"fixed: {found}. Pass the parameters to check as float arrays "
+        "(np.asarray(v, dtype=np.float64))."
+    )
+
+
+#: Leaves named in a message or warning before "and N more".
+MAX_LISTED = 10
+
+
 def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
     """Validate ``params`` and return its layout and private C-contiguous copies.
 
-    The copies are what the check perturbs: the caller's arrays are never written to.
+    ``params`` is one array or a tree (mappings, sequences, NamedTuples, dataclasses) whose
+    float-array leaves are the parameters; other leaves (ints, strings, None, integer or bool
+    arrays) are held fixed, passed as they are. The copies are what the check perturbs: the
+    caller's arrays are never written to.
     """
     if isinstance(params, np.ndarray):
-        kind, container_type, items = "array", np.ndarray, [("x", params)]
+        kind, container_type = "array", np.ndarray
+        _check_float_array("x", params, "parameter")
     elif isinstance(params, Mapping):
         if len(params) == 0:
             raise InvalidInputError(
                 "params: expected at least one parameter, found an empty mapping."
             )
-        for key in params:
-            if not isinstance(key, str):
-                raise InvalidInputError(
-                    f"params: expected string keys (parameter names), found key {key!r} of "
-                    f"type {type(key).__name__}. Use names such as 'W1', 'b1'."
-                )
-        kind, container_type, items = "mapping", type(params), list(params.items())
+        kind, container_type = "mapping", type(params)
     elif isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
         if len(params) == 0:
             raise InvalidInputError(
                 "params: expected at least one parameter, found an empty sequence."
             )
         kind, container_type = "sequence", type(params)
-        items = [(str(i), value) for i, value in enumerate(params)]
+    elif dataclasses.is_dataclass(params) and not isinstance(params, type):
+        kind, container_type = "dataclass", type(params)
     else:
         raise InvalidInputError(
-            "params: expected a mapping of names to float arrays, a sequence of arrays or one "
-            f"array, found {type(params).__name__}."
+            "params: expected a mapping of names to float arrays, a sequence of arrays, a tree "
+            f"of those (dataclasses, NamedTuples) or one array, found {type(params).__name__}."
         )
+    flat = flatten(params, _is_param)
+    if not flat.params:
+        raise _no_parameter_error(flat.held)
     arrays = []
     originals: list[tuple[str, np.ndarray]] = []
-    for name, value in items:
+    for name, value in flat.params:
+        if any(name == other for other, _ in originals):
+            raise InvalidInputError(
+                f"params: expected one leaf per path, found two named {name!r} (a key with a "
+                "'.' beside a nested container of the same path). Rename one of them."
+            )
         arr = _check_float_array(name, value, "parameter")
         for other_name, other in originals:
             if _overlap(arr, other):
@@ -174,34 +247,35 @@ def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
             )
         arrays.append(np.array(arr, dtype=arr.dtype, order="C", copy=True))
     layout = ParamLayout(
-        names=tuple(name for name, _ in items),
+        names=tuple(name for name, _ in flat.params),
         kind=kind,
         container_type=container_type,
         shapes=tuple(a.shape for a in arrays),
         dtypes=tuple(a.dtype for a in arrays),
+        tree=flat.treedef,
+        fixed=tuple((p, _describe(v)) for p, v in flat.held),
+        watched=tuple((p, v, _digest(v)) for p, v in flat.held if isinstance(v, np.ndarray)),
     )
     return layout, arrays
 
 
 def normalize_gradient(layout: ParamLayout, grad: Any) -> list[np.ndarray]:
-    """Validate a gradient container against ``layout``; return float64 copies in order."""
-    if layout.kind == "array" and isinstance(grad, np.ndarray):
+    """Validate a gradient container against ``layout``; return float64 copies in order.
+
+    The gradient has the structure of the parameters, or one with the same paths (a mapping
+    keyed by the parameter names will do); leaves held fixed may be left out.
+    """
+    names = set(layout.names)
+    if (
+        isinstance(grad, Mapping)
+        and all(isinstance(k, str) for k in grad)
+        and names <= set(grad) <= names | {p for p, _ in layout.fixed}
+    ):
+        values = [grad[n] for n in layout.names]  # keyed by path
+    elif layout.kind == "array":
         values = [grad]
-    elif isinstance(grad, Mapping):
-        _check_gradient_keys(layout, grad)
-        values = [grad[n] for n in layout.names]
-    elif isinstance(grad, Sequence) and not isinstance(grad, (str, bytes)):
-        if len(grad) != len(layout.names):
-            raise InvalidInputError(
-                f"grad: expected {len(layout.names)} gradient arrays (one per parameter "
-                f"{list(layout.names)}), found {len(grad)}."
-            )
-        values = list(grad)
     else:
-        raise InvalidInputError(
-            f"grad: expected a container of arrays like params ({layout.kind}), found "
-            f"{type(grad).__name__}."
-        )
+        values = match(layout.tree, grad)
     result = []
     for name, shape, value in zip(layout.names, layout.shapes, values, strict=True):
         arr = _check_float_array(name, value, "gradient of", integers_are_values=True)
@@ -217,36 +291,6 @@ def normalize_gradient(layout: ParamLayout, grad: Any) -> list[np.ndarray]:
             )
         result.append(np.array(arr, dtype=np.float64, order="C", copy=True))
     return result
-
-
-def _typed(keys: Sequence[Any]) -> str:
-    """``['W', 0]`` shown with each key's type: ``['W' (str), 0 (int)]``."""
-    return "[" + ", ".join(f"{k!r} ({type(k).__name__})" for k in keys) + "]"
-
-
-def _check_gradient_keys(layout: ParamLayout, grad: Mapping[Any, Any]) -> None:
-    """The keys of a gradient mapping must be the parameter names themselves (str)."""
-    missing = [n for n in layout.names if n not in grad]
-    extra = [k for k in grad if k not in layout.names]
-    if not missing and not extra:
-        return
-    message = (
-        f"grad: expected the same names as params {_typed(layout.names)}, found "
-        f"{_typed(list(grad))}"
-    )
-    if missing:
-        message += f"; missing {missing}"
-    if extra:
-        message += f"; unexpected {_typed(extra)}"
-    as_text = {str(k) for k in extra}
-    if as_text and as_text <= set(missing):
-        message += (
-            ". The keys name the right parameters but are not str: return the gradient under "
-            "the same str names, e.g. {str(k): g for k, g in grads.items()}"
-        )
-    raise InvalidInputError(
-        message + ". Return one gradient array per parameter, under the parameter's name."
-    )
 
 
 def as_scalar_loss(value: Any, where: str) -> float:

@@ -1,9 +1,10 @@
 """``samples=``: how many entries of each parameter are checked one by one.
 
 A request is ``"all"``, a count (``0``: none, leaving the probes), a fraction in (0, 1], or a
-mapping from parameter name to one of those; :func:`validate_samples` turns it into one
-:class:`SampleSpec` per parameter, and :func:`samples_from_text` reads ``--samples``. The
-option itself is listed with the others in :mod:`gradprobe.options`.
+mapping from parameter name to one of those (a path in a tree; nested mappings are joined by
+"."); :func:`validate_samples` turns it into one :class:`SampleSpec` per parameter, and
+:func:`samples_from_text` reads ``--samples``. The option itself is listed with the others in
+:mod:`gradprobe.options`.
 
 The default is adaptive (:meth:`SampleSpec.plan`): a parameter of at most :data:`CHECK_ALL_UP_TO`
 entries is checked in full (a sample saves little there, and probes over few entries cannot
@@ -105,6 +106,7 @@ def validate_samples(samples: Any, names: Sequence[str] | None) -> dict[str, Sam
     the names of a mapping are not, and the result is keyed by the names given.
     """
     if isinstance(samples, Mapping):
+        samples = _by_path(samples)
         if names is None:
             return {str(n): _parse_one_sample(v, f"samples[{n!r}]") for n, v in samples.items()}
         unknown = [k for k in samples if k not in names]
@@ -115,6 +117,19 @@ def validate_samples(samples: Any, names: Sequence[str] | None) -> dict[str, Sam
         return {n: _parse_one_sample(samples.get(n), f"samples[{n!r}]") for n in names}
     spec = _parse_one_sample(samples, "samples")
     return dict.fromkeys(names or (), spec)
+
+
+def _by_path(samples: Mapping[Any, Any], prefix: str = "") -> dict[Any, Any]:
+    """Nested mappings keyed by path (TOML's ``encoder.W = 32`` is ``{"encoder": {"W": 32}}``)
+    flattened to the parameter names ``"encoder.W"``."""
+    out: dict[Any, Any] = {}
+    for key, value in samples.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping):
+            out.update(_by_path(value, str(name)))
+        else:
+            out[name] = value
+    return out
 
 
 def samples_from_text(text: str) -> int | float | str:

@@ -131,7 +131,7 @@ def _mutated(
         name
         for name, g, b in zip(layout.names, given, base, strict=True)
         if not np.array_equal(g, b)  # parameters are finite (validated): no NaN to equate
-    ]
+    ] + layout.changed_fixed()  # held-fixed leaves are the caller's own arrays
 
 
 def _mutation_error(who: str, names: list[str]) -> InvalidInputError:

@@ -1,0 +1,313 @@
+"""Parameter trees: nested containers flattened to named leaves, and rebuilt.
+
+A tree is a leaf or a container of trees: a mapping, a list or tuple (any sequence but text),
+a ``NamedTuple`` or a dataclass instance. Leaves are named by their path: mapping keys and
+attribute names joined by ``"."``, sequence indices as ``[i]`` (``encoder.layers[0].W``); a
+flat sequence at the top (leaves only) keeps the bare indices ``"0"``, ``"1"``, ..., a single
+leaf is ``"x"``. Which leaves are parameters is the caller's choice (``is_param``); the others
+are held: a subtree without a parameter is kept as the very object given, and every rebuild
+(:func:`unflatten`) puts it back as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidInputError
+
+__all__ = ["Flat", "TreeDef", "flatten", "match", "unflatten"]
+
+_TEXT = (str, bytes, bytearray, memoryview)
+_MISSING = object()
+
+
+@dataclass(frozen=True, eq=False)
+class TreeDef:
+    """One node of a tree's structure.
+
+    Attributes
+    ----------
+    kind : str
+        ``"param"`` (a parameter leaf, filled on rebuild), ``"held"`` (an object kept as is:
+        a fixed leaf or a subtree without parameters), ``"mapping"``, ``"sequence"``,
+        ``"namedtuple"`` or ``"dataclass"``.
+    type : type or None
+        The container's type, rebuilt around the children.
+    keys : tuple
+        Mapping keys, attribute names (NamedTuple, dataclass) or indices (sequence).
+    segments : tuple of str
+        Each child's own part of a path, as a gradient mapping may key it.
+    paths : tuple of str
+        Each child's full path.
+    children : tuple of TreeDef
+    value : object
+        The held object of a ``"held"`` node.
+    n_params : int
+        Parameter leaves below (and at) this node.
+    """
+
+    kind: str
+    type: type | None = None
+    keys: tuple[Any, ...] = ()
+    segments: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    children: tuple[TreeDef, ...] = ()
+    value: Any = None
+    n_params: int = 0
+
+
+@dataclass(frozen=True)
+class Flat:
+    """A flattened tree: its structure, its parameter leaves and its held leaves, by path."""
+
+    treedef: TreeDef
+    params: list[tuple[str, Any]]
+    held: list[tuple[str, Any]]  # every non-parameter leaf, inside held subtrees too
+
+
+def _container_kind(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        return "namedtuple"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return "dataclass"
+    if isinstance(value, Sequence) and not isinstance(value, _TEXT):
+        return "sequence"
+    return None
+
+
+def _items(kind: str, value: Any) -> list[tuple[Any, Any]]:
+    if kind == "mapping":
+        return list(value.items())
+    if kind == "dataclass":
+        return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value) if f.init]
+    if kind == "namedtuple":
+        return list(zip(type(value)._fields, value, strict=True))
+    return list(enumerate(value))
+
+
+def _segment(kind: str, key: Any, path: str) -> tuple[str, str]:
+    """A child's segment (its name in a gradient mapping) and its full path."""
+    if kind == "sequence":
+        return str(key), f"{path}[{key}]"
+    if isinstance(key, str):
+        return key, f"{path}.{key}" if path else key
+    return repr(key), f"{path}[{key!r}]"
+
+
+def flatten(tree: Any, is_param: Callable[[str, Any], bool]) -> Flat:
+    """Flatten ``tree``; ``is_param(path, leaf)`` says which leaves are parameters (it may
+    raise ``InvalidInputError`` for a leaf it refuses)."""
+    params: list[tuple[str, Any]] = []
+    held: list[tuple[str, Any]] = []
+    kind = _container_kind(tree)
+    if kind is None:
+        node = _leaf("x", tree, is_param, params, held)
+        return Flat(node, params, held)
+    flat_root = kind in ("sequence", "namedtuple") and all(
+        _container_kind(v) is None for _, v in _items(kind, tree)
+    )
+    node = _flatten(tree, kind, "", is_param, params, held, {id(tree)}, flat_root)
+    return Flat(node, params, held)
+
+
+def _leaf(
+    path: str,
+    value: Any,
+    is_param: Callable[[str, Any], bool],
+    params: list[tuple[str, Any]],
+    held: list[tuple[str, Any]],
+) -> TreeDef:
+    if is_param(path, value):
+        params.append((path, value))
+        return TreeDef("param", n_params=1)
+    held.append((path, value))
+    return TreeDef("held", value=value)
+
+
+def _flatten(
+    tree: Any,
+    kind: str,
+    path: str,
+    is_param: Callable[[str, Any], bool],
+    params: list[tuple[str, Any]],
+    held: list[tuple[str, Any]],
+    on_path: set[int],
+    flat_root: bool = False,
+) -> TreeDef:
+    keys, segments, paths, children = [], [], [], []
+    for i, (key, value) in enumerate(_items(kind, tree)):
+        if flat_root:  # a flat sequence at the top: "0", "1", ... as before trees
+            segment = child_path = str(i)
+        else:
+            segment, child_path = _segment(kind, key, path)
+        child_kind = _container_kind(value)
+        if child_kind is None:
+            child = _leaf(child_path, value, is_param, params, held)
+        else:
+            if id(value) in on_path:
+                raise InvalidInputError(
+                    f"params: expected a tree of containers, found {child_path!r} containing "
+                    "itself (a cycle). Pass each parameter once, in a tree without cycles."
+                )
+            child = _flatten(
+                value, child_kind, child_path, is_param, params, held, on_path | {id(value)}
+            )
+        if kind == "mapping" and not isinstance(key, str) and child.n_params:
+            where = f"at {path!r}" if path else "at the top level"
+            raise InvalidInputError(
+                f"params: expected string keys (parameter names), found key {key!r} of type "
+                f"{type(key).__name__} {where}. Use names such as 'W1', 'b1'."
+            )
+        keys.append(key)
+        segments.append(segment)
+        paths.append(child_path)
+        children.append(child)
+    n_params = sum(c.n_params for c in children)
+    if n_params == 0:
+        return TreeDef("held", value=tree)
+    return TreeDef(
+        kind,
+        type=type(tree),
+        keys=tuple(keys),
+        segments=tuple(segments),
+        paths=tuple(paths),
+        children=tuple(children),
+        n_params=n_params,
+    )
+
+
+def unflatten(treedef: TreeDef, params: Sequence[Any]) -> Any:
+    """Rebuild the tree around ``params`` (one per parameter leaf, in flattening order)."""
+    it = iter(params)
+    return _build(treedef, it)
+
+
+def _build(node: TreeDef, params: Any) -> Any:
+    if node.kind == "param":
+        return next(params)
+    if node.kind == "held":
+        return node.value
+    values = [_build(child, params) for child in node.children]
+    kind, cls = node.kind, node.type
+    assert cls is not None
+    if kind == "namedtuple":
+        return cls(*values)  # p.W works as it does on the caller's
+    if kind == "dataclass":
+        return cls(**dict(zip(node.keys, values, strict=True)))
+    if kind == "mapping":
+        mapping = dict(zip(node.keys, values, strict=True))
+        if cls is dict:
+            return mapping
+        try:
+            return cls(mapping)
+        except TypeError:
+            return mapping
+    if cls in (list, tuple):
+        return cls(values)
+    try:
+        return cls(values)
+    except TypeError:
+        return tuple(values) if issubclass(cls, tuple) else list(values)
+
+
+def match(treedef: TreeDef, other: Any, what: str = "grad") -> list[Any]:
+    """The leaves of ``other`` at the paths of ``treedef``'s parameters, in order.
+
+    ``other`` has the same structure, or one with the same paths: a mapping may stand for any
+    container (keyed by the path segments), a sequence for a mapping (in key order), and an
+    object with the attributes for a NamedTuple or dataclass. What stands at held leaves is
+    ignored and may be left out.
+    """
+    out: list[Any] = []
+    _match(treedef, other, "", what, out)
+    return out
+
+
+def _where(what: str, path: str) -> str:
+    return f"{what} at {path!r}" if path else what
+
+
+def _match(node: TreeDef, other: Any, path: str, what: str, out: list[Any]) -> None:
+    if node.kind == "held":
+        return
+    if node.kind == "param":
+        out.append(other)
+        return
+    values = _children_of(node, other, path, what)
+    for i, (child, value) in enumerate(zip(node.children, values, strict=True)):
+        child_path = node.paths[i]
+        if value is _MISSING and child.n_params:
+            raise InvalidInputError(
+                f"{_where(what, path)}: expected an entry {node.segments[i]!r} holding the "
+                f"gradient of {child_path!r}, found none in {type(other).__name__}. Return the "
+                "gradient in the structure of params (leaves held fixed may be left out)."
+            )
+        _match(child, value, child_path, what, out)
+
+
+def _children_of(node: TreeDef, other: Any, path: str, what: str) -> list[Any]:
+    if isinstance(other, Mapping):
+        names = node.keys if node.kind == "mapping" else node.segments
+        _check_keys(node, names, other, path, what)
+        return [other.get(k, _MISSING) for k in names]
+    if isinstance(other, Sequence) and not isinstance(other, _TEXT) and node.kind != "dataclass":
+        n = len(node.children)
+        last = max(i for i, c in enumerate(node.children) if c.n_params)
+        if not last < len(other) <= n:
+            if not path:
+                raise InvalidInputError(
+                    f"{what}: expected {n} gradient arrays (one per parameter "
+                    f"{list(node.segments)}), found {len(other)}."
+                )
+            raise InvalidInputError(
+                f"{_where(what, path)}: expected {n} entries like params, found {len(other)}."
+            )
+        return [other[i] if i < len(other) else _MISSING for i in range(n)]
+    if node.kind in ("namedtuple", "dataclass") and other is not None:
+        return [getattr(other, k, _MISSING) for k in node.keys]
+    like = {"mapping": "a mapping", "dataclass": f"a {node.type.__name__}"}.get(  # type: ignore[union-attr]
+        node.kind, "a sequence"
+    )
+    raise InvalidInputError(
+        f"{_where(what, path)}: expected {like} of gradients like params, found "
+        f"{type(other).__name__}. Return the gradient in the structure of params."
+    )
+
+
+def _typed(keys: Sequence[Any]) -> str:
+    """``['W', 0]`` shown with each key's type: ``['W' (str), 0 (int)]``."""
+    return "[" + ", ".join(f"{k!r} ({type(k).__name__})" for k in keys) + "]"
+
+
+def _check_keys(
+    node: TreeDef, names: Sequence[Any], other: Mapping[Any, Any], path: str, what: str
+) -> None:
+    """A gradient mapping's keys must be the container's own (str) names; those of held
+    children may be left out."""
+    needed = [n for n, c in zip(names, node.children, strict=True) if c.n_params]
+    missing = [n for n in needed if n not in other]
+    extra = [k for k in other if k not in names]
+    if not missing and not extra:
+        return
+    message = (
+        f"{_where(what, path)}: expected the same names as params {_typed(names)}, found "
+        f"{_typed(list(other))}"
+    )
+    if missing:
+        message += f"; missing {missing}"
+    if extra:
+        message += f"; unexpected {_typed(extra)}"
+    as_text = {str(k) for k in extra}
+    if as_text and as_text <= set(missing):
+        message += (
+            ". The keys name the right parameters but are not str: return the gradient under "
+            "the same str names, e.g. {str(k): g for k, g in grads.items()}"
+        )
+    raise InvalidInputError(
+        message + ". Return one gradient array per parameter, under the parameter's name."
+    )
