@@ -7,6 +7,7 @@ and assemble the report. Each step lives in the module named for it.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -291,6 +292,31 @@ class _Run:
         self.warnings.extend(
             _precision_warnings(self.contexts, noise.sigma, base_value, self.loss_eps)
         )
+        self._announce_cost()
+
+    def _announce_cost(self) -> None:
+        """The planned evaluations (settings) and the time they will take by the measured cost
+        of one (timings); a check predicted to take over a minute says so on a terminal."""
+        planned = sum(
+            planned_evaluations(first, size, self.options.probes, self.options.slice_probes, shape)
+            for (first, _), size, shape in zip(
+                self.sample_plans, self.layout.sizes, self.layout.shapes, strict=True
+            )
+        )
+        self.noise_info["planned_evaluations"] = planned
+        seconds = self.evaluator.base_seconds
+        if seconds is None:
+            return
+        workers = max(1, getattr(self.evaluator.placement, "n_workers", 1))
+        predicted = planned * seconds / (workers if planned * seconds > 1.0 else 1)
+        self.timings["predicted"] = predicted
+        if predicted > ANNOUNCE_SECONDS and sys.stderr.isatty():
+            print(
+                f"gradprobe: this check will take about {_duration(predicted)} "
+                f"({planned:,} loss evaluations of ~{seconds * 1e3:.3g} ms); pass samples=, "
+                "timeout= or budget= to bound it.",
+                file=sys.stderr,
+            )
 
     def gather_evidence(self) -> None:
         """Each parameter's sample, probes and bisection."""
@@ -302,15 +328,23 @@ class _Run:
             if callable(announce):
                 announce(name, p, len(names))
             first, grow_to = self.sample_plans[p]
-            self.evidence[name] = gather_evidence(
-                self.contexts[name],
-                first,
-                np.random.default_rng(self.seeds[p]),
-                probes=self.options.probes,
-                slice_probes=self.options.slice_probes,
-                nonfinite=self.nonfinite.get(name),
-                grow_to=grow_to,
-            )
+            try:
+                evidence = gather_evidence(
+                    self.contexts[name],
+                    first,
+                    np.random.default_rng(self.seeds[p]),
+                    probes=self.options.probes,
+                    slice_probes=self.options.slice_probes,
+                    nonfinite=self.nonfinite.get(name),
+                    grow_to=grow_to,
+                )
+            except (CheckAborted, KeyboardInterrupt) as exc:
+                # Stopped on the way: keep the entries this parameter finished.
+                partial = getattr(exc, "partial_evidence", None)
+                if partial is not None:
+                    self.evidence[name] = partial
+                raise
+            self.evidence[name] = evidence
 
     def diagnose(self) -> None:
         """The likely cause of each failing parameter."""
@@ -363,6 +397,30 @@ def _context(
         relative_step=options.eps or default_relative_step(dtype, options.method, coarse),
         method=options.method,
     )
+
+
+#: A check predicted to take longer than this many seconds says so on stderr (a terminal).
+ANNOUNCE_SECONDS = 60.0
+
+
+def planned_evaluations(
+    first: int, size: int, probes: int, slice_probes: bool, shape: tuple[int, ...]
+) -> int:
+    """Loss evaluations one parameter's check plans before any disagreement (2 per sampled
+    entry; for a sampled parameter 2 per probe plus 4 for the pilot, and 2 per row with
+    ``slice_probes``); retries, bisection and growth come on top where evidence disagrees."""
+    total = 2 * first
+    if probes and first < size:
+        total += 4 + 2 * probes + (2 * shape[0] if slice_probes and shape else 0)
+    return total
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _timeout_message(timeout: float) -> str:

@@ -12,11 +12,14 @@ diagnosis reads as much per-entry evidence as a large sample would have given.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ..errors import CheckAborted
 from ..numerics.sampling import Sample, extend_sample, stratified_sample
 from .context import ParamCheck
 from .entries import EntryResults, evaluate_entries, merge_entry_results
@@ -45,6 +48,9 @@ class Evidence:
         Loss evaluations and wall time spent gathering it.
     grown : bool
         The first sample was extended because the evidence disagreed.
+    finished : bool
+        False for the entries finished before the check stopped (time limit, budget,
+        Ctrl-C) while this parameter was being checked: they are reported, with no verdict.
     """
 
     sample: Sample
@@ -55,6 +61,7 @@ class Evidence:
     n_evaluations: int = 0
     seconds: float = 0.0
     grown: bool = False
+    finished: bool = True
 
 
 def gather_evidence(
@@ -70,38 +77,82 @@ def gather_evidence(
     """Check ``n_sample`` stratified entries of ``ctx``'s parameter, then probe every entry
     along ``probes`` random directions (when the sample is not complete) and bisect failures;
     when anything disagreed, extend the sample to ``grow_to`` entries.
+
+    A check stopped on the way (time limit, budget, Ctrl-C) re-raises with the entries
+    finished so far as ``exc.partial_evidence`` (an :class:`Evidence` with ``finished`` False).
     """
     start, n0 = time.perf_counter(), ctx.evaluator.n_evaluations
     analytic = ctx.analytic_flat.reshape(ctx.shape)
     nonfinite = np.empty(0, dtype=np.int64) if nonfinite is None else nonfinite
-    sample = stratified_sample(rng, analytic, n_sample)
-    entries = evaluate_entries(ctx, sample.flat_index)
-    outcome = None
-    # Probes add nothing where every entry was checked one by one.
-    if probes and not sample.complete:
-        outcome = run_probes(
-            ctx, rng, n_directions=probes, slice_probes=slice_probes, checked=entries
+    done: list[EntryResults] = []  # finished blocks, kept when the check stops
+
+    def evidence(sample: Sample, entries: EntryResults, **more: Any) -> Evidence:
+        in_sample = np.isin(entries.flat_index, sample.flat_index)
+        return Evidence(
+            sample=sample,
+            entries=entries,
+            n_failed_sampled=int(np.count_nonzero(entries.failed & in_sample)),
+            nonfinite=nonfinite,
+            n_evaluations=ctx.evaluator.n_evaluations - n0,
+            seconds=time.perf_counter() - start,
+            **more,
         )
-        if outcome.leaves is not None:
-            entries = merge_entry_results(entries, outcome.leaves)
-    grown = False
-    if grow_to is not None and grow_to > sample.size and _disagrees(entries, outcome, nonfinite):
-        extra, sample = extend_sample(
-            rng, analytic, sample, grow_to - sample.size, checked=entries.flat_index
-        )
-        entries = merge_entry_results(entries, evaluate_entries(ctx, extra.flat_index))
-        grown = True
-    in_sample = np.isin(entries.flat_index, sample.flat_index)
-    return Evidence(
-        sample=sample,
-        entries=entries,
-        n_failed_sampled=int(np.count_nonzero(entries.failed & in_sample)),
-        outcome=outcome,
-        nonfinite=nonfinite,
-        n_evaluations=ctx.evaluator.n_evaluations - n0,
-        seconds=time.perf_counter() - start,
-        grown=grown,
-    )
+
+    try:
+        sample = stratified_sample(rng, analytic, n_sample)
+        entries = _evaluate_in_blocks(ctx, sample.flat_index, done)
+        outcome = None
+        # Probes add nothing where every entry was checked one by one.
+        if probes and not sample.complete:
+            outcome = run_probes(
+                ctx, rng, n_directions=probes, slice_probes=slice_probes, checked=entries
+            )
+            if outcome.leaves is not None:
+                entries = merge_entry_results(entries, outcome.leaves)
+        grown = False
+        if (
+            grow_to is not None
+            and grow_to > sample.size
+            and _disagrees(entries, outcome, nonfinite)
+        ):
+            extra, grown_sample = extend_sample(
+                rng, analytic, sample, grow_to - sample.size, checked=entries.flat_index
+            )
+            entries = merge_entry_results(entries, _evaluate_in_blocks(ctx, extra.flat_index, done))
+            sample, grown = grown_sample, True
+    except (CheckAborted, KeyboardInterrupt) as exc:
+        if done:
+            finished = functools.reduce(merge_entry_results, done)
+            partial = Sample(finished.flat_index, {}, ctx.size)
+            exc.partial_evidence = evidence(partial, finished, outcome=None, finished=False)  # type: ignore[union-attr]
+        raise
+    return evidence(sample, entries, outcome=outcome, grown=grown)
+
+
+#: Entries per block of a sample: a check stopped by its time limit or budget keeps the blocks
+#: it finished (workers still share each block).
+MIN_BLOCK_ENTRIES = 256
+#: ... and at most this many blocks per sample, so dispatching them stays cheap.
+MAX_BLOCKS = 64
+
+
+def _evaluate_in_blocks(
+    ctx: ParamCheck, flat_index: np.ndarray, done: list[EntryResults]
+) -> EntryResults:
+    """:func:`evaluate_entries` block by block, appending each finished block to ``done``."""
+    block = max(MIN_BLOCK_ENTRIES, -(-flat_index.size // MAX_BLOCKS))
+    results = []
+    a = 0
+    while True:
+        left = ctx.evaluator.evaluations_left()
+        # Under a budget, a block that fits in what is left (2 evaluations per entry) runs
+        # before the budget stops the check, so the report keeps it.
+        size = block if left is None else max(1, min(block, left // 2))
+        results.append(evaluate_entries(ctx, flat_index[a : a + size]))
+        done.append(results[-1])
+        a += size
+        if a >= flat_index.size:
+            return functools.reduce(merge_entry_results, results)
 
 
 def _disagrees(entries: EntryResults, outcome: ProbeOutcome | None, nonfinite: np.ndarray) -> bool:

@@ -36,12 +36,14 @@ UNVERIFIED_SHARE = 0.9
 def passes(evidence: Evidence) -> bool:
     """THE verdict: no checked entry fails (kinks excluded), the probes did not find a
     disagreement beyond ``rtol`` too widespread or too frequent to localize, and the analytic
-    gradient is finite everywhere. Probes only raise suspicions: entries are failed by the
+    gradient is finite everywhere; a parameter whose check was stopped has no verdict (False).
+    Probes only raise suspicions: entries are failed by the
     per-entry rule, so the verdict honours ``rtol`` whatever ``samples=`` is."""
     outcome = evidence.outcome
     widespread = outcome is not None and (outcome.widespread or outcome.capped)
     return (
-        not bool(np.any(evidence.entries.failed))
+        evidence.finished
+        and not bool(np.any(evidence.entries.failed))
         and not widespread
         and evidence.nonfinite.size == 0
     )
@@ -101,7 +103,12 @@ def build_report(
         n_probes=outcome.n_probes if outcome is not None else 0,
         n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
         n_unverified=int(np.count_nonzero(~resolved & ~entries.kink)),
-        probe_note=probe_note(outcome, ctx.shape),
+        probe_note=(
+            probe_note(outcome, ctx.shape)
+            if evidence.finished
+            else "unfinished: the check stopped while this parameter was being checked (the "
+            "entries above are those finished by then; no probe covered the rest)"
+        ),
     )
     return ParamReport(
         name=ctx.name,
@@ -131,6 +138,7 @@ def build_report(
         coverage=coverage,
         diagnosis=diagnosis,
         n_evaluations=evidence.n_evaluations,
+        finished=evidence.finished,
     )
 
 

@@ -128,6 +128,9 @@ class Evaluator:
         self.planned_evaluations = int(planned_evaluations)
         self.n_evaluations = 0
         self._base_value: float | None = None
+        #: Seconds one evaluation takes in this process: the fastest of the base point's and
+        #: the later unperturbed calls (pre-flight, noise estimate); None before any ran.
+        self.base_seconds: float | None = None
         #: Things the report should tell the user about how the loss was evaluated.
         self.warnings: list[str] = list(placement.warnings)
 
@@ -180,8 +183,21 @@ class Evaluator:
 
     # -- evaluation ----------------------------------------------------------------------------
     def call_loss(self, arrays: Sequence[np.ndarray], where: str) -> float:
-        """Call the loss on ``arrays`` (one per parameter) and return a float."""
-        return self.rows.call_loss(self, arrays, where)
+        """Call the loss on ``arrays`` (one per parameter) and return a float.
+
+        Its time refines :attr:`base_seconds` (the fastest seen: the first call is often cold)
+        and the placement's estimate of one evaluation's cost."""
+        start = time.perf_counter()
+        value = self.rows.call_loss(self, arrays, where)
+        seconds = time.perf_counter() - start
+        if self.base_seconds is not None:
+            self.base_seconds = min(self.base_seconds, seconds)
+            self.placement.observe(seconds, 1)
+        return value
+
+    def evaluations_left(self) -> int | None:
+        """Loss evaluations the budget still allows (None without a budget)."""
+        return None if self.budget is None else max(0, self.budget - self.n_evaluations)
 
     def base_loss(self) -> float:
         """The loss at the unperturbed parameters (evaluated once; later calls reuse it, the
@@ -192,7 +208,8 @@ class Evaluator:
             self.charge(1)
             with in_process_blas():
                 value = self.call_loss([a.copy() for a in self.base], "at the base point")
-            self.placement.observe(time.perf_counter() - start, 1)
+            self.base_seconds = time.perf_counter() - start
+            self.placement.observe(self.base_seconds, 1)
             self._base_value = value
         return self._base_value
 

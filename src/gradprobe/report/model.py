@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import GradientMismatchError
 from . import text
 from .jsonable import jsonable
+from .parts import Coverage, Diagnosis, EntryCheck, float_or_none
 
 __all__ = [
     "MAX_BAD_INDICES",
@@ -37,169 +38,6 @@ SCHEMA_VERSION = 1
 MAX_SHOWN_ENTRIES = 5
 #: ``ParamReport.bad_indices`` keeps at most this many entries.
 MAX_BAD_INDICES = 100
-
-
-def _float_or_none(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-@dataclass(frozen=True)
-class EntryCheck:
-    """One entry checked individually.
-
-    Attributes
-    ----------
-    index : tuple of int
-        The entry's index in the parameter.
-    analytic, numeric : float
-        The user's gradient and the finite-difference estimate.
-    rel_error : float
-        ``|a - n| / max(1e-8, |a| + |n|)`` (inf when either side is NaN).
-    allowed : float
-        The largest ``|a - n|`` that passes (relative tolerance or round-off floor, plus atol).
-    step : float
-        Half the step actually taken, ``((x + h) - (x - h)) / 2``.
-    passed : bool
-        Whether the entry is within tolerance.
-    kink : bool
-        The one-sided differences disagree: the step crossed a non-differentiable point.
-    """
-
-    index: tuple[int, ...]
-    analytic: float
-    numeric: float
-    rel_error: float
-    allowed: float
-    step: float
-    passed: bool
-    kink: bool = False
-
-    @property
-    def abs_error(self) -> float:
-        return abs(self.analytic - self.numeric)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": list(self.index),
-            "analytic": _float_or_none(self.analytic),
-            "numeric": _float_or_none(self.numeric),
-            "rel_error": _float_or_none(self.rel_error),
-            "allowed": _float_or_none(self.allowed),
-            "step": _float_or_none(self.step),
-            "passed": self.passed,
-            "kink": self.kink,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EntryCheck:
-        def num(key: str) -> float:
-            v = d.get(key)
-            return float("nan") if v is None else float(v)
-
-        return cls(
-            index=tuple(d["index"]),
-            analytic=num("analytic"),
-            numeric=num("numeric"),
-            rel_error=num("rel_error") if d.get("rel_error") is not None else math.inf,
-            allowed=num("allowed"),
-            step=num("step"),
-            passed=bool(d["passed"]),
-            kink=bool(d.get("kink", False)),
-        )
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """The likely cause of a failing parameter.
-
-    Attributes
-    ----------
-    kind : str
-        One of ``"nonfinite"``, ``"zero"``, ``"unused"``, ``"missing-term"``, ``"sign"``,
-        ``"scale"``, ``"transpose"``, ``"swapped"``, ``"shifted"``, ``"partial-factor"``,
-        ``"confined"``, ``"mismatch"`` (:mod:`gradprobe.checking.diagnosis` tries them in
-        that order).
-    detail : str
-        One line a person can act on.
-    confidence : float
-        How sure the diagnosis is, in [0, 1].
-    evidence : mapping
-        Numbers behind the verdict (fitted constants, entries confirmed...).
-    """
-
-    kind: str
-    detail: str
-    confidence: float = 1.0
-    evidence: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "detail": self.detail,
-            "confidence": self.confidence,
-            "evidence": jsonable(dict(self.evidence)),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Diagnosis:
-        return cls(d["kind"], d["detail"], float(d.get("confidence", 1.0)), d.get("evidence", {}))
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """What part of a parameter the check covered, and what that says about the rest.
-
-    Attributes
-    ----------
-    n_probed : int
-        Entries covered by directional probes (all of them when probes ran).
-    n_probes : int
-        Directional probes evaluated (bisection included).
-    n_sampled : int
-        Entries checked one by one.
-    strata : mapping of str to int
-        Entries checked one by one, by stratum.
-    n_failed_sampled : int
-        Of the sampled entries, how many failed.
-    upper_bound : float
-        Upper bound on the fraction of wrong entries at 95% confidence (1.0 when unknown).
-    statement : str
-        The same in words.
-    """
-
-    n_probed: int
-    n_probes: int
-    n_sampled: int
-    strata: Mapping[str, int]
-    n_failed_sampled: int
-    upper_bound: float
-    statement: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n_probed": self.n_probed,
-            "n_probes": self.n_probes,
-            "n_sampled": self.n_sampled,
-            "strata": dict(self.strata),
-            "n_failed_sampled": self.n_failed_sampled,
-            "upper_bound": self.upper_bound,
-            "statement": self.statement,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Coverage:
-        return cls(
-            n_probed=int(d["n_probed"]),
-            n_probes=int(d["n_probes"]),
-            n_sampled=int(d["n_sampled"]),
-            strata=dict(d.get("strata", {})),
-            n_failed_sampled=int(d["n_failed_sampled"]),
-            upper_bound=float(d["upper_bound"]),
-            statement=str(d["statement"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -283,6 +121,10 @@ class ParamReport:
     #: diagnosis's few extra evaluations are not counted here; 0 when not recorded). Its wall
     #: time is in ``Report.timings["param:<name>"]``.
     n_evaluations: int = 0
+    #: False when the check stopped (time limit, budget, Ctrl-C) while this parameter was
+    #: being checked: the entries finished by then are reported and ``passed`` is False, but it
+    #: counts among ``Report.failures`` only when one of them failed.
+    finished: bool = True
 
     @property
     def headline_rel_error(self) -> float:
@@ -310,8 +152,8 @@ class ParamReport:
             "n_total": self.n_total,
             "n_checked": self.n_checked,
             "sampling": self.sampling,
-            "max_rel_error": _float_or_none(self.max_rel_error),
-            "max_rel_error_resolved": _float_or_none(self.max_rel_error_resolved),
+            "max_rel_error": float_or_none(self.max_rel_error),
+            "max_rel_error_resolved": float_or_none(self.max_rel_error_resolved),
             "n_at_floor": self.n_at_floor,
             "n_evaluations": self.n_evaluations,
             "worst_index": None if self.worst_index is None else list(self.worst_index),
@@ -328,6 +170,7 @@ class ParamReport:
             "widespread": self.widespread,
             "capped": self.capped,
             "coverage": None if self.coverage is None else self.coverage.to_dict(),
+            "finished": self.finished,
         }
 
     @classmethod
@@ -362,6 +205,7 @@ class ParamReport:
             widespread=bool(d.get("widespread", False)),
             capped=bool(d.get("capped", False)),
             coverage=None if d.get("coverage") is None else Coverage.from_dict(d["coverage"]),
+            finished=bool(d.get("finished", True)),
         )
 
     def failure_text(self) -> str:
@@ -415,8 +259,10 @@ class Report:
 
     @property
     def failures(self) -> tuple[ParamReport, ...]:
-        """The parameters that failed, in order."""
-        return tuple(p for p in self.params.values() if not p.passed)
+        """The parameters that failed, in order (an unfinished one only when an entry failed)."""
+        return tuple(
+            p for p in self.params.values() if not p.passed and (p.finished or p.n_failed)
+        )
 
     # -- text (gradprobe.report.text) -------------------------------------------------------
     def summary_line(self) -> str:

@@ -53,7 +53,7 @@ def summary_line(report: Report) -> str:
     if not report.complete and not n_fail:
         # Nothing failed, but the check did not finish: not a verdict on the gradient.
         parts = [f"gradprobe: gradient check INCOMPLETE: {report.incomplete_reason}"]
-        k = len(report.params)
+        k = sum(p.finished for p in report.params.values())
         meta.append(f"{k} parameter{'s' * (k != 1)} finished")
     else:
         status = "passed" if report.passed else "FAILED"
@@ -77,6 +77,8 @@ def _rel_cell(p: ParamReport) -> str:
 
 
 def _verdict_cell(p: ParamReport) -> str:
+    if not p.finished and not p.n_failed:
+        return "unfinished"
     if not p.passed:
         return "FAIL" if p.diagnosis is None else f"FAIL ({p.diagnosis.kind})"
     notes = [f"{p.n_kinks} kinks"] if p.n_kinks else []

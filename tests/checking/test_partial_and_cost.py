@@ -1,0 +1,75 @@
+"""A stopped check keeps the finished entries of the parameter it was on; the planned cost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradprobe
+from gradprobe.api import planned_evaluations
+from gradprobe.examples import make_mlp
+
+from ..helpers import assert_bitwise_unchanged, snapshot
+
+
+def test_a_budget_keeps_the_finished_entries_of_the_unfinished_parameter():
+    m = make_mlp()
+    saved = snapshot(m.params)
+    with pytest.raises(gradprobe.CheckAborted) as info:
+        gradprobe.check(m.loss, m.grad, m.params, samples="all", budget=1500, n_jobs=1)
+    assert_bitwise_unchanged(m.params, saved)
+    partial = info.value.partial_report
+    assert not partial.complete and not partial.passed
+    w1 = partial.params["W1"]  # 2,048 entries: stopped inside it
+    assert not w1.finished and not w1.passed and w1.n_checked > 500
+    assert w1.n_checked < w1.n_total and w1.coverage.n_sampled == w1.n_checked
+    assert "unfinished" in w1.coverage.statement
+    assert partial.failures == ()  # unfinished is not a mismatch
+    text = str(partial)
+    assert "INCOMPLETE" in text and "unfinished" in text and "0 parameters finished" in text
+    back = gradprobe.Report.from_dict(partial.to_dict())
+    assert not back.params["W1"].finished
+
+
+def test_an_unfinished_parameter_with_a_failed_entry_is_a_failure():
+    m = make_mlp(bug="scale")
+    with pytest.raises(gradprobe.CheckAborted) as info:
+        gradprobe.check(m.loss, m.grad, m.params, samples="all", budget=1500, n_jobs=1)
+    w1 = info.value.partial_report.params["W1"]
+    assert not w1.finished and w1.n_failed > 0
+    assert info.value.partial_report.failures == (w1,)
+
+
+def test_finished_parameters_are_unaffected_by_a_later_stop():
+    m = make_mlp()
+    full = gradprobe.check(m.loss, m.grad, m.params, samples="all", n_jobs=1)
+    budget = full.params["W1"].n_evaluations + 300
+    with pytest.raises(gradprobe.CheckAborted) as info:
+        gradprobe.check(m.loss, m.grad, m.params, samples="all", budget=budget, n_jobs=1)
+    partial = info.value.partial_report
+    assert partial.params["W1"].finished and partial.params["W1"].passed
+    np.testing.assert_array_equal(partial.params["W1"].rel_errors, full.params["W1"].rel_errors)
+    # W1 and b1 (32 entries, 64 evaluations) finished; W2 (1,024 entries) stopped part-way.
+    assert partial.params["b1"].finished and not partial.params["W2"].finished
+    assert 0 < partial.params["W2"].n_checked < 1024
+
+
+def test_the_plan_is_in_the_settings_and_the_predicted_time_in_the_timings():
+    m = make_mlp()
+    report = gradprobe.check(m.loss, m.grad, m.params)
+    plan = report.settings["planned_evaluations"]
+    expected = sum(
+        planned_evaluations(p.n_checked, p.n_total, 2, False, p.shape)
+        for p in report.params.values()
+    )
+    assert plan == expected
+    # A correct model: nothing disagreed, so the check spent the plan and the pre-flight.
+    assert report.n_evaluations - plan < 30
+    assert 0 < report.timings["predicted"] < 60
+
+
+def test_planned_evaluations_counts_samples_probes_and_slices():
+    assert planned_evaluations(10, 10, 2, False, (10,)) == 20  # in full: no probes
+    assert planned_evaluations(48, 1000, 2, False, (100, 10)) == 96 + 4 + 4
+    assert planned_evaluations(48, 1000, 2, True, (100, 10)) == 96 + 4 + 4 + 200
+    assert planned_evaluations(48, 1000, 0, False, (100, 10)) == 96
