@@ -84,3 +84,34 @@ def test_batched_error_names_the_parameter():
         gradprobe.check(loss, m.grad, m.params, batched=True)
     assert info.value.param == "b1"
     assert_bitwise_unchanged(m.params, saved)
+
+
+def test_block_tuner_doubles_while_it_pays_then_keeps_the_best():
+    from gradprobe.evaluate.batched import FIRST_BLOCK_BYTES, BlockTuner
+
+    # Rows of 256 KiB: the first call holds FIRST_BLOCK_BYTES of copies (4 rows).
+    tuner = BlockTuner(256 * 1024, memory=64 * 2**20)
+    assert tuner.rows == FIRST_BLOCK_BYTES // (256 * 1024) == 4 and tuner.cap == 256
+    # A memory-bound loss: per-row time falls until 16 rows, then rises (copies leave cache).
+    per_row = {4: 1.0, 8: 0.7, 16: 0.65}
+    while not tuner.settled:
+        rows = tuner.rows
+        tuner.record(rows, rows * per_row[rows])
+    assert tuner.rows == 8  # 16 rows gained under 10% over 8: the best kept is 8
+    tuner.record(8, 100.0)  # settled: later timings change nothing
+    assert tuner.rows == 8
+
+
+def test_block_tuner_stops_at_the_memory_cap_and_ignores_short_blocks():
+    from gradprobe.evaluate.batched import BlockTuner
+
+    tuner = BlockTuner(10 * 2**20, memory=64 * 2**20)  # rows of 10 MiB: cap 6
+    assert tuner.rows == 1 and tuner.cap == 6
+    tuner.record(1, 1.0)
+    assert tuner.rows == 2
+    tuner.record(1, 0.01)  # a short last block: no evidence about 2 rows
+    assert tuner.rows == 2 and not tuner.settled
+    tuner.record(2, 1.0)  # halves the time per row
+    assert tuner.rows == 4
+    tuner.record(4, 1.0)  # 0.25 per row: better, but 8 rows exceed the cap
+    assert tuner.settled and tuner.rows == 4

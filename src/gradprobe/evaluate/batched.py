@@ -3,13 +3,14 @@
 The loss receives every parameter with one extra leading axis: size B for the parameter being
 perturbed, size 1 (a read-only view, not a copy) for the others, and returns B losses
 (checked by :func:`as_batched_losses`). Calls are sized so the copies fit in a memory budget
-(:func:`batched_rows`). :class:`BatchedCalls` is the row runner; :func:`batched_chunk` runs one
+(:func:`batched_rows`) and, in this process, by the measured time per row (:class:`BlockTuner`). :class:`BatchedCalls` is the row runner; :func:`batched_chunk` runs one
 chunk of entry rows, in this process or on a worker.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,14 @@ from .threads import in_process_blas
 if TYPE_CHECKING:
     from .base import Evaluator
 
-__all__ = ["BATCHED_MEMORY", "BatchedCalls", "as_batched_losses", "batched_chunk", "batched_rows"]
+__all__ = [
+    "BATCHED_MEMORY",
+    "BatchedCalls",
+    "BlockTuner",
+    "as_batched_losses",
+    "batched_chunk",
+    "batched_rows",
+]
 
 #: Bytes of perturbed copies a batched loss receives per call.
 BATCHED_MEMORY = 64 * 2**20
@@ -113,6 +121,41 @@ def batched_chunk(task: ChunkTask) -> ChunkResult:
         return ChunkResult(out, worker_id(), -1, None)
 
 
+#: Bytes of perturbed copies in the first call of a parameter: what stays in a core's cache.
+FIRST_BLOCK_BYTES = 2**20
+#: A doubled block must cut the time per row by this fraction to be kept.
+BLOCK_GAIN = 0.1
+
+
+class BlockTuner:
+    """Rows per batched call for one parameter, chosen from the measured time per row.
+
+    The first call holds :data:`FIRST_BLOCK_BYTES` of copies (at least one row); each next
+    call doubles the rows while that cuts the time per row by :data:`BLOCK_GAIN` (a loss
+    whose cost is dominated by memory traffic stops gaining once the copies leave the cache;
+    one whose per-call overhead dominates keeps gaining), up to the ``memory`` cap; then the
+    best size seen is kept. Rows evaluated while tuning are real work, not extra evaluations.
+    """
+
+    def __init__(self, bytes_per_row: int, memory: int) -> None:
+        self.cap = batched_rows(bytes_per_row, 1, 1, memory)
+        self.rows = max(1, min(self.cap, FIRST_BLOCK_BYTES // max(1, bytes_per_row)))
+        self.best: tuple[int, float] | None = None  # (rows, seconds per row)
+        self.settled = False
+
+    def record(self, rows: int, seconds: float) -> None:
+        """A call of ``rows`` rows took ``seconds``: choose the next call's size."""
+        if self.settled or rows < self.rows:  # a short last block says nothing
+            return
+        per_row = seconds / rows
+        if self.best is None or per_row < (1.0 - BLOCK_GAIN) * self.best[1]:
+            self.best = (rows, per_row)
+            if rows * 2 <= self.cap:
+                self.rows = rows * 2
+                return
+        self.rows, self.settled = self.best[0], True
+
+
 class BatchedCalls:
     """Row runner for a batched loss: B perturbed copies of one parameter per call, the calls
     sized so the copies fit in ``memory`` bytes. Its entry blocks can also run on joblib
@@ -127,6 +170,7 @@ class BatchedCalls:
 
     def __init__(self, memory: int = BATCHED_MEMORY) -> None:
         self.memory = int(memory)
+        self._tuners: dict[int, BlockTuner] = {}
 
     def call_loss(self, ev: Evaluator, arrays: Sequence[np.ndarray], where: str) -> float:
         """One unperturbed evaluation: every parameter gets a leading axis of size 1."""
@@ -147,16 +191,21 @@ class BatchedCalls:
         m, k = values.shape
         out = np.empty((m, k))
         n = ev.layout.sizes[param]
-        rows = batched_rows(n, k, ev.layout.dtypes[param].itemsize, self.memory)
+        bytes_per_row = k * n * ev.layout.dtypes[param].itemsize
+        tuner = self._tuners.setdefault(param, BlockTuner(bytes_per_row, self.memory))
         task = self.chunk_task(ev, param, flat_index, values)
         with in_process_blas():
-            for start in range(0, m, rows):
-                stop = min(m, start + rows)
+            start = 0
+            while start < m:
+                stop = min(m, start + tuner.rows)
                 ev.charge((stop - start) * k)
+                began = time.perf_counter()
                 res = batched_chunk(task.part(start, stop))
                 if res.error is not None:
                     raise_chunk_error(ev, res, param, flat_index[start:stop])
+                tuner.record(stop - start, time.perf_counter() - began)
                 out[start:stop] = res.losses
+                start = stop
         return out
 
     def vector_losses(self, ev: Evaluator, param: int, vectors: np.ndarray) -> np.ndarray:
