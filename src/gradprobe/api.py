@@ -95,8 +95,10 @@ def check(
         Seeds the choice of entries; the same seed gives the same report.
     samples : int, float, "all" or mapping, optional
         Entries of each parameter to check one by one: a count, a fraction in (0, 1], "all",
-        or a mapping from parameter name to one of those. Default: every entry of parameters
-        with at most 512 entries, 512 random entries (first and last included) of larger ones.
+        or a mapping from parameter name to one of those. Default (adaptive): every entry of
+        parameters with at most 192 entries; 48 stratified entries of larger ones, with probes
+        covering the rest, grown to 512 where a sampled entry fails, a probe disagrees or the
+        analytic gradient is not finite (so the diagnosis reads enough evidence).
     eps : float, optional
         Relative step: ``h = eps * max(1, |x|)``. Default ``EPS**(1/3)`` of the dtype.
     rtol, atol : float, optional
@@ -113,8 +115,11 @@ def check(
         non-differentiable point and the analytic value lies between them.
     n_jobs : int or "auto"
         Parallel workers (joblib conventions: 1 serial, -1 every core; the backend follows
-        ``joblib.parallel_config``, processes by default). ``"auto"`` times the loss and stays
-        serial when workers would not pay off. The report is the same for every value.
+        ``joblib.parallel_config``, processes by default). ``"auto"`` (the default) times the
+        loss and sends a call to workers on every core only when the time they save pays for
+        starting them; evaluations in this process keep its BLAS threads, workers use one each.
+        Verdicts are the same for every value (the last bits of a loss value may differ
+        between one and several BLAS threads; the round-off floor covers them).
     batched : bool
         The loss takes every parameter with one extra leading axis (size B for the parameter
         being perturbed, size 1 for the others) and returns B losses, shape ``(B,)``: B
