@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import GradCheckError, InvalidInputError, LossEvaluationError, StatefulGradientError
 from ..layout import unravel, validate_callable
 from ..report.model import Report
-from .outputs import Contraction, Flat, contract, flatten, same_structure
+from .outputs import Contraction, Flat, call_user, contract, flatten, same_structure
 from .vjp import JVP, Setup, prepare, run
 
 __all__ = ["check_jvp", "jvp_gradient"]
@@ -62,7 +62,9 @@ def check_jvp(
     validate_callable(roles.vjp, jvp)
     setup = prepare(f, inputs, static, cotangent_seed, check_options, roles)
     start = time.perf_counter()
-    gradient, calls = jvp_gradient(jvp, setup, check_options.get("nondet_tol"))
+    gradient, calls = jvp_gradient(
+        jvp, setup, check_options.get("nondet_tol"), bool(check_options.get("promote"))
+    )
     seconds = time.perf_counter() - start
     loss = Contraction(f, setup.static, setup.out, setup.cotangent, setup.batched, roles)
     return run(
@@ -77,9 +79,14 @@ def check_jvp(
     )
 
 
-def jvp_gradient(jvp, setup: Setup, nondet_tol: Any) -> tuple[list[np.ndarray], int]:
-    """Entry ``i`` of the gradient: ``vdot(G, jvp(x, e_i))``, for every input entry."""
+def jvp_gradient(
+    jvp, setup: Setup, nondet_tol: Any, promote: bool = False
+) -> tuple[list[np.ndarray], int]:
+    """Entry ``i`` of the gradient: ``vdot(G, jvp(x, e_i))``, for every input entry (at the
+    inputs cast to float64 with ``promote``, as the check's loss sees them)."""
     layout, base = setup.layout, setup.base
+    if promote:
+        base = [a.astype(np.float64) if a.dtype.itemsize < 8 else a for a in base]
     given = [a.copy() for a in base]
     tangents = [np.zeros_like(a) for a in base]
     cotangent = [np.asarray(g, np.float64).reshape(-1) for g in setup.cotangent]
@@ -88,7 +95,7 @@ def jvp_gradient(jvp, setup: Setup, nondet_tol: Any) -> tuple[list[np.ndarray], 
     def call(p: int, j: int) -> Flat:
         where = f"at tangent e_i, i = {layout.names[p]!r} {list(unravel(j, base[p].shape))}"
         try:
-            value = jvp(layout.pack(given), layout.pack(tangents), **setup.static)
+            value = call_user(jvp, (layout.pack(given), layout.pack(tangents)), setup.static, "jvp")
         except GradCheckError:
             raise
         except Exception as exc:

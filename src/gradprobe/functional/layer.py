@@ -55,7 +55,16 @@ def _factory(layer: Any, forward: str) -> Callable[[], Any]:
     deep-copied once now (later changes to it do not count) and once per evaluation."""
     if isinstance(layer, type) or (callable(layer) and not hasattr(layer, forward)):
         return layer
-    return functools.partial(copy.deepcopy, copy.deepcopy(layer))
+    try:
+        prototype = copy.deepcopy(layer)
+    except Exception as exc:
+        raise InvalidInputError(
+            f"layer: expected a layer object that copy.deepcopy can copy (each evaluation gets "
+            f"a fresh copy), found {type(layer).__name__} whose copy raised "
+            f"{type(exc).__name__}: {exc}. Pass a factory that builds the layer instead "
+            "(the class, or a lambda)."
+        ) from exc
+    return functools.partial(copy.deepcopy, prototype)
 
 
 def _grad_paths(params: Sequence[str], grads: Any) -> list[str] | Callable[[Any], Any]:
@@ -173,7 +182,7 @@ class LayerCalls:
         names = self.x_names
         if isinstance(dx, Mapping):
             return {n: dx[n] for n in names if n in dx}
-        if len(names) == 1 and not isinstance(dx, (tuple, list)):
+        if len(names) == 1 and dx is not None and not isinstance(dx, (tuple, list)):
             dx = (dx,)
         if dx is None or not isinstance(dx, (tuple, list)) or len(dx) != len(names):
             raise InvalidInputError(
@@ -246,10 +255,9 @@ def check_layer(
             " Pass batched=False, or use check_vjp with a batched function."
         )
     make = _factory(layer, forward)
-    calls = _layer_calls(make, x, params, grads, forward, backward, check_input)
+    calls, fresh = _layer_calls(make, x, params, grads, forward, backward, check_input)
     inputs = {n: calls.fixed[n] for n in calls.x_names} if check_input else {}
-    probe = make()
-    inputs.update({p: _get(probe, p) for p in calls.params})
+    inputs.update({p: _get(fresh, p) for p in calls.params})
     if not inputs:
         raise InvalidInputError(
             "params: expected at least one parameter to check when check_input=False, found "
@@ -272,8 +280,9 @@ def check_layer(
         ) from exc
 
 
-def _layer_calls(make, x, params, grads, forward, backward, check_input) -> LayerCalls:
-    """Validate the layer and the arguments on two freshly built layers."""
+def _layer_calls(make, x, params, grads, forward, backward, check_input) -> tuple[LayerCalls, Any]:
+    """Validate the layer and the arguments on two freshly built layers; the calls, and the
+    first of those layers (the parameters' values come from it)."""
     if not callable(make):
         raise InvalidInputError(
             f"layer: expected a layer object with a {forward!r} method, a class or a factory, "
@@ -318,6 +327,7 @@ def _layer_calls(make, x, params, grads, forward, backward, check_input) -> Laye
                 f"x: expected the input {n!r} to be a numpy array, found {type(a).__name__}."
             )
         fixed[n] = a.copy()
-    return LayerCalls(
+    calls = LayerCalls(
         make, forward, backward, names, fixed, params, _grad_paths(params, grads), check_input
     )
+    return calls, first

@@ -28,6 +28,7 @@ __all__ = [
     "Contraction",
     "Flat",
     "Roles",
+    "call_user",
     "contract",
     "flatten",
     "freeze_static",
@@ -164,6 +165,19 @@ def leading(value: Any) -> int:
 
 
 # -- the loss and the gradient handed to check() ------------------------------------------------
+def call_user(fn: Any, args: tuple[Any, ...], static: Mapping[str, Any], who: str) -> Any:
+    """``fn(*args, **static)``; a write into a read-only array becomes a clear error."""
+    try:
+        return fn(*args, **static)
+    except GradCheckError as exc:
+        _mark(exc)
+        raise
+    except ValueError as exc:
+        if "read-only" in str(exc):
+            raise _read_only_error(exc, who) from exc
+        raise
+
+
 def _read_only_error(exc: ValueError, who: str) -> InvalidInputError:
     error = InvalidInputError(
         f"{who}: wrote into an array it was given ({exc}): gradprobe passes static "
@@ -182,8 +196,8 @@ class Contraction:
         self.cotangent = [np.asarray(g, dtype=np.float64).reshape(-1) for g in cotangent]
 
     def __call__(self, inputs: Any) -> Any:
+        value = call_user(self.f, (inputs,), self.static, self.roles.f)
         try:
-            value = self.f(inputs, **self.static)
             where = "at perturbed inputs"
             flat = flatten(value, f"{self.roles.f}'s output", where, self.batched)
             same_structure(flat, self.out, f"{self.roles.f}'s output", where, self.batched)
@@ -191,10 +205,6 @@ class Contraction:
             return contract(flat, self.cotangent, self.batched, lead)
         except GradCheckError as exc:
             _mark(exc)
-            raise
-        except ValueError as exc:
-            if "read-only" in str(exc):
-                raise _read_only_error(exc, self.roles.f) from exc
             raise
 
 
@@ -212,15 +222,7 @@ class Backward:
 
     def __call__(self, inputs: Any) -> Any:
         given = [g.copy() for g in self.cotangent]
-        try:
-            value = self.vjp(inputs, self.out.pack(given), **self.static)
-        except GradCheckError as exc:
-            _mark(exc)
-            raise
-        except ValueError as exc:
-            if "read-only" in str(exc):
-                raise _read_only_error(exc, self.roles.vjp) from exc
-            raise
+        value = call_user(self.vjp, (inputs, self.out.pack(given)), self.static, self.roles.vjp)
         changed = [
             n
             for n, a, b in zip(self.out.names, given, self.cotangent, strict=True)

@@ -24,7 +24,15 @@ from ..errors import CheckAborted, GradCheckError, InvalidInputError, LossEvalua
 from ..layout import ParamLayout, normalize_params, validate_callable
 from ..options import validate_options
 from ..report.model import Report
-from .outputs import IN_CALLER_TERMS, Backward, Contraction, Roles, flatten, freeze_static
+from .outputs import (
+    IN_CALLER_TERMS,
+    Backward,
+    Contraction,
+    Roles,
+    call_user,
+    flatten,
+    freeze_static,
+)
 
 __all__ = [
     "HVP",
@@ -86,7 +94,7 @@ def prepare(f, inputs, static, cotangent_seed, options: Mapping[str, Any], roles
     seed = _cotangent_seed(cotangent_seed, checked.seed)
     at = layout.pack([a[np.newaxis] if checked.batched else a.copy() for a in base])
     try:
-        value = f(at, **frozen)
+        value = call_user(f, (at,), frozen, roles.f)
     except GradCheckError:
         raise
     except Exception as exc:
