@@ -67,7 +67,7 @@ class Roles:
         )
 
 
-# -- flattening outputs ----------------------------------------------------------------------------------
+# -- flattening outputs ----------------------------------------------------------------------------
 def unshared(value: Any, bad: list[np.ndarray], batched: bool) -> Any:
     """``value`` rebuilt with a private copy of every array (and numbers as 0-d arrays).
     Non-finite entries are set to 0 and their rows (leading axis when ``batched``) appended
@@ -105,6 +105,7 @@ class Flat:
 
 
 def flatten(value: Any, who: str, where: str, batched: bool) -> Flat:
+    """``value`` (what ``who`` returned ``where``) as :func:`normalize_params` lays it out."""
     bad: list[np.ndarray] = []
     try:
         layout, arrays = normalize_params(unshared(value, bad, batched))
@@ -119,7 +120,8 @@ def flatten(value: Any, who: str, where: str, batched: bool) -> Flat:
     return Flat(layout, arrays, mask)
 
 
-def same_structure(flat: Flat, expected: ParamLayout, who: str, where: str, batched: bool):
+def same_structure(flat: Flat, expected: ParamLayout, who: str, where: str, batched: bool) -> None:
+    """Raise unless ``flat`` has the names and shapes (after the batch axis) of ``expected``."""
     shapes = [a.shape[1:] if batched else a.shape for a in flat.arrays]
     if flat.layout.names == expected.names and all(
         s == e for s, e in zip(shapes, expected.shapes, strict=True)
@@ -242,7 +244,7 @@ class Backward:
         return value
 
 
-# -- setup shared by the three checks -----------------------------------------------------------
+# -- static arguments ------------------------------------------------------------------------------
 def freeze_static(static: Any) -> dict[str, Any]:
     """Keyword arguments passed unchanged to f and vjp; arrays as read-only private copies."""
     if static is None:
