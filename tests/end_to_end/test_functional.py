@@ -414,6 +414,28 @@ def test_tuple_output_of_one_array_twice_and_dict_output():
     assert report.passed and list(report.params) == ["x", "W"]
 
 
+def test_nested_inputs_and_outputs_are_reported_by_path():
+    def f(p):
+        y = np.tanh(p["enc"]["x"] @ p["enc"]["W"])
+        return {"out": (y, {"total": y.sum(axis=1)})}
+
+    def vjp(p, g):
+        y_bar = g["out"][0] + g["out"][1]["total"][:, None]
+        out = dense_vjp({"x": p["enc"]["x"], "W": p["enc"]["W"]}, y_bar)
+        return {"enc": {"x": out["x"], "W": 2 * out["W"]}, "steps": p["steps"]}
+
+    point = _point()
+    inputs = {"enc": {"x": point["x"], "W": point["W"]}, "steps": 3}  # an int leaf: held
+    report = gradprobe.check_vjp(f, vjp, inputs)
+    assert list(report.params) == ["enc.x", "enc.W"]
+    assert _failed(report) == {"enc.W"}
+
+
+def test_non_float_output_leaf_is_refused():
+    with pytest.raises(gradprobe.InvalidInputError, match=r"f's output.*'1' \(int64"):
+        gradprobe.check_vjp(lambda p: (dense(p), np.arange(3)), dense_vjp, _point())
+
+
 def test_nan_output_at_a_perturbed_point_fails_that_entry():
     x = np.array([1e-7, 1.0, 2.0])
     with np.errstate(invalid="ignore"):

@@ -12,6 +12,7 @@ return one array twice) and zeroes non-finite entries, whose loss is then NaN.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,13 @@ def unshared(value: Any, bad: list[np.ndarray], batched: bool) -> Any:
             return type(value)(items)
         except TypeError:
             return items
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {
+            f.name: unshared(getattr(value, f.name), bad, batched)
+            for f in dataclasses.fields(value)
+            if f.init
+        }
+        return dataclasses.replace(value, **fields)
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(unshared(v, bad, batched) for v in value))
     if isinstance(value, (list, tuple)):
@@ -114,6 +122,12 @@ def flatten(value: Any, who: str, where: str, batched: bool) -> Flat:
             f"{who} {where}: expected float arrays (an array, or a tuple, list or dict of "
             f"them), found an output that is not: {exc}"
         ) from None
+    if layout.fixed:
+        raise InvalidInputError(
+            f"{who} {where}: expected float arrays only (an array, or a tree of them), found "
+            f"{', '.join(f'{path!r} ({what})' for path, what in layout.fixed)}. Return the "
+            "differentiable outputs only, as floats."
+        )
     mask = np.asarray(False)
     for rows in bad:  # shapes (1,) and (B,) in batched mode: broadcast
         mask = np.logical_or(mask, rows)
