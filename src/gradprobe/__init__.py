@@ -4,7 +4,8 @@
 >>> report = gradprobe.check(loss, grad, params)   # doctest: +SKIP
 >>> print(report)                                   # doctest: +SKIP
 
-``check``, ``sweep`` and ``keep_workers`` load their modules (and numba) on first use, so that
+``check``, ``check_vjp``, ``check_jvp``, ``check_hvp``, ``check_layer``, ``sweep`` and
+``keep_workers`` load their modules (and numba) on first use, so that
 importing the package, or its pytest plugin at every pytest start, stays cheap.
 
 The public API is the names in ``__all__`` (and ``gradprobe.testing``, ``gradprobe.examples``,
@@ -33,10 +34,15 @@ from .suites.problem import Problem
 if TYPE_CHECKING:
     from .api import check
     from .evaluate import keep_workers
+    from .functional import check_hvp, check_jvp, check_layer, check_vjp
     from .sweep import SweepResult, sweep
 
 _LAZY = {
     "check": "api",
+    "check_hvp": "functional",
+    "check_jvp": "functional",
+    "check_layer": "functional",
+    "check_vjp": "functional",
     "keep_workers": "evaluate",
     "sweep": "sweep",
     "SweepResult": "sweep",
@@ -59,6 +65,10 @@ __all__ = [
     "SweepResult",
     "__version__",
     "check",
+    "check_hvp",
+    "check_jvp",
+    "check_layer",
+    "check_vjp",
     "keep_workers",
     "sweep",
 ]

@@ -1,0 +1,21 @@
+"""Vector-valued functions, layer objects and second order, checked by :func:`gradprobe.check`.
+
+Each check here reduces to ``check`` (the same engine and :class:`gradprobe.Report`, one row
+per input) through one seeded random cotangent ``G``: the loss is ``sum vdot(G, f(x))``.
+
+- :func:`check_vjp`: a hand-written backward ``vjp(x, G)`` (:mod:`.vjp`);
+- :func:`check_hvp`: a Hessian-vector product, the VJP of the gradient (:mod:`.vjp`);
+- :func:`check_jvp`: a forward-mode ``jvp(x, t)``, one call per input entry (:mod:`.jvp`);
+- :func:`check_layer`: a stateful layer object with ``forward``/``backward`` methods, its
+  parameters and its input (:mod:`.layer`).
+
+:mod:`.outputs` holds what ``check`` is handed: the contraction loss and the guarded backward.
+"""
+
+from __future__ import annotations
+
+from .jvp import check_jvp
+from .layer import check_layer
+from .vjp import check_hvp, check_vjp
+
+__all__ = ["check_hvp", "check_jvp", "check_layer", "check_vjp"]
