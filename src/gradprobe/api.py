@@ -117,9 +117,8 @@ def check(
         Parallel workers (joblib conventions: 1 serial, -1 every core; the backend follows
         ``joblib.parallel_config``, processes by default). ``"auto"`` (the default) times the
         loss and sends a call to workers on every core only when the time they save pays for
-        starting them; evaluations in this process keep its BLAS threads, workers use one each.
-        Verdicts are the same for every value (the last bits of a loss value may differ
-        between one and several BLAS threads; the round-off floor covers them).
+        starting them. Every evaluation runs with one BLAS thread, so the report is the same
+        for every value.
     batched : bool
         The loss takes every parameter with one extra leading axis (size B for the parameter
         being perturbed, size 1 for the others) and returns B losses, shape ``(B,)``: B

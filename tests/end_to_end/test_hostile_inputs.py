@@ -146,7 +146,10 @@ def test_budget_stops_cleanly_with_partial_report():
     assert info.value.reason == "budget"
     partial = info.value.partial_report
     assert not partial.complete and "budget" in partial.incomplete_reason
-    assert list(partial.params) == ["a"]
+    # "a" finished; "b" stopped part-way, its finished entries kept, with no verdict.
+    assert list(partial.params) == ["a", "b"]
+    assert partial.params["a"].finished and not partial.params["b"].finished
+    assert 0 < partial.params["b"].n_checked < 50 and partial.failures == ()
     assert partial.n_evaluations <= 20
 
 
