@@ -138,7 +138,7 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
 
     result = None
     try:
-        conn.send(("started", os.getpid()))
+        conn.send(("started",))
         result = run_here(spec, progress if want_progress else None)
     except KeyboardInterrupt:
         pass
@@ -177,6 +177,8 @@ def _serve(conn: Any) -> None:
         try:
             _run_one(conn, msg[1], msg[2])
         except OSError:  # the parent is gone: nobody to tell
+            return
+        except KeyboardInterrupt:  # a Ctrl-C just as the check ended: the parent sees EOF
             return
 
 
