@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..numerics import kernels
+from ..numerics import differences
 from ..numerics.steps import METHODS, central_steps, complex_steps
 from ..numerics.tolerances import NOISE_FACTOR, Verdict
 from .context import ParamCheck
@@ -119,7 +119,7 @@ def _estimate(ctx: ParamCheck, flat_index: np.ndarray, relative_step: float) -> 
     if method == "central":
         f = evaluator.entry_losses(param, flat_index, np.stack([big.plus, big.minus], axis=1))
         f = np.ascontiguousarray(f.T)  # rows: L(x+h), L(x-h)
-        numeric = kernels.central_differences(f[0], f[1], big.taken)
+        numeric = differences.central_differences(f[0], f[1], big.taken)
         noise = tol.noise_floor(f[0], f[1], big.taken)
         f = f.T
     elif method == "richardson":
@@ -127,8 +127,8 @@ def _estimate(ctx: ParamCheck, flat_index: np.ndarray, relative_step: float) -> 
         cols = np.stack([big.plus, big.minus, small.plus, small.minus], axis=1)
         f = evaluator.entry_losses(param, flat_index, cols)
         g = np.ascontiguousarray(f.T)
-        d1 = kernels.central_differences(g[0], g[1], big.taken)
-        d2 = kernels.central_differences(g[2], g[3], small.taken)
+        d1 = differences.central_differences(g[0], g[1], big.taken)
+        d2 = differences.central_differences(g[2], g[3], small.taken)
         # The h**2 term cancels for the ratio of the steps actually taken (about 2).
         r2 = (big.taken / small.taken) ** 2
         numeric = (r2 * d2 - d1) / (r2 - 1.0)
@@ -166,13 +166,7 @@ def _one_sided(est: _Estimate, f0: float) -> tuple[np.ndarray, np.ndarray, np.nd
     """Forward and backward differences and their gap ``|forward - backward|``."""
     assert est.plus is not None and est.minus is not None
     assert est.up is not None and est.down is not None
-    return kernels.one_sided_differences(
-        np.ascontiguousarray(est.plus),
-        float(f0),
-        np.ascontiguousarray(est.minus),
-        np.ascontiguousarray(est.up),
-        np.ascontiguousarray(est.down),
-    )
+    return differences.one_sided_differences(est.plus, f0, est.minus, est.up, est.down)
 
 
 def evaluate_entries(

@@ -147,7 +147,14 @@ def _run_specs(
 ) -> _Run:
     """Run each check under a progress display, printing each outcome as it ends; stop at
     Ctrl-C (the check in progress is kept, marked interrupted)."""
-    from ..suites.runner import CheckOutcome, SuiteResult, now_iso, run_check, versions
+    from ..suites.runner import (
+        CheckOutcome,
+        IsolatedWorker,
+        SuiteResult,
+        now_iso,
+        run_check,
+        versions,
+    )
 
     vers = versions()
     n = len(specs)
@@ -160,11 +167,13 @@ def _run_specs(
     interrupted = False
     current = None
     try:
-        with console.progress() as bar:
+        # One worker process runs the isolated checks one after another (a fresh one after a
+        # check that had to be killed); it is stopped when the loop ends, Ctrl-C included.
+        with IsolatedWorker() as worker, console.progress() as bar:
             for i, spec in enumerate(specs, 1):
                 current = spec
                 bar.start(f"[{i}/{n}] {spec.name}")
-                outcome = run_check(spec, progress=bar)
+                outcome = run_check(spec, progress=bar, worker=worker)
                 outcome = dataclasses.replace(outcome, reproduce=_reproduce(args, outcome, suite))
                 outcomes.append(outcome)
                 text = outcome_text(console, outcome, i, n)

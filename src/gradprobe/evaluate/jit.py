@@ -2,11 +2,14 @@
 
 For a numba-jitted ``loss`` of one flat float64 vector (:func:`is_jit_loss`), the row runner
 :class:`JitKernel` evaluates blocks of rows in a numba kernel (``prange`` over chunks), with no
-Python per entry.
+Python per entry. numba and the kernels (:mod:`gradprobe.numerics.kernels`) load only here,
+when such a loss is checked: a check of any other loss never imports numba.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +17,6 @@ import numpy as np
 
 from ..errors import GradCheckError, LossEvaluationError
 from ..layout import ParamLayout, as_scalar_loss
-from ..numerics import kernels
 from .threads import one_blas_thread
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ JIT_ROWS_PER_CALL = 8192
 def is_jit_loss(loss: Any, layout: ParamLayout) -> bool:
     """Whether ``loss`` can run inside the numba kernel: a numba dispatcher and one flat
     float64 vector of parameters."""
+    if "numba" not in sys.modules:  # a numba dispatcher exists only once numba is imported
+        return False
     try:
         from numba.core.dispatcher import Dispatcher
     except ImportError:  # pragma: no cover
@@ -46,8 +50,9 @@ class JitKernel:
 
     ``n_threads`` numba threads (one BLAS thread each), ``chunks_per_thread`` chunks each per
     kernel call (the dispatch policy's ``chunks_per_worker``); rows are charged to the budget
-    per kernel call. ``compile_seconds`` is the time spent compiling or loading the cached
-    kernel (at construction).
+    per kernel call. ``compile_seconds`` is the time spent loading the kernels module and
+    compiling (or loading from the on-disk cache) the kernels and the loss's specialization,
+    at construction.
     """
 
     def __init__(
@@ -55,9 +60,15 @@ class JitKernel:
     ) -> None:
         import numba
 
+        start = time.perf_counter()
+        from ..numerics import kernels
+
+        loaded = time.perf_counter() - start
         self.n_threads = max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS))
         self.chunks_per_thread = max(1, int(chunks_per_thread))
-        self.compile_seconds, self._fn = kernels.jit_loss_kernels(loss)
+        self._kernels = kernels
+        compiled, self._fn = kernels.jit_loss_kernels(loss)
+        self.compile_seconds = loaded + compiled
 
     @property
     def name(self) -> str:
@@ -96,7 +107,7 @@ class JitKernel:
             try:
                 out[start:stop] = self._kernel(
                     ev,
-                    lambda idx=idx, vals=vals, n_chunks=n_chunks: kernels.jit_entry_losses(
+                    lambda idx=idx, vals=vals, n_chunks=n_chunks: self._kernels.jit_entry_losses(
                         self._fn, x, idx, vals, n_chunks
                     ),
                     param,
@@ -137,7 +148,7 @@ class JitKernel:
             n_chunks = min(stop - start, self.n_threads * self.chunks_per_thread)
             out[start:stop] = self._kernel(
                 ev,
-                lambda vec=vec, n_chunks=n_chunks: kernels.jit_vector_losses(
+                lambda vec=vec, n_chunks=n_chunks: self._kernels.jit_vector_losses(
                     self._fn, vec, n_chunks
                 ),
                 param,

@@ -123,6 +123,8 @@ def available_cores() -> int:
 
 def workers_for(n_jobs: Any) -> int:
     """The number of workers ``n_jobs`` resolves to under the current joblib configuration."""
+    if isinstance(n_jobs, int) and n_jobs == 1:
+        return 1  # joblib's answer too, without importing joblib for a serial check
     import joblib
 
     return int(joblib.effective_n_jobs(-1 if n_jobs == "auto" else n_jobs))

@@ -1,8 +1,11 @@
-"""Numba-compiled numerical kernels.
+"""Numba-compiled kernels that evaluate a numba-jitted loss at many perturbed points.
 
-Kernels take validated contiguous float64 arrays, allocate their outputs once, validate nothing
-and print nothing. fastmath stays off everywhere: it may fold ``(x + h) - x`` into ``h`` and drop
-the NaN checks this code relies on.
+Only the numba kernel path (:mod:`gradprobe.evaluate.jit`, for a loss the user jitted) imports
+this module, so numba loads only when a check needs it; the small per-check rules (difference
+quotients, the pass rule) are numpy, in :mod:`gradprobe.numerics.differences`. Kernels take
+validated contiguous float64 arrays, allocate their outputs once, validate nothing and print
+nothing. fastmath stays off everywhere: it may fold ``(x + h) - x`` into ``h`` and drop the NaN
+checks this code relies on.
 """
 
 from __future__ import annotations
@@ -15,15 +18,7 @@ import numpy as np
 from numba import njit, prange
 from numba import types as nbt
 
-__all__ = [
-    "central_differences",
-    "compare",
-    "jit_entry_losses",
-    "jit_loss_kernels",
-    "jit_vector_losses",
-    "one_sided_differences",
-    "warm_up",
-]
+__all__ = ["jit_entry_losses", "jit_loss_kernels", "jit_vector_losses"]
 
 _VEC = nbt.Array(nbt.float64, 1, "C")
 _MAT = nbt.Array(nbt.float64, 2, "C")
@@ -32,71 +27,6 @@ _IDX = nbt.Array(nbt.int64, 1, "C")
 #: a first-class function of this fixed type (not as a dispatcher, whose type differs per
 #: function and per process) lets the kernels be cached on disk across runs.
 LOSS_TYPE = nbt.FunctionType(nbt.float64(_VEC))
-
-
-@njit(cache=True)
-def central_differences(f_plus: np.ndarray, f_minus: np.ndarray, taken: np.ndarray) -> np.ndarray:
-    """Numeric derivatives ``(f+ - f-) / taken`` (``taken`` the step actually taken)."""
-    m = f_plus.shape[0]
-    numeric = np.empty(m)
-    for i in range(m):
-        numeric[i] = (f_plus[i] - f_minus[i]) / taken[i]
-    return numeric
-
-
-@njit(cache=True)
-def compare(
-    analytic: np.ndarray,
-    numeric: np.ndarray,
-    noise: np.ndarray,
-    rtol: float,
-    atol: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The pass rule, for any estimate: ``abs_error, rel_error, allowed, passed``.
-
-    ``allowed = max(rtol * max(1e-8, |a| + |n|), noise) + atol`` is the largest ``|a - n|`` an
-    entry may show, ``noise`` the estimate's round-off floor. The relative error is the classic
-    ``|a - n| / max(1e-8, |a| + |n|)``, inf when either side is NaN. NaN anywhere fails the
-    entry, and so does an infinite estimate (an inf loss on one side), whose floor is infinite.
-    """
-    m = analytic.shape[0]
-    abs_error = np.empty(m)
-    rel_error = np.empty(m)
-    allowed = np.empty(m)
-    passed = np.empty(m, dtype=np.bool_)
-    for i in range(m):
-        a = analytic[i]
-        n = numeric[i]
-        d = abs(a - n)
-        abs_error[i] = d
-        denom = max(1e-8, abs(a) + abs(n))
-        r = d / denom
-        rel_error[i] = r if r == r else np.inf  # NaN ranks as the worst possible error
-        tol = max(rtol * denom, noise[i]) + atol
-        allowed[i] = tol
-        # Written so that NaN (in a, n or tol) fails: comparisons with NaN are False.
-        passed[i] = d <= tol and abs(n) < np.inf
-    return abs_error, rel_error, allowed, passed
-
-
-@njit(cache=True)
-def one_sided_differences(
-    f_plus: np.ndarray,
-    f0: float,
-    f_minus: np.ndarray,
-    forward_taken: np.ndarray,
-    backward_taken: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Forward ``(f+ - f0) / up``, backward ``(f0 - f-) / down`` and their gap ``|fwd - bwd|``."""
-    m = f_plus.shape[0]
-    forward = np.empty(m)
-    backward = np.empty(m)
-    gap = np.empty(m)
-    for i in range(m):
-        forward[i] = (f_plus[i] - f0) / forward_taken[i]
-        backward[i] = (f0 - f_minus[i]) / backward_taken[i]
-        gap[i] = abs(forward[i] - backward[i])
-    return forward, backward, gap
 
 
 def _entry_losses_py(loss, x, flat_index, values, n_chunks):  # type: ignore[no-untyped-def]
@@ -170,23 +100,3 @@ def jit_entry_losses(
 def jit_vector_losses(loss: Any, vectors: np.ndarray, n_chunks: int) -> np.ndarray:
     """``out[r]`` = ``loss(vectors[r])`` (a copy), ``prange`` over ``n_chunks`` chunks."""
     return _jit_kernels["vector"](loss, vectors, n_chunks)
-
-
-_warm = False
-
-
-def warm_up() -> float:
-    """Compile (or load from cache) the kernels used by every check; return the seconds spent.
-
-    Called once per process before the first check so compile time is reported apart from run
-    time; later calls cost nothing and return 0.
-    """
-    global _warm
-    if _warm:
-        return 0.0
-    start = time.perf_counter()
-    one = np.ones(1)
-    compare(one, central_differences(one, one, one), one, 1e-5, 0.0)
-    one_sided_differences(one, 1.0, one, one, one)
-    _warm = True
-    return time.perf_counter() - start

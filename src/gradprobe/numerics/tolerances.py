@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import differences
 
 __all__ = [
     "DEFAULT_RTOL",
@@ -128,18 +128,14 @@ class Tolerance:
         return self.difference_floor(f_plus, f_minus) / np.abs(taken)
 
     def compare(self, analytic: np.ndarray, numeric: np.ndarray, noise: np.ndarray) -> Verdict:
-        """The pass rule (:func:`gradprobe.numerics.kernels.compare`) for any estimate.
+        """The pass rule (:func:`gradprobe.numerics.differences.compare`) for any estimate.
 
         An entry passes when ``|a - n| <= max(rtol * max(1e-8, |a| + |n|), noise) + atol`` and
         the estimate is finite; NaN anywhere fails.
         """
         return Verdict(
-            *kernels.compare(
-                np.ascontiguousarray(analytic, dtype=np.float64),
-                np.ascontiguousarray(numeric, dtype=np.float64),
-                np.ascontiguousarray(np.broadcast_to(noise, np.shape(analytic)), dtype=np.float64),
-                self.rtol,
-                self.atol,
+            *differences.compare(
+                analytic, numeric, np.broadcast_to(noise, np.shape(analytic)), self.rtol, self.atol
             )
         )
 

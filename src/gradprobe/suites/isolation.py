@@ -1,10 +1,16 @@
 """Running one check: in this process, or in a worker process that can be killed.
 
-:func:`run_isolated` starts a fresh worker (``spawn``) per check: the check's own ``timeout``
-stops it cleanly with a partial report, and a watchdog kills the worker when no result
-arrives within ``timeout`` plus a grace period (a loss call stuck in C code that never
-returns). :func:`run_here` runs it in this process. Both return ``(status, message, report)``
-and never raise for a failing, crashing or hanging check.
+:class:`IsolatedWorker` keeps one worker process (``spawn``, not a daemon, so a check's
+``n_jobs`` can start joblib workers of its own) and runs checks in it one after another: the
+check's own ``timeout`` stops it cleanly with a partial report, and a watchdog kills the
+worker when no result arrives within ``timeout`` plus a grace period (a loss call stuck in C
+code that never returns). A worker that was killed, died or was interrupted is replaced by a
+fresh one for the next check; one that reported (passed, failed or crashed with a Python
+exception) runs the next check too, saving the ~0.3-1 s a new process spends starting and
+importing. Checks in one worker share its imported modules, as checks run in this process
+(``isolate = false``) do. :func:`run_isolated` runs one check in a worker of its own;
+:func:`run_here` runs it in this process. All return ``(status, message, report)`` and never
+raise for a failing, crashing or hanging check.
 
 Ctrl-C: in this process the engine's ``KeyboardInterrupt`` (carrying the partial report) gives
 status ``"interrupted"``. With a worker, the parent counts the signal instead of raising,
@@ -15,6 +21,7 @@ signal (the terminal sends one to both processes) cannot interrupt it while it r
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import multiprocessing
 import os
@@ -32,7 +39,7 @@ from ..report.model import Report
 from .config import CheckSpec
 from .tracebacks import crash_text
 
-__all__ = ["INTERRUPT_GRACE", "STARTUP_LIMIT", "run_here", "run_isolated"]
+__all__ = ["INTERRUPT_GRACE", "STARTUP_LIMIT", "IsolatedWorker", "run_here", "run_isolated"]
 
 ProgressFn = Callable[[int, int], None]
 
@@ -40,6 +47,8 @@ ProgressFn = Callable[[int, int], None]
 STARTUP_LIMIT = 120.0
 #: Seconds an interrupted worker has to send back what it finished before it is killed.
 INTERRUPT_GRACE = 10.0
+#: Seconds an idle worker has to exit when asked before it is killed.
+STOP_GRACE = 2.0
 
 
 def _grace(timeout: float) -> float:
@@ -107,11 +116,11 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _worker(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
-    """Entry point of the worker process: run the check, send the outcome back.
+def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
+    """In the worker: run one check and send its outcome back.
 
-    The worker starts with Ctrl-C ignored (see :func:`_run_isolated`); from here on the first
-    one (from the terminal, or forwarded by the parent) interrupts the check.
+    The worker idles with Ctrl-C ignored (see :meth:`IsolatedWorker._start`); during the check
+    the first one (from the terminal, or forwarded by the parent) interrupts it.
     """
     signal.signal(signal.SIGINT, _interrupt_once)
     last = [0.0]
@@ -137,11 +146,40 @@ def _worker(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     if result is None:
         result = _interrupted(None)
     status, message, report = result
-    try:
-        conn.send(("result", status, message, _pack_report(report)))
-        conn.close()
-    except OSError:  # the parent is gone: nobody to tell
-        pass
+    conn.send(("result", status, message, _pack_report(report)))
+
+
+def _exit_with_parent() -> None:
+    """In the worker: exit as soon as the parent process ends, even in the middle of a check
+    (a daemon thread waits on the parent's sentinel)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - always set in a spawned worker
+        return
+
+    def wait() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=wait, name="gradprobe-parent-watch", daemon=True).start()
+
+
+def _serve(conn: Any) -> None:
+    """Entry point of the worker process: run each check the parent sends, until told to stop
+    (or until the parent is gone)."""
+    _exit_with_parent()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] != "check":
+            return
+        try:
+            _run_one(conn, msg[1], msg[2])
+        except OSError:  # the parent is gone: nobody to tell
+            return
+        except KeyboardInterrupt:  # a Ctrl-C just as the check ended: the parent sees EOF
+            return
 
 
 @contextmanager
@@ -185,29 +223,129 @@ def _forward_interrupt(proc: Any) -> None:
         pass
 
 
-def run_isolated(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
-    # Plain dicts: mapping proxies do not pickle.
-    spec = dataclasses.replace(spec, args=dict(spec.args), options=dict(spec.options))
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(child, spec, progress is not None), daemon=True)
-    with _CtrlC() as ctrl_c:
-        with _ctrl_c_ignored():
+def _kill(proc: Any) -> None:
+    """Kill the worker and what it started (joblib workers of a check with ``n_jobs``; found
+    with psutil when installed, else left to their own idle timeout)."""
+    children: list[Any] = []
+    try:
+        import psutil
+
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:  # no psutil, or the worker is gone already
+        pass
+    proc.kill()
+    proc.join(5)
+    for child in children:
+        try:
+            child.kill()
+        except Exception:  # gone already
+            pass
+
+
+class IsolatedWorker:
+    """One worker process that runs isolated checks one after another (see the module).
+
+    Use as a context manager (or call :meth:`close`): the worker is started at the first
+    :meth:`run` and stopped at exit; a worker that had to be killed is replaced at the next
+    :meth:`run`. ``pids`` lists the worker processes started, in order.
+    """
+
+    def __init__(self) -> None:
+        self._proc: Any = None
+        self._conn: Any = None
+        self.pids: list[int] = []
+
+    def __enter__(self) -> IsolatedWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        # Not a daemon: a daemon process may not start processes, and joblib would then run a
+        # check's n_jobs > 1 in one job. close() (at the latest at exit) stops it instead.
+        proc = ctx.Process(target=_serve, args=(child,), daemon=False, name="gradprobe-check")
+        with _ctrl_c_ignored():  # it starts, and idles between checks, with Ctrl-C ignored
             proc.start()
         child.close()
+        self._proc, self._conn = proc, parent
+        self.pids.append(int(proc.pid))
+        atexit.register(self.close)
+
+    def _discard(self, graceful: bool = True) -> None:
+        """Stop the worker: ask an idle one to exit (``graceful``), kill a busy one, or one
+        that does not exit."""
+        proc, conn = self._proc, self._conn
+        if proc is None:
+            return
+        self._proc = self._conn = None
+        atexit.unregister(self.close)
         try:
-            return _watch(spec, proc, parent, progress, ctrl_c)
-        finally:
+            if graceful and proc.is_alive():
+                try:
+                    conn.send(("stop",))
+                    proc.join(STOP_GRACE)
+                except OSError:
+                    pass
             if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-            parent.close()
+                _kill(proc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Stop the worker (nothing is left running)."""
+        self._discard()
+
+    def run(self, spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
+        """Run one check in the worker (started, or replaced, as needed)."""
+        # Plain dicts: mapping proxies do not pickle.
+        spec = dataclasses.replace(spec, args=dict(spec.args), options=dict(spec.options))
+        then = "kill"
+        with _CtrlC() as ctrl_c:
+            try:
+                self._send(spec, progress is not None)
+                result, then = _watch(spec, self._proc, self._conn, progress, ctrl_c)
+                return result
+            finally:
+                if then != "reuse":
+                    self._discard(graceful=then == "stop")
+
+    def _send(self, spec: CheckSpec, want_progress: bool) -> None:
+        message = ("check", spec, want_progress)
+        if self._proc is not None:
+            try:
+                self._conn.send(message)
+                return
+            except OSError:  # the idle worker died (killed from outside): start another
+                self._discard()
+        self._start()
+        self._conn.send(message)
+
+
+def run_isolated(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
+    """Run one check in a worker process of its own (stopped when the check ends)."""
+    with IsolatedWorker() as worker:
+        return worker.run(spec, progress)
 
 
 def _watch(
     spec: CheckSpec, proc: Any, parent: Any, progress: ProgressFn | None, ctrl_c: _CtrlC
-) -> tuple[str, str, Report | None]:
-    """Wait for the worker's result, killing it at the hard limit; forward a Ctrl-C."""
+) -> tuple[tuple[str, str, Report | None], str]:
+    """Wait for the worker's result until the hard limit; forward a Ctrl-C.
+
+    Returns the outcome and what to do with the worker: ``"reuse"`` (it reported and waits for
+    the next check), ``"stop"`` (it reported, but was interrupted) or ``"kill"`` (busy, hung or
+    gone).
+    """
+    result = _wait(spec, proc, parent, progress, ctrl_c)
+    return result[:3], result[3]
+
+
+def _wait(
+    spec: CheckSpec, proc: Any, parent: Any, progress: ProgressFn | None, ctrl_c: _CtrlC
+) -> tuple[str, str, Report | None, str]:
     timeout = spec.timeout
     started_at: float | None = None
     interrupted = False
@@ -216,11 +354,11 @@ def _watch(
         if ctrl_c.count and not interrupted:
             interrupted = True
             if started_at is None:  # still importing: nothing to report
-                return _interrupted(None, " while the worker started")
+                return (*_interrupted(None, " while the worker started"), "kill")
             _forward_interrupt(proc)
             limit = time.monotonic() + INTERRUPT_GRACE
         elif ctrl_c.count > 1:  # a second Ctrl-C: stop waiting for the report
-            return _interrupted(None, " twice; the worker was killed")
+            return (*_interrupted(None, " twice; the worker was killed"), "kill")
         wait = max(0.0, min(0.2, limit - time.monotonic()))
         try:
             ready = parent.poll(wait)
@@ -228,12 +366,13 @@ def _watch(
         except (EOFError, OSError):
             proc.join(5)
             if interrupted:
-                return _interrupted(None, "; the worker ended without reporting")
+                return (*_interrupted(None, "; the worker ended without reporting"), "kill")
             return (
                 "crashed",
                 f"the worker process died (exit code {proc.exitcode}) before reporting; "
                 "run with isolate = false to see the error in this process.",
                 None,
+                "kill",
             )
         if msg is not None:
             if msg[0] == "started":
@@ -248,16 +387,19 @@ def _watch(
                 if callable(announce):
                     announce(str(msg[1]), int(msg[2]), int(msg[3]))
             elif msg[0] == "result":
-                proc.join(10)
                 report = _unpack_report(msg[3])
                 if interrupted or msg[1] == "interrupted":
-                    return _interrupted(report)
-                return msg[1], msg[2], report
+                    return (*_interrupted(report), "stop")
+                return msg[1], msg[2], report, "reuse"
             continue
         if time.monotonic() >= limit:
             if interrupted:
-                return _interrupted(
-                    None, f"; the worker did not report within {INTERRUPT_GRACE:g} s and was killed"
+                return (
+                    *_interrupted(
+                        None,
+                        f"; the worker did not report within {INTERRUPT_GRACE:g} s and was killed",
+                    ),
+                    "kill",
                 )
             what = (
                 f"no result {timeout:g} s (+{_grace(timeout):g} s grace) after the check "
@@ -270,4 +412,5 @@ def _watch(
                 f"stopped early (timeout): {what}; the worker process was killed. Make "
                 "each loss call return in time or raise `timeout`.",
                 None,
+                "kill",
             )

@@ -1,8 +1,9 @@
 """Running a suite's checks so that nothing hangs, and the outcome of each.
 
-Each check runs, by default, in a fresh worker process (``spawn``): the check's own ``timeout``
-stops it cleanly with a partial report, and a hard watchdog kills the worker when no result
-arrives within ``timeout`` plus a grace period (a loss call stuck in C code that never returns).
+Each check runs, by default, in a worker process (``spawn``; a suite's checks share one
+:class:`IsolatedWorker`, replaced whenever a check kills it): the check's own ``timeout`` stops
+it cleanly with a partial report, and a hard watchdog kills the worker when no result arrives
+within ``timeout`` plus a grace period (a loss call stuck in C code that never returns).
 ``isolate = false`` runs in this process instead (the check's own timeout still applies).
 
 Ctrl-C stops the check in progress either way and :func:`run_check` returns it with status
@@ -18,7 +19,9 @@ check's status and full report, read back by :meth:`SuiteResult.from_dict` (base
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import platform
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +33,7 @@ import numpy as np
 from .._version import __version__
 from ..report.model import Report, jsonable
 from .config import CheckSpec
-from .isolation import run_here, run_isolated
+from .isolation import IsolatedWorker, run_here, run_isolated
 from .outcome import EXIT_CODES, STATUSES
 
 ProgressFn = Callable[[int, int], None]
@@ -40,6 +43,7 @@ __all__ = [
     "STATUSES",
     "SUITE_SCHEMA_VERSION",
     "CheckOutcome",
+    "IsolatedWorker",
     "SuiteResult",
     "run_check",
     "versions",
@@ -49,16 +53,24 @@ SUITE_SCHEMA_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    """Versions that matter for reproducing a check."""
-    import numba
-
+    """Versions that matter for reproducing a check (read without importing numba)."""
     return {
         "gradprobe": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "numba": numba.__version__,
+        "numba": _distribution_version("numba"),
         "platform": platform.platform(terse=True),
     }
+
+
+def _distribution_version(name: str) -> str:
+    module = sys.modules.get(name)
+    if module is not None:
+        return str(module.__version__)
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 @dataclass(frozen=True)
@@ -200,7 +212,9 @@ def now_iso() -> str:
 
 
 # -- running one check ----------------------------------------------------------------------
-def run_check(spec: CheckSpec, progress: ProgressFn | None = None) -> CheckOutcome:
+def run_check(
+    spec: CheckSpec, progress: ProgressFn | None = None, *, worker: IsolatedWorker | None = None
+) -> CheckOutcome:
     """Run one check (in a worker process unless ``spec.isolate`` is false).
 
     Parameters
@@ -209,6 +223,9 @@ def run_check(spec: CheckSpec, progress: ProgressFn | None = None) -> CheckOutco
         The check.
     progress : callable, optional
         ``progress(done, total)`` as loss evaluations are spent.
+    worker : IsolatedWorker, optional
+        The worker process to run an isolated check in, shared by a suite's checks (replaced
+        when a check kills it); default: a fresh one for this check alone.
 
     Returns
     -------
@@ -217,7 +234,9 @@ def run_check(spec: CheckSpec, progress: ProgressFn | None = None) -> CheckOutco
         status ``"interrupted"`` with the partial report (the caller decides whether to go on).
     """
     start = time.monotonic()
-    if spec.isolate:
+    if spec.isolate and worker is not None:
+        status, message, report = worker.run(spec, progress)
+    elif spec.isolate:
         status, message, report = run_isolated(spec, progress)
     else:
         status, message, report = run_here(spec, progress)
