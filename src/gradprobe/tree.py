@@ -12,6 +12,7 @@ are held: a subtree without a parameter is kept as the very object given, and ev
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,15 @@ class TreeDef:
     children: tuple[TreeDef, ...] = ()
     value: Any = None
     n_params: int = 0
+
+    @functools.cached_property
+    def flat_dict(self) -> bool:
+        """A plain ``dict`` whose values are all parameters (rebuilt without recursion)."""
+        return (
+            self.kind == "mapping"
+            and self.type is dict
+            and all(c.kind == "param" for c in self.children)
+        )
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,9 @@ def _flatten(
 
 def unflatten(treedef: TreeDef, params: Sequence[Any]) -> Any:
     """Rebuild the tree around ``params`` (one per parameter leaf, in flattening order)."""
+    if treedef.flat_dict:
+        # The common case, rebuilt once per loss evaluation: a plain dict of arrays.
+        return dict(zip(treedef.keys, params, strict=True))
     it = iter(params)
     return _build(treedef, it)
 
