@@ -318,13 +318,13 @@ def test_bad_options(kwargs, match):
 
 
 def test_bad_inputs():
-    with pytest.raises(InvalidInputError, match="at least one floating-point torch.Tensor"):
+    with pytest.raises(InvalidInputError, match=r"at least one floating-point torch\.Tensor"):
         gt.check(torch.sin, torch.arange(3))
     with pytest.raises(InvalidInputError, match="bfloat16"):
         gt.check(torch.sin, torch.ones(3, dtype=torch.bfloat16))
     with pytest.raises(InvalidInputError, match="fn's output"):
         gt.check(lambda a: "not a tensor", torch.ones(3))
-    with pytest.raises(InvalidInputError, match="module: expected a torch.nn.Module"):
+    with pytest.raises(InvalidInputError, match=r"module: expected a torch\.nn\.Module"):
         gt.check_module(torch.sin, torch.ones(3))
     with pytest.raises(InvalidInputError, match="fn: expected a callable"):
         gt.check(3, torch.ones(3))
