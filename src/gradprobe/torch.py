@@ -234,8 +234,9 @@ class _TorchFunction:
         self.base = {n: _as_numpy(n, t) for n, t in zip(self.names, tensors, strict=True)}
         try:
             with torch.no_grad():
+                # Copies: a function that writes into its inputs must not change the base.
                 leaves = _float_leaves(
-                    call(*(self._tensor(p, a) for p, a in self._items(self.base)))
+                    call(*(self._tensor(p, a.copy()) for p, a in self._items(self.base)))
                 )
         except (InvalidInputError, KeyboardInterrupt):
             raise

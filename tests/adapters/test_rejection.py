@@ -6,6 +6,9 @@ tensor and a jax array, so the rule is tested where neither framework is install
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -44,3 +47,18 @@ def test_other_array_likes_are_still_converted():
     value = _stand_in("mylib.arrays", "Array")  # not a framework with an adapter
     report = gradprobe.check(lambda p: float(np.sum(p["w"])), {"w": np.ones(3)}, {"w": value})
     assert report.passed
+
+
+@pytest.mark.parametrize(
+    ("framework", "extra"), [("torch", "gradprobe[torch]"), ("jax", "gradprobe[jax]")]
+)
+def test_adapter_without_its_framework_says_what_to_install(framework, extra):
+    code = (
+        f"import sys; sys.modules[{framework!r}] = None\n"  # as if it were not installed
+        f"try:\n    import gradprobe.{framework}\n"
+        "except ModuleNotFoundError as exc:\n    print(exc.name, '|', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    name, _, message = out.stdout.partition(" | ")
+    assert name == framework, out.stdout + out.stderr
+    assert extra in message

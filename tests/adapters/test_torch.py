@@ -283,6 +283,7 @@ def test_same_seed_same_report():
     two = gt.check(BuggyLayerNorm.apply, *layer_norm_inputs(), seed=3)
     assert report_core(one) == report_core(two)
     assert one.settings["cotangent"].startswith("standard normal, seed 3")
+    assert gradprobe.Report.from_dict(one.to_dict()).settings == one.settings
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
