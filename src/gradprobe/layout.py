@@ -80,9 +80,32 @@ class ParamLayout:
         return [path for path, arr, digest in self.watched if _digest(arr) != digest]
 
 
+#: Array types of these frameworks (``type(x).__module__``'s first word; not imported here)
+#: get a pointer to their adapter instead of a silent conversion to numpy.
+FRAMEWORK_ADAPTERS = {"torch": "gradprobe.torch", "jax": "gradprobe.jax", "jaxlib": "gradprobe.jax"}
+
+
+def _reject_framework_array(value: Any, where: str) -> None:
+    """Raise ``InvalidInputError`` for a torch tensor or jax array (``where``: the argument),
+    naming the adapter that checks such functions against their framework's autograd."""
+    framework = type(value).__module__.partition(".")[0]
+    adapter = FRAMEWORK_ADAPTERS.get(framework)
+    if adapter is None:
+        return
+    kind = "a torch.Tensor" if framework == "torch" else "a jax array"
+    raise InvalidInputError(
+        f"{where}: expected a numpy array, found {kind} ({type(value).__name__}); "
+        f"gradprobe.check works on numpy arrays and hand-written gradients. To check a "
+        f"{'PyTorch' if framework == 'torch' else 'JAX'} function against its autograd, use "
+        f"{adapter}.check(fn, *inputs) (see the README's 'PyTorch and JAX'); to check a numpy "
+        "loss, pass numpy copies (np.asarray(x) after .detach().cpu() for a tensor)."
+    )
+
+
 def _check_float_array(
     name: str, value: Any, what: str, *, integers_are_values: bool = False
 ) -> np.ndarray:
+    _reject_framework_array(value, f"{what} {name!r}")
     if not isinstance(value, np.ndarray):
         if isinstance(value, numbers.Number) or hasattr(value, "__array__"):
             value = np.asarray(value)
@@ -196,6 +219,7 @@ def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
     arrays) are held fixed, passed as they are. The copies are what the check perturbs: the
     caller's arrays are never written to.
     """
+    _reject_framework_array(params, "params")
     if isinstance(params, np.ndarray):
         kind, container_type = "array", np.ndarray
         _check_float_array("x", params, "parameter")

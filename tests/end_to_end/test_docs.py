@@ -19,6 +19,8 @@ of ``examples/``:
   many lines as the output (blank lines aside).
 - ``skip`` after the language (```` ```bash skip ````) for what must not run here
   (``pip install``); ``slow`` marks a block that takes more than a few seconds.
+- A python block that imports an optional framework (torch, jax) that is not installed is
+  skipped (``ModuleNotFoundError`` naming it), and so is nothing else.
 
 Any other block is an error: a report example is either generated or not in the docs.
 References to tests (``tests/...py::test_name``) must name tests that exist.
@@ -50,6 +52,8 @@ DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(?P<info>[^\n`]*)\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
 LANGUAGES = {"python", "bash", "toml", "text"}
 BLOCK_SECONDS = 60  # a generous ceiling for one command (the suite runs of the examples)
+#: Frameworks a python block may import without them being installed: the block is skipped.
+OPTIONAL_MODULES = {"torch", "jax", "jaxlib"}
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,13 @@ def _compare(block: Block, actual: str) -> None:
 
 def _run(block: Block, ws: Workspace, monkeypatch: pytest.MonkeyPatch, index: int) -> None:
     if block.language == "python":
-        ws.last_output[index] = _run_python(block, ws, monkeypatch)
+        try:
+            ws.last_output[index] = _run_python(block, ws, monkeypatch)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] not in OPTIONAL_MODULES:
+                raise
+            ws.done.add(index)
+            pytest.skip(f"{block.where} needs {exc.name}, which is not installed")
     elif block.language == "bash":
         ws.last_output[index] = _run_bash(block, ws)
     elif block.language == "toml":
@@ -277,7 +287,8 @@ def test_doc_block(block, docs_root, monkeypatch):
             earlier.language == "bash" and "slow" not in earlier.attrs
         )
         if needed or (plain_output and k == me - 1):
-            _run(earlier, ws, monkeypatch, k)
+            with contextlib.suppress(pytest.skip.Exception):  # needs a missing framework
+                _run(earlier, ws, monkeypatch, k)
     _run(block, ws, monkeypatch, me)
 
 

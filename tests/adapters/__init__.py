@@ -1,0 +1,1 @@
+"""Tests of the PyTorch and JAX adapters (skipped where the framework is not installed)."""
