@@ -157,7 +157,6 @@ def bench_jitted(repeats, core_list):
     print(f"\nWorkload: {m.name}; {n:,} params, all checked; T_forward {tf * 1e6:.1f} us")
     loop = median_time(lambda: per_entry_loop(lambda p: m.loss(p["x"]), {"x": x}, [("x", np.arange(n))]), repeats)
     header("jitted tiny MLP (numba)")
-    cores = os.cpu_count() or 1
     print(row("per-entry loop calling the jitted loss", loop, n, tf, 1, loop))
     compile_s = gradprobe.check(m.loss, m.grad, m.params).timings["compile"]
     for c in sorted({1, *core_list}):
