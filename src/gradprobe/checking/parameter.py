@@ -129,8 +129,8 @@ def gather_evidence(
     return evidence(sample, entries, outcome=outcome, grown=grown)
 
 
-#: Entries per block of a sample: a check stopped by its time limit or budget keeps the blocks
-#: it finished (workers still share each block).
+#: Entries per block of a sample under a time limit or budget: a check stopped by it keeps the
+#: blocks it finished (workers still share each block).
 MIN_BLOCK_ENTRIES = 256
 #: ... and at most this many blocks per sample, so dispatching them stays cheap.
 MAX_BLOCKS = 64
@@ -140,7 +140,13 @@ def _evaluate_in_blocks(
     ctx: ParamCheck, flat_index: np.ndarray, done: list[EntryResults]
 ) -> EntryResults:
     """:func:`evaluate_entries` block by block, appending each finished block to ``done``."""
-    block = max(MIN_BLOCK_ENTRIES, -(-flat_index.size // MAX_BLOCKS))
+    ev = ctx.evaluator
+    if ev.budget is None and ev.deadline is None:
+        # Nothing will stop the check part-way (but Ctrl-C): one call, which workers share
+        # best (a dispatch decision weighs one call's work against starting them).
+        block = max(1, flat_index.size)
+    else:
+        block = max(MIN_BLOCK_ENTRIES, -(-flat_index.size // MAX_BLOCKS))
     results = []
     a = 0
     while True:
