@@ -4,7 +4,7 @@ A layer norm with a hand-written backward, as a ``torch.autograd.Function`` and 
 ``jax.custom_vjp``: a correct one and one whose backward gets a single entry of the input
 gradient wrong by 50%, in float64 and float32. Each is checked by
 
-- ``gradprobe.torch.check`` / ``gradprobe.jax.check`` (defaults: a 512-entry sample per input,
+- ``gradprobe.torch.check`` / ``gradprobe.jax.check`` (defaults: the adaptive sample per input,
   directional probes over every entry, bisection to the wrong entries);
 - ``torch.autograd.gradcheck`` in slow mode (the full Jacobian, numerical and analytical: its
   memory is ``2 * inputs * outputs * 8`` bytes, so large sizes are skipped past ``--max-gb``)
