@@ -73,3 +73,29 @@ def test_planned_evaluations_counts_samples_probes_and_slices():
     assert planned_evaluations(48, 1000, 2, False, (100, 10)) == 96 + 4 + 4
     assert planned_evaluations(48, 1000, 2, True, (100, 10)) == 96 + 4 + 4 + 200
     assert planned_evaluations(48, 1000, 0, False, (100, 10)) == 96
+
+
+def test_a_long_check_says_what_it_will_cost_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from gradprobe import api
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    m = make_mlp()
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(api, "ANNOUNCE_SECONDS", 0.0)  # every check counts as long here
+    report = gradprobe.check(m.loss, m.grad, m.params, n_jobs=1)
+    line = err.getvalue()
+    planned = report.settings["planned_evaluations"]
+    assert line.startswith("gradprobe: this check will take about")
+    assert f"({planned:,} loss evaluations of ~" in line and "timeout=" in line
+    # Not a terminal (a log, a pipe): silent.
+    quiet = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    gradprobe.check(m.loss, m.grad, m.params, n_jobs=1)
+    assert quiet.getvalue() == ""
