@@ -99,3 +99,21 @@ def test_a_long_check_says_what_it_will_cost_on_a_terminal(monkeypatch):
     monkeypatch.setattr(sys, "stderr", quiet)
     gradprobe.check(m.loss, m.grad, m.params, n_jobs=1)
     assert quiet.getvalue() == ""
+
+
+def test_a_time_limit_keeps_the_blocks_finished_before_it():
+    import time
+
+    x = np.linspace(-1.0, 1.0, 400)
+
+    def slow(v):
+        time.sleep(0.002)
+        return float(np.sum(np.sin(v)))
+
+    with pytest.raises(gradprobe.CheckAborted) as info:
+        gradprobe.check(slow, np.cos, x, samples="all", timeout=1.0, n_jobs=1)
+    assert info.value.reason == "timeout"
+    p = info.value.partial_report.params["x"]
+    # ~250 evaluations fit in the second: blocks sized from the time left keep most of them.
+    assert not p.finished and p.passed is False and 16 <= p.n_checked < 400
+    assert p.n_failed == 0 and "unfinished" in p.coverage.statement

@@ -134,6 +134,10 @@ def gather_evidence(
 MIN_BLOCK_ENTRIES = 256
 #: ... and at most this many blocks per sample, so dispatching them stays cheap.
 MAX_BLOCKS = 64
+#: Under a time limit a block takes at most this fraction of the time left (estimated) ...
+TIME_SLICES = 16
+#: ... but holds at least this many entries.
+MIN_TIMED_BLOCK = 16
 
 
 def _evaluate_in_blocks(
@@ -150,10 +154,17 @@ def _evaluate_in_blocks(
     results = []
     a = 0
     while True:
-        left = ctx.evaluator.evaluations_left()
-        # Under a budget, a block that fits in what is left (2 evaluations per entry) runs
-        # before the budget stops the check, so the report keeps it.
-        size = block if left is None else max(1, min(block, left // 2))
+        size = block
+        left = ev.evaluations_left()
+        if left is not None:
+            # Under a budget, a block that fits in what is left (2 evaluations per entry) runs
+            # before the budget stops the check, so the report keeps it.
+            size = max(1, min(size, left // 2))
+        if ev.deadline is not None and ev.base_seconds:
+            # Under a time limit, blocks of a slice of the time left (by the measured cost of
+            # one evaluation), so a stopped check keeps most of what it evaluated.
+            seconds = (ev.deadline - time.monotonic()) / TIME_SLICES
+            size = min(size, max(MIN_TIMED_BLOCK, int(seconds / (2 * ev.base_seconds))))
         results.append(evaluate_entries(ctx, flat_index[a : a + size]))
         done.append(results[-1])
         a += size
