@@ -30,7 +30,7 @@ from .layout import (
     promote_to_float64,
     validate_callable,
 )
-from .numerics.steps import default_relative_step
+from .numerics.steps import EVALUATIONS_PER_ENTRY, default_relative_step
 from .numerics.tolerances import loss_epsilon, precision_dtype, tolerance_for
 from .options import (
     DEFAULT_PROBES,
@@ -87,9 +87,10 @@ def check(
         Float arrays by name (``{"W1": ..., "b1": ...}``), a sequence of arrays (named "0",
         "1", ...), one array (named "x"), or a tree of those (nested dicts, lists, tuples,
         NamedTuples, dataclasses; names are paths such as ``"encoder.layers[0].W"``). Leaves
-        that are not float arrays (ints, strings, None, integer or bool arrays) are held fixed:
-        passed to the loss as they are, never perturbed, listed in ``report.warnings``. Never
-        modified.
+        that are not float arrays (ints, float scalars, strings, None, integer or bool arrays)
+        are held fixed: passed to the loss as they are, never perturbed, listed in
+        ``report.warnings`` (a gradient value given for a held float scalar is refused: pass
+        ``np.array(x)`` to check it). Never modified.
     seed : int
         Seeds the choice of entries; the same seed gives the same report.
     samples : int, float, "all" or mapping, optional
@@ -253,7 +254,8 @@ class _Run:
             deadline=self.deadline,
             progress=options.progress,
             # base, pre-flight, first samples
-            planned_evaluations=2 + 2 * sum(first for first, _ in self.sample_plans),
+            planned_evaluations=2
+            + EVALUATIONS_PER_ENTRY[options.method] * sum(first for first, _ in self.sample_plans),
         )
         self.timings["compile"] += self.evaluator.compile_seconds
         # One seed per parameter, and one more for the noise estimate's direction.
@@ -301,7 +303,14 @@ class _Run:
         """The planned evaluations (settings) and the time they will take by the measured cost
         of one (timings); a check predicted to take over a minute says so on a terminal."""
         planned = sum(
-            planned_evaluations(first, size, self.options.probes, self.options.slice_probes, shape)
+            planned_evaluations(
+                first,
+                size,
+                self.options.probes,
+                self.options.slice_probes,
+                shape,
+                self.options.method,
+            )
             for (first, _), size, shape in zip(
                 self.sample_plans, self.layout.sizes, self.layout.shapes, strict=True
             )
@@ -407,12 +416,18 @@ ANNOUNCE_SECONDS = 60.0
 
 
 def planned_evaluations(
-    first: int, size: int, probes: int, slice_probes: bool, shape: tuple[int, ...]
+    first: int,
+    size: int,
+    probes: int,
+    slice_probes: bool,
+    shape: tuple[int, ...],
+    method: str = "central",
 ) -> int:
-    """Loss evaluations one parameter's check plans before any disagreement (2 per sampled
-    entry; for a sampled parameter 2 per probe plus 4 for the pilot, and 2 per row with
-    ``slice_probes``); retries, bisection and growth come on top where evidence disagrees."""
-    total = 2 * first
+    """Loss evaluations one parameter's check plans before any disagreement (per sampled
+    entry, the method's :data:`~gradprobe.numerics.steps.EVALUATIONS_PER_ENTRY`; for a sampled
+    parameter 2 per probe plus 4 for the pilot, and 2 per row with ``slice_probes``);
+    retries, bisection and growth come on top where evidence disagrees."""
+    total = EVALUATIONS_PER_ENTRY[method] * first
     if probes and first < size:
         total += 4 + 2 * probes + (2 * shape[0] if slice_probes and shape else 0)
     return total

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError
-from .tree import TreeDef, flatten, match, unflatten
+from .tree import TreeDef, check_held_by_path, flatten, match, unflatten
 
 __all__ = [
     "ParamLayout",
@@ -278,7 +278,12 @@ def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
         dtypes=tuple(a.dtype for a in arrays),
         tree=flat.treedef,
         fixed=tuple((p, _describe(v)) for p, v in flat.held),
-        watched=tuple((p, v, _digest(v)) for p, v in flat.held if isinstance(v, np.ndarray)),
+        # Held arrays of Python objects cannot be hashed by their bytes: not watched.
+        watched=tuple(
+            (p, v, _digest(v))
+            for p, v in flat.held
+            if isinstance(v, np.ndarray) and not v.dtype.hasobject
+        ),
     )
     return layout, arrays
 
@@ -296,6 +301,7 @@ def normalize_gradient(layout: ParamLayout, grad: Any) -> list[np.ndarray]:
         and names <= set(grad) <= names | {p for p, _ in layout.fixed}
     ):
         values = [grad[n] for n in layout.names]  # keyed by path
+        check_held_by_path(layout.tree, grad)
     elif layout.kind == "array":
         values = [grad]
     else:

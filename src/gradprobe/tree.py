@@ -17,9 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .errors import InvalidInputError
 
-__all__ = ["Flat", "TreeDef", "flatten", "match", "unflatten"]
+__all__ = ["Flat", "TreeDef", "check_held_by_path", "flatten", "match", "unflatten"]
 
 _TEXT = (str, bytes, bytearray, memoryview)
 _MISSING = object()
@@ -247,6 +249,7 @@ def _where(what: str, path: str) -> str:
 
 def _match(node: TreeDef, other: Any, path: str, what: str, out: list[Any]) -> None:
     if node.kind == "held":
+        _check_held_gradient(node.value, other, path, what)
         return
     if node.kind == "param":
         out.append(other)
@@ -261,6 +264,37 @@ def _match(node: TreeDef, other: Any, path: str, what: str, out: list[Any]) -> N
                 "gradient in the structure of params (leaves held fixed may be left out)."
             )
         _match(child, value, child_path, what, out)
+
+
+def check_held_by_path(treedef: TreeDef, by_path: Mapping[str, Any], what: str = "grad") -> None:
+    """:func:`match`'s rule for held float scalars, for a gradient keyed by full paths."""
+
+    def walk(node: TreeDef) -> None:
+        for path, child in zip(node.paths, node.children, strict=True):
+            if child.kind == "held" and path in by_path:
+                _check_held_gradient(child.value, by_path[path], path, what)
+            elif child.kind not in ("held", "param"):
+                walk(child)
+
+    if treedef.kind not in ("held", "param"):
+        walk(treedef)
+
+
+def _check_held_gradient(held: Any, other: Any, path: str, what: str) -> None:
+    """A float scalar is held fixed, not checked: a gradient that gives it a value of its own
+    (not zero, not the held value passed through) expects a check that does not happen."""
+    if not isinstance(held, (float, np.floating)) or other is _MISSING or other is None:
+        return
+    try:
+        value = float(other)
+    except (TypeError, ValueError):
+        return
+    if value != 0.0 and value != float(held):
+        raise InvalidInputError(
+            f"{_where(what, path)}: expected no gradient (params holds the float {held!r} "
+            f"there fixed: a Python or numpy float scalar is not checked), found {other!r}. "
+            "To check it, pass it as an array (np.array(x) or np.atleast_1d(x)) in params."
+        )
 
 
 def _children_of(node: TreeDef, other: Any, path: str, what: str) -> list[Any]:

@@ -117,3 +117,69 @@ def test_a_time_limit_keeps_the_blocks_finished_before_it():
     # ~250 evaluations fit in the second: blocks sized from the time left keep most of them.
     assert not p.finished and p.passed is False and 16 <= p.n_checked < 400
     assert p.n_failed == 0 and "unfinished" in p.coverage.statement
+
+
+def test_a_stopped_check_keeps_the_wrong_entries_bisection_found():
+    # One wrong entry among 5,000: the probes' bisection names it before the budget runs out
+    # in the growth step; the partial report must still fail on it (not "incomplete, 0 wrong").
+    x = np.linspace(-1.0, 1.0, 5000)
+
+    def bad(v):
+        out = np.cos(v)
+        out[1234] = -out[1234]
+        return out
+
+    full = gradprobe.check(lambda v: float(np.sum(np.sin(v))), bad, x, n_jobs=1)
+    assert not full.passed and full.params["x"].bad_indices == ((1234,),)
+    for budget in (400, 600, 900):
+        with pytest.raises(gradprobe.CheckAborted) as info:
+            gradprobe.check(lambda v: float(np.sum(np.sin(v))), bad, x, n_jobs=1, budget=budget)
+        partial = info.value.partial_report
+        p = partial.params["x"]
+        assert not p.finished and (1234,) in p.bad_indices, budget
+        assert partial.failures == (p,) and "FAILED" in partial.summary_line()
+        assert "no bound" in p.coverage.statement and p.coverage.upper_bound == 1.0
+
+
+def test_an_unfinished_parameter_spreads_its_finished_entries():
+    # The bug is in the last rows only; a stopped check's finished entries must not all be
+    # from the first rows (they run in a fixed pseudo-random order), and no bound is claimed.
+    w = np.random.default_rng(0).standard_normal((100, 60))
+
+    def bad(v):
+        out = 2 * v
+        out[60:] *= 1.5
+        return out
+
+    with pytest.raises(gradprobe.CheckAborted) as info:
+        gradprobe.check(lambda v: float(np.sum(v**2)), bad, w, samples=4000, budget=1500, n_jobs=1)
+    p = info.value.partial_report.params["x"]
+    assert not p.finished and p.n_failed > 0 and p.coverage.upper_bound == 1.0
+
+
+@pytest.mark.parametrize(("method", "per_entry"), [("central", 2), ("richardson", 4)])
+def test_budget_blocks_and_the_plan_count_the_method(method, per_entry):
+    x = np.linspace(-1.0, 1.0, 600)
+    with pytest.raises(gradprobe.CheckAborted) as info:
+        gradprobe.check(
+            lambda v: float(np.sum(np.sin(v))), np.cos, x, samples="all", budget=700,
+            method=method, n_jobs=1,
+        )  # fmt: skip
+    p = info.value.partial_report.params["x"]
+    assert not p.finished and p.n_checked > 0  # a block that fitted the budget was kept
+    report = gradprobe.check(lambda v: float(np.sum(np.sin(v))), np.cos, x[:100], method=method)
+    assert report.settings["planned_evaluations"] == per_entry * 100
+
+
+def test_every_entry_checked_one_way_or_another_reads_as_all():
+    x = np.linspace(-1.0, 1.0, 300)
+
+    def bad(v):
+        out = np.cos(v)
+        out[[3, 50, 120, 200, 290]] *= 3.0
+        return out
+
+    # 48 sampled, 5 bisected, then grown to the rest (300 - 53 < 512): every entry checked.
+    p = gradprobe.check(lambda v: float(np.sum(np.sin(v))), bad, x, n_jobs=1).params["x"]
+    assert p.n_failed == 5 and p.n_checked == 300 and p.sampling == "all"
+    assert "all 300 checked individually, 5 wrong" in p.coverage.statement

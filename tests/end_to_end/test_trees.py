@@ -438,3 +438,27 @@ def test_suite_samples_table_keyed_by_path(tmp_path):
     assert outcome.status == "passed", outcome
     assert outcome.report.params["enc[0].W"].n_checked == 5
     assert outcome.report.params["head.w"].n_checked == 2
+
+
+def test_a_gradient_for_a_held_float_scalar_is_refused_and_object_arrays_are_held():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((3, 2))
+
+    def loss(p):
+        return float(np.sum(p["W"] ** 2) * p["b"])
+
+    def grad(p, db=999.0):
+        return {"W": 2 * p["W"] * p["b"], "b": db}
+
+    params = {"W": W, "b": 0.5}
+    with pytest.raises(gradprobe.InvalidInputError, match=r"'b'.*np.array"):
+        gradprobe.check(loss, grad, params)
+    # The held value passed through, or zero, is no gradient of its own: accepted.
+    for db in (0.5, 0.0, None):
+        report = gradprobe.check(loss, lambda p, db=db: grad(p, db), params)
+        assert report.passed and list(report.params) == ["W"]
+    meta = np.array(["a", None], dtype=object)
+    report = gradprobe.check(
+        lambda p: float(np.sum(p["W"] ** 2)), lambda p: {"W": 2 * p["W"]}, {"W": W, "meta": meta}
+    )
+    assert report.passed and any("meta" in w for w in report.warnings)

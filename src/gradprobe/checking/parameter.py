@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import CheckAborted
 from ..numerics.sampling import Sample, extend_sample, stratified_sample
+from ..numerics.steps import EVALUATIONS_PER_ENTRY
 from .context import ParamCheck
 from .entries import EntryResults, evaluate_entries, merge_entry_results
 from .probes import ProbeOutcome, run_probes
@@ -98,35 +99,37 @@ def gather_evidence(
             **more,
         )
 
+    probed: ProbeOutcome | None = None  # the probes' outcome, once they finished
     try:
         sample = stratified_sample(rng, analytic, n_sample)
         entries = _evaluate_in_blocks(ctx, sample.flat_index, done)
-        outcome = None
         # Probes add nothing where every entry was checked one by one.
         if probes and not sample.complete:
-            outcome = run_probes(
+            probed = run_probes(
                 ctx, rng, n_directions=probes, slice_probes=slice_probes, checked=entries
             )
-            if outcome.leaves is not None:
-                entries = merge_entry_results(entries, outcome.leaves)
+            if probed.leaves is not None:
+                entries = merge_entry_results(entries, probed.leaves)
+                done.append(probed.leaves)  # bisection's entries: kept if the check stops
         grown = False
-        if (
-            grow_to is not None
-            and grow_to > sample.size
-            and _disagrees(entries, outcome, nonfinite)
-        ):
+        if grow_to is not None and grow_to > sample.size and _disagrees(entries, probed, nonfinite):
             extra, grown_sample = extend_sample(
                 rng, analytic, sample, grow_to - sample.size, checked=entries.flat_index
             )
             entries = merge_entry_results(entries, _evaluate_in_blocks(ctx, extra.flat_index, done))
             sample, grown = grown_sample, True
+        if entries.size == ctx.size and not sample.complete:
+            # The sample and bisection's entries together are every entry: checked in full.
+            sample = stratified_sample(rng, analytic, ctx.size)
     except (CheckAborted, KeyboardInterrupt) as exc:
         if done:
             finished = functools.reduce(merge_entry_results, done)
             partial = Sample(finished.flat_index, {}, ctx.size)
-            exc.partial_evidence = evidence(partial, finished, outcome=None, finished=False)  # type: ignore[union-attr]
+            exc.partial_evidence = evidence(  # type: ignore[union-attr]
+                partial, finished, outcome=probed, finished=False
+            )
         raise
-    return evidence(sample, entries, outcome=outcome, grown=grown)
+    return evidence(sample, entries, outcome=probed, grown=grown)
 
 
 #: Entries per block of a sample under a time limit or budget: a check stopped by it keeps the
@@ -143,33 +146,44 @@ MIN_TIMED_BLOCK = 16
 def _evaluate_in_blocks(
     ctx: ParamCheck, flat_index: np.ndarray, done: list[EntryResults]
 ) -> EntryResults:
-    """:func:`evaluate_entries` block by block, appending each finished block to ``done``."""
+    """:func:`evaluate_entries` block by block, appending each finished block to ``done``.
+
+    Under a budget or time limit the entries run in blocks, in a fixed pseudo-random order
+    (so the entries finished before a stop are spread over the parameter, not its first
+    rows); otherwise in one call.
+    """
     ev = ctx.evaluator
     if ev.budget is None and ev.deadline is None:
         # Nothing will stop the check part-way (but Ctrl-C): one call, which workers share
         # best (a dispatch decision weighs one call's work against starting them).
-        block = max(1, flat_index.size)
-    else:
-        block = max(MIN_BLOCK_ENTRIES, -(-flat_index.size // MAX_BLOCKS))
+        return _keep(done, evaluate_entries(ctx, flat_index))
+    block = max(MIN_BLOCK_ENTRIES, -(-flat_index.size // MAX_BLOCKS))
+    order = np.random.default_rng(flat_index.size).permutation(flat_index)
+    # Evaluations per entry, twice over: room for the retries of disagreeing entries.
+    per_entry = 2 * EVALUATIONS_PER_ENTRY[ctx.method]
     results = []
     a = 0
     while True:
         size = block
         left = ev.evaluations_left()
         if left is not None:
-            # Under a budget, a block that fits in what is left (2 evaluations per entry) runs
-            # before the budget stops the check, so the report keeps it.
-            size = max(1, min(size, left // 2))
+            # Under a budget, a block that fits in what is left runs before the budget stops
+            # the check, so the report keeps it.
+            size = max(1, min(size, left // per_entry))
         if ev.deadline is not None and ev.base_seconds:
             # Under a time limit, blocks of a slice of the time left (by the measured cost of
             # one evaluation), so a stopped check keeps most of what it evaluated.
             seconds = (ev.deadline - time.monotonic()) / TIME_SLICES
-            size = min(size, max(MIN_TIMED_BLOCK, int(seconds / (2 * ev.base_seconds))))
-        results.append(evaluate_entries(ctx, flat_index[a : a + size]))
-        done.append(results[-1])
+            size = min(size, max(MIN_TIMED_BLOCK, int(seconds / (per_entry * ev.base_seconds))))
+        results.append(_keep(done, evaluate_entries(ctx, np.sort(order[a : a + size]))))
         a += size
-        if a >= flat_index.size:
+        if a >= order.size:
             return functools.reduce(merge_entry_results, results)
+
+
+def _keep(done: list[EntryResults], results: EntryResults) -> EntryResults:
+    done.append(results)
+    return results
 
 
 def _disagrees(entries: EntryResults, outcome: ProbeOutcome | None, nonfinite: np.ndarray) -> bool:

@@ -103,6 +103,7 @@ def build_report(
         n_probes=outcome.n_probes if outcome is not None else 0,
         n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
         n_unverified=int(np.count_nonzero(~resolved & ~entries.kink)),
+        unfinished=not evidence.finished,
         probe_note=(
             probe_note(outcome, ctx.shape)
             if evidence.finished
@@ -163,13 +164,15 @@ def build_coverage(
     n_unverified: int = 0,
     probe_note: str = "",
     confidence: float = CONFIDENCE,
+    unfinished: bool = False,
 ) -> Coverage:
     """Assemble a :class:`~gradprobe.report.Coverage` and its one-line statement.
 
     ``n_probe_kinks`` counts probes passed as kinks (their step crossed a non-differentiable
     point and the analytic slope is a valid subgradient). ``probe_note`` is appended to the
     statement (what bisection found, or why probes were
-    inconclusive).
+    inconclusive). ``unfinished``: the check stopped part-way through the parameter; its
+    finished entries are no random draw (bisection's are chosen for failing), so no bound.
     """
     parts = []
     if n_probed:
@@ -179,7 +182,13 @@ def build_coverage(
     n_unverified = min(n_unverified, n_sampled)
     n_verified = n_sampled - n_unverified
     unverified = f" ({n_unverified:,} at the round-off floor, unverified)" if n_unverified else ""
-    if n_sampled >= n_total:
+    if unfinished:
+        upper = 1.0
+        parts.append(
+            f"{n_sampled:,} of {n_total:,} checked individually before the stop, "
+            f"{n_failed_sampled:,} wrong{unverified}: no bound on the rest"
+        )
+    elif n_sampled >= n_total:
         upper = (n_failed_sampled + n_unverified) / n_total if n_total else 1.0
         parts.append(
             f"all {n_total:,} checked individually, {n_failed_sampled:,} wrong{unverified}"

@@ -10,13 +10,20 @@ on its first entry that it repeats. The gradient is then handed to ``check`` as 
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import GradCheckError, InvalidInputError, LossEvaluationError, StatefulGradientError
+from ..errors import (
+    CheckAborted,
+    GradCheckError,
+    InvalidInputError,
+    LossEvaluationError,
+    StatefulGradientError,
+)
 from ..layout import unravel, validate_callable
 from ..report.model import Report
 from .outputs import Contraction, Flat, call_user, contract, flatten, same_structure
@@ -62,10 +69,19 @@ def check_jvp(
     validate_callable(roles.vjp, jvp)
     setup = prepare(f, inputs, static, cotangent_seed, check_options, roles)
     start = time.perf_counter()
+    timeout = check_options.get("timeout")
+    # The time limit covers building the gradient too (a bad value is left to check()).
+    limited = isinstance(timeout, numbers.Real) and not isinstance(timeout, bool) and timeout > 0
     gradient, calls = jvp_gradient(
-        jvp, setup, check_options.get("nondet_tol"), bool(check_options.get("promote"))
+        jvp,
+        setup,
+        check_options.get("nondet_tol"),
+        bool(check_options.get("promote")),
+        deadline=time.monotonic() + float(timeout) if limited else None,
     )
     seconds = time.perf_counter() - start
+    if limited:
+        check_options = {**check_options, "timeout": max(1e-3, float(timeout) - seconds)}
     loss = Contraction(f, setup.static, setup.out, setup.cotangent, setup.batched, roles)
     return run(
         loss,
@@ -80,10 +96,11 @@ def check_jvp(
 
 
 def jvp_gradient(
-    jvp, setup: Setup, nondet_tol: Any, promote: bool = False
+    jvp, setup: Setup, nondet_tol: Any, promote: bool = False, deadline: float | None = None
 ) -> tuple[list[np.ndarray], int]:
     """Entry ``i`` of the gradient: ``vdot(G, jvp(x, e_i))``, for every input entry (at the
-    inputs cast to float64 with ``promote``, as the check's loss sees them)."""
+    inputs cast to float64 with ``promote``, as the check's loss sees them). Past
+    ``deadline`` (``time.monotonic()``) it stops with :class:`CheckAborted`."""
     layout, base = setup.layout, setup.base
     if promote:
         base = [a.astype(np.float64) if a.dtype.itemsize < 8 else a for a in base]
@@ -113,6 +130,13 @@ def jvp_gradient(
     for p, t in enumerate(tangents):
         flat_t = t.reshape(-1)
         for j in range(flat_t.size):
+            if deadline is not None and time.monotonic() > deadline:
+                raise CheckAborted(
+                    f"time limit reached while building the gradient from jvp ({calls} of "
+                    f"{sum(a.size for a in base) + 1} jvp calls made); raise `timeout` or "
+                    "check fewer input entries.",
+                    reason="timeout",
+                )
             flat_t[j] = 1
             try:
                 out = call(p, j)

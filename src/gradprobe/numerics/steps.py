@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "EVALUATIONS_PER_ENTRY",
     "METHODS",
     "RETRY_FACTOR",
     "CentralSteps",
@@ -26,6 +27,8 @@ __all__ = [
 
 #: Finite-difference schemes, in order of cost per entry (2, 4 and 1 loss evaluations).
 METHODS = ("central", "richardson", "complex-step")
+#: Loss evaluations per entry of each scheme (before any retry).
+EVALUATIONS_PER_ENTRY = {"central": 2, "richardson": 4, "complex-step": 1}
 
 # Power of the machine epsilon giving the optimal relative step for each method.
 _STEP_POWER = {
