@@ -462,3 +462,23 @@ def test_a_gradient_for_a_held_float_scalar_is_refused_and_object_arrays_are_hel
         lambda p: float(np.sum(p["W"] ** 2)), lambda p: {"W": 2 * p["W"]}, {"W": W, "meta": meta}
     )
     assert report.passed and any("meta" in w for w in report.warnings)
+
+
+def _cast(tree, dtype):
+    if isinstance(tree, np.ndarray):
+        return tree.astype(dtype)
+    if isinstance(tree, dict):
+        return {k: _cast(v, dtype) for k, v in tree.items()}
+    return [_cast(v, dtype) for v in tree]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tree_checks_at_20_seeds_pass_when_correct_and_localize_a_bug(dtype):
+    for seed in range(20):
+        params = _cast(net_params(seed), dtype)
+        report = gradprobe.check(net_loss, net_grad, params, seed=seed)
+        assert report.passed, f"seed {seed}:\n{report}"
+        buggy = gradprobe.check(net_loss, lambda p: net_grad(p, bug=1.5), params, seed=seed)
+        failing = [name for name, r in buggy.params.items() if not r.passed]
+        assert failing == ["encoder.layers[1].b"], f"seed {seed}:\n{buggy}"
+        assert buggy.params["encoder.layers[1].b"].bad_indices  # localized to its entries
