@@ -166,24 +166,28 @@ def bench_jitted(repeats, core_list):
           f"kernels, reported as timings['compile'])")
 
 
-def machine_facts():
+def machine_facts() -> str:
+    """One line: CPU, cores, versions, BLAS library and kernel (also used by bench_speed.py)."""
     cpu = platform.processor() or "?"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     blas = [
-        f"{i['internal_api']} {i['version']} ({i['architecture']}, {i['num_threads']} threads)"
+        f"{i['internal_api']} {i['version']} ({i.get('architecture', '?')}, "
+        f"{i['num_threads']} threads)"
         for i in threadpool_info()
         if i["user_api"] == "blas"
     ]
-    print(
+    return (
         f"Machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, numpy "
         f"{np.__version__}, numba {numba.__version__}, joblib {joblib.__version__}; BLAS "
-        f"{'; '.join(blas)}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}"
+        f"{'; '.join(blas) or '?'}; OPENBLAS_CORETYPE="
+        f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')}"
     )
 
 
@@ -206,7 +210,7 @@ def main():
         torch_ok = False
     import scipy  # noqa: F401  (loads scipy's BLAS so machine_facts lists it)
 
-    machine_facts()
+    print(machine_facts())
     if not torch_ok:
         print("torch not installed: torch.autograd.gradcheck rows skipped")
     bench_mlp((64, 32, 10), 16, 10**9, args.repeats, core_list, torch_ok)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -348,32 +347,9 @@ def resolve_trees(args: argparse.Namespace) -> tuple[dict[str, Path], list[str]]
 
 
 def machine_facts() -> str:
-    import joblib
-    import numba
-    import numpy as np
-    from threadpoolctl import threadpool_info
+    from bench_engine import machine_facts as facts  # the benchmarks' one description
 
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    blas = [
-        f"{i['internal_api']} {i['version']} ({i.get('architecture', '?')}, "
-        f"{i['num_threads']} threads)"
-        for i in threadpool_info()
-        if i["user_api"] == "blas"
-    ]
-    return (
-        f"Machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, numpy "
-        f"{np.__version__}, numba {numba.__version__}, joblib {joblib.__version__}; BLAS "
-        f"{'; '.join(blas) or '?'}; OPENBLAS_CORETYPE="
-        f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')}"
-    )
+    return facts()
 
 
 def _s(res: dict | None, cold: bool = True) -> str:

@@ -244,6 +244,15 @@ class _Run:
         self.deadline = None if options.timeout is None else time.monotonic() + options.timeout
         self.timings: dict[str, float] = {"compile": 0.0}  # the numba kernel path's, if used
         self.sample_plans = _sample_plans(layout, options)
+        #: Loss evaluations the parameters' checks plan before any disagreement.
+        self.planned = sum(
+            planned_evaluations(
+                first, size, options.probes, options.slice_probes, shape, options.method
+            )
+            for (first, _), size, shape in zip(
+                self.sample_plans, layout.sizes, layout.shapes, strict=True
+            )
+        )
         self.evaluator = make_evaluator(
             loss,
             layout,
@@ -254,8 +263,7 @@ class _Run:
             deadline=self.deadline,
             progress=options.progress,
             # base, pre-flight, first samples
-            planned_evaluations=2
-            + EVALUATIONS_PER_ENTRY[options.method] * sum(first for first, _ in self.sample_plans),
+            planned_evaluations=2 + self.planned,  # base and pre-flight, then the plan
         )
         self.timings["compile"] += self.evaluator.compile_seconds
         # One seed per parameter, and one more for the noise estimate's direction.
@@ -302,19 +310,7 @@ class _Run:
     def _announce_cost(self) -> None:
         """The planned evaluations (settings) and the time they will take by the measured cost
         of one (timings); a check predicted to take over a minute says so on a terminal."""
-        planned = sum(
-            planned_evaluations(
-                first,
-                size,
-                self.options.probes,
-                self.options.slice_probes,
-                shape,
-                self.options.method,
-            )
-            for (first, _), size, shape in zip(
-                self.sample_plans, self.layout.sizes, self.layout.shapes, strict=True
-            )
-        )
+        planned = self.planned
         self.noise_info["planned_evaluations"] = planned
         seconds = self.evaluator.base_seconds
         if seconds is None:

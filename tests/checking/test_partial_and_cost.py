@@ -27,6 +27,7 @@ def test_a_budget_keeps_the_finished_entries_of_the_unfinished_parameter():
     assert partial.failures == ()  # unfinished is not a mismatch
     text = str(partial)
     assert "INCOMPLETE" in text and "unfinished" in text and "0 parameters finished" in text
+    assert partial.n_finished == 0
     back = gradprobe.Report.from_dict(partial.to_dict())
     assert not back.params["W1"].finished
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import GradCheckError, LossEvaluationError
-from ..evaluate import Evaluator, in_process_blas
+from ..evaluate import Evaluator, one_blas_thread
 from ..numerics.tolerances import NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, ecnoise
 
 __all__ = ["MAX_NOISE_SCALINGS", "NOISE_SCALING", "estimate_loss_noise"]
@@ -91,7 +91,7 @@ def _noise_at(
         ]
         evaluator.charge(1)
         try:
-            with in_process_blas():
+            with one_blas_thread():
                 values.append(evaluator.call_loss(arrays, "near the base point (noise estimate)"))
         except GradCheckError:
             raise

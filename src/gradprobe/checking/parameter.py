@@ -47,8 +47,6 @@ class Evidence:
         Flat indices where the analytic gradient is NaN/inf.
     n_evaluations, seconds : int, float
         Loss evaluations and wall time spent gathering it.
-    grown : bool
-        The first sample was extended because the evidence disagreed.
     finished : bool
         False for the entries finished before the check stopped (time limit, budget,
         Ctrl-C) while this parameter was being checked: they are reported, with no verdict.
@@ -61,7 +59,6 @@ class Evidence:
     nonfinite: np.ndarray
     n_evaluations: int = 0
     seconds: float = 0.0
-    grown: bool = False
     finished: bool = True
 
 
@@ -111,13 +108,12 @@ def gather_evidence(
             if probed.leaves is not None:
                 entries = merge_entry_results(entries, probed.leaves)
                 done.append(probed.leaves)  # bisection's entries: kept if the check stops
-        grown = False
         if grow_to is not None and grow_to > sample.size and _disagrees(entries, probed, nonfinite):
-            extra, grown_sample = extend_sample(
+            extra, sample_grown = extend_sample(
                 rng, analytic, sample, grow_to - sample.size, checked=entries.flat_index
             )
             entries = merge_entry_results(entries, _evaluate_in_blocks(ctx, extra.flat_index, done))
-            sample, grown = grown_sample, True
+            sample = sample_grown
         if entries.size == ctx.size and not sample.complete:
             # The sample and bisection's entries together are every entry: checked in full.
             sample = stratified_sample(rng, analytic, ctx.size)
@@ -129,7 +125,7 @@ def gather_evidence(
                 partial, finished, outcome=probed, finished=False
             )
         raise
-    return evidence(sample, entries, outcome=probed, grown=grown)
+    return evidence(sample, entries, outcome=probed)
 
 
 #: Entries per block of a sample under a time limit or budget: a check stopped by it keeps the

@@ -35,7 +35,7 @@ from ..errors import (
     NondeterministicLossError,
     StatefulGradientError,
 )
-from ..evaluate import Evaluator, in_process_blas
+from ..evaluate import Evaluator, one_blas_thread
 from ..layout import ParamLayout, normalize_gradient
 from ..numerics.tolerances import (
     NOISE_FACTOR,
@@ -167,7 +167,7 @@ def _repeat(evaluator: Evaluator, nth: str, grad: Callable[[Any], Any] | None = 
             value = normalize_gradient(layout, grad(layout.pack(given)))
         else:
             evaluator.charge(1)
-            with in_process_blas():
+            with one_blas_thread():
                 value = evaluator.call_loss(given, f"at the base point ({nth} pre-flight call)")
     except GradCheckError:
         raise

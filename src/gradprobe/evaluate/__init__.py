@@ -22,7 +22,7 @@ from .batched import BATCHED_MEMORY, BatchedCalls, as_batched_losses
 from .jit import JitKernel, is_jit_loss
 from .loops import ChunkTask, EntryLoop
 from .parallel import DispatchPolicy, JoblibWorkers, default_policy, workers_for
-from .threads import in_process_blas, one_blas_thread, refresh_blas_libraries
+from .threads import one_blas_thread, refresh_blas_libraries
 from .workers import keep_workers
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "SerialEvaluator",
     "as_batched_losses",
     "default_policy",
-    "in_process_blas",
     "is_jit_loss",
     "keep_workers",
     "make_evaluator",

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import CheckAborted, InvalidInputError, LossEvaluationError
 from ..layout import ParamLayout
-from .threads import in_process_blas
+from .threads import one_blas_thread
 
 __all__ = ["Evaluator", "InProcess", "Placement", "RowRunner"]
 
@@ -206,7 +206,7 @@ class Evaluator:
         if self._base_value is None:
             start = time.perf_counter()
             self.charge(1)
-            with in_process_blas():
+            with one_blas_thread():
                 value = self.call_loss([a.copy() for a in self.base], "at the base point")
             self.base_seconds = time.perf_counter() - start
             self.placement.observe(self.base_seconds, 1)

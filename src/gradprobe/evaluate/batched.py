@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import GradCheckError, InvalidInputError
 from ..layout import ParamLayout, as_scalar_loss
 from .loops import ChunkResult, ChunkTask, limit_in_worker, portable, raise_chunk_error, worker_id
-from .threads import in_process_blas
+from .threads import one_blas_thread
 
 if TYPE_CHECKING:
     from .base import Evaluator
@@ -194,7 +194,7 @@ class BatchedCalls:
         bytes_per_row = k * n * ev.layout.dtypes[param].itemsize
         tuner = self._tuners.setdefault(param, BlockTuner(bytes_per_row, self.memory))
         task = self.chunk_task(ev, param, flat_index, values)
-        with in_process_blas():
+        with one_blas_thread():
             start = 0
             while start < m:
                 stop = min(m, start + tuner.rows)
@@ -213,7 +213,7 @@ class BatchedCalls:
         out = np.empty(m)
         n = ev.layout.sizes[param]
         rows = batched_rows(n, 1, ev.layout.dtypes[param].itemsize, self.memory)
-        with in_process_blas():
+        with one_blas_thread():
             for start in range(0, m, rows):
                 stop = min(m, start + rows)
                 ev.charge(stop - start)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import CheckAborted, LossEvaluationError
 from ..layout import ParamLayout, as_scalar_loss
-from .threads import in_process_blas, one_blas_thread
+from .threads import one_blas_thread
 
 if TYPE_CHECKING:
     from .base import Evaluator
@@ -234,7 +234,7 @@ class EntryLoop:
         work = self._working_copies(ev)
         out = np.empty(values.shape)
         where = f"with {ev.layout.names[param]!r} perturbed"
-        with in_process_blas():
+        with one_blas_thread():
             failure = perturb_entries(
                 lambda: self.call_loss(ev, work, where),
                 work[param].reshape(-1),
@@ -252,7 +252,7 @@ class EntryLoop:
         work = self._working_copies(ev)
         out = np.empty(vectors.shape[0])
         where = f"with {ev.layout.names[param]!r} perturbed"
-        with in_process_blas():
+        with one_blas_thread():
             failure = replace_vectors(
                 lambda: self.call_loss(ev, work, where),
                 work[param].reshape(-1),

@@ -1,8 +1,8 @@
 """BLAS threads per loss evaluation: one, wherever it runs.
 
-Workers (joblib processes or threads, numba threads) evaluate under :func:`one_blas_thread`, so
-workers x BLAS threads never exceed the cores. Evaluations in this process use
-:func:`in_process_blas`, the same single thread, for two measured reasons:
+Every loss evaluation runs under :func:`one_blas_thread`: in workers (joblib processes or
+threads, numba threads), so workers x BLAS threads never exceed the cores, and in this process
+too, for two measured reasons:
 
 - OpenBLAS splits some products differently with 1 and 2 threads, so the same loss differs in
   its last bits (measured on the mid-size example MLP: up to 8.9e-16): one thread everywhere
@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["in_process_blas", "one_blas_thread", "refresh_blas_libraries"]
+__all__ = ["one_blas_thread", "refresh_blas_libraries"]
 
 _controller: Any = None
 
@@ -58,9 +58,3 @@ def one_blas_thread() -> Iterator[None]:
         return
     with controller.limit(limits=1, user_api="blas"):
         yield
-
-
-def in_process_blas() -> contextlib.AbstractContextManager[None]:
-    """The BLAS limit for an evaluation in this process: one thread, as in a worker (the
-    module says why: bit-identical reports across ``n_jobs``, no oversubscription)."""
-    return one_blas_thread()

@@ -258,11 +258,14 @@ class Report:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
     @property
+    def n_finished(self) -> int:
+        """Parameters whose check finished (an unfinished one holds the entries done by then)."""
+        return sum(p.finished for p in self.params.values())
+
+    @property
     def failures(self) -> tuple[ParamReport, ...]:
         """The parameters that failed, in order (an unfinished one only when an entry failed)."""
-        return tuple(
-            p for p in self.params.values() if not p.passed and (p.finished or p.n_failed)
-        )
+        return tuple(p for p in self.params.values() if not p.passed and (p.finished or p.n_failed))
 
     # -- text (gradprobe.report.text) -------------------------------------------------------
     def summary_line(self) -> str:

@@ -53,7 +53,7 @@ def summary_line(report: Report) -> str:
     if not report.complete and not n_fail:
         # Nothing failed, but the check did not finish: not a verdict on the gradient.
         parts = [f"gradprobe: gradient check INCOMPLETE: {report.incomplete_reason}"]
-        k = sum(p.finished for p in report.params.values())
+        k = report.n_finished
         meta.append(f"{k} parameter{'s' * (k != 1)} finished")
     else:
         status = "passed" if report.passed else "FAILED"

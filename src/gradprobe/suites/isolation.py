@@ -71,9 +71,8 @@ def _classify(exc: BaseException) -> tuple[str, str, Report | None]:
 def _interrupted(report: Report | None, detail: str = "") -> tuple[str, str, Report | None]:
     if report is not None and report.complete:
         what = "it had just finished: its report is complete"
-    elif report is not None and any(p.finished for p in report.params.values()):
-        k = sum(p.finished for p in report.params.values())
-        what = f"the report holds the {k} parameter(s) finished before it"
+    elif report is not None and report.n_finished:
+        what = f"the report holds the {report.n_finished} parameter(s) finished before it"
     else:
         what = "no parameter had finished"
     return "interrupted", f"interrupted (Ctrl-C){detail}; {what}.", report
