@@ -120,6 +120,9 @@ def diagnose_parameter(
     if nonfinite is not None and nonfinite.size:
         return _nonfinite(name, shape, nonfinite)
     e = entries[name]
+    tied = _ties(name, shape, e, ctx)
+    if tied is not None:
+        return tied
     # Confirmations at other positions reuse only plain derivative estimates
     # (EntryResults.reusable).
     ok = _checked(e)
@@ -172,6 +175,35 @@ def diagnose_parameter(
         fail[ok],
         start_with or name,
         relative_errors or {},
+    )
+
+
+def _ties(name: str, shape: tuple[int, ...], e: EntryResults, ctx: ParamCheck):
+    """Every failing entry belongs to a tie that failed when moved together."""
+    if e.tie_group is None or not np.any(e.failed):
+        return None
+    in_tie = e.tie_group >= 0
+    if np.any(e.failed & ~in_tie):
+        return None
+    groups = [
+        [[int(i) for i in np.unravel_index(int(f), shape)] for f in e.flat_index[e.tie_group == k]]
+        for k in np.unique(e.tie_group[in_tie])
+    ]
+    values = [
+        float(ctx.base_flat[e.flat_index[e.tie_group == k][0]])
+        for k in np.unique(e.tie_group[in_tie])
+    ]
+    shown = "; ".join(f"{g} (value {v:.6g})" for g, v in zip(groups[:4], values, strict=False))
+    more = f" and {len(groups) - 4} more" if len(groups) > 4 else ""
+    support = int(np.count_nonzero(in_tie))
+    return Diagnosis(
+        "ties",
+        f"{name} has tied entries ({shown}{more}) whose gradient is valid for each entry alone "
+        "but not for the tied entries together: moving them together changes the loss by less "
+        "than the gradient predicts. The backward pass of a max/min/sort over ties gives every "
+        "tied entry the full gradient; give it to one of them, or split it between them",
+        calibrated("ties", support),
+        {"groups": groups[:16], "values": values[:16], "n_groups": len(groups)},
     )
 
 

@@ -49,7 +49,8 @@ class EntryResults:
     step for retried entries); ``retried`` marks entries re-evaluated at a smaller step;
     ``crossed`` those whose step crossed a non-differentiable point (their ``numeric`` is then
     not a derivative: a kink's, or the nearest one-sided difference for a failing entry, never
-    reused as evidence elsewhere).
+    reused as evidence elsewhere); ``tie_group`` numbers the entries of a tie that failed
+    when moved together (:mod:`gradprobe.checking.ties`; -1 elsewhere, None when no tie failed).
     """
 
     flat_index: np.ndarray
@@ -63,6 +64,7 @@ class EntryResults:
     step: np.ndarray
     retried: np.ndarray | None = None
     crossed: np.ndarray | None = None
+    tie_group: np.ndarray | None = None
 
     @property
     def reusable(self) -> np.ndarray:
@@ -403,6 +405,10 @@ def merge_entry_results(a: EntryResults, b: EntryResults) -> EntryResults:
     merged = {}
     for f in dataclasses.fields(a):
         va, vb = getattr(a, f.name), getattr(b, f.name)
+        if (va is None) != (vb is None):  # an optional per-entry field only one side has
+            fill = -1 if f.name == "tie_group" else False
+            va = np.full(a.size, fill) if va is None else va
+            vb = np.full(b.size, fill) if vb is None else vb
         if isinstance(va, np.ndarray) and va.shape[:1] == a.flat_index.shape:
             merged[f.name] = np.concatenate([va, vb[extra]])[order]
         else:
