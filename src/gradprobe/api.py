@@ -19,6 +19,7 @@ from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
+from .checking.promotion import floor_left, verify_in_float64
 from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .evaluate import Evaluator, make_evaluator
@@ -69,7 +70,7 @@ def check(
     timeout: float | None = None,
     budget: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    promote: bool = False,
+    promote: bool | str = "auto",
     probes: int | bool = DEFAULT_PROBES,
     slice_probes: bool = False,
     nondet_tol: float | None = None,
@@ -138,9 +139,10 @@ def check(
         ``total`` the planned count (extra work such as localization may push ``done`` past it).
         When it also has a ``parameter(name, index, count)`` method, that is called as each
         parameter's check begins.
-    promote : bool
-        Cast parameters below float64 to float64 for the check (the loss and grad receive
-        float64 arrays); use when the loss accepts them, for float64-tight tolerances.
+    promote : bool or "auto"
+        True: check parameters below float64 cast to float64. ``"auto"`` (default): where a
+        float32 check leaves a parameter's entries at the round-off floor, check again in
+        float64, or say what was not verified (:mod:`gradprobe.checking.promotion`).
     nondet_tol : float, optional
         Relative difference between repeated evaluations at the same parameters accepted as
         run-to-run jitter (summation order, atomics): the loss's two values, and each
@@ -212,7 +214,14 @@ def check(
     except KeyboardInterrupt as exc:
         exc.partial_report = run.report("interrupted (KeyboardInterrupt)")  # type: ignore[attr-defined]
         raise
-    return run.report()
+    report = run.report()
+    if options.promote == "auto" and floor_left(report):  # recheck in float64
+        kw = dict(seed=seed, samples=samples, eps=eps, rtol=rtol, atol=atol, method=method,
+                  n_jobs=n_jobs, batched=batched, budget=budget, progress=progress,
+                  probes=probes, slice_probes=slice_probes, nondet_tol=nondet_tol)  # fmt: skip
+        left = None if timeout is None else max(1e-3, timeout - (time.perf_counter() - start))
+        report = verify_in_float64(report, lambda: check(loss, grad, params, **kw, promote=True, timeout=left))  # fmt: skip
+    return report
 
 
 class _Run:
@@ -229,7 +238,7 @@ class _Run:
     ) -> None:
         self.grad, self.options, self.start = grad, options, start
         promoted: list[str] = []
-        if options.promote:
+        if options.promote is True:
             layout, base, promoted = promote_to_float64(layout, base)
         self.layout, self.base = layout, base
         self.warnings = _dtype_warnings(layout)

@@ -139,6 +139,14 @@ def _flag(name: str) -> Callable[[Any, Sequence[str] | None], bool]:
     return check
 
 
+def _promote(value: Any, names: Sequence[str] | None) -> bool | str:
+    if isinstance(value, str) and value == "auto":
+        return "auto"
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"promote: expected True, False or 'auto', found {value!r}.")
+    return bool(value)
+
+
 def _budget(value: Any, names: Sequence[str] | None) -> int | None:
     if value is None:
         return None
@@ -287,10 +295,11 @@ _TABLE = (
     ),
     Option(
         "promote",
-        False,
-        _flag("promote"),
-        "cast parameters below float64 to float64 for the check",
-        toml_example="promote = true",
+        "auto",
+        _promote,
+        "cast parameters below float64 to float64 for the check (True), only to recheck what "
+        "a float32 check left at the round-off floor (\"auto\"), or never (False)",
+        toml_example='promote = true or promote = "auto"',
     ),
     Option(
         "probes",
@@ -340,7 +349,7 @@ class CheckOptions:
     timeout: float | None
     budget: int | None
     progress: Callable[[int, int], None] | None
-    promote: bool
+    promote: bool | str
     probes: int
     slice_probes: bool
     nondet_tol: float | None
