@@ -56,6 +56,7 @@ order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -114,8 +115,31 @@ def diagnose_parameter(
 
     ``contexts`` and ``entries`` hold every parameter's context and checked entries (the
     swap hypothesis looks at same-shape parameters). ``start_with`` and ``relative_errors``
-    feed the ``mismatch`` hint (:func:`diagnose` ranks the failing parameters).
+    feed the ``mismatch`` hint (:func:`diagnose` ranks the failing parameters). The
+    confidence is the calibrated rate of the diagnosis' kind (``"ambiguous"`` when it lists
+    alternatives) on as many failing entries (``evidence["support"]``).
     """
+    found = _find(ctx, contexts, entries, nonfinite, start_with, relative_errors)
+    e = entries.get(ctx.name)
+    support = int(np.count_nonzero(e.failed)) if e is not None else 0
+    if nonfinite is not None:
+        support += int(nonfinite.size)
+    key = "ambiguous" if "alternatives" in found.evidence else found.kind
+    return dataclasses.replace(
+        found,
+        confidence=calibrated(key, support),
+        evidence={**found.evidence, "support": support},
+    )
+
+
+def _find(
+    ctx: ParamCheck,
+    contexts: Mapping[str, ParamCheck],
+    entries: Mapping[str, EntryResults],
+    nonfinite: np.ndarray | None,
+    start_with: str | None,
+    relative_errors: Mapping[str, float] | None,
+) -> Diagnosis:
     name, shape = ctx.name, ctx.shape
     if nonfinite is not None and nonfinite.size:
         return _nonfinite(name, shape, nonfinite)
