@@ -56,7 +56,9 @@ def _specs_for_check(args: argparse.Namespace) -> list[Any]:
     problem = target.args_problem(call_args)
     if problem is not None:
         given = " ".join(f"--arg {k}={v}" for k, v in args.args)
-        raise InvalidInputError(f"{given}: {problem}. Pass only the function's arguments.")
+        raise InvalidInputError(
+            f"{given}: {problem}. Pass only the function's arguments: {target.args_example('cli')}."
+        )
     spec = CheckSpec(
         name=target.function,
         target=target,
@@ -211,9 +213,10 @@ def _run_specs(
         )
     result = SuiteResult(
         outcomes=tuple(outcomes),
-        suite=None if suite is None else suite.path,
+        suite=None if suite is None else (suite.given or suite.path),
         versions=vers,
         created=now_iso(),
+        not_run=not_run,
     )
     return _Run(result=result, interrupted=interrupted, not_run=not_run)
 

@@ -86,10 +86,12 @@ class CheckSpec:
 
 @dataclass(frozen=True)
 class Suite:
-    """A suite file's checks, in file order."""
+    """A suite file's checks, in file order (``path`` absolute; ``given`` as the user gave it,
+    which outputs record so that they do not name the machine's folders)."""
 
     path: str
     checks: tuple[CheckSpec, ...]
+    given: str = ""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -298,7 +300,7 @@ def load_suite(path: str | Path | None = None) -> Suite:
                 where,
                 "args",
                 problem,
-                'pass only the function\'s keyword arguments, e.g. args = { bug = "sign" }',
+                f"pass only the function's keyword arguments: {target.args_example()}",
             )
         merged = {**defaults, **values}
         conflict = options_conflict(merged)
@@ -318,4 +320,4 @@ def load_suite(path: str | Path | None = None) -> Suite:
                 isolate=bool(isolate),
             )
         )
-    return Suite(path=str(file), checks=tuple(specs))
+    return Suite(path=str(file), checks=tuple(specs), given=shown)
