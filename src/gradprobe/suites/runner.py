@@ -46,7 +46,10 @@ __all__ = [
     "CheckOutcome",
     "IsolatedWorker",
     "SuiteResult",
+    "mismatch_message",
+    "outcome_of",
     "run_check",
+    "spent_evaluations",
     "versions",
 ]
 
@@ -218,7 +221,11 @@ def now_iso() -> str:
 
 # -- running one check ----------------------------------------------------------------------
 def run_check(
-    spec: CheckSpec, progress: ProgressFn | None = None, *, worker: IsolatedWorker | None = None
+    spec: CheckSpec,
+    progress: ProgressFn | None = None,
+    *,
+    worker: IsolatedWorker | None = None,
+    interrupts: Any = None,
 ) -> CheckOutcome:
     """Run one check (in a worker process unless ``spec.isolate`` is false).
 
@@ -231,6 +238,9 @@ def run_check(
     worker : IsolatedWorker, optional
         The worker process to run an isolated check in, shared by a suite's checks (replaced
         when a check kills it); default: a fresh one for this check alone.
+    interrupts : object, optional
+        For an isolated check: the shared Ctrl-C count (``.count``) to watch instead of its
+        own SIGINT handler (checks run side by side share one).
 
     Returns
     -------
@@ -240,11 +250,19 @@ def run_check(
     """
     start = time.monotonic()
     if spec.isolate and worker is not None:
-        status, message, report = worker.run(spec, progress)
+        status, message, report = worker.run(spec, progress, interrupts)
     elif spec.isolate:
-        status, message, report = run_isolated(spec, progress)
+        status, message, report = run_isolated(spec, progress, interrupts)
     else:
         status, message, report = run_here(spec, progress)
+    return outcome_of(spec, status, message, report, time.monotonic() - start)
+
+
+def outcome_of(
+    spec: CheckSpec, status: str, message: str, report: Report | None, duration: float
+) -> CheckOutcome:
+    """The :class:`CheckOutcome` of ``spec`` that ended so (wherever it ran): the evaluations
+    counted as spent, a message for a failed check."""
     if report is not None:
         report = spent_evaluations(report)
     if status == "failed" and not message and report is not None:
@@ -255,7 +273,7 @@ def run_check(
         status=status,
         message=message,
         report=report,
-        duration=time.monotonic() - start,
+        duration=duration,
         options=dict(spec.options),
         args=dict(spec.args),
     )

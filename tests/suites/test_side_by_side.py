@@ -1,0 +1,137 @@
+"""A mixed suite (a correct check, a planted bug, a timeout, a worker that dies) run one after
+another, with ``--jobs 2``, and on a real 2-worker ``distributed.LocalCluster``: the same
+statuses, numbers and exit code; a dying worker costs only its own check."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from gradprobe.cli import main
+from gradprobe.errors import InvalidInputError
+from gradprobe.suites.config import load_suite
+from gradprobe.suites.pool import SHARED_ENV, divided_cores, validate_jobs
+
+from .kinds import MIXED_SUITE, write_kinds
+
+EXPECTED = {
+    "correct": "passed",
+    "planted": "failed",
+    "times_out": "aborted",
+    "dies": "crashed",
+    "numpy": "passed",
+}
+
+
+def _run(folder, *flags):
+    code = main(["run", "-q", "--json", "r.json", "--junit", "r.xml", *flags])
+    data = json.loads((folder / "r.json").read_text())
+    return code, data
+
+
+def _numbers(data):
+    """What must not depend on where a check ran: status, and for checks that finished their
+    evaluations and worst errors (a timed-out check's count depends on the clock)."""
+    out = {}
+    for c in data["checks"]:
+        report = c["report"]
+        finished = report is not None and report["complete"]
+        out[c["name"]] = (
+            c["status"],
+            report["n_evaluations"] if finished else None,
+            {p["name"]: p["max_rel_error"] for p in report["params"]} if finished else None,
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serial")
+    write_kinds(folder, MIXED_SUITE)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        return _run(folder)
+    finally:
+        os.chdir(cwd)
+
+
+def test_serial_run_of_the_mixed_suite(serial):
+    code, data = serial
+    assert code == 3
+    assert {c["name"]: c["status"] for c in data["checks"]} == EXPECTED
+
+
+@pytest.mark.timeout(300)
+def test_jobs_2_gives_the_serial_results_in_the_serial_order(serial, tmp_path, monkeypatch):
+    write_kinds(tmp_path, MIXED_SUITE)
+    monkeypatch.chdir(tmp_path)
+    code, data = _run(tmp_path, "--jobs", "2")
+    assert code == serial[0]
+    assert [c["name"] for c in data["checks"]] == list(EXPECTED)
+    assert _numbers(data) == _numbers(serial[1])
+    # The suite key does the same (the flag wins over it).
+    (tmp_path / "gradprobe.toml").write_text("[run]\njobs = 2\n" + MIXED_SUITE)
+    assert load_suite("gradprobe.toml").run == {"jobs": 2}
+    code, data = _run(tmp_path, "-k", "correct or planted")
+    assert code == 1 and [c["status"] for c in data["checks"]] == ["passed", "failed"]
+
+
+def test_jobs_values_and_the_divided_cores(tmp_path, monkeypatch):
+    with pytest.raises(InvalidInputError, match=r"--jobs: expected an int >= 1"):
+        validate_jobs(0)
+    write_kinds(tmp_path, "[run]\njobs = 0\n" + MIXED_SUITE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "-q"]) == 2
+    (tmp_path / "gradprobe.toml").write_text("[run]\nworkers = 2\n" + MIXED_SUITE)
+    assert main(["run", "-q"]) == 2
+    for name in SHARED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with divided_cores(10_000) as share:
+        assert share == 1 and all(os.environ[name] == "1" for name in SHARED_ENV)
+    assert not any(name in os.environ for name in SHARED_ENV)
+
+
+# -- a real Dask cluster ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    # A check that kills its worker is that check's crash at once (not retried elsewhere).
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"host": "127.0.0.1"},
+        ) as local:
+            yield local
+
+
+@pytest.mark.timeout(300)
+def test_local_cluster_gives_the_serial_results(serial, cluster, tmp_path, monkeypatch):
+    write_kinds(tmp_path, MIXED_SUITE)
+    monkeypatch.chdir(tmp_path)
+    code, data = _run(tmp_path, "--scheduler", cluster.scheduler_address)
+    assert code == serial[0]
+    assert [c["name"] for c in data["checks"]] == list(EXPECTED)
+    assert _numbers(data) == _numbers(serial[1])
+    dies = next(c for c in data["checks"] if c["name"] == "dies")
+    assert "Dask worker running this check died" in dies["message"]
+    # The environment variable names the scheduler too.
+    monkeypatch.setenv("GRADPROBE_SCHEDULER", cluster.scheduler_address)
+    code, data = _run(tmp_path, "-k", "correct or numpy")
+    assert code == 0 and [c["status"] for c in data["checks"]] == ["passed", "passed"]
+
+
+def test_unreachable_scheduler_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("distributed")
+    write_kinds(tmp_path, MIXED_SUITE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("gradprobe.suites.cluster.CONNECT_TIMEOUT", "1s")
+    assert main(["run", "-q", "-k", "numpy", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    assert "cannot reach a Dask scheduler" in capsys.readouterr().err
