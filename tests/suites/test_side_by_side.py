@@ -135,3 +135,75 @@ def test_unreachable_scheduler_is_a_usage_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("gradprobe.suites.cluster.CONNECT_TIMEOUT", "1s")
     assert main(["run", "-q", "-k", "numpy", "--scheduler", "tcp://127.0.0.1:9"]) == 2
     assert "cannot reach a Dask scheduler" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def process_cluster():
+    """Workers that may start processes: each check then runs in a process of its own."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    with dask.config.set({"distributed.worker.daemon": False}):
+        with distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"host": "127.0.0.1"},
+        ) as local:
+            yield local
+
+
+@pytest.mark.slow  # ~10 s: a second cluster, and a process started per check
+@pytest.mark.timeout(300)
+def test_checks_isolated_on_cluster_workers_keep_the_workers_alive(
+    serial, process_cluster, tmp_path, monkeypatch
+):
+    write_kinds(tmp_path, MIXED_SUITE)
+    monkeypatch.chdir(tmp_path)
+    workers = set(process_cluster.scheduler_info["workers"])
+    code, data = _run(tmp_path, "--scheduler", process_cluster.scheduler_address)
+    assert code == serial[0] and _numbers(data) == _numbers(serial[1])
+    dies = next(c for c in data["checks"] if c["name"] == "dies")
+    assert "the worker process died (exit code 17)" in dies["message"]
+    assert set(process_cluster.scheduler_info["workers"]) == workers  # none was lost
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+INTERRUPTED = """
+[checks.first]
+target = "models.py:good"
+[checks.second]
+target = "models.py:slow_marked"
+args = { n = 200 }
+[checks.third]
+target = "models.py:slow_marked"
+args = { marker = "third.txt", n = 200 }
+[checks.fourth]
+target = "models.py:good"
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("group", [False, True], ids=["SIGINT to the parent", "Ctrl-C"])
+def test_ctrl_c_with_jobs_keeps_partial_reports_and_lists_the_rest(tmp_path, group):
+    import xml.etree.ElementTree as ET
+
+    from gradprobe.suites.runner import SuiteResult
+
+    from ..helpers import interrupt_cli, write_suite
+
+    write_suite(tmp_path, INTERRUPTED)
+    args = ["run", "--jobs", "2", "--json", "r.json", "--junit", "j.xml"]
+    proc = interrupt_cli(*args, cwd=tmp_path, marker=tmp_path / "third.txt", group=group)
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    result = SuiteResult.from_dict(json.loads((tmp_path / "r.json").read_text()))
+    statuses = {o.name: o.status for o in result.outcomes}
+    assert statuses == {"first": "passed", "second": "interrupted", "third": "interrupted"}
+    assert result.not_run == ("fourth",)
+    for name in ("second", "third"):
+        partial = result.by_name[name].report
+        assert partial is not None and not partial.complete
+    assert "1 passed, 2 interrupted, 1 not run — exit code 130" in proc.stdout
+    cases = {c.get("name"): c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")}
+    assert cases["fourth"].find("skipped") is not None
