@@ -22,6 +22,7 @@ from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .evaluate import Evaluator, make_evaluator
+from .evaluate.parallel import joblib_backend
 from .evaluate.watchdog import hard_deadline
 from .layout import (
     ParamLayout,
@@ -72,6 +73,7 @@ def check(
     promote: bool = False,
     probes: int | bool = DEFAULT_PROBES,
     slice_probes: bool = False,
+    backend: str | None = None,
     nondet_tol: float | None = None,
 ) -> Report:
     """Check an analytic gradient against central finite differences.
@@ -133,6 +135,11 @@ def check(
         probe is bisected down to the wrong entries. ``False`` or 0 turns probes off.
     slice_probes : bool
         Also probe each slice along the leading axis (each row), 2 evaluations per row.
+    backend : str, optional
+        The joblib backend of the workers (``n_jobs``): ``"loky"`` (processes), ``"threading"``,
+        ``"dask"`` (the workers of the active ``distributed.Client``; docs/scaling.md), or a
+        name registered with ``joblib.register_parallel_backend``. Default: what
+        ``joblib.parallel_config`` says (processes).
     progress : callable, optional
         ``progress(done, total)`` called as loss evaluations are spent (per chunk), with
         ``total`` the planned count (extra work such as localization may push ``done`` past it).
@@ -194,8 +201,21 @@ def check(
         promote=promote,
         probes=probes,
         slice_probes=slice_probes,
+        backend=backend,
         nondet_tol=nondet_tol,
     )
+    with joblib_backend(options.backend):
+        return _check(loss, grad, layout, base, options, start)
+
+
+def _check(
+    loss: Callable[[Any], Any],
+    grad: Any,
+    layout: ParamLayout,
+    base: list[np.ndarray],
+    options: CheckOptions,
+    start: float,
+) -> Report:
     run = _Run(loss, grad, layout, base, options, start)
     try:
         with run.evaluator, hard_deadline(run.time_left()):

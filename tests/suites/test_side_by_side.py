@@ -207,3 +207,50 @@ def test_ctrl_c_with_jobs_keeps_partial_reports_and_lists_the_rest(tmp_path, gro
     assert "1 passed, 2 interrupted, 1 not run — exit code 130" in proc.stdout
     cases = {c.get("name"): c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")}
     assert cases["fourth"].find("skipped") is not None
+
+
+# -- backend= in the Python API ----------------------------------------------------------------
+def _quadratic():
+    from ..helpers import quadratic_problem
+
+    return quadratic_problem(n=30, seed=2)
+
+
+def test_backend_dask_uses_the_active_client(cluster):
+    import distributed
+
+    import gradprobe
+
+    from ..helpers import report_core
+
+    loss, grad, x = _quadratic()
+    serial = gradprobe.check(loss, grad, x, n_jobs=1, samples="all")
+    with distributed.Client(cluster) as client:
+        assert distributed.get_client() is client
+        report = gradprobe.check(loss, grad, x, n_jobs=2, backend="dask", samples="all")
+    assert "dask" in report.settings["executor"]
+    assert report_core(report) == report_core(serial)  # bit for bit
+
+
+def test_backend_names_and_mistakes(tmp_path, monkeypatch):
+    import gradprobe
+
+    loss, grad, x = _quadratic()
+    threads = gradprobe.check(loss, grad, x, n_jobs=2, backend="threading")
+    assert "threading" in threads.settings["executor"]
+    with pytest.raises(InvalidInputError, match=r"backend: expected one of \['loky', 'threading'"):
+        gradprobe.check(loss, grad, x, backend="daks")
+    distributed = pytest.importorskip("distributed")
+    try:
+        distributed.get_client()
+        pytest.skip("a distributed.Client is active in this process")
+    except ValueError:
+        pass
+    with pytest.raises(InvalidInputError, match=r"no active distributed\.Client"):
+        gradprobe.check(loss, grad, x, backend="dask")
+    # A suite key and a flag of `gradprobe check`, checked before anything runs.
+    write_kinds(tmp_path, '[checks.a]\ntarget = "kinds_models.py:numpy_check"\nbackend = "thr"\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "-q"]) == 2
+    assert main(["check", "kinds_models.py:numpy_check", "-q", "--backend", "threading"]) == 0
+    assert main(["check", "kinds_models.py:numpy_check", "-q", "--backend", "thr"]) == 2
