@@ -136,10 +136,7 @@ def check(
     slice_probes : bool
         Also probe each slice along the leading axis (each row), 2 evaluations per row.
     backend : str, optional
-        The joblib backend of the workers (``n_jobs``): ``"loky"`` (processes), ``"threading"``,
-        ``"dask"`` (the workers of the active ``distributed.Client``; docs/scaling.md), or a
-        name registered with ``joblib.register_parallel_backend``. Default: what
-        ``joblib.parallel_config`` says (processes).
+        Where ``n_jobs`` workers run: loky, threading, dask (the active Client), a joblib name.
     progress : callable, optional
         ``progress(done, total)`` called as loss evaluations are spent (per chunk), with
         ``total`` the planned count (extra work such as localization may push ``done`` past it).
@@ -204,19 +201,11 @@ def check(
         backend=backend,
         nondet_tol=nondet_tol,
     )
-    with joblib_backend(options.backend):
-        return _check(loss, grad, layout, base, options, start)
+    with joblib_backend(options.backend):  # where the workers come from (docs/scaling.md)
+        return _checked(_Run(loss, grad, layout, base, options, start), options)
 
 
-def _check(
-    loss: Callable[[Any], Any],
-    grad: Any,
-    layout: ParamLayout,
-    base: list[np.ndarray],
-    options: CheckOptions,
-    start: float,
-) -> Report:
-    run = _Run(loss, grad, layout, base, options, start)
+def _checked(run: _Run, options: CheckOptions) -> Report:
     try:
         with run.evaluator, hard_deadline(run.time_left()):
             run.preflight()

@@ -254,3 +254,27 @@ def test_backend_names_and_mistakes(tmp_path, monkeypatch):
     assert main(["run", "-q"]) == 2
     assert main(["check", "kinds_models.py:numpy_check", "-q", "--backend", "threading"]) == 0
     assert main(["check", "kinds_models.py:numpy_check", "-q", "--backend", "thr"]) == 2
+
+
+@pytest.mark.slow  # the hard limit is timeout + 5 s grace, then a worker restart
+@pytest.mark.timeout(300)
+def test_a_loss_call_that_never_returns_on_the_cluster_is_stopped(cluster, tmp_path, monkeypatch):
+    from ..helpers import write_suite
+
+    write_suite(
+        tmp_path,
+        """
+        [checks.hangs]
+        target = "models.py:hangs"
+        timeout = 1
+        [checks.good]
+        target = "models.py:good"
+        """,
+    )
+    monkeypatch.chdir(tmp_path)
+    code, data = _run(tmp_path, "--scheduler", cluster.scheduler_address)
+    assert code == 3
+    statuses = {c["name"]: c["status"] for c in data["checks"]}
+    assert statuses == {"hangs": "aborted", "good": "passed"}
+    hangs = data["checks"][0]
+    assert "did not return" in hangs["message"] and "was restarted" in hangs["message"]

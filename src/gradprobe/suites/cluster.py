@@ -18,7 +18,9 @@ way stops with its partial report (status ``"interrupted"``), one not yet starte
 once as not run, and after :data:`~gradprobe.suites.isolation.INTERRUPT_GRACE` seconds (or a
 second Ctrl-C) those still out are cancelled and reported interrupted. Nothing is lost from the
 outputs: every check that ended has its outcome, and each worker death costs only the check it
-was running.
+was running. A check whose task gives no result within its ``timeout`` plus the grace after it
+started (a loss call stuck in C code) is cancelled, its Dask worker restarted, and reported
+``"aborted"`` (timeout), as the watchdog of a serial run kills its worker.
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from .config import CheckSpec
-from .isolation import INTERRUPT_GRACE, CtrlC, pack_report, run_here, run_isolated, unpack_report
+from .isolation import (
+    INTERRUPT_GRACE,
+    STARTUP_LIMIT,
+    CtrlC,
+    pack_report,
+    run_here,
+    run_isolated,
+    unpack_report,
+)
 from .runner import CheckOutcome, outcome_of
 
 __all__ = ["connect", "run_on_cluster", "run_task"]
@@ -54,17 +64,27 @@ class _Count:
         self.count = 0
 
 
-def run_task(spec: CheckSpec, stop_name: str) -> tuple[str, str, Any, float]:
+def run_task(
+    spec: CheckSpec, stop_name: str, started_name: str = "", index: int = 0
+) -> tuple[str, str, Any, float]:
     """On a Dask worker: run one check; ``(status, message, packed report, seconds)``.
 
-    Never raises for a failing, crashing or hanging check (a check that kills this process
-    is seen by the client as the worker's death).
+    Tells the client it started (``(index, worker address, mode)`` on the queue
+    ``started_name``), so the client can restart a worker whose check never returns. Never
+    raises for a failing, crashing or hanging check (a check that kills this process is seen
+    by the client as the worker's death).
     """
-    from distributed import Event
+    from distributed import Event, Queue, get_worker
 
     stop = Event(stop_name)
     if stop.is_set():
         return NOT_RUN, "", None, 0.0
+    isolated = not multiprocessing.current_process().daemon
+    if started_name:
+        try:
+            Queue(started_name).put((index, get_worker().address, isolated))
+        except Exception:  # the client is gone: nobody is waiting for the result
+            pass
     start = time.monotonic()
     count = _Count()
     finished = threading.Event()
@@ -81,7 +101,7 @@ def run_task(spec: CheckSpec, stop_name: str) -> tuple[str, str, Any, float]:
     watcher = threading.Thread(target=watch, name="gradprobe-stop-watch", daemon=True)
     watcher.start()
     try:
-        if not multiprocessing.current_process().daemon:
+        if isolated:
             status, message, report = run_isolated(spec, None, count)
         else:
 
@@ -156,6 +176,7 @@ def run_on_cluster(
     client, own = connect(address)
     run_id = uuid.uuid4().hex[:10]
     stop = Event(f"gradprobe-stop-{run_id}", client=client)
+    watchdog = _Watchdog(client, f"gradprobe-started-{run_id}", specs)
     outcomes: dict[int, CheckOutcome] = {}
     started = time.monotonic()
     try:
@@ -164,6 +185,8 @@ def run_on_cluster(
                 run_task,
                 spec,
                 stop.name,
+                watchdog.queue.name,
+                i,
                 key=f"gradprobe-check-{spec.name}-{run_id}-{i}",
                 pure=False,
             ): i
@@ -182,6 +205,11 @@ def run_on_cluster(
                         outcomes[i] = _cut_off(specs[i], time.monotonic() - started)
                         on_done(i, outcomes[i])
                     break
+                for future, i in list(pending.items()):
+                    if not future.done() and watchdog.overdue(i):
+                        del pending[future]
+                        outcomes[i] = watchdog.stop(future, i, time.monotonic() - started)
+                        on_done(i, outcomes[i])
                 ready = [f for f in pending if f.done()]
                 if not ready:
                     time.sleep(0.05)
@@ -200,6 +228,64 @@ def run_on_cluster(
             pass
         if own:
             client.close()
+
+
+class _Watchdog:
+    """The hard limit of a check on the cluster: ``timeout`` plus the isolated runner's grace
+    after the task started (plus the start-up allowance when the check runs in a process of
+    its own, whose own watchdog should have answered first). A task past it is cancelled and
+    its Dask worker restarted (a loss call that never returns holds the worker otherwise)."""
+
+    def __init__(self, client: Any, name: str, specs: Sequence[CheckSpec]) -> None:
+        from distributed import Queue
+
+        self.client, self.specs = client, specs
+        self.queue = Queue(name, client=client)
+        self.started: dict[int, tuple[float, str, bool]] = {}
+        self._last = 0.0
+
+    def _drain(self) -> None:
+        now = time.monotonic()
+        if now - self._last < POLL:
+            return
+        self._last = now
+        try:
+            items = self.queue.get(batch=True)
+        except Exception:  # the scheduler is gone: the futures will say so
+            return
+        for index, worker, isolated in items:
+            self.started[int(index)] = (now, str(worker), bool(isolated))
+
+    def limit(self, index: int) -> float | None:
+        if index not in self.started:
+            return None
+        at, _, isolated = self.started[index]
+        timeout = self.specs[index].timeout
+        return at + timeout + 5.0 + 0.25 * timeout + (STARTUP_LIMIT if isolated else 0.0)
+
+    def overdue(self, index: int) -> bool:
+        self._drain()
+        limit = self.limit(index)
+        return limit is not None and time.monotonic() > limit
+
+    def stop(self, future: Any, index: int, seconds: float) -> CheckOutcome:
+        spec = self.specs[index]
+        _, worker, _ = self.started[index]
+        future.cancel()
+        try:
+            self.client.restart_workers([worker], raise_for_error=False)
+            what = f"the Dask worker {worker} was restarted"
+        except Exception as exc:  # an older scheduler, or the worker is gone already
+            what = f"restarting the Dask worker {worker} failed ({type(exc).__name__})"
+        return outcome_of(
+            spec,
+            "aborted",
+            f"stopped early (timeout): no result {spec.timeout:g} s (+ grace) after the check "
+            f"started on the cluster: a loss or grad call did not return; {what}. Make each "
+            "loss call return in time or raise `timeout`.",
+            None,
+            seconds,
+        )
 
 
 def _outcome(spec: CheckSpec, future: Any, seconds: float) -> CheckOutcome | None:

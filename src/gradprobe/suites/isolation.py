@@ -227,17 +227,7 @@ class _CtrlC:
 
 
 #: Public names for the runners of checks side by side (suites.pool, suites.cluster).
-CtrlC = _CtrlC
-
-
-def pack_report(report: Report | None) -> Any:
-    """``report`` as plain data that pickles anywhere (read back by :func:`unpack_report`)."""
-    return _pack_report(report)
-
-
-def unpack_report(packed: Any) -> Report | None:
-    """The report :func:`pack_report` packed."""
-    return _unpack_report(packed)
+CtrlC, pack_report, unpack_report = _CtrlC, _pack_report, _unpack_report
 
 
 def _forward_interrupt(proc: Any) -> None:
