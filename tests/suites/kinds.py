@@ -107,6 +107,16 @@ KINDS_MODELS = textwrap.dedent(
         return gradprobe.Problem(loss=loss, grad=lambda v: 2 * v, params=np.ones(400))
 
 
+    def hangs_check():
+        # Never returns once perturbed (a C call stuck forever, as far as the check can tell).
+        def loss(v):
+            while v[0] != 1.0:
+                time.sleep(0.05)
+            return float(np.sum(v**2))
+
+        return gradprobe.Problem(loss=loss, grad=lambda v: 2 * v, params=np.ones(3), n_jobs=1)
+
+
     def dies_check():
         def loss(v):
             if v[0] != 1.0:

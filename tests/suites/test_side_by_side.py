@@ -259,16 +259,14 @@ def test_backend_names_and_mistakes(tmp_path, monkeypatch):
 @pytest.mark.slow  # the hard limit is timeout + 5 s grace, then a worker restart
 @pytest.mark.timeout(300)
 def test_a_loss_call_that_never_returns_on_the_cluster_is_stopped(cluster, tmp_path, monkeypatch):
-    from ..helpers import write_suite
-
-    write_suite(
+    write_kinds(
         tmp_path,
         """
         [checks.hangs]
-        target = "models.py:hangs"
+        target = "kinds_models.py:hangs_check"
         timeout = 1
         [checks.good]
-        target = "models.py:good"
+        target = "kinds_models.py:numpy_check"
         """,
     )
     monkeypatch.chdir(tmp_path)
