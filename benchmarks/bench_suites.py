@@ -36,7 +36,7 @@ MODELS = textwrap.dedent(
 
 
     def mlp(bug=None):
-        m = make_mlp(sizes=(32, 24, 16, 10), batch=32, bug=bug)
+        m = make_mlp(sizes=(48, 32, 16, 10), batch=64, bug=bug)
         return gradprobe.Problem(loss=m.loss, grad=m.grad, params=m.params, samples="all")
 
 
@@ -51,7 +51,7 @@ MODELS = textwrap.dedent(
 
     def vjp():
         rng = np.random.default_rng(0)
-        point = {"x": rng.standard_normal((64, 24)), "W": rng.standard_normal((24, 32)) / 5}
+        point = {"x": rng.standard_normal((96, 32)), "W": rng.standard_normal((32, 32)) / 6}
 
         def dense_vjp(p, g):
             d = g * (1 - _dense(p) ** 2)
@@ -84,7 +84,7 @@ MODELS = textwrap.dedent(
         return gradprobe.Problem.layer(Dense(), x, params=["W", "b"], samples="all")
 
 
-    def torch_mlp(width=24):
+    def torch_mlp(width=32):
         import torch
 
         g = torch.Generator().manual_seed(0)
@@ -103,7 +103,7 @@ MODELS = textwrap.dedent(
         jax.config.update("jax_enable_x64", True)
         import jax.numpy as jnp
 
-        x = jnp.linspace(-1.0, 1.0, 400)
+        x = jnp.linspace(-1.0, 1.0, 800)
         return gradprobe.Problem.jax(
             lambda t: jnp.tanh(t) * jnp.sin(3 * t), x, samples="all", vectorize=False
         )
@@ -129,7 +129,7 @@ target = "suite_models.py:layer"
 target = "suite_models.py:torch_mlp"
 [checks.torch_b]
 target = "suite_models.py:torch_mlp"
-args = { width = 16 }
+args = { width = 24 }
 [checks.jax]
 target = "suite_models.py:jax_fn"
 """
