@@ -181,6 +181,9 @@ target = "models.py:slow_marked"
 args = { marker = "third.txt", n = 200 }
 [checks.fourth]
 target = "models.py:good"
+[checks.fifth]
+target = "models.py:slow_marked"
+args = { marker = "fifth.txt", n = 200 }
 """
 
 
@@ -198,15 +201,24 @@ def test_ctrl_c_with_jobs_keeps_partial_reports_and_lists_the_rest(tmp_path, gro
     proc = interrupt_cli(*args, cwd=tmp_path, marker=tmp_path / "third.txt", group=group)
     assert proc.returncode == 130, proc.stdout + proc.stderr
     result = SuiteResult.from_dict(json.loads((tmp_path / "r.json").read_text()))
+    # Two slots: first and second start; third waits while second (the same target function)
+    # runs, so fourth goes before it; third starts when first and fourth are done, and the
+    # interrupt comes while second and third run, before fifth.
     statuses = {o.name: o.status for o in result.outcomes}
-    assert statuses == {"first": "passed", "second": "interrupted", "third": "interrupted"}
-    assert result.not_run == ("fourth",)
+    assert statuses == {
+        "first": "passed",
+        "second": "interrupted",
+        "third": "interrupted",
+        "fourth": "passed",
+    }
+    assert [o.name for o in result.outcomes] == ["first", "second", "third", "fourth"]
+    assert result.not_run == ("fifth",)
     for name in ("second", "third"):
         partial = result.by_name[name].report
         assert partial is not None and not partial.complete
-    assert "1 passed, 2 interrupted, 1 not run — exit code 130" in proc.stdout
+    assert "2 passed, 2 interrupted, 1 not run — exit code 130" in proc.stdout
     cases = {c.get("name"): c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")}
-    assert cases["fourth"].find("skipped") is not None
+    assert cases["fifth"].find("skipped") is not None
 
 
 # -- backend= in the Python API ----------------------------------------------------------------

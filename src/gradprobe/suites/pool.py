@@ -8,6 +8,11 @@ ends. The cores are divided so the machine is not oversubscribed: each worker pr
 ``n_jobs="auto"`` or ``-1`` starts that many joblib workers and a framework's thread pool as
 many threads; an explicit ``n_jobs = K`` is kept as written.
 
+Checks start in suite order, except that a check whose target function is running in another
+slot waits for a later check to go first, when there is one: checks of one function (a torch
+model with several sizes) then tend to share a worker and its imports. The order of the
+outcomes printed and written does not change.
+
 Each check keeps the semantics of a serial run: its own ``timeout`` and the watchdog's kill,
 a crash that is its own, and Ctrl-C, which stops the checks under way (each keeps its partial
 report), starts no more, and leaves the rest as not run. Outcomes do not depend on what runs
@@ -19,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -78,6 +82,21 @@ def divided_cores(jobs: int) -> Iterator[int]:
                 os.environ[name] = old
 
 
+def _affinity(spec: CheckSpec) -> tuple[str | None, str | None, str]:
+    """Checks of one target function import the same things (a framework takes seconds)."""
+    return spec.target.file, spec.target.module, spec.target.function
+
+
+def _next(upcoming: list[int], specs: Sequence[CheckSpec], busy: set[Any]) -> int:
+    """The position in ``upcoming`` of the check to start now: the first whose target
+    function is not running in another slot (so that the slot running it, whose worker has
+    its imports, runs it next), else the first."""
+    for k, index in enumerate(upcoming):
+        if _affinity(specs[index]) not in busy:
+            return k
+    return 0
+
+
 def run_side_by_side(
     specs: Sequence[CheckSpec], jobs: int, on_done: OnDone
 ) -> tuple[dict[int, CheckOutcome], bool]:
@@ -94,7 +113,6 @@ def run_side_by_side(
     for w in workers:
         slots.put(w)
     outcomes: dict[int, CheckOutcome] = {}
-    lock = threading.Lock()
 
     def one(spec: CheckSpec, ctrl_c: Any) -> CheckOutcome:
         worker = slots.get()
@@ -111,21 +129,19 @@ def run_side_by_side(
         ) as pool,
     ):
         running: dict[Future[CheckOutcome], int] = {}
-        upcoming = iter(enumerate(specs))
+        upcoming = list(range(len(specs)))
         try:
             while True:
-                while not ctrl_c.count and len(running) < len(workers):
-                    nxt = next(upcoming, None)
-                    if nxt is None:
-                        break
-                    running[pool.submit(one, nxt[1], ctrl_c)] = nxt[0]
+                while not ctrl_c.count and upcoming and len(running) < len(workers):
+                    busy = {_affinity(specs[i]) for i in running.values()}
+                    index = upcoming.pop(_next(upcoming, specs, busy))
+                    running[pool.submit(one, specs[index], ctrl_c)] = index
                 if not running:
                     break
                 done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in done:
                     index = running.pop(future)
-                    with lock:
-                        outcomes[index] = future.result()
+                    outcomes[index] = future.result()
                     on_done(index, outcomes[index])
         finally:
             for w in workers:
