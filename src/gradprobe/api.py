@@ -23,6 +23,7 @@ from .checking.promotion import floor_left, verify_in_float64
 from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .evaluate import Evaluator, make_evaluator
+from .evaluate.parallel import joblib_backend
 from .evaluate.watchdog import hard_deadline
 from .layout import (
     ParamLayout,
@@ -73,6 +74,7 @@ def check(
     promote: bool | str = "auto",
     probes: int | bool = DEFAULT_PROBES,
     slice_probes: bool = False,
+    backend: str | None = None,
     nondet_tol: float | None = None,
 ) -> Report:
     """Check an analytic gradient against central finite differences.
@@ -134,6 +136,8 @@ def check(
         probe is bisected down to the wrong entries. ``False`` or 0 turns probes off.
     slice_probes : bool
         Also probe each slice along the leading axis (each row), 2 evaluations per row.
+    backend : str, optional
+        Where ``n_jobs`` workers run: loky, threading, dask (the active Client), a joblib name.
     progress : callable, optional
         ``progress(done, total)`` called as loss evaluations are spent (per chunk), with
         ``total`` the planned count (extra work such as localization may push ``done`` past it).
@@ -196,9 +200,14 @@ def check(
         promote=promote,
         probes=probes,
         slice_probes=slice_probes,
+        backend=backend,
         nondet_tol=nondet_tol,
     )
-    run = _Run(loss, grad, layout, base, options, start)
+    with joblib_backend(options.backend):  # where the workers come from (docs/scaling.md)
+        return _checked(_Run(loss, grad, layout, base, options, start), options)
+
+
+def _checked(run: _Run, options: CheckOptions) -> Report:
     try:
         with run.evaluator, hard_deadline(run.time_left()):
             run.preflight()
