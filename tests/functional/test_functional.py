@@ -174,7 +174,7 @@ def test_wrong_jvp_is_localized_to_its_input():
     assert _failed(report) == {"W"}
     assert report.params["W"].diagnosis.kind == "scale"
     calls = 5 * 4 + 4 * 3 + 1
-    assert report.settings["jvp_calls"] == calls
+    assert report.measured["jvp_calls"] == calls
     assert report.timings["jvp"] >= 0.001 * calls  # the jvp calls, not the check after them
 
 
@@ -392,7 +392,7 @@ def test_batched_function_matches_unbatched_and_catches_a_bug():
 
     report = gradprobe.check_vjp(f, dense_vjp, _point(), batched=True)
     plain = gradprobe.check_vjp(dense, dense_vjp, _point())
-    assert report.passed and report.settings["executor"] == "batched"
+    assert report.passed and report.measured["executor"] == "batched"
     assert report.params["W"].n_checked == plain.params["W"].n_checked
     failing = gradprobe.check_vjp(f, bad, _point(), batched=True)
     assert _failed(failing) == {"x"} and failing.params["x"].bad_indices == ((0, 0),)

@@ -64,11 +64,15 @@ def _jax_entry(stop: Stop, **options):
 
 
 ENTRIES = {"check_vjp": _numpy_entry, "torch": _torch_entry, "jax": _jax_entry}
-#: What each entry point's reduction adds to the settings, finished or partial.
+#: What each entry point's reduction adds to the settings (what was asked) and to the
+#: measurements, finished or partial.
 ADDED = {
-    "check_vjp": {"cotangent"},
-    "torch": {"cotangent", "framework", "device", "vectorize"},
-    "jax": {"cotangent", "framework", "device", "vectorize", "x64", "jit"},
+    "check_vjp": ({"cotangent"}, set()),
+    "torch": ({"cotangent", "vectorize"}, {"framework", "device", "vectorization", "not_checked"}),
+    "jax": (
+        {"cotangent", "vectorize", "jit"},
+        {"framework", "device", "vectorization", "not_checked", "x64", "jitted"},
+    ),
 }
 
 
@@ -93,9 +97,14 @@ def _stopped(entry: str, how: str):
 def test_partial_report_has_the_settings_of_a_finished_one(entry, how):
     finished = ENTRIES[entry](Stop(), samples=8)
     partial = _stopped(entry, how)
-    assert ADDED[entry] <= set(finished.settings)
-    for key in ADDED[entry]:
+    asked, measured = ADDED[entry]
+    assert asked <= set(finished.settings) and measured <= set(finished.measured)
+    # What was asked is the same however the check ended (samples differ on purpose).
+    assert set(partial.settings) == set(finished.settings), (entry, how)
+    for key in asked:
         assert partial.settings[key] == finished.settings[key], (entry, how, key)
+    for key in measured:
+        assert partial.measured[key] == finished.measured[key], (entry, how, key)
     assert not partial.complete and partial.incomplete_reason
 
 
@@ -113,4 +122,4 @@ def test_adapter_warnings_reach_the_partial_report():
         gt.check(with_item, torch.linspace(-1, 1, 12, dtype=torch.float64), samples=64)
     partial = info.value.partial_report
     assert partial.warnings[0].startswith("vectorize: torch.func.vmap could not be used")
-    assert partial.settings["vectorize"].startswith("per entry")
+    assert partial.measured["vectorization"].startswith("per entry")

@@ -87,8 +87,9 @@ def check(
     Returns
     -------
     Report
-        One entry per checked input; ``report.settings`` records the framework, x64, device,
-        cotangent and vectorization.
+        One entry per checked input; ``report.settings`` records the cotangent and
+        ``vectorize`` and ``jit`` as asked, ``report.measured`` the framework, x64, device,
+        the ``vectorization`` that ran, ``jitted`` and what was ``not_checked``.
 
     Raises
     ------
@@ -119,6 +120,7 @@ def check(
 
     values = [leaves[i] for i in checked.positions]
     adapted = _adapt(call, checked, values, jit=bool(jit), x64=x64)
+    adapted.settings["jit"] = bool(jit)  # as asked; measured["jitted"]: whether it traced
     return check_adapted(adapted, vectorize, VMAP_NAME, {"seed": seed, **check_options}, ROLES)
 
 
@@ -346,7 +348,7 @@ def _adapt(
             "framework": f"jax {jax.__version__}",
             "device": devs[0] if len(devs) == 1 else devs,
             "x64": x64,
-            "jit": jit,
+            "jitted": jit,
         },
         warnings=notes,
         not_checked=[*held.notes, *dropped],

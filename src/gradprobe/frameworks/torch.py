@@ -85,8 +85,9 @@ def check(
     Returns
     -------
     Report
-        One entry per checked input; ``report.settings`` records the framework, device,
-        cotangent and vectorization.
+        One entry per checked input; ``report.settings`` records the cotangent and
+        ``vectorize`` as asked, ``report.measured`` the framework, device,
+        the ``vectorization`` that ran and what was ``not_checked``.
 
     Raises
     ------

@@ -171,8 +171,10 @@ def check_adapted(
     options: Mapping[str, Any],
     roles: Roles,
 ) -> Report:
-    """Check ``fn``'s backward through the one reduction; the report's settings add the
-    framework's (``fn.settings``) and the vectorization to the cotangent."""
+    """Check ``fn``'s backward through the one reduction. The report's settings add
+    ``vectorize`` (as asked) to the cotangent; its measurements the framework's facts
+    (``fn.settings``: framework, device), the ``vectorization`` that ran and what was
+    ``not_checked``."""
     if "batched" in options:
         raise InvalidInputError(
             f"batched: the adapter sets it; found batched={options['batched']!r}. Pass "
@@ -192,6 +194,11 @@ def check_adapted(
         setup,
         roles,
         {**options, "batched": vec.batched},
-        settings={**fn.settings, "vectorize": vec.setting},
+        settings={
+            **fn.settings,
+            "vectorize": vectorize,
+            "vectorization": vec.setting,
+            "not_checked": list(fn.not_checked),
+        },
         warnings=notes,
     )

@@ -61,7 +61,7 @@ def check_jvp(
     Returns
     -------
     Report
-        One row per input; ``report.timings["jvp"]`` and ``report.settings["jvp_calls"]``
+        One row per input; ``report.timings["jvp"]`` and ``report.measured["jvp_calls"]``
         give the cost of building the gradient.
     """
     roles = JVP
