@@ -15,6 +15,7 @@ import pytest
 import gradprobe
 from gradprobe.functional import reduction as reduction_module
 from gradprobe.functional.reduction import COTANGENT_STREAM, cotangent_setting
+
 from ..helpers import assert_bitwise_unchanged, report_core, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
