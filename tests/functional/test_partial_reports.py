@@ -83,7 +83,7 @@ def _stopped(entry: str, how: str):
             run(Stop(after=8), samples=64)
     elif how == "timeout":
         with pytest.raises(gradprobe.CheckAborted) as info:
-            run(Stop(sleep=0.03), samples=64, timeout=0.5)
+            run(Stop(sleep=0.1), samples=64, timeout=0.5)  # preflight alone runs past it
     else:
         with pytest.raises(gradprobe.CheckAborted) as info:
             run(Stop(), samples=64, budget=12)

@@ -23,8 +23,6 @@ from ..report.model import Report
 from .contraction import Roles
 from .vjp import run_vjp_check
 
-__all__ = ["LAYER", "LayerCalls", "check_layer"]
-
 LAYER = Roles(
     f="forward",
     vjp="backward",

@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable"]
-
 
 def jsonable(value: Any) -> Any:
     """Convert numpy scalars, arrays and tuples to JSON types, recursively (non-finite floats

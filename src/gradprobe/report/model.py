@@ -22,18 +22,6 @@ from . import text
 from .jsonable import jsonable, split_settings
 from .parts import Coverage, Diagnosis, EntryCheck, float_or_none
 
-__all__ = [
-    "MAX_BAD_INDICES",
-    "MAX_SHOWN_ENTRIES",
-    "SCHEMA_VERSION",
-    "Coverage",
-    "Diagnosis",
-    "EntryCheck",
-    "ParamReport",
-    "Report",
-    "jsonable",
-]
-
 #: 2: ``measured`` apart from ``settings`` (version 1 files are still read).
 SCHEMA_VERSION = 2
 #: The schema versions :meth:`Report.from_dict` reads.
@@ -63,7 +51,10 @@ class ParamReport:
         Index of the worst entry: the failing entry furthest past its tolerance, or the entry
         with the largest relative error when all pass.
     passed : bool
-        No checked entry failed and no probe found a disagreement.
+        No checked entry failed (kinks excluded), the probes found no disagreement too
+        widespread or too frequent to localize, the analytic gradient is finite and the
+        check finished (a probe's suspicion that the entries do not confirm, or that stays
+        within ``rtol``, does not fail it: :func:`gradprobe.checking.verdict.passes`).
     n_failed : int
         Checked entries that failed (kinks excluded).
     worst_entries : tuple of EntryCheck
@@ -87,7 +78,7 @@ class ParamReport:
         Probes disagreed beyond ``rtol`` in more places than ``bad_indices`` can hold;
         localization stopped at that many entries.
     coverage : Coverage or None
-        Probe and sample coverage, when the probes ran.
+        Probe and sample coverage (None only in a report read from an older file).
     rel_errors : ndarray
         Relative error of every checked entry (for plots; not in ``to_dict``).
     """
