@@ -77,7 +77,10 @@ class Held:
     ) -> tuple[list[np.ndarray], list[bool]]:
         """Every checked input in order, the held entries at their values, and (batched) which
         are mapped over their leading axis; the others come without their size-1 axis."""
-        mapped = dict(zip(self.base, mapped_inputs([params[n] for n in self.base]), strict=True))
+        mapped: dict[str, bool] = {}
+        if batched:
+            live = [params[n] for n in self.base]
+            mapped = dict(zip(self.base, mapped_inputs(live), strict=True))
         out, maps = [], []
         for n in self.names:
             if n not in self.base:

@@ -231,7 +231,8 @@ def _adapt(
         full = iter(xs)
         return call(*(next(full) if n in held.base else held.original[n] for n in checked.names))
 
-    at = arrays(held.arrays(held.base)[0])
+    with ours("preparing the inputs given"):
+        at = arrays(held.arrays(held.base)[0])
     forward = jax.jit(call) if jit else call
     try:
         out = forward(*at)

@@ -204,6 +204,10 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return np.array(tensor.detach().to("cpu").resolve_conj().resolve_neg().numpy(), copy=True)
 
 
+def _real_view(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
+
+
 def _tensor_leaves(out: Any) -> list[tuple[str, Any]]:
     """The leaves of ``fn``'s output (a tensor, or a tuple, list or dict of them) with their
     paths, in order."""
@@ -218,12 +222,7 @@ def _differentiable(out: Any) -> tuple[list[int], list[str]]:
     for k, (path, leaf) in enumerate(_tensor_leaves(out)):
         if not isinstance(leaf, torch.Tensor):
             continue
-        if leaf.is_complex():
-            raise InvalidInputError(
-                f"fn's output: expected real tensors, found dtype {leaf.dtype}. Return the real "
-                "and imaginary parts (torch.view_as_real) to check a complex function."
-            )
-        if not leaf.is_floating_point():
+        if not (leaf.is_floating_point() or leaf.is_complex()):
             notes.append(f"output {path} ({leaf.dtype}: not differentiable)")
         elif not leaf.requires_grad:
             notes.append(
@@ -244,8 +243,13 @@ def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Te
     held = hold_fixed({n: _as_numpy(n, t) for n, t in zip(checked.names, values, strict=True)})
     live = list(held.base)
 
-    def tensors(arrays: Sequence[np.ndarray], grad: bool = False) -> list[torch.Tensor]:
+    def tensors(
+        params: Mapping[str, np.ndarray], grad: bool = False, batched: bool = False
+    ) -> tuple[list[torch.Tensor], list[bool]]:
+        """Every checked input as a tensor (the held entries at their values), and which
+        are mapped by vmap (``batched``)."""
         with ours("converting the inputs to tensors"):
+            arrays, mapped = held.arrays(params, batched)
             xs = [
                 torch.from_numpy(np.array(a, copy=True)).to(d)  # a 0-d input too
                 for a, d in zip(arrays, devices, strict=True)
@@ -253,11 +257,12 @@ def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Te
         if grad:
             for n, x in zip(checked.names, xs, strict=True):
                 x.requires_grad_(n in held.base)
-        return xs
+        return xs, mapped
 
+    xs = tensors(held.base, grad=True)[0]
     try:
         with torch.enable_grad():
-            out = call(*tensors(held.arrays(held.base)[0], grad=True))
+            out = call(*xs)
     except (InvalidInputError, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -281,30 +286,29 @@ def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Te
                 f"fn's output: expected {count} leaves (as at the inputs given), found "
                 f"{len(leaves)}; the output's structure must not depend on the input values."
             )
-        return [leaves[k][1] for k in keep]
+        # A complex output enters as its real and imaginary parts (the cotangent is real).
+        return [_real_view(leaves[k][1]) for k in keep]
 
     def outputs(leaves: Sequence[torch.Tensor]) -> list[np.ndarray]:
         with ours("converting fn's outputs to numpy"):
             return [_numpy(t) for t in leaves]
 
     def forward(params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        xs = tensors(held.arrays(params)[0])
+        xs = tensors(params)[0]
         with torch.no_grad():
             return outputs(selected(call(*xs)))
 
     def make_batched() -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
         def batched(params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-            arrays, mapped = held.arrays(params, batched=True)
+            xs, mapped = tensors(params, batched=True)
             in_dims = tuple(0 if m else None for m in mapped)
             with torch.no_grad():
-                return outputs(
-                    vmap(lambda *x: selected(call(*x)), in_dims=in_dims)(*tensors(arrays))
-                )
+                return outputs(vmap(lambda *x: selected(call(*x)), in_dims=in_dims)(*xs))
 
         return batched
 
     def backward(params: Mapping[str, np.ndarray], cotangent: list[np.ndarray]) -> dict[str, Any]:
-        xs = tensors(held.arrays(params)[0], grad=True)
+        xs = tensors(params, grad=True)[0]
         with torch.enable_grad():
             leaves = selected(call(*xs))
             with ours("handing the cotangent to torch.autograd.grad"):
