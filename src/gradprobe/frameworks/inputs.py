@@ -55,7 +55,7 @@ def checked_leaves(
         found = [type(a).__name__ for a in inputs]
         raise InvalidInputError(
             f"inputs: expected at least one floating-point {kind} to check, found {found}. Pass "
-            f"the tensors fn differentiates (e.g. torch.randn(4, 8, dtype=torch.float64))."
+            "the arrays fn differentiates, in float32 or float64."
         )
     chosen = [i for i in floats if wanted(leaves[i])] or floats
     return Checked(chosen, [names[i] for i in chosen])

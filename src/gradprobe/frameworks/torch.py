@@ -240,7 +240,8 @@ def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Te
     """``call`` of the checked tensors over numpy arrays: the value at the inputs (one forward,
     autograd on), the forward, vmap and autograd's vector-Jacobian product."""
     devices = [t.device for t in values]
-    held = hold_fixed({n: _as_numpy(n, t) for n, t in zip(checked.names, values, strict=True)})
+    with ours("copying the inputs to numpy"):
+        held = hold_fixed({n: _as_numpy(n, t) for n, t in zip(checked.names, values, strict=True)})
     live = list(held.base)
 
     def tensors(
