@@ -205,7 +205,14 @@ def check(
         nondet_tol=nondet_tol,
     )
     with joblib_backend(options.backend):  # where the workers come from (docs/scaling.md)
-        return _checked(_Run(loss, grad, layout, base, options, start), options)
+        report = _checked(_Run(loss, grad, layout, base, options, start), options)
+    if options.promote == "auto" and floor_left(report):  # recheck in float64
+        kw = dict(seed=seed, samples=samples, eps=eps, rtol=rtol, atol=atol, method=method,
+                  n_jobs=n_jobs, batched=batched, budget=budget, progress=progress,
+                  probes=probes, slice_probes=slice_probes, nondet_tol=nondet_tol)  # fmt: skip
+        left = None if timeout is None else max(1e-3, timeout - (time.perf_counter() - start))
+        report = verify_in_float64(report, lambda: check(loss, grad, params, **kw, promote=True, timeout=left))  # fmt: skip
+    return report
 
 
 def _checked(run: _Run, options: CheckOptions) -> Report:
@@ -224,14 +231,7 @@ def _checked(run: _Run, options: CheckOptions) -> Report:
     except KeyboardInterrupt as exc:
         exc.partial_report = run.report("interrupted (KeyboardInterrupt)")  # type: ignore[attr-defined]
         raise
-    report = run.report()
-    if options.promote == "auto" and floor_left(report):  # recheck in float64
-        kw = dict(seed=seed, samples=samples, eps=eps, rtol=rtol, atol=atol, method=method,
-                  n_jobs=n_jobs, batched=batched, budget=budget, progress=progress,
-                  probes=probes, slice_probes=slice_probes, nondet_tol=nondet_tol)  # fmt: skip
-        left = None if timeout is None else max(1e-3, timeout - (time.perf_counter() - start))
-        report = verify_in_float64(report, lambda: check(loss, grad, params, **kw, promote=True, timeout=left))  # fmt: skip
-    return report
+    return run.report()
 
 
 class _Run:
