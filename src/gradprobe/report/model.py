@@ -264,7 +264,8 @@ class Report:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
         asked, found = split_settings(self.settings)
         object.__setattr__(self, "settings", asked)
-        object.__setattr__(self, "measured", {**found, **self.measured})
+        # A measurement written into settings (a later dataclasses.replace) is the newer one.
+        object.__setattr__(self, "measured", {**self.measured, **found})
 
     @property
     def n_finished(self) -> int:
