@@ -77,7 +77,8 @@ def check(
     backend: str | None = None,
     nondet_tol: float | None = None,
 ) -> Report:
-    """Check an analytic gradient against central finite differences.
+    """Check an analytic gradient against finite differences (``method``: central, Richardson
+    extrapolation or the complex step).
 
     Parameters
     ----------
@@ -377,7 +378,6 @@ class _Run:
         failing = [name for name in self.layout.names if not passes(self.evidence[name])]
         entries = {name: ev.entries for name, ev in self.evidence.items()}
         self.diagnoses.update(diagnose(self.contexts, entries, failing, self.nonfinite))
-        self.warnings.extend(self.evaluator.warnings)
 
     def report(self, incomplete: str | None = None) -> Report:
         """The report of what was done (partial, with the reason, when ``incomplete``)."""

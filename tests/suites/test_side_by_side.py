@@ -240,7 +240,7 @@ def test_backend_dask_uses_the_active_client(cluster):
     with distributed.Client(cluster) as client:
         assert distributed.get_client() is client
         report = gradprobe.check(loss, grad, x, n_jobs=2, backend="dask", samples="all")
-    assert "dask" in report.settings["executor"]
+    assert "dask" in report.measured["executor"]
     assert report_core(report) == report_core(serial)  # bit for bit
 
 
@@ -249,7 +249,7 @@ def test_backend_names_and_mistakes(tmp_path, monkeypatch):
 
     loss, grad, x = _quadratic()
     threads = gradprobe.check(loss, grad, x, n_jobs=2, backend="threading")
-    assert "threading" in threads.settings["executor"]
+    assert "threading" in threads.measured["executor"]
     with pytest.raises(InvalidInputError, match=r"backend: expected one of \['loky', 'threading'"):
         gradprobe.check(loss, grad, x, backend="daks")
     distributed = pytest.importorskip("distributed")

@@ -277,7 +277,8 @@ def diagnose(
     """Diagnose each parameter named in ``failing`` (in layout order); name -> Diagnosis.
 
     May spend a few loss evaluations on transposed and shifted positions and on entries of
-    same-shape parameters, at most ``2 * CONFIRM_ENTRIES`` per hypothesis.
+    same-shape parameters: ``CONFIRM_ENTRIES`` positions per transposed or shifted
+    hypothesis, up to ``MAX_SWAP_CANDIDATES`` parameters at that many each for a swap.
     """
     nonfinite = nonfinite or {}
     start, errors = rank_failing(entries, failing)

@@ -2,10 +2,10 @@
 
 Given the entries to check, this module asks the evaluator for the losses at the perturbed
 points, turns them into numeric derivatives and compares them with the analytic values under a
-:class:`~gradprobe.tolerances.Tolerance`. It knows nothing of reports or of how the losses are
+:class:`~gradprobe.numerics.tolerances.Tolerance`. It knows nothing of reports or of how the losses are
 computed (serial, parallel, batched, jitted).
 
-Methods (:data:`gradprobe.steps.METHODS`):
+Methods (:data:`gradprobe.numerics.steps.METHODS`):
 
 - ``"central"``: ``(L(x+h) - L(x-h)) / ((x+h) - (x-h))``, 2 evaluations, error ~h**2;
 - ``"richardson"``: central differences at ``h`` and ``h/2`` combined to cancel the h**2 term,
@@ -14,7 +14,7 @@ Methods (:data:`gradprobe.steps.METHODS`):
   must accept complex parameters.
 
 An entry that disagrees is not failed at once (central and Richardson). It is re-evaluated at a
-step :data:`~gradprobe.steps.RETRY_FACTOR` times smaller, and passes when that estimate (or the
+step :data:`~gradprobe.numerics.steps.RETRY_FACTOR` times smaller, and passes when that estimate (or the
 Richardson combination of the two steps) agrees, within ``rtol`` or with a disagreement under a
 third of the first (a wrong gradient disagrees by the same amount at every step, so it cannot
 hide under the smaller step's higher round-off floor): a large ``|x|`` makes the default step

@@ -16,7 +16,8 @@ The first three compare an analytic value with a numeric one at another position
 numeric value is reused where the check already holds a plain derivative estimate there
 (:attr:`EntryResults.reusable`) and evaluated where it holds none; at most
 :data:`CONFIRM_ENTRIES` positions are evaluated per hypothesis (two loss evaluations each with
-central differences). A pattern holds when at least :data:`MIN_CONFIRMATIONS` usable
+central differences), and per candidate parameter for a swap (up to
+:data:`MAX_SWAP_CANDIDATES` of them). A pattern holds when at least :data:`MIN_CONFIRMATIONS` usable
 comparisons are made and 90% of them agree under the parameter's pass rule.
 """
 

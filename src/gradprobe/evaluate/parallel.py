@@ -215,7 +215,6 @@ class JoblibWorkers:
         self.dispatched = 0  # joblib calls made
         self.in_process = 0  # calls kept in this process
         self.worker_ids: set[str] = set()
-        self.warnings: list[str] = []
         #: Why ``n_jobs="auto"`` kept everything in this process although workers would pay.
         self.kept_reason = ""
         self._entered = False

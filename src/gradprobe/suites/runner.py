@@ -302,7 +302,7 @@ def spent_evaluations(report: Report) -> Report:
     complete report, or one whose evaluations all ran in the check's own process (counted one
     by one as they ran), is returned as it is.
     """
-    if report.complete or "joblib" not in str(report.settings.get("executor", "")):
+    if report.complete or "joblib" not in str(report.measured.get("executor", "")):
         return report
     kept = sum(p.n_evaluations for p in report.params.values())
     if kept >= report.n_evaluations:
