@@ -17,7 +17,8 @@ import numpy as np
 from ._version import __version__
 from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
-from .checking.parameter import Evidence, gather_evidence
+from .checking.parameter import Evidence, EvidenceSink, gather_evidence
+from .checking.plan import CheckPlan, plan_check, planned_evaluations
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError
@@ -30,7 +31,7 @@ from .layout import (
     promote_to_float64,
     validate_callable,
 )
-from .numerics.steps import EVALUATIONS_PER_ENTRY, default_relative_step
+from .numerics.steps import default_relative_step
 from .numerics.tolerances import loss_epsilon, precision_dtype, tolerance_for
 from .options import (
     DEFAULT_PROBES,
@@ -41,16 +42,23 @@ from .options import (
 )
 from .report.model import Diagnosis, Report
 
-__all__ = ["DEFAULT_SAMPLES", "check"]
+__all__ = ["DEFAULT_SAMPLES", "check", "planned_evaluations"]
 
 
-def _sample_plans(layout: ParamLayout, options: CheckOptions) -> list[tuple[int, int | None]]:
-    """Per parameter, entries checked one by one at first and the size the sample grows to
-    where the evidence disagrees (resolved once, for the work and the plan)."""
-    return [
+def _plan(layout: ParamLayout, options: CheckOptions) -> CheckPlan:
+    """The check's plan of evaluations (:mod:`gradprobe.checking.plan`), computed once."""
+    samples = [
         options.samples[name].plan(size, bool(options.probes))
         for name, size in zip(layout.names, layout.sizes, strict=True)
     ]
+    return plan_check(
+        layout.sizes,
+        layout.shapes,
+        samples,
+        probes=options.probes,
+        slice_probes=options.slice_probes,
+        method=options.method,
+    )
 
 
 def check(
@@ -243,16 +251,9 @@ class _Run:
         self.loss_eps = loss_epsilon(layout.dtypes)
         self.deadline = None if options.timeout is None else time.monotonic() + options.timeout
         self.timings: dict[str, float] = {"compile": 0.0}  # the numba kernel path's, if used
-        self.sample_plans = _sample_plans(layout, options)
-        #: Loss evaluations the parameters' checks plan before any disagreement.
-        self.planned = sum(
-            planned_evaluations(
-                first, size, options.probes, options.slice_probes, shape, options.method
-            )
-            for (first, _), size, shape in zip(
-                self.sample_plans, layout.sizes, layout.shapes, strict=True
-            )
-        )
+        #: The plan of evaluations: settings, progress, the cost line and the workers read it.
+        self.plan = _plan(layout, options)
+        self.planned = self.plan.evaluations
         self.evaluator = make_evaluator(
             loss,
             layout,
@@ -262,7 +263,6 @@ class _Run:
             budget=options.budget,
             deadline=self.deadline,
             progress=options.progress,
-            # base, pre-flight, first samples
             planned_evaluations=2 + self.planned,  # base and pre-flight, then the plan
         )
         self.timings["compile"] += self.evaluator.compile_seconds
@@ -271,6 +271,9 @@ class _Run:
         self.noise_info: dict[str, Any] = {}
         self.contexts: dict[str, ParamCheck] = {}
         self.evidence: dict[str, Evidence] = {}
+        #: The parameter being checked and the sink its finished blocks go into: a check
+        #: stopped part-way reports them (:meth:`report`).
+        self.unfinished: tuple[str, EvidenceSink] | None = None
         self.diagnoses: dict[str, Diagnosis] = {}
         self.nonfinite: Mapping[str, np.ndarray] = {}
 
@@ -335,24 +338,20 @@ class _Run:
         for p, name in enumerate(names):
             if callable(announce):
                 announce(name, p, len(names))
-            first, grow_to = self.sample_plans[p]
-            try:
-                evidence = gather_evidence(
-                    self.contexts[name],
-                    first,
-                    np.random.default_rng(self.seeds[p]),
-                    probes=self.options.probes,
-                    slice_probes=self.options.slice_probes,
-                    nonfinite=self.nonfinite.get(name),
-                    grow_to=grow_to,
-                )
-            except (CheckAborted, KeyboardInterrupt) as exc:
-                # Stopped on the way: keep the entries this parameter finished.
-                partial = getattr(exc, "partial_evidence", None)
-                if partial is not None:
-                    self.evidence[name] = partial
-                raise
-            self.evidence[name] = evidence
+            plan = self.plan.params[p]
+            sink = EvidenceSink(self.contexts[name], self.nonfinite.get(name))
+            self.unfinished = (name, sink)
+            self.evidence[name] = gather_evidence(
+                self.contexts[name],
+                plan.first,
+                np.random.default_rng(self.seeds[p]),
+                probes=self.options.probes,
+                slice_probes=self.options.slice_probes,
+                nonfinite=self.nonfinite.get(name),
+                grow_to=plan.grow_to,
+                sink=sink,
+            )
+            self.unfinished = None
 
     def diagnose(self) -> None:
         """The likely cause of each failing parameter."""
@@ -364,6 +363,12 @@ class _Run:
     def report(self, incomplete: str | None = None) -> Report:
         """The report of what was done (partial, with the reason, when ``incomplete``)."""
         self.timings["total"] = time.perf_counter() - self.start
+        if incomplete is not None and self.unfinished is not None:
+            # Stopped inside a parameter: keep the entries it finished.
+            name, sink = self.unfinished
+            partial = sink.partial()
+            if partial is not None:
+                self.evidence[name] = partial
         for name, ev in self.evidence.items():
             self.timings[f"param:{name}"] = ev.seconds
         results = {
@@ -409,24 +414,6 @@ def _context(
 
 #: A check predicted to take longer than this many seconds says so on stderr (a terminal).
 ANNOUNCE_SECONDS = 60.0
-
-
-def planned_evaluations(
-    first: int,
-    size: int,
-    probes: int,
-    slice_probes: bool,
-    shape: tuple[int, ...],
-    method: str = "central",
-) -> int:
-    """Loss evaluations one parameter's check plans before any disagreement (per sampled
-    entry, the method's :data:`~gradprobe.numerics.steps.EVALUATIONS_PER_ENTRY`; for a sampled
-    parameter 2 per probe plus 4 for the pilot, and 2 per row with ``slice_probes``);
-    retries, bisection and growth come on top where evidence disagrees."""
-    total = EVALUATIONS_PER_ENTRY[method] * first
-    if probes and first < size:
-        total += 4 + 2 * probes + (2 * shape[0] if slice_probes and shape else 0)
-    return total
 
 
 def _duration(seconds: float) -> str:
