@@ -284,6 +284,9 @@ class _Run:
         """Base point, analytic gradient, pre-flight; each parameter's context."""
         evaluator, layout = self.evaluator, self.layout
         base_value = base_loss(evaluator)
+        # The plan by the base point's timing: workers that will pay start in the background
+        # now, while the gradient and the pre-flight run; decided again on the refined timing.
+        evaluator.plan(self.planned)
         analytic = analytic_gradient(self.grad, layout, self.base)
         checked = run_preflight(
             evaluator,
@@ -295,6 +298,7 @@ class _Run:
             nondet_tol=self.options.nondet_tol,
         )
         self.nonfinite = checked.nonfinite
+        evaluator.plan(self.planned)
         noise = checked.noise
         # The precision the loss is really computed in (coarser than the parameters' for a
         # float32 loss of float64 parameters): it sets the default step and rtol.

@@ -160,7 +160,9 @@ TIME_SLICES = 16
 MIN_TIMED_BLOCK = 16
 
 
-def _evaluate_in_blocks(ctx: ParamCheck, flat_index: np.ndarray, sink: EvidenceSink) -> EntryResults:
+def _evaluate_in_blocks(
+    ctx: ParamCheck, flat_index: np.ndarray, sink: EvidenceSink
+) -> EntryResults:
     """:func:`evaluate_entries` block by block, each finished block kept in ``sink``.
 
     Under a budget or time limit the entries run in blocks, in a fixed pseudo-random order

@@ -22,6 +22,7 @@ from .batched import BATCHED_MEMORY, BatchedCalls, as_batched_losses
 from .jit import JitKernel, is_jit_loss
 from .loops import ChunkTask, EntryLoop
 from .parallel import DispatchPolicy, JoblibWorkers, default_policy, workers_for
+from .pool import shutdown_workers
 from .threads import one_blas_thread, refresh_blas_libraries
 from .workers import keep_workers
 
@@ -46,6 +47,7 @@ __all__ = [
     "keep_workers",
     "make_evaluator",
     "one_blas_thread",
+    "shutdown_workers",
 ]
 
 Loss = Callable[[Any], Any]

@@ -29,15 +29,12 @@ import numpy as np
 from ..errors import GradCheckError, InvalidInputError
 from .base import RowRunner
 from .loops import ChunkResult, ChunkTask, raise_chunk_error
+from .pool import loky_options, pool_alive, warm_up
 from .threads import one_blas_thread
 from .workers import (
     PROCESS_BACKENDS,
     check_picklable,
     is_pickling_error,
-    keeping_workers,
-    mark_pool_warm,
-    pool_is_warm,
-    shutdown_loky_workers,
     unpicklable,
     worker_died_error,
 )
@@ -67,6 +64,10 @@ class DispatchPolicy:
     auto_dispatch_seconds : float
         For ``n_jobs="auto"`` (the default): the time a call must save on the workers (its
         serial time times ``1 - 1/workers``), beyond starting them, to be dispatched.
+    block_dispatch_seconds : float
+        Once the check's whole plan pays for the workers (or they run already), a block goes
+        to them when the time it saves exceeds this: a round trip to a warm loky pool costs
+        ~5-20 ms (measured on 2 cores).
     chunks_per_worker : int
         Chunks of entries per worker (and per numba thread): enough to balance uneven chunks
         and to check the deadline between rounds, few enough that per-task overhead stays
@@ -76,7 +77,19 @@ class DispatchPolicy:
     min_dispatch_seconds: float = 0.2
     process_start_seconds: float = 0.5
     auto_dispatch_seconds: float = 0.25
+    block_dispatch_seconds: float = 0.03
     chunks_per_worker: int = 4
+
+    def plan_pays(
+        self, n_evaluations: int, *, loss_seconds: float, n_workers: int, start_processes: bool
+    ) -> bool:
+        """Whether a check's whole plan of ``n_evaluations`` saves more on ``n_workers``
+        workers than dispatching costs, and, when ``start_processes``, starting them."""
+        if n_workers < 2:
+            return False
+        saved = loss_seconds * n_evaluations * (1.0 - 1.0 / n_workers)
+        startup = self.process_start_seconds if start_processes else 0.0
+        return saved >= self.auto_dispatch_seconds + startup
 
     def dispatches(
         self,
@@ -86,16 +99,21 @@ class DispatchPolicy:
         n_workers: int,
         start_processes: bool,
         auto: bool = False,
+        planned: bool = False,
     ) -> bool:
         """Whether ``n_evaluations`` of ``loss_seconds`` each (None: not measured yet) are
         worth sending to ``n_workers`` workers, which must first be started as processes when
-        ``start_processes``; ``auto``: under ``n_jobs="auto"``."""
+        ``start_processes``; ``auto``: under ``n_jobs="auto"``; ``planned``: the check's whole
+        plan pays for the workers (:meth:`plan_pays`), so a block only has to pay for its own
+        dispatch."""
         if n_workers < 2:
             return False
         if loss_seconds is None:
             return True
         serial = loss_seconds * n_evaluations
         startup = self.process_start_seconds if start_processes else 0.0
+        if planned:
+            return serial * (1.0 - 1.0 / n_workers) >= self.block_dispatch_seconds
         if auto:
             # The default: workers only where the time they save on this call (the part of it
             # the other workers take) pays for dispatching and, first, for starting them.
@@ -177,6 +195,10 @@ class JoblibWorkers:
         self.warnings: list[str] = []
         #: Why ``n_jobs="auto"`` kept everything in this process although workers would pay.
         self.kept_reason = ""
+        #: Whether the check's whole plan pays for the workers (:meth:`plan`), and why.
+        self.planned = False
+        self.plan_reason = ""
+        self._warming = False
         self._entered = False
         #: Whether this placement sent work to joblib workers (and so may have started processes).
         self._started_processes = False
@@ -195,7 +217,7 @@ class JoblibWorkers:
         import joblib
 
         self.n_workers = int(joblib.effective_n_jobs(self.n_jobs))
-        self._parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer="processes")
+        self._parallel = self._make_parallel()
         self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
         self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
         if not self.uses_threads and self.n_workers >= 2:
@@ -207,6 +229,60 @@ class JoblibWorkers:
                 self.n_workers = 1
                 self.kept_reason = str(exc).split(";")[0]
 
+    def _make_parallel(self, own_backend: bool = False) -> Any:
+        """A ``joblib.Parallel`` for the configured backend; on loky, with the pool's options
+        (idle timeout, parent watch: :mod:`gradprobe.evaluate.pool`), the same at every call
+        so every check of the process reuses one executor. ``own_backend``: on a copy of the
+        configured backend object (``parallel_config`` shares one among the calls made under
+        it, and the background start runs beside the check's own calls)."""
+        import joblib
+
+        parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer="processes")
+        backend = parallel._backend
+        if type(backend).__name__ != "LokyBackend":
+            return parallel
+        if own_backend:
+            backend = type(backend)(
+                nesting_level=backend.nesting_level,
+                inner_max_num_threads=backend.inner_max_num_threads,
+                **backend.backend_kwargs,
+            )
+            return joblib.Parallel(
+                n_jobs=self.n_jobs, backend=backend, prefer="processes", **loky_options()
+            )
+        return joblib.Parallel(n_jobs=self.n_jobs, prefer="processes", **loky_options())
+
+    def plan(self, n_evaluations: int) -> None:
+        """The check's whole plan: ``n_evaluations`` to come. When they pay for the workers
+        (by the measured cost of one evaluation), later blocks go to the workers as soon as
+        each saves more than its dispatch costs, and process workers start now, in the
+        background, so their start-up overlaps the rest of the pre-flight."""
+        if self.loss_seconds is None or self.n_workers < 2:
+            return
+        seconds = self.loss_seconds * n_evaluations
+        warm = self._started_processes or self._warming or pool_alive()
+        if not self.policy.plan_pays(
+            n_evaluations,
+            loss_seconds=self.loss_seconds,
+            n_workers=self.n_workers,
+            start_processes=self.backend_name in PROCESS_BACKENDS and not warm,
+        ):
+            self.planned, self.plan_reason = False, ""  # decided again on a refined timing
+            return
+        if self._parallel is None:
+            self._connect()  # the backend may have fewer workers, or the loss not pickle
+            if self.n_workers < 2:
+                return
+        self.planned = True
+        self.plan_reason = (
+            f"the plan, {n_evaluations:,} evaluations of ~{self.loss_seconds * 1e3:.3g} ms "
+            f"(~{seconds:.2g} s serial), pays for {self.n_workers} workers"
+            + (" already running" if warm and not self._warming else "")
+        )
+        if self.backend_name == "loky" and not warm:
+            self._warming = True  # started by this check, in the background
+            warm_up(self._make_parallel(own_backend=True), self.n_workers)
+
     @property
     def executor(self) -> str:
         text = f"joblib {self.rows.chunk_name} ({self.backend_name}, {self.n_workers} workers)"
@@ -215,7 +291,8 @@ class JoblibWorkers:
         if self.auto:
             if self.dispatched == 0:
                 return f"auto (serial: {self.kept_reason})" if self.kept_reason else "auto (serial)"
-            return f"auto (serial + {text})"
+            why = f"; {self.plan_reason}" if self.plan_reason else ""
+            return f"auto (serial + {text}{why})"
         return text
 
     # -- cost model ----------------------------------------------------------------------------
@@ -228,8 +305,9 @@ class JoblibWorkers:
     @property
     def starts_processes(self) -> bool:
         """Whether a dispatch now would first have to start process workers."""
-        started = self._started_processes or pool_is_warm()
-        return not started and self.backend_name in PROCESS_BACKENDS
+        if self.backend_name not in PROCESS_BACKENDS or self._started_processes:
+            return False
+        return not (self.backend_name == "loky" and pool_alive())
 
     def worth_dispatching(self, n_evaluations: int) -> bool:
         """The policy's decision for ``n_evaluations`` now (measured cost, workers running)."""
@@ -241,6 +319,7 @@ class JoblibWorkers:
                 n_workers=self.n_workers,
                 start_processes=self.starts_processes,
                 auto=self.auto,
+                planned=self.planned,
             )
 
         if not decide():
@@ -325,8 +404,6 @@ class JoblibWorkers:
             self._entered = True
         self.dispatched += 1
         self._started_processes = True
-        if keeping_workers():
-            mark_pool_warm()
         try:
             with one_blas_thread():  # covers thread backends; workers limit themselves
                 results = self._call(tasks)
@@ -351,17 +428,9 @@ class JoblibWorkers:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
-        """Leave joblib's context and stop the loky worker processes this check started.
-
-        loky keeps its reusable workers alive for minutes after a call; a check ends with none
-        left running (the next check spawns fresh ones). Thread pools end with the context; a
-        user's Dask cluster is never touched.
-        """
-        try:
-            if self._entered and self._parallel is not None:
-                self._entered = False
-                self._parallel.__exit__(None, None, None)
-        finally:
-            if self._started_processes and self.backend_name == "loky" and not keeping_workers():
-                self._started_processes = False
-                shutdown_loky_workers()
+        """Leave joblib's context. Process workers stay for the next check in this process
+        (:mod:`gradprobe.evaluate.pool`: idle stop, stop at exit, ``shutdown_workers()``);
+        thread pools end with the context; a user's Dask cluster is never touched."""
+        if self._entered and self._parallel is not None:
+            self._entered = False
+            self._parallel.__exit__(None, None, None)
