@@ -81,6 +81,7 @@ def check(
     probes: int | bool = DEFAULT_PROBES,
     slice_probes: bool = False,
     nondet_tol: float | None = None,
+    thread_safe: bool = False,
 ) -> Report:
     """Check an analytic gradient against central finite differences.
 
@@ -156,6 +157,13 @@ def check(
         noise floor (differences below it are noise, not gradient errors). Default 1e-12 (never
         below 16 ulps of the loss's dtype), with a warning when jitter is found; passing it
         silences the warning.
+    thread_safe : bool
+        The loss may run in several threads at once: it keeps no state between calls (no
+        cached forward, no list appended to, no shared buffer written). Under
+        ``n_jobs="auto"`` the check then measures in the pre-flight whether calls run in
+        parallel on threads (numpy/BLAS code releases the GIL) and uses threads, each with its
+        own copy of the parameters, where they do: no start-up, no pickling.
+        ``report.settings["executor"]`` says which ran and why. Default False: processes.
 
     Before any perturbation, the loss is evaluated a second time at the base point and the
     grad function called a second time (pre-flight): values differing beyond ``nondet_tol``
@@ -203,6 +211,7 @@ def check(
         probes=probes,
         slice_probes=slice_probes,
         nondet_tol=nondet_tol,
+        thread_safe=thread_safe,
     )
     run = _Run(loss, grad, layout, base, options, start)
     try:
@@ -264,6 +273,7 @@ class _Run:
             deadline=self.deadline,
             progress=options.progress,
             planned_evaluations=2 + self.planned,  # base and pre-flight, then the plan
+            thread_safe=options.thread_safe,
         )
         self.timings["compile"] += self.evaluator.compile_seconds
         # One seed per parameter, and one more for the noise estimate's direction.

@@ -65,6 +65,7 @@ def make_evaluator(
     progress: Callable[[int, int], None] | None = None,
     planned_evaluations: int = 0,
     policy: DispatchPolicy | None = None,
+    thread_safe: bool = False,
 ) -> Evaluator:
     """Pick the evaluator for the requested execution.
 
@@ -72,7 +73,9 @@ def make_evaluator(
       chunks on joblib workers;
     - a numba-jitted loss of one flat float64 vector: the numba kernel with ``n_jobs`` numba
       threads (``"auto"``: every core);
-    - ``n_jobs="auto"``: every core, for the calls where workers pay off (``auto=True``);
+    - ``n_jobs="auto"``: every core, for the calls where workers pay off (``auto=True``); on
+      threads where ``thread_safe`` and the pre-flight measures that threads pay, else on
+      process workers;
     - ``n_jobs`` resolving to one worker: the per-entry loop in this thread; otherwise on the
       joblib backend ``joblib.parallel_config`` selects.
 
@@ -94,7 +97,9 @@ def make_evaluator(
         )
         placement = InProcess(kernel)
     elif n_jobs == "auto":
-        placement = JoblibWorkers(EntryLoop(), loss, -1, policy=policy, auto=True)
+        placement = JoblibWorkers(
+            EntryLoop(), loss, -1, policy=policy, auto=True, thread_safe=thread_safe
+        )
     elif workers_for(n_jobs) < 2:
         placement = InProcess(EntryLoop())
     else:

@@ -71,7 +71,7 @@ class Placement(Protocol):
         """``n_evaluations`` took ``seconds`` in this process (input to a dispatch decision)."""
         ...
 
-    def plan(self, n_evaluations: int) -> None:
+    def plan(self, ev: Evaluator, n_evaluations: int) -> None:
         """The check's whole plan: ``n_evaluations`` to come (input to the choice of workers)."""
         ...
 
@@ -203,7 +203,7 @@ class Evaluator:
         """Tell the placement the check's whole plan: ``n_evaluations`` to come. It decides
         on that whole plan (not block by block) whether workers pay, and may start them now,
         in the background."""
-        self.placement.plan(n_evaluations)
+        self.placement.plan(self, n_evaluations)
 
     def evaluations_left(self) -> int | None:
         """Loss evaluations the budget still allows (None without a budget)."""
@@ -305,7 +305,7 @@ class InProcess:
     def observe(self, seconds: float, n_evaluations: int) -> None:
         """Nothing to decide in process."""
 
-    def plan(self, n_evaluations: int) -> None:
+    def plan(self, ev: Evaluator, n_evaluations: int) -> None:
         """Nothing to decide in process."""
 
     def entry_losses(

@@ -21,7 +21,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -29,8 +28,9 @@ import numpy as np
 from ..errors import GradCheckError, InvalidInputError
 from .base import RowRunner
 from .loops import ChunkResult, ChunkTask, raise_chunk_error
+from .policy import DispatchPolicy
 from .pool import loky_options, pool_alive, warm_up
-from .threads import one_blas_thread
+from .threads import THREADS_MIN_EFFICIENCY, concurrency_ratio, one_blas_thread
 from .workers import (
     PROCESS_BACKENDS,
     check_picklable,
@@ -43,83 +43,6 @@ if TYPE_CHECKING:
     from .base import Evaluator
 
 __all__ = ["DEFAULT_POLICY", "DispatchPolicy", "JoblibWorkers", "default_policy", "workers_for"]
-
-
-@dataclass(frozen=True)
-class DispatchPolicy:
-    """When a call goes to joblib workers, and how it is split.
-
-    Attributes
-    ----------
-    min_dispatch_seconds : float
-        A call whose evaluations would take less than this in one process runs in this
-        process instead: a dispatch to joblib workers costs ~10-20 ms (measured on 2 cores
-        with loky, up to ~50 ms with 8 chunks), so small calls (probes, retries, tiny
-        parameters) would spend more time dispatching than evaluating. Results are identical
-        either way.
-    process_start_seconds : float
-        Starting process workers (loky, multiprocessing) costs about this much (measured
-        0.4-0.5 s for 2 workers on 2 cores): a call dispatches only when its work pays for
-        that too.
-    auto_dispatch_seconds : float
-        For ``n_jobs="auto"`` (the default): the time a call must save on the workers (its
-        serial time times ``1 - 1/workers``), beyond starting them, to be dispatched.
-    block_dispatch_seconds : float
-        Once the check's whole plan pays for the workers (or they run already), a block goes
-        to them when the time it saves exceeds this: a round trip to a warm loky pool costs
-        ~5-20 ms (measured on 2 cores).
-    chunks_per_worker : int
-        Chunks of entries per worker (and per numba thread): enough to balance uneven chunks
-        and to check the deadline between rounds, few enough that per-task overhead stays
-        small.
-    """
-
-    min_dispatch_seconds: float = 0.2
-    process_start_seconds: float = 0.5
-    auto_dispatch_seconds: float = 0.25
-    block_dispatch_seconds: float = 0.03
-    chunks_per_worker: int = 4
-
-    def plan_pays(
-        self, n_evaluations: int, *, loss_seconds: float, n_workers: int, start_processes: bool
-    ) -> bool:
-        """Whether a check's whole plan of ``n_evaluations`` saves more on ``n_workers``
-        workers than dispatching costs, and, when ``start_processes``, starting them."""
-        if n_workers < 2:
-            return False
-        saved = loss_seconds * n_evaluations * (1.0 - 1.0 / n_workers)
-        startup = self.process_start_seconds if start_processes else 0.0
-        return saved >= self.auto_dispatch_seconds + startup
-
-    def dispatches(
-        self,
-        n_evaluations: int,
-        *,
-        loss_seconds: float | None,
-        n_workers: int,
-        start_processes: bool,
-        auto: bool = False,
-        planned: bool = False,
-    ) -> bool:
-        """Whether ``n_evaluations`` of ``loss_seconds`` each (None: not measured yet) are
-        worth sending to ``n_workers`` workers, which must first be started as processes when
-        ``start_processes``; ``auto``: under ``n_jobs="auto"``; ``planned``: the check's whole
-        plan pays for the workers (:meth:`plan_pays`), so a block only has to pay for its own
-        dispatch."""
-        if n_workers < 2:
-            return False
-        if loss_seconds is None:
-            return True
-        serial = loss_seconds * n_evaluations
-        startup = self.process_start_seconds if start_processes else 0.0
-        if planned:
-            return serial * (1.0 - 1.0 / n_workers) >= self.block_dispatch_seconds
-        if auto:
-            # The default: workers only where the time they save on this call (the part of it
-            # the other workers take) pays for dispatching and, first, for starting them.
-            saved = serial * (1.0 - 1.0 / n_workers)
-            return saved >= self.auto_dispatch_seconds + startup
-        return serial >= self.min_dispatch_seconds + startup
 
 
 #: The policy evaluators use unless given one (tests replace it with monkeypatch.setattr).
@@ -181,8 +104,15 @@ class JoblibWorkers:
         *,
         policy: DispatchPolicy | None = None,
         auto: bool = False,
+        thread_safe: bool = False,
     ) -> None:
         self.rows = rows
+        #: The loss may run in several threads at once (``check(thread_safe=True)``): under
+        #: "auto", threads are measured in the pre-flight and chosen where they pay.
+        self.thread_safe = thread_safe
+        self.prefer = "processes"
+        self.threads_reason = ""
+        self._threads_measured = False
         self.loss = loss
         self.n_jobs = n_jobs
         self.policy = default_policy() if policy is None else policy
@@ -237,7 +167,7 @@ class JoblibWorkers:
         it, and the background start runs beside the check's own calls)."""
         import joblib
 
-        parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer="processes")
+        parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer=self.prefer)
         backend = parallel._backend
         if type(backend).__name__ != "LokyBackend":
             return parallel
@@ -252,13 +182,22 @@ class JoblibWorkers:
             )
         return joblib.Parallel(n_jobs=self.n_jobs, prefer="processes", **loky_options())
 
-    def plan(self, n_evaluations: int) -> None:
+    def plan(self, ev: Evaluator, n_evaluations: int) -> None:
         """The check's whole plan: ``n_evaluations`` to come. When they pay for the workers
         (by the measured cost of one evaluation), later blocks go to the workers as soon as
         each saves more than its dispatch costs, and process workers start now, in the
-        background, so their start-up overlaps the rest of the pre-flight."""
+        background, so their start-up overlaps the rest of the pre-flight. A loss declared
+        thread-safe runs on threads instead where the pre-flight measures that they pay."""
         if self.loss_seconds is None or self.n_workers < 2:
             return
+        if self.auto and self.thread_safe and not self._threads_measured:
+            if self.policy.plan_pays(
+                n_evaluations,
+                loss_seconds=self.loss_seconds,
+                n_workers=self.n_workers,
+                start_processes=False,
+            ):
+                self._choose_threads(ev)
         seconds = self.loss_seconds * n_evaluations
         warm = self._started_processes or self._warming or pool_alive()
         if not self.policy.plan_pays(
@@ -281,7 +220,28 @@ class JoblibWorkers:
         )
         if self.backend_name == "loky" and not warm:
             self._warming = True  # started by this check, in the background
-            warm_up(self._make_parallel(own_backend=True), self.n_workers)
+            warm_up(self._make_parallel(own_backend=True))
+
+    def _choose_threads(self, ev: Evaluator) -> None:
+        """Measure whether calls of the loss run in parallel on threads (each on its own copy
+        of the parameters); switch to threads where they do (:data:`THREADS_MIN_EFFICIENCY`)."""
+        self._threads_measured = True
+        n = min(self.n_workers, 4)
+        copies = [[a.copy() for a in ev.base] for _ in range(n)]
+        seconds = self.loss_seconds or 1e-3
+        repeats = max(1, min(20, int(0.005 / max(seconds, 1e-9))))
+        ev.charge(2 * repeats * (n + 1))  # the calls below are evaluations too
+        ratio = concurrency_ratio(
+            lambda k: self.rows.call_loss(ev, copies[k], "measuring threads"), n, repeats
+        )
+        fast = n / ratio >= THREADS_MIN_EFFICIENCY * n
+        self.threads_reason = (
+            f"{'threads' if fast else 'processes'}: the loss is declared thread-safe and {n} "
+            f"calls at once took {ratio:.2f}x one call" + ("" if fast else " (it holds the GIL)")
+        )
+        if fast:
+            self.prefer = "threads"
+            self._connect()
 
     @property
     def executor(self) -> str:
@@ -291,7 +251,7 @@ class JoblibWorkers:
         if self.auto:
             if self.dispatched == 0:
                 return f"auto (serial: {self.kept_reason})" if self.kept_reason else "auto (serial)"
-            why = f"; {self.plan_reason}" if self.plan_reason else ""
+            why = "".join(f"; {r}" for r in (self.threads_reason, self.plan_reason) if r)
             return f"auto (serial + {text}{why})"
         return text
 

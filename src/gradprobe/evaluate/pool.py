@@ -5,8 +5,9 @@ convention of ``joblib.Parallel``): a check leaves its workers running, and the 
 the same process reuses them instead of paying the start-up again (~0.5 s for 2 workers on
 2 cores). The lifecycle:
 
-- **Start** in the background (:func:`warm_up`, a daemon thread) as soon as a check's plan says
-  workers will pay, so their start-up overlaps the rest of the pre-flight.
+- **Start** as soon as a check's plan says workers will pay (:func:`warm_up`: the processes are
+  spawned, and import in their own time), so their start-up overlaps the rest of the
+  pre-flight. Workers ignore SIGINT: a Ctrl-C to the process group is the parent's to handle.
 - **Reuse** by every later check of the same process (same worker count and backend).
 - **Idle stop**: each worker exits after :data:`IDLE_SECONDS` without work (loky's
   ``idle_worker_timeout``); the pool restarts on demand.
@@ -20,9 +21,12 @@ the same process reuses them instead of paying the start-up again (~0.5 s for 2 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
@@ -38,13 +42,14 @@ IDLE_SECONDS = 60.0
 #: How often a worker checks that its parent process is still alive.
 PARENT_POLL_SECONDS = 0.25
 
-_lock = threading.Lock()
-_warming: threading.Thread | None = None
 _atexit_registered = False
 
 
 def _watch_parent(parent: int) -> None:
-    """Worker initializer: end this worker once process ``parent`` is gone (see the module)."""
+    """Worker initializer: end this worker once process ``parent`` is gone (see the module);
+    ignore SIGINT (a Ctrl-C to the process group is the parent's to handle: it stops the
+    workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while True:
@@ -79,9 +84,7 @@ def _executor() -> Any:
 
 
 def pool_alive() -> bool:
-    """Whether loky worker processes are running (or being started) in this process."""
-    if _warming is not None and _warming.is_alive():
-        return True
+    """Whether loky worker processes are running (or starting) in this process."""
     executor = _executor()
     if executor is None or getattr(executor, "_flags", None) is None:
         return False
@@ -92,36 +95,33 @@ def pool_alive() -> bool:
     return any(p.is_alive() for p in list(processes.values()))
 
 
-def _noop() -> int:
-    return os.getpid()
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT in this process for the block (main thread only): processes started in
+    it inherit the ignored signal from their first instruction, so a Ctrl-C sent to the
+    process group reaches the parent alone, which stops them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def warm_up(parallel: Any, n_workers: int) -> None:
-    """Start ``n_workers`` loky workers in a background thread by running trivial tasks
-    through ``parallel`` (a ``joblib.Parallel`` built in the calling thread, so it carries the
-    caller's ``joblib.parallel_config``); nothing when they run already."""
-    global _warming
-    import joblib
-
-    with _lock:
-        if (_warming is not None and _warming.is_alive()) or pool_alive():
-            return
-
-        def start() -> None:
-            try:
-                parallel(joblib.delayed(_noop)() for _ in range(n_workers))
-            except Exception:  # a failed start shows again, with its error, at the first call
-                pass
-
-        _warming = threading.Thread(target=start, name="gradprobe-warm-up", daemon=True)
-        _warming.start()
-
-
-def wait_for_warm_up() -> None:
-    """Wait until a background start begun by :func:`warm_up` is done."""
-    thread = _warming
-    if thread is not None:
-        thread.join()
+def warm_up(parallel: Any) -> None:
+    """Start the workers of ``parallel`` (a loky ``joblib.Parallel``, built with
+    :func:`loky_options`) now, without waiting for them: the executor is built as the check's
+    own calls will find it and its processes are spawned; each imports in its own time while
+    the pre-flight goes on. Nothing when they run already."""
+    if pool_alive():
+        return
+    with _sigint_ignored(), parallel:
+        executor = getattr(parallel._backend, "_workers", None)
+        ensure = getattr(executor, "_ensure_executor_running", None)
+        if callable(ensure):
+            ensure()
 
 
 def shutdown_workers() -> None:
@@ -133,7 +133,6 @@ def shutdown_workers() -> None:
     checks). The next check that needs workers starts them again. Thread pools and a user's
     Dask cluster are not touched.
     """
-    wait_for_warm_up()
     executor = _executor()
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
