@@ -103,6 +103,9 @@ def print_verdict(
 ) -> None:
     """The count of each status, the exit code, and a command reproducing each failing check."""
     told = ", ".join(f"{n} {s}" for s, n in result.counts.items() if n)
+    if regressions:
+        names = ", ".join(regressions)
+        told += f", {len(regressions)} regressed against the baseline ({names})"
     if not_run:
         told += f", {len(not_run)} not run"
     console.out(f"\n{told or 'no checks'} — exit code {code}")
