@@ -18,7 +18,7 @@ from ._version import __version__
 from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, EvidenceSink, gather_evidence
-from .checking.plan import CheckPlan, plan_check, planned_evaluations
+from .checking.plan import plan_for, planned_evaluations
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.promotion import floor_left, verify_in_float64
 from .checking.verdict import build_report, floor_warnings, passes
@@ -45,22 +45,6 @@ from .options import (
 from .report.model import Diagnosis, Report
 
 __all__ = ["DEFAULT_SAMPLES", "check", "planned_evaluations"]
-
-
-def _plan(layout: ParamLayout, options: CheckOptions) -> CheckPlan:
-    """The check's plan of evaluations (:mod:`gradprobe.checking.plan`), computed once."""
-    samples = [
-        options.samples[name].plan(size, bool(options.probes))
-        for name, size in zip(layout.names, layout.sizes, strict=True)
-    ]
-    return plan_check(
-        layout.sizes,
-        layout.shapes,
-        samples,
-        probes=options.probes,
-        slice_probes=options.slice_probes,
-        method=options.method,
-    )
 
 
 def check(
@@ -279,7 +263,7 @@ class _Run:
         self.deadline = None if options.timeout is None else time.monotonic() + options.timeout
         self.timings: dict[str, float] = {"compile": 0.0}  # the numba kernel path's, if used
         #: The plan of evaluations: settings, progress, the cost line and the workers read it.
-        self.plan = _plan(layout, options)
+        self.plan = plan_for(layout, options)
         self.planned = self.plan.evaluations
         self.evaluator = make_evaluator(
             loss,

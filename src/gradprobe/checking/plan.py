@@ -16,10 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..numerics.steps import EVALUATIONS_PER_ENTRY
 
-__all__ = ["CheckPlan", "ParamPlan", "plan_check", "planned_evaluations", "slice_rows"]
+if TYPE_CHECKING:
+    from ..layout import ParamLayout
+    from ..options import CheckOptions
+
+__all__ = ["CheckPlan", "ParamPlan", "plan_check", "plan_for", "planned_evaluations", "slice_rows"]
 
 
 def slice_rows(shape: Sequence[int]) -> int:
@@ -105,3 +110,19 @@ def plan_check(
             )
         )
     return CheckPlan(tuple(out))
+
+
+def plan_for(layout: ParamLayout, options: CheckOptions) -> CheckPlan:
+    """The plan of a check of ``layout``'s parameters under validated ``options``."""
+    samples = [
+        options.samples[name].plan(size, bool(options.probes))
+        for name, size in zip(layout.names, layout.sizes, strict=True)
+    ]
+    return plan_check(
+        layout.sizes,
+        layout.shapes,
+        samples,
+        probes=options.probes,
+        slice_probes=options.slice_probes,
+        method=options.method,
+    )
