@@ -4,8 +4,8 @@
 >>> report = gradprobe.check(loss, grad, params)   # doctest: +SKIP
 >>> print(report)                                   # doctest: +SKIP
 
-``check``, ``check_vjp``, ``check_jvp``, ``check_hvp``, ``check_layer``, ``sweep`` and
-``keep_workers`` load their modules (and numba) on first use, so that
+``check``, ``check_vjp``, ``check_jvp``, ``check_hvp``, ``check_layer``, ``sweep``,
+``keep_workers`` and ``shutdown_workers`` load their modules (and numba) on first use, so that
 importing the package, or its pytest plugin at every pytest start, stays cheap.
 
 The public API is the names in ``__all__`` (and ``gradprobe.testing``, ``gradprobe.examples``,
@@ -33,7 +33,7 @@ from .suites.problem import Problem
 
 if TYPE_CHECKING:
     from .api import check
-    from .evaluate import keep_workers
+    from .evaluate import keep_workers, shutdown_workers
     from .functional import check_hvp, check_jvp, check_layer, check_vjp
     from .sweep import SweepResult, sweep
 
@@ -44,6 +44,7 @@ _LAZY = {
     "check_layer": "functional",
     "check_vjp": "functional",
     "keep_workers": "evaluate",
+    "shutdown_workers": "evaluate",
     "sweep": "sweep",
     "SweepResult": "sweep",
 }
@@ -70,6 +71,7 @@ __all__ = [
     "check_layer",
     "check_vjp",
     "keep_workers",
+    "shutdown_workers",
     "sweep",
 ]
 

@@ -329,6 +329,9 @@ def as_scalar_loss(value: Any, where: str) -> float:
     Accepts Python and numpy scalars, 0-d and one-element arrays, and objects with ``.item()``
     (torch tensors). ``where`` describes the evaluation for the message.
     """
+    kind = type(value)
+    if kind is float or kind is np.float64:  # the common case, first (per evaluation)
+        return float(value)
     if isinstance(value, (bool, np.bool_)):
         raise InvalidInputError(f"loss {where}: expected a real scalar, found a boolean ({value}).")
     if isinstance(value, numbers.Real):

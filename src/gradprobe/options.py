@@ -362,6 +362,13 @@ _TABLE = (
         toml_example="nondet_tol = 1e-10",
         from_text=float,
     ),
+    Option(
+        "thread_safe",
+        False,
+        _flag("thread_safe"),
+        "the loss may run in several threads at once (n_jobs='auto' may then use threads)",
+        toml_example="thread_safe = true",
+    ),
 )
 
 #: Every option of :func:`gradprobe.check`, by name, in the order of its signature.
@@ -393,6 +400,7 @@ class CheckOptions:
     slice_probes: bool
     backend: str | None
     nondet_tol: float | None
+    thread_safe: bool
 
 
 def check_option(name: str, value: Any, names: Sequence[str] | None = None) -> Any:
@@ -498,4 +506,5 @@ def settings(options: CheckOptions, executor: str) -> dict[str, Any]:
         "probes": options.probes,
         "slice_probes": options.slice_probes,
         "nondet_tol": options.nondet_tol,
+        "thread_safe": options.thread_safe,
     }
