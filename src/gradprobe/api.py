@@ -318,13 +318,18 @@ class _Run:
         workers = max(1, getattr(self.evaluator.placement, "n_workers", 1))
         predicted = planned * seconds / (workers if planned * seconds > 1.0 else 1)
         self.timings["predicted"] = predicted
-        if predicted > ANNOUNCE_SECONDS and sys.stderr.isatty():
-            print(
+        if predicted > ANNOUNCE_SECONDS:
+            advice = _bounding_advice(predicted, planned, self.options.timeout, self.options.budget)
+            text = (
                 f"gradprobe: this check will take about {_duration(predicted)} "
-                f"({planned:,} loss evaluations of ~{seconds * 1e3:.3g} ms); pass samples=, "
-                "timeout= or budget= to bound it.",
-                file=sys.stderr,
+                f"({planned:,} loss evaluations of ~{seconds * 1e3:.3g} ms); {advice}"
             )
+            # A progress display prints the notice on a line of its own, never on its bar's.
+            notice = getattr(self.options.progress, "notice", None)
+            if callable(notice):
+                notice(text)
+            elif sys.stderr.isatty():
+                print(text, file=sys.stderr)
 
     def gather_evidence(self) -> None:
         """Each parameter's sample, probes and bisection."""
@@ -429,6 +434,28 @@ def planned_evaluations(
     return total
 
 
+def _bounding_advice(
+    predicted: float, planned: int, timeout: float | None, budget: int | None
+) -> str:
+    """How to bound a long check, naming only the limits not already set (a limit that is set
+    and will stop the check is said so instead)."""
+    if timeout is not None and timeout < predicted:
+        return (
+            f"its timeout={timeout:g} stops it before then, with a partial report; pass "
+            "samples= (fewer entries) to finish within it."
+        )
+    if budget is not None and budget < planned:
+        return (
+            f"its budget={budget:,} stops it before then, with a partial report; pass "
+            "samples= (fewer entries) to finish within it."
+        )
+    hints = ["samples="] + [
+        f"{name}=" for name, value in (("timeout", timeout), ("budget", budget)) if value is None
+    ]
+    listed = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
+    return f"pass {listed} to bound it."
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -476,6 +503,11 @@ def _precision_warnings(
     ]
 
 
+#: How the float32 warning says to check in float64; an adapter whose framework needs another
+#: step first (JAX without x64) replaces it with the form that works there.
+PROMOTE_ADVICE = "check(..., promote=True) casts them for the check"
+
+
 def _dtype_warnings(layout: ParamLayout) -> list[str]:
     out = []
     for dtype in sorted({dt for dt in layout.dtypes if np.finfo(dt).bits < 64}, key=str):
@@ -485,7 +517,6 @@ def _dtype_warnings(layout: ParamLayout) -> list[str]:
         out.append(
             f"parameters {names} are {dtype}, lower than float64 precision: finite differences "
             f"in {dtype} resolve only ~{digits} significant digits, so tolerances are loosened; "
-            "check in float64 when the loss allows it (check(..., promote=True) casts them for "
-            "the check)."
+            f"check in float64 when the loss allows it ({PROMOTE_ADVICE})."
         )
     return out

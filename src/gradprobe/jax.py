@@ -202,6 +202,13 @@ class _JaxFunction:
     ) -> None:
         self.call, self.names, self.x64 = call, list(names), x64
         self.warnings: list[str] = []
+        # promote=True is refused without x64 (see check): the float32 warning says what works.
+        self.promote_advice = (
+            None
+            if x64
+            else 'call jax.config.update("jax_enable_x64", True) at startup, then promote=True '
+            "checks them in float64"
+        )
         self.devices = [_device(v) for v in values]
         self.base = {n: _as_numpy(n, v, x64) for n, v in zip(self.names, values, strict=True)}
         self.jit = jit

@@ -298,7 +298,7 @@ def load_suite(path: str | Path | None = None) -> Suite:
                 where,
                 "args",
                 problem,
-                'pass only the function\'s keyword arguments, e.g. args = { bug = "sign" }',
+                "give args exactly the keyword arguments the function takes (named above)",
             )
         merged = {**defaults, **values}
         conflict = options_conflict(merged)
