@@ -40,6 +40,7 @@ from .options import (
     validate_options,
 )
 from .report.model import Diagnosis, Report
+from .report.text import cost_notice
 
 __all__ = ["DEFAULT_SAMPLES", "check"]
 
@@ -319,17 +320,14 @@ class _Run:
         predicted = planned * seconds / (workers if planned * seconds > 1.0 else 1)
         self.timings["predicted"] = predicted
         if predicted > ANNOUNCE_SECONDS:
-            advice = _bounding_advice(predicted, planned, self.options.timeout, self.options.budget)
-            text = (
-                f"gradprobe: this check will take about {_duration(predicted)} "
-                f"({planned:,} loss evaluations of ~{seconds * 1e3:.3g} ms); {advice}"
-            )
-            # A progress display prints the notice on a line of its own, never on its bar's.
-            notice = getattr(self.options.progress, "notice", None)
-            if callable(notice):
-                notice(text)
+            o = self.options
+            notice = cost_notice(predicted, planned, seconds, o.timeout, o.budget)
+            # A progress display prints it on a line of its own, never on its bar's line.
+            display = getattr(o.progress, "notice", None)
+            if callable(display):
+                display(notice)
             elif sys.stderr.isatty():
-                print(text, file=sys.stderr)
+                print(notice, file=sys.stderr)
 
     def gather_evidence(self) -> None:
         """Each parameter's sample, probes and bisection."""
@@ -432,36 +430,6 @@ def planned_evaluations(
     if probes and first < size:
         total += 4 + 2 * probes + (2 * shape[0] if slice_probes and shape else 0)
     return total
-
-
-def _bounding_advice(
-    predicted: float, planned: int, timeout: float | None, budget: int | None
-) -> str:
-    """How to bound a long check, naming only the limits not already set (a limit that is set
-    and will stop the check is said so instead)."""
-    if timeout is not None and timeout < predicted:
-        return (
-            f"its timeout={timeout:g} stops it before then, with a partial report; pass "
-            "samples= (fewer entries) to finish within it."
-        )
-    if budget is not None and budget < planned:
-        return (
-            f"its budget={budget:,} stops it before then, with a partial report; pass "
-            "samples= (fewer entries) to finish within it."
-        )
-    hints = ["samples="] + [
-        f"{name}=" for name, value in (("timeout", timeout), ("budget", budget)) if value is None
-    ]
-    listed = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
-    return f"pass {listed} to bound it."
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _timeout_message(timeout: float) -> str:

@@ -17,6 +17,7 @@ import pytest
 
 import gradprobe
 from gradprobe import api
+from gradprobe.report.text import cost_notice
 from gradprobe.suites.config import load_suite
 from gradprobe.suites.runner import run_check
 
@@ -33,8 +34,9 @@ from gradprobe.suites.runner import run_check
     ],
 )
 def test_the_cost_notice_names_only_the_limits_not_set(timeout, budget, says, not_says):
-    advice = api._bounding_advice(120.0, 5000, timeout, budget)
-    assert says in advice and not_says not in advice
+    notice = cost_notice(120.0, 5000, 0.024, timeout, budget)
+    assert notice.startswith("gradprobe: this check will take about 2 min (5,000 loss")
+    assert says in notice and not_says not in notice.split("); ")[1]
 
 
 MODELS = """

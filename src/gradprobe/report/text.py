@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "align_columns",
+    "cost_notice",
     "failure_block",
     "failure_message",
     "param_table",
@@ -194,3 +195,38 @@ def failure_message(
     if footer is not None:
         blocks += ["", footer]
     return "\n".join(blocks)
+
+
+# -- notices ----------------------------------------------------------------------------------
+def cost_notice(
+    predicted: float, planned: int, seconds: float, timeout: float | None, budget: int | None
+) -> str:
+    """What a long check says before it starts: its predicted time and how to bound it, naming
+    only the limits not already set (or that a limit that is set will stop it)."""
+    head = (
+        f"gradprobe: this check will take about {_duration(predicted)} "
+        f"({planned:,} loss evaluations of ~{seconds * 1e3:.3g} ms); "
+    )
+    stop = None
+    if timeout is not None and timeout < predicted:
+        stop = f"its timeout={timeout:g}"
+    elif budget is not None and budget < planned:
+        stop = f"its budget={budget:,}"
+    if stop is not None:
+        return (
+            f"{head}{stop} stops it before then, with a partial report; pass samples= (fewer "
+            "entries) to finish within it."
+        )
+    hints = ["samples="] + [
+        f"{name}=" for name, value in (("timeout", timeout), ("budget", budget)) if value is None
+    ]
+    listed = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
+    return f"{head}pass {listed} to bound it."
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
