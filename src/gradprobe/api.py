@@ -20,7 +20,7 @@ from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.verdict import build_report, floor_warnings, passes
-from .errors import CheckAborted, GradCheckError, InvalidInputError
+from .errors import CheckAborted, GradCheckError, InvalidInputError, raised_at_the_call
 from .evaluate import Evaluator, make_evaluator
 from .evaluate.watchdog import hard_deadline
 from .layout import (
@@ -54,6 +54,7 @@ def _sample_plans(layout: ParamLayout, options: CheckOptions) -> list[tuple[int,
     ]
 
 
+@raised_at_the_call
 def check(
     loss: Callable[[Any], Any],
     grad: Any,

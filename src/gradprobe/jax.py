@@ -38,8 +38,8 @@ from .adapter import (
     short_error,
     validate_vectorize,
 )
-from .errors import InvalidInputError, LossEvaluationError
-from .layout import validate_callable
+from .errors import InvalidInputError, LossEvaluationError, raised_at_the_call
+from .layout import argument_names, validate_callable
 from .report.model import Report
 
 __all__ = ["check"]
@@ -48,6 +48,7 @@ __all__ = ["check"]
 VMAP_NAME = "jax.vmap"
 
 
+@raised_at_the_call
 def check(
     fn: Callable[..., Any],
     *inputs: Any,
@@ -114,7 +115,8 @@ def check(
             full[i] = x
         return fn(*full)
 
-    names = [f"input{i}" for i in checked]
+    every = argument_names(fn, len(inputs), "input")  # def f(x, w): "x", "w"
+    names = [every[i] for i in checked]
     adapted = _JaxFunction(call, names, [inputs[i] for i in checked], seed, jit=bool(jit), x64=x64)
     return run_check(adapted, vectorize, VMAP_NAME, options, adapted.settings(seed))
 

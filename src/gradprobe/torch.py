@@ -34,7 +34,7 @@ from .adapter import (
     short_error,
     validate_vectorize,
 )
-from .errors import InvalidInputError, LossEvaluationError
+from .errors import InvalidInputError, LossEvaluationError, raised_at_the_call
 from .layout import validate_callable
 from .report.model import Report
 
@@ -44,6 +44,7 @@ __all__ = ["check", "check_module"]
 VMAP_NAME = "torch.func.vmap"
 
 
+@raised_at_the_call
 def check(
     fn: Callable[..., Any],
     *inputs: Any,
@@ -105,6 +106,7 @@ def check(
     return run_check(adapted, vectorize, VMAP_NAME, options, adapted.settings(seed))
 
 
+@raised_at_the_call
 def check_module(
     module: torch.nn.Module,
     *inputs: Any,

@@ -61,8 +61,8 @@ def x64():
 def test_correct_custom_vjp_passes_in_float32():
     report = gj.check(make_layer_norm(), *inputs())
     assert report.passed, str(report)
-    assert list(report.params) == ["input0", "input1", "input2"]
-    assert report.params["input0"].rtol == pytest.approx(2e-3)  # checked in float32
+    assert list(report.params) == ["x", "w", "b"]  # the signature's names
+    assert report.params["x"].rtol == pytest.approx(2e-3)  # checked in float32
     assert report.settings["vectorize"].startswith("jax.vmap")
     assert report.settings["x64"] is False and report.settings["jit"] is True
 
@@ -70,20 +70,20 @@ def test_correct_custom_vjp_passes_in_float32():
 def test_correct_custom_vjp_passes_in_float64(x64):
     report = gj.check(make_layer_norm(), *inputs(np.float64))
     assert report.passed, str(report)
-    assert report.params["input0"].rtol == pytest.approx(1e-5)
+    assert report.params["x"].rtol == pytest.approx(1e-5)
     assert report.settings["x64"] is True
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_single_wrong_entry_is_found_and_localized(vectorize):
     report = gj.check(make_layer_norm(bug=True), *inputs(), vectorize=vectorize)
-    assert [p.name for p in report.failures] == ["input0"], str(report)
-    assert report.params["input0"].bad_indices == (BAD,), str(report)
+    assert [p.name for p in report.failures] == ["x"], str(report)
+    assert report.params["x"].bad_indices == (BAD,), str(report)
 
 
 def test_single_wrong_entry_is_found_in_float64(x64):
     report = gj.check(make_layer_norm(bug=True), *inputs(np.float64))
-    assert report.params["input0"].bad_indices == (BAD,), str(report)
+    assert report.params["x"].bad_indices == (BAD,), str(report)
 
 
 def test_custom_jvp_and_pytree_outputs():
@@ -102,7 +102,7 @@ def test_custom_jvp_and_pytree_outputs():
 
     x = jnp.asarray(np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4))
     report = gj.check(fn, x, 2)
-    assert report.passed and list(report.params) == ["input0"]
+    assert report.passed and list(report.params) == ["x"]
 
 
 def test_fallback_when_vmap_raises():
@@ -138,7 +138,7 @@ def test_argnums_and_numpy_inputs_untouched():
     y = np.linspace(0, 2, 4, dtype=np.float32)
     saved = [x.copy(), y.copy()]
     report = gj.check(lambda a, b: jnp.tanh(a * b), x, y, argnums=1)
-    assert report.passed and list(report.params) == ["input1"]
+    assert report.passed and list(report.params) == ["b"]
     for now, before in zip([x, y], saved, strict=True):
         assert now.tobytes() == before.tobytes()
 

@@ -23,6 +23,7 @@ from ..errors import (
     InvalidInputError,
     LossEvaluationError,
     StatefulGradientError,
+    raised_at_the_call,
 )
 from ..layout import unravel, validate_callable
 from ..report.model import Report
@@ -32,6 +33,7 @@ from .vjp import JVP, Setup, prepare, run
 __all__ = ["check_jvp", "jvp_gradient"]
 
 
+@raised_at_the_call
 def check_jvp(
     f: Callable[..., Any],
     jvp: Callable[..., Any],

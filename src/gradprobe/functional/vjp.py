@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from ..api import check
-from ..errors import CheckAborted, GradCheckError, InvalidInputError, LossEvaluationError
+from ..errors import (
+    CheckAborted,
+    GradCheckError,
+    InvalidInputError,
+    LossEvaluationError,
+    raised_at_the_call,
+)
 from ..layout import ParamLayout, normalize_params, validate_callable
 from ..options import validate_options
 from ..report.model import Report
@@ -176,6 +182,7 @@ def run_vjp_check(
     return run(loss, grad, inputs, setup, roles, options)
 
 
+@raised_at_the_call
 def check_vjp(
     f: Callable[..., Any],
     vjp: Callable[..., Any],
@@ -217,6 +224,7 @@ def check_vjp(
     return run_vjp_check(f, vjp, inputs, static, cotangent_seed, check_options, VJP)
 
 
+@raised_at_the_call
 def check_hvp(
     grad: Callable[..., Any],
     hvp: Callable[..., Any],

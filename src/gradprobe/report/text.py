@@ -22,6 +22,7 @@ __all__ = [
     "failure_message",
     "param_table",
     "report_text",
+    "shown_failure_message",
     "summary_line",
 ]
 
@@ -195,6 +196,22 @@ def failure_message(
     if footer is not None:
         blocks += ["", footer]
     return "\n".join(blocks)
+
+
+def shown_failure_message(report: Report) -> str:
+    """:meth:`Report.raise_for_failures`'s message for a report already shown: the summary
+    line and each failing parameter with its likely cause, not their blocks again."""
+    lines = [summary_line(report)]
+    for p in report.failures:
+        cause = "" if p.diagnosis is None else f" (likely cause: {p.diagnosis.kind})"
+        lines.append(f"  {p.name}: {p.n_failed:,} of {p.n_checked:,} checked entries wrong{cause}")
+    if not report.failures and not report.complete:
+        lines.append(f"The check did not complete: {report.incomplete_reason}.")
+    lines.append(
+        "The report printed before this error shows each failure in full (str(report); "
+        "report.failures holds them)."
+    )
+    return "\n".join(lines)
 
 
 # -- notices ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, raised_at_the_call
 from ..report.model import Report
 
 __all__ = ["Problem"]
@@ -108,6 +108,7 @@ class Problem:
             **{**self.options, **options},
         )
 
+    @raised_at_the_call
     def run(self, **overrides: Any) -> Report:
         """Run :func:`gradprobe.check` with ``overrides`` merged over the problem's options.
 
