@@ -182,7 +182,7 @@ def test_the_recorder_says_when_backward_never_called_it():
     with pytest.raises(gradprobe.InvalidInputError, match="no update recorded"):
         _ = RecordingOptimizer().grad
     read = recorded_gradients(W="W_opt")
-    with pytest.raises(gradprobe.InvalidInputError, match="layer.W_opt to be a RecordingOptimizer"):
+    with pytest.raises(gradprobe.InvalidInputError, match=r"layer\.W_opt to be a RecordingOptimizer"):
         read(Dense(3, (4,)))
     optimizer = RecordingOptimizer()
     w = np.ones(3)
