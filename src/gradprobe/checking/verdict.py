@@ -205,16 +205,21 @@ def build_coverage(
         )
     elif n_sampled >= n_total:
         upper = (n_failed_sampled + n_unverified) / n_total if n_total else 1.0
-        parts.append(f"all {n_total:,} entries compared one by one with finite differences: {found}")
+        parts.append(
+            f"all {n_total:,} entries compared one by one with finite differences: {found}"
+        )
     else:
         upper = upper_bound_wrong_fraction(
             n_verified, min(n_failed_sampled, n_verified), confidence
         )
         kind = " (a stratified sample)" if len(strata) > 1 else ""
-        parts.append(
-            f"{n_sampled:,} of {n_total:,} entries{kind} compared one by one with finite "
-            f"differences: {found}" if n_sampled else f"none of {n_total:,} entries compared one by one"
-        )
+        if n_sampled:
+            parts.append(
+                f"{n_sampled:,} of {n_total:,} entries{kind} compared one by one with finite "
+                f"differences: {found}"
+            )
+        else:
+            parts.append(f"none of {n_total:,} entries compared one by one")
     if n_probed:
         kinks = f", {n_probe_kinks} of them across kinks" if n_probe_kinks else ""
         verdict = " agree" if not probe_note else ""
