@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .api import PROMOTE_ADVICE, check
+from .api import check
 from .errors import GradCheckError, InvalidInputError
 from .report.model import Report
 
@@ -50,8 +50,9 @@ class AdaptedFunction(Protocol):
     ``G^T J`` by name. ``magnitude`` is ``sum(|G * fn(x)|)`` at the base point and ``eps`` the
     machine epsilon of the outputs (together: how far a vectorized loss may differ from the
     direct one by round-off). ``warnings`` are the adapter's own notes for the report (a
-    function that could not be jitted). An optional ``promote_advice`` replaces the float32
-    warning's ``promote=True`` advice where the framework needs another step first.
+    function that could not be jitted). An optional ``promote_advice`` maps advice the
+    report's warnings give (``promote=True``) to the form that works in the framework, where
+    it needs another step first.
     """
 
     base: Mapping[str, np.ndarray]
@@ -197,9 +198,10 @@ def _amend(
     report: Report, fn: AdaptedFunction, vec: Vectorization, settings: Mapping[str, Any]
 ) -> Report:
     ours = [*fn.warnings, *([] if vec.warning is None else [vec.warning])]
-    # The float32 warning's advice in the form that works in this framework (JAX: x64 first).
-    advice = getattr(fn, "promote_advice", None)
-    theirs = [w.replace(PROMOTE_ADVICE, advice) if advice else w for w in report.warnings]
+    # Advice to check in float64 in the form that works in this framework (JAX: x64 first).
+    theirs = list(report.warnings)
+    for said, works in getattr(fn, "promote_advice", {}).items():
+        theirs = [w.replace(said, works) for w in theirs]
     warnings = (*ours, *theirs)
     merged = {**report.settings, **settings, "vectorize": vec.setting}
     return dataclasses.replace(report, warnings=warnings, settings=merged)

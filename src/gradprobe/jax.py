@@ -38,6 +38,7 @@ from .adapter import (
     short_error,
     validate_vectorize,
 )
+from .api import PROMOTE_ADVICE
 from .errors import InvalidInputError, LossEvaluationError, raised_at_the_call
 from .layout import argument_names, validate_callable
 from .report.model import Report
@@ -205,11 +206,14 @@ class _JaxFunction:
         self.call, self.names, self.x64 = call, list(names), x64
         self.warnings: list[str] = []
         # promote=True is refused without x64 (see check): the float32 warning says what works.
+        switch = 'jax.config.update("jax_enable_x64", True) at startup'
         self.promote_advice = (
-            None
+            {}
             if x64
-            else 'call jax.config.update("jax_enable_x64", True) at startup, then promote=True '
-            "checks them in float64"
+            else {
+                PROMOTE_ADVICE: f"call {switch}, then promote=True checks them in float64",
+                "(promote=True)": f"({switch}, then promote=True)",
+            }
         )
         self.devices = [_device(v) for v in values]
         self.base = {n: _as_numpy(n, v, x64) for n, v in zip(self.names, values, strict=True)}
