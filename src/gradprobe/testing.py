@@ -107,6 +107,7 @@ class RecordingOptimizer:
         return type(self)()
 
     def update(self, w: Any, grad: Any, *args: Any, **kwargs: Any) -> Any:
+        """Record a copy of ``grad`` (in ``updates``) and return ``w`` itself, unchanged."""
         self.updates.append(np.array(grad, dtype=float, copy=True))
         return w
 
