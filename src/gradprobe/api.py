@@ -22,7 +22,7 @@ from .checking.plan import plan_for, planned_evaluations
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.promotion import floor_left, verify_in_float64
 from .checking.verdict import build_report, floor_warnings, passes
-from .errors import CheckAborted, GradCheckError, InvalidInputError
+from .errors import CheckAborted, GradCheckError, InvalidInputError, raised_at_the_call
 from .evaluate import Evaluator, make_evaluator
 from .evaluate.parallel import joblib_backend
 from .evaluate.watchdog import hard_deadline
@@ -43,10 +43,12 @@ from .options import (
     validate_options,
 )
 from .report.model import Diagnosis, Report
+from .report.text import cost_notice
 
 __all__ = ["DEFAULT_SAMPLES", "check", "planned_evaluations"]
 
 
+@raised_at_the_call
 def check(
     loss: Callable[[Any], Any],
     grad: Any,
@@ -338,13 +340,15 @@ class _Run:
         workers = max(1, getattr(self.evaluator.placement, "n_workers", 1))
         predicted = planned * seconds / (workers if planned * seconds > 1.0 else 1)
         self.timings["predicted"] = predicted
-        if predicted > ANNOUNCE_SECONDS and sys.stderr.isatty():
-            print(
-                f"gradprobe: this check will take about {_duration(predicted)} "
-                f"({planned:,} loss evaluations of ~{seconds * 1e3:.3g} ms); pass samples=, "
-                "timeout= or budget= to bound it.",
-                file=sys.stderr,
-            )
+        if predicted > ANNOUNCE_SECONDS:
+            o = self.options
+            notice = cost_notice(predicted, planned, seconds, o.timeout, o.budget)
+            # A progress display prints it on a line of its own, never on its bar's line.
+            display = getattr(o.progress, "notice", None)
+            if callable(display):
+                display(notice)
+            elif sys.stderr.isatty():
+                print(notice, file=sys.stderr)
 
     def gather_evidence(self) -> None:
         """Each parameter's sample, probes and bisection."""
@@ -432,12 +436,6 @@ def _context(
 ANNOUNCE_SECONDS = 60.0
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _timeout_message(timeout: float) -> str:
@@ -479,6 +477,11 @@ def _precision_warnings(
     ]
 
 
+#: How the float32 warning says to check in float64; an adapter whose framework needs another
+#: step first (JAX without x64) replaces it with the form that works there.
+PROMOTE_ADVICE = "check(..., promote=True) casts them for the check"
+
+
 def _dtype_warnings(layout: ParamLayout) -> list[str]:
     out = []
     for dtype in sorted({dt for dt in layout.dtypes if np.finfo(dt).bits < 64}, key=str):
@@ -488,7 +491,6 @@ def _dtype_warnings(layout: ParamLayout) -> list[str]:
         out.append(
             f"parameters {names} are {dtype}, lower than float64 precision: finite differences "
             f"in {dtype} resolve only ~{digits} significant digits, so tolerances are loosened; "
-            "check in float64 when the loss allows it (check(..., promote=True) casts them for "
-            "the check)."
+            f"check in float64 when the loss allows it ({PROMOTE_ADVICE})."
         )
     return out

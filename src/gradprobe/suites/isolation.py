@@ -144,7 +144,11 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     def parameter(name: str, index: int, count: int) -> None:
         conn.send(("parameter", name, index, count))
 
+    def notice(text: str) -> None:
+        conn.send(("notice", text))
+
     progress.parameter = parameter  # type: ignore[attr-defined]
+    progress.notice = notice  # type: ignore[attr-defined]
 
     result = None
     try:
@@ -409,6 +413,10 @@ def _wait(
                 announce = getattr(progress, "parameter", None)
                 if callable(announce):
                     announce(str(msg[1]), int(msg[2]), int(msg[3]))
+            elif msg[0] == "notice":  # printed here, where the bar is drawn
+                notice = getattr(progress, "notice", None)
+                if callable(notice):
+                    notice(str(msg[1]))
             elif msg[0] == "result":
                 report = _unpack_report(msg[3])
                 if interrupted or msg[1] == "interrupted":
