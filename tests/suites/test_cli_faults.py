@@ -176,7 +176,7 @@ def test_a_killed_parent_leaves_no_process_behind_even_with_a_gil_holding_loss(t
         time.sleep(0.3)  # inside any(itertools.repeat(0))
         os.kill(proc.pid, how)
         # The run's streams end: nothing still holds them open (the pipe reaches EOF).
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         deadline = time.monotonic() + 10
         while _alive(family) and time.monotonic() < deadline:
             time.sleep(0.05)
