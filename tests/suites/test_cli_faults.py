@@ -241,3 +241,79 @@ def test_sigterm_writes_what_finished_and_exits_143(tmp_path, isolate):
         ("slow", "interrupted"),
     ]
     assert 'type="Interrupted"' in (tmp_path / "out.xml").read_text()
+
+
+# -- outputs written whole or not at all -----------------------------------------------------
+def _disk_full(monkeypatch, fail_on: str) -> None:
+    """Make the write of any file whose name contains ``fail_on`` fail at the flush to disk,
+    as a full disk does (ENOSPC), after part of it was written."""
+    import errno
+
+    from gradprobe.report import files
+
+    real = files._fsync
+
+    def fsync(path):
+        if fail_on in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path)
+
+    monkeypatch.setattr(files, "_fsync", fsync)
+
+
+def test_a_failed_write_keeps_the_previous_file_and_the_exit_code_says_2(
+    tmp_path, monkeypatch, capsys
+):
+    from gradprobe.cli import main
+
+    _setup(tmp_path, '[checks.first]\ntarget = "models.py:good"\n')
+    monkeypatch.chdir(tmp_path)
+    previous = '{"kind": "gradprobe.suite", "previous": true}'
+    (tmp_path / "out.json").write_text(previous, encoding="utf-8")
+    (tmp_path / "out.xml").write_text("<previous/>", encoding="utf-8")
+    _disk_full(monkeypatch, "out.xml")
+    code = main(
+        ["run", "gradprobe.toml", "--no-isolate", "--json", "out.json", "--junit", "out.xml"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "--junit out.xml: could not be written: [Errno 28] No space left on device" in err
+    assert out.rstrip().splitlines()[-1] == "1 passed — exit code 2"  # the process's code
+    assert (tmp_path / "out.xml").read_text() == "<previous/>"  # untouched
+    data = json.loads((tmp_path / "out.json").read_text())  # written after, with that code
+    assert data["exit_code"] == 2 and data["checks"][0]["status"] == "passed"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    _disk_full(monkeypatch, "out.json")
+    (tmp_path / "out.json").write_text(previous, encoding="utf-8")
+    assert main(["run", "gradprobe.toml", "--no-isolate", "--json", "out.json"]) == 2
+    assert (tmp_path / "out.json").read_text() == previous
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_reader_never_sees_a_torn_output(tmp_path):
+    # Two writers and a reader polling: every read is one whole version or the other.
+    import threading
+
+    from gradprobe.report.files import write_text_atomic
+
+    path = tmp_path / "out.json"
+    versions = [json.dumps({"v": k, "pad": "x" * 200_000}) for k in range(2)]
+    write_text_atomic(path, versions[0])
+    stop = threading.Event()
+    seen: set[str] = set()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.add(path.read_text(encoding="utf-8")[-40:])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for k in range(40):
+            write_text_atomic(path, versions[k % 2])
+    finally:
+        stop.set()
+        reader.join()
+    assert seen <= {v[-40:] for v in versions}
+    assert json.loads(path.read_text()) == json.loads(versions[1])

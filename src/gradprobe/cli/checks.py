@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..report.files import write_text_atomic
 from ..suites.outcome import EXIT_MISMATCH, EXIT_USAGE
 from ..suites.stopping import stop_exit_code, stop_name
 from .console import Console
@@ -139,9 +140,8 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
         regressions = comparison.by_check()
         if comparison.has_regressions:
             code = max(code, EXIT_MISMATCH)
+    code = _write(args, console, outputs, result, code, regressions)
     print_verdict(console, result, code, regressions, run.not_run)
-    if not _write(args, console, outputs, result, code, regressions):
-        code = max(code, EXIT_USAGE)
     return code
 
 
@@ -254,13 +254,15 @@ def _write(
     result: Any,
     code: int,
     regressions: dict[str, list[str]],
-) -> bool:
-    """``--json``, ``--junit`` and ``--plot``; False when one could not be written."""
+) -> int:
+    """Write ``--junit``, ``--plot``, then ``--json``; return the exit code: at least 2 when
+    one could not be written (``--json`` records that code, the one the process exits with)."""
+    final = [code]
 
     def write_json(path: str) -> None:
         data = result.to_dict()
-        data["exit_code"] = code
-        Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        data["exit_code"] = final[0]
+        write_text_atomic(path, json.dumps(data, indent=2))
 
     def write_junit(path: str) -> None:
         from ..suites.junit import write_junit
@@ -278,6 +280,12 @@ def _write(
             console.err(f"gradprobe: no report to plot; {path} not written")
 
     by_flag = {"--json": write_json, "--junit": write_junit, "--plot": write_plot}
-    return write_outputs(
-        console, [(out, lambda f=by_flag[out.flag], p=out.path: f(p)) for out in outputs]
-    )
+    others = [out for out in outputs if out.flag != "--json"]
+    if not write_outputs(
+        console, [(out, lambda f=by_flag[out.flag], p=out.path: f(p)) for out in others]
+    ):
+        final[0] = max(code, EXIT_USAGE)
+    json_out = [out for out in outputs if out.flag == "--json"]
+    if not write_outputs(console, [(out, lambda p=out.path: write_json(p)) for out in json_out]):
+        final[0] = max(final[0], EXIT_USAGE)
+    return final[0]

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..api import check
 from ..examples import make_mlp
+from ..report.files import write_text_atomic
 from ..suites.outcome import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
 from ..suites.stopping import stop_exit_code, stop_name
 from .console import Console
@@ -64,8 +65,7 @@ def _print(console: Console, report: Any) -> None:
 
 def _write(console: Console, outputs: Any, report: Any) -> bool:
     def write_json(path: str) -> None:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(report.to_json())
+        write_text_atomic(path, report.to_json())
 
     by_flag = {"--json": write_json, "--plot": report.plot}
     return write_outputs(

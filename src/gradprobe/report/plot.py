@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from .files import replacing
 
 if TYPE_CHECKING:  # plot reads reports; it never imports the model at run time (no cycle)
     from .model import Report
@@ -102,8 +103,11 @@ def plot_reports(reports: Mapping[str, Report], path: str | Path, *, dpi: int = 
     plt = _pyplot()
     fig = _figure(reports)
     out = Path(path)
-    fig.savefig(out, dpi=dpi, format="png")
-    plt.close(fig)
+    try:
+        with replacing(out) as tmp:  # whole or not at all: a failed write keeps the old file
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return out
 
 
