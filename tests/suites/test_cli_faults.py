@@ -317,3 +317,52 @@ def test_a_reader_never_sees_a_torn_output(tmp_path):
         reader.join()
     assert seen <= {v[-40:] for v in versions}
     assert json.loads(path.read_text()) == json.loads(versions[1])
+
+
+# -- a loss cannot end the run ---------------------------------------------------------------
+EXITS_SUITE = """
+[checks.exits]
+target = "models.py:{target}"
+{isolate}
+
+[checks.wrong]
+target = "models.py:wrong"
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("target", "how"),
+    [
+        ("exits", "--no-isolate"),
+        ("exits", "isolate = false"),
+        ("exits", "isolated"),
+        ("hard_exit", "isolated"),
+    ],
+)
+def test_sys_exit_in_a_loss_is_that_checks_crash_and_the_others_run(tmp_path, target, how):
+    isolate = "isolate = false" if how == "isolate = false" else ""
+    _setup(tmp_path, EXITS_SUITE.format(target=target, isolate=isolate))
+    extra = ["--no-isolate"] if how == "--no-isolate" else []
+    proc = _cli("run", "gradprobe.toml", "--json", "out.json", *extra, cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert [(c["name"], c["status"]) for c in data["checks"]] == [
+        ("exits", "crashed"),
+        ("wrong", "failed"),
+    ]
+    assert data["exit_code"] == 3
+    message = data["checks"][0]["message"]
+    if target == "exits":
+        assert "called sys.exit(0) (SystemExit)" in message
+        assert "in loss" in message  # the user's frame
+    else:
+        assert "the worker process died (exit code 0)" in message
+    assert "1 failed, 1 crashed — exit code 3" in proc.stdout
+
+
+def test_sys_exit_in_gradprobe_check_no_isolate_exits_3(tmp_path):
+    _setup(tmp_path, "")
+    proc = _cli("check", "models.py:exits", "--arg", "code=0", "--no-isolate", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "called sys.exit(0)" in proc.stdout

@@ -90,9 +90,21 @@ def run_here(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Re
         report = problem.run(**options)
     except KeyboardInterrupt as exc:
         return _interrupted(getattr(exc, "partial_report", None))
+    except SystemExit as exc:  # the loss cannot end the run: this check crashed
+        return _exited(exc)
     except Exception as exc:
         return _classify(exc)
     return ("passed" if report.passed else "failed"), "", report
+
+
+def _exited(exc: SystemExit) -> tuple[str, str, Report | None]:
+    return (
+        "crashed",
+        f"the check's code called sys.exit({exc.code!r}) (SystemExit): a loss, grad or target "
+        "must return or raise, not end the process; this check counts as crashed and the "
+        "others run.\n" + crash_text(exc),
+        getattr(exc, "partial_report", None),
+    )
 
 
 def _pack_report(report: Report | None) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
