@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import differences
+from .steps import MAX_LOSS_EPS
 
 __all__ = [
     "DEFAULT_RTOL",
@@ -179,10 +180,14 @@ class NoiseEstimate:
     def resolution(self, base_value: float, loss_eps: float) -> float:
         """The relative precision the loss is actually computed in (an epsilon): the
         parameters' ``loss_eps``, or coarser when the loss stayed flat at a few of their ulps
-        and its noise had to be measured at a larger step."""
+        and its noise had to be measured at a larger step; never coarser than
+        :data:`~gradprobe.numerics.steps.MAX_LOSS_EPS` (a loss of 0 at the base point has no
+        relative precision)."""
         if self.step_scale <= 1.0 or not self.sigma > 0.0:
             return loss_eps
-        return max(loss_eps, SIGMA_PER_EPS * self.sigma / max(abs(base_value), 1e-300))
+        with np.errstate(over="ignore"):
+            measured = SIGMA_PER_EPS * self.sigma / max(abs(base_value), 1e-300)
+        return max(loss_eps, min(measured, MAX_LOSS_EPS))
 
 
 def ecnoise(values: Sequence[float]) -> NoiseEstimate:
