@@ -207,6 +207,10 @@ def ecnoise(values: Sequence[float]) -> NoiseEstimate:
     nf = d.size
     if nf < 4 or not np.all(np.isfinite(d)):
         return NoiseEstimate(0.0, 0, "inconclusive")
+    # Differences of values scaled to [-2, 2] (exactly, by a power of two): those of a loss
+    # near 1e300 would overflow.
+    scale = math.ldexp(0.5, math.frexp(float(np.max(np.abs(d))))[1]) if np.any(d) else 1.0
+    d = d / scale
     levels: list[float] = []
     sign_change: list[bool] = []
     gamma = 1.0
@@ -219,7 +223,7 @@ def ecnoise(values: Sequence[float]) -> NoiseEstimate:
         if j == 1 and not np.any(d):
             return NoiseEstimate(0.0, 0, "flat")
         gamma *= 0.5 * j / (2 * j - 1)  # (j!)**2 / (2j)!
-        levels.append(math.sqrt(gamma * float(np.mean(d * d))))
+        levels.append(scale * math.sqrt(gamma * float(np.mean(d * d))))
         sign_change.append(bool(d.min() < 0.0 < d.max()))
     for k in range(nf - 3):
         window = levels[k : k + 3]
