@@ -476,3 +476,17 @@ def test_every_mutation_of_a_baseline_loads_or_is_refused_with_a_message(tmp_pat
         except InvalidInputError as exc:
             assert "b.json" in str(exc), where
     assert n > 100
+
+
+def test_a_target_outside_the_suites_folder_is_allowed(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "src" / "models.py").write_text(MODELS, encoding="utf-8")
+    (tmp_path / "tests" / "gradprobe.toml").write_text(
+        f'[checks.up]\ntarget = "../src/models.py:good"\n\n'
+        f'[checks.absolute]\ntarget = "{tmp_path / "src" / "models.py"}:good"\n',
+        encoding="utf-8",
+    )
+    proc = _cli("run", "tests/gradprobe.toml", "--no-isolate", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed — exit code 0" in proc.stdout
