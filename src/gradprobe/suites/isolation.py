@@ -26,7 +26,6 @@ import dataclasses
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ import numpy as np
 from ..errors import CheckAborted, GradCheckError, InvalidInputError
 from ..report.model import Report
 from .config import CheckSpec
+from .parent_watch import exit_with_parent
 from .stopping import held, stop_name
 from .tracebacks import crash_text
 
@@ -51,7 +51,6 @@ STARTUP_LIMIT = 120.0
 INTERRUPT_GRACE = 10.0
 #: Seconds an idle worker has to exit when asked before it is killed.
 STOP_GRACE = 2.0
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _grace(timeout: float) -> float:
@@ -169,53 +168,12 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     conn.send(("result", status, message, _pack_report(report)))
 
 
-def _die_with_parent(parent_pid: int) -> bool:
-    """On Linux: have the kernel SIGKILL this process when its parent ends, however it ends
-    and whatever this process is doing (a loss stuck in C code holding the GIL included).
-
-    The signal fires when the parent *thread* that started this process ends: a worker is
-    started, used and stopped by one thread (see :class:`IsolatedWorker`). The parent may have
-    died before the call: then the parent pid has changed already and this process exits.
-    Returns False where the kernel cannot do it (not Linux, or prctl refused).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
-        return False
-    if os.getppid() != parent_pid:  # the parent died before prctl ran
-        os._exit(1)
-    return True
-
-
-def _exit_with_parent() -> None:
-    """In the worker: exit as soon as the parent process ends, even in the middle of a check:
-    the kernel's parent-death signal on Linux, and everywhere a daemon thread that waits on
-    the parent's sentinel (enough while the check releases the GIL now and then)."""
-    parent = multiprocessing.parent_process()
-    if parent is None:  # pragma: no cover - always set in a spawned worker
-        return
-    if parent.pid is not None:
-        _die_with_parent(int(parent.pid))
-
-    def wait() -> None:
-        parent.join()
-        os._exit(1)
-
-    threading.Thread(target=wait, name="gradprobe-parent-watch", daemon=True).start()
-
-
 def _serve(conn: Any) -> None:
     """Entry point of the worker process: run each check the parent sends, until told to stop
     (or until the parent is gone). It idles with SIGTERM ignored, as Ctrl-C: ``timeout(1)``
     sends SIGTERM to the whole process group, and the parent forwards it as an interrupt."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _exit_with_parent()
+    exit_with_parent()
     while True:
         try:
             msg = conn.recv()
