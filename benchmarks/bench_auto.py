@@ -47,16 +47,16 @@ def main() -> None:
     loop, _ = median(lambda: per_entry_loop(m.loss, params, entries), r)
     rows = [("per-entry loop (all BLAS threads)", loop, "")]
     wall, rep = median(check(), r)
-    rows.append(("check, default n_jobs='auto'", wall, rep.settings["executor"]))
+    rows.append(("check, default n_jobs='auto'", wall, rep.measured["executor"]))
     rows.append(("check, n_jobs=1", median(check(n_jobs=1), r)[0], ""))
     wall, rep = median(
         lambda: gradprobe.check(m.batched_loss, m.grad, m.params, samples=samples, batched=True),
         r,
     )
-    rows.append(("check, batched=True", wall, rep.settings["executor"]))
+    rows.append(("check, batched=True", wall, rep.measured["executor"]))
     with gradprobe.keep_workers():
         wall, rep = median(check(), r)
-    rows.append(("check, default, warm workers (keep_workers)", wall, rep.settings["executor"]))
+    rows.append(("check, default, warm workers (keep_workers)", wall, rep.measured["executor"]))
     print("| what | median wall (s) | vs loop | executor |")
     print("|---|---|---|---|")
     for what, wall, executor in rows:

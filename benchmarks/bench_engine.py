@@ -110,7 +110,7 @@ def bench_mlp(sizes, batch, count, repeats, core_list, torch_ok):
         with gradprobe.keep_workers():
             report = run(n_jobs=c)()  # start the workers once
             wall = median_time(run(n_jobs=c), repeats)
-        what = "loky, warm workers" if "kept in process" not in report.settings["executor"] else "stayed in process"
+        what = "loky, warm workers" if "kept in process" not in report.measured["executor"] else "stayed in process"
         print(row(f"gradprobe n_jobs={c} ({what})", wall, n, tf1, c, loop))
         wall = median_time(run(n_jobs=c), repeats)
         print(row(f"gradprobe n_jobs={c} (workers started and stopped per check)", wall, n, tf1, c, loop))

@@ -166,7 +166,7 @@ def _child_check(task: dict) -> dict:
         "complete": bool(getattr(r, "complete", True)),
         "n_checked": int(sum(p.n_checked for p in r.params.values())),
         "n_params": int(sum(np.size(v) for v in m.params.values())),
-        "executor": str(r.settings.get("executor", "")),
+        "executor": str(r.measured.get("executor", "")),
         "file": gradprobe.__file__,
     }
 

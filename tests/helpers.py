@@ -47,10 +47,12 @@ def assert_bitwise_unchanged(params, saved):
 
 
 def report_core(report, *, drop=("n_jobs", "executor")):
-    """The report's content without its timings and the settings that name how it ran."""
+    """The report's content without its timings and the settings and measurements that name
+    how it ran."""
     d = report.to_dict()
     d.pop("timings", None)
-    d["settings"] = {k: v for k, v in d["settings"].items() if k not in drop}
+    for part in ("settings", "measured"):
+        d[part] = {k: v for k, v in d.get(part, {}).items() if k not in drop}
     return d
 
 

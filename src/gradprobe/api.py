@@ -19,9 +19,11 @@ from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, gather_evidence
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
+from .checking.promotion import floor_left, verify_in_float64
 from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError
 from .evaluate import Evaluator, make_evaluator
+from .evaluate.parallel import joblib_backend
 from .evaluate.watchdog import hard_deadline
 from .layout import (
     ParamLayout,
@@ -69,12 +71,14 @@ def check(
     timeout: float | None = None,
     budget: int | None = None,
     progress: Callable[[int, int], None] | None = None,
-    promote: bool = False,
+    promote: bool | str = "auto",
     probes: int | bool = DEFAULT_PROBES,
     slice_probes: bool = False,
+    backend: str | None = None,
     nondet_tol: float | None = None,
 ) -> Report:
-    """Check an analytic gradient against central finite differences.
+    """Check an analytic gradient against finite differences (``method``: central, Richardson
+    extrapolation or the complex step).
 
     Parameters
     ----------
@@ -133,14 +137,17 @@ def check(
         probe is bisected down to the wrong entries. ``False`` or 0 turns probes off.
     slice_probes : bool
         Also probe each slice along the leading axis (each row), 2 evaluations per row.
+    backend : str, optional
+        Where ``n_jobs`` workers run: loky, threading, dask (the active Client), a joblib name.
     progress : callable, optional
         ``progress(done, total)`` called as loss evaluations are spent (per chunk), with
         ``total`` the planned count (extra work such as localization may push ``done`` past it).
         When it also has a ``parameter(name, index, count)`` method, that is called as each
         parameter's check begins.
-    promote : bool
-        Cast parameters below float64 to float64 for the check (the loss and grad receive
-        float64 arrays); use when the loss accepts them, for float64-tight tolerances.
+    promote : bool or "auto"
+        True: check parameters below float64 cast to float64. ``"auto"`` (default): where a
+        float32 check leaves a parameter's entries at the round-off floor, check again in
+        float64, or say what was not verified (:mod:`gradprobe.checking.promotion`).
     nondet_tol : float, optional
         Relative difference between repeated evaluations at the same parameters accepted as
         run-to-run jitter (summation order, atomics): the loss's two values, and each
@@ -194,9 +201,21 @@ def check(
         promote=promote,
         probes=probes,
         slice_probes=slice_probes,
+        backend=backend,
         nondet_tol=nondet_tol,
     )
-    run = _Run(loss, grad, layout, base, options, start)
+    with joblib_backend(options.backend):  # where the workers come from (docs/scaling.md)
+        report = _checked(_Run(loss, grad, layout, base, options, start), options)
+    if options.promote == "auto" and floor_left(report):  # recheck in float64
+        kw = dict(seed=seed, samples=samples, eps=eps, rtol=rtol, atol=atol, method=method,
+                  n_jobs=n_jobs, batched=batched, budget=budget, progress=progress, probes=probes,
+                  slice_probes=slice_probes, backend=backend, nondet_tol=nondet_tol)  # fmt: skip
+        left = None if timeout is None else max(1e-3, timeout - (time.perf_counter() - start))
+        report = verify_in_float64(report, lambda: check(loss, grad, params, **kw, promote=True, timeout=left))  # fmt: skip
+    return report
+
+
+def _checked(run: _Run, options: CheckOptions) -> Report:
     try:
         with run.evaluator, hard_deadline(run.time_left()):
             run.preflight()
@@ -229,7 +248,7 @@ class _Run:
     ) -> None:
         self.grad, self.options, self.start = grad, options, start
         promoted: list[str] = []
-        if options.promote:
+        if options.promote is True:
             layout, base, promoted = promote_to_float64(layout, base)
         self.layout, self.base = layout, base
         self.warnings = _dtype_warnings(layout)
@@ -359,7 +378,6 @@ class _Run:
         failing = [name for name in self.layout.names if not passes(self.evidence[name])]
         entries = {name: ev.entries for name, ev in self.evidence.items()}
         self.diagnoses.update(diagnose(self.contexts, entries, failing, self.nonfinite))
-        self.warnings.extend(self.evaluator.warnings)
 
     def report(self, incomplete: str | None = None) -> Report:
         """The report of what was done (partial, with the reason, when ``incomplete``)."""

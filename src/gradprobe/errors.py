@@ -22,6 +22,7 @@ before the failure.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 __all__ = [
@@ -120,3 +121,8 @@ class CheckAborted(GradCheckError):
     def __init__(self, message: str, *, reason: str, partial_report: Any = None) -> None:
         super().__init__(message, partial_report=partial_report)
         self.reason = reason
+
+    def __reduce__(self) -> Any:
+        # ``reason`` is keyword-only: without this, a pickled CheckAborted (an evaluator
+        # sends errors back as pickles) fails to load and came back as a RuntimeError.
+        return (functools.partial(type(self), reason=self.reason), self.args, self.__dict__)

@@ -46,12 +46,14 @@ __all__ = [
     "DEFAULT_NONDET_TOL",
     "DEFAULT_PROBES",
     "DEFAULT_SAMPLES",
+    "KNOWN_BACKENDS",
     "OPTIONS",
     "OPTION_NAMES",
     "SUITE_KEYS",
     "CheckOptions",
     "Option",
     "SampleSpec",
+    "backend_names",
     "check_option",
     "option_problem",
     "options_conflict",
@@ -156,6 +158,14 @@ def _flag(name: str) -> Callable[[Any, Sequence[str] | None], bool]:
     return check
 
 
+def _promote(value: Any, names: Sequence[str] | None) -> bool | str:
+    if isinstance(value, str) and value == "auto":
+        return "auto"
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"promote: expected True, False or 'auto', found {value!r}.")
+    return bool(value)
+
+
 def _budget(value: Any, names: Sequence[str] | None) -> int | None:
     if value is None:
         return None
@@ -185,6 +195,34 @@ def _probes(value: Any, names: Sequence[str] | None) -> int:
             f"default {DEFAULT_PROBES}) or False (none), found {value!r}."
         )
     return int(value)
+
+
+#: The joblib backends named in messages (joblib's own, and those it registers on demand).
+KNOWN_BACKENDS = ("loky", "threading", "multiprocessing", "sequential", "dask")
+
+
+def backend_names() -> list[str]:
+    """The backend names ``backend=`` accepts: :data:`KNOWN_BACKENDS` and any registered with
+    ``joblib.register_parallel_backend`` (read when joblib is loaded already)."""
+    import sys
+
+    names = list(KNOWN_BACKENDS)
+    parallel = sys.modules.get("joblib.parallel")
+    if parallel is not None:
+        names += [n for n in sorted(getattr(parallel, "BACKENDS", {})) if n not in names]
+    return names
+
+
+def _backend(value: Any, names: Sequence[str] | None) -> str | None:
+    if value is None:
+        return None
+    choices = backend_names()
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidInputError(
+            f"backend: expected one of {choices} (a joblib backend; 'dask' runs the workers on "
+            f"the active distributed.Client) or None for joblib's default, found {value!r}."
+        )
+    return value
 
 
 # -- reading a --flag -------------------------------------------------------------------------
@@ -304,10 +342,11 @@ _TABLE = (
     ),
     Option(
         "promote",
-        False,
-        _flag("promote"),
-        "cast parameters below float64 to float64 for the check",
-        toml_example="promote = true",
+        "auto",
+        _promote,
+        "cast parameters below float64 to float64 for the check (True), only to recheck what "
+        "a float32 check left at the round-off floor (\"auto\"), or never (False)",
+        toml_example='promote = true or promote = "auto"',
     ),
     Option(
         "probes",
@@ -322,6 +361,15 @@ _TABLE = (
         _flag("slice_probes"),
         "also probe each slice along the leading axis",
         toml_example="slice_probes = true",
+    ),
+    Option(
+        "backend",
+        None,
+        _backend,
+        "joblib backend of the workers: loky (processes), threading, dask (the active "
+        "distributed.Client) or another registered name",
+        toml_example='backend = "threading"',
+        from_text=str,
     ),
     Option(
         "nondet_tol",
@@ -357,9 +405,10 @@ class CheckOptions:
     timeout: float | None
     budget: int | None
     progress: Callable[[int, int], None] | None
-    promote: bool
+    promote: bool | str
     probes: int
     slice_probes: bool
+    backend: str | None
     nondet_tol: float | None
 
 

@@ -63,15 +63,16 @@ def test_correct_custom_vjp_passes_in_float32():
     assert report.passed, str(report)
     assert list(report.params) == ["input0", "input1", "input2"]
     assert report.params["input0"].rtol == pytest.approx(2e-3)  # checked in float32
-    assert report.settings["vectorize"].startswith("jax.vmap")
-    assert report.settings["x64"] is False and report.settings["jit"] is True
+    assert report.measured["vectorization"].startswith("jax.vmap")
+    assert report.measured["x64"] is False and report.measured["jitted"] is True
+    assert report.settings["jit"] is True and report.settings["vectorize"] == "auto"
 
 
 def test_correct_custom_vjp_passes_in_float64(x64):
     report = gj.check(make_layer_norm(), *inputs(np.float64))
     assert report.passed, str(report)
     assert report.params["input0"].rtol == pytest.approx(1e-5)
-    assert report.settings["x64"] is True
+    assert report.measured["x64"] is True
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
@@ -116,7 +117,7 @@ def test_fallback_when_vmap_raises():
 
     report = gj.check(with_callback, *inputs(rows=4, cols=8))
     assert report.passed, str(report)
-    assert report.settings["vectorize"].startswith("per entry")
+    assert report.measured["vectorization"].startswith("per entry")
     assert report.warnings[0].startswith("vectorize: jax.vmap could not be used")
     with pytest.raises(InvalidInputError, match="vectorize=True"):
         gj.check(with_callback, *inputs(rows=4, cols=8), vectorize=True)
@@ -129,7 +130,7 @@ def test_untraceable_function_runs_eagerly_with_a_warning():
     x = jnp.asarray(np.linspace(-1.0, 1.0, 6, dtype=np.float32))
     report = gj.check(positive_part, x)
     assert report.passed
-    assert report.settings["jit"] is False
+    assert report.settings["jit"] is True and report.measured["jitted"] is False
     assert any(w.startswith("jit: jax.jit could not trace fn") for w in report.warnings)
 
 

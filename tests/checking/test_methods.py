@@ -93,6 +93,7 @@ def test_float32_gets_loose_defaults_and_a_warning():
         lambda v: float(np.sum(np.tanh(v) ** 2)),
         lambda v: 2 * np.tanh(v) * (1 - np.tanh(v) ** 2),
         x,
+        promote=False,
     )
     assert report.passed, str(report)
     p = report.params["x"]

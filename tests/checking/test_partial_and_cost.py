@@ -58,7 +58,7 @@ def test_finished_parameters_are_unaffected_by_a_later_stop():
 def test_the_plan_is_in_the_settings_and_the_predicted_time_in_the_timings():
     m = make_mlp()
     report = gradprobe.check(m.loss, m.grad, m.params)
-    plan = report.settings["planned_evaluations"]
+    plan = report.measured["planned_evaluations"]
     expected = sum(
         planned_evaluations(p.n_checked, p.n_total, 2, False, p.shape)
         for p in report.params.values()
@@ -92,7 +92,7 @@ def test_a_long_check_says_what_it_will_cost_on_a_terminal(monkeypatch):
     monkeypatch.setattr(api, "ANNOUNCE_SECONDS", 0.0)  # every check counts as long here
     report = gradprobe.check(m.loss, m.grad, m.params, n_jobs=1)
     line = err.getvalue()
-    planned = report.settings["planned_evaluations"]
+    planned = report.measured["planned_evaluations"]
     assert line.startswith("gradprobe: this check will take about")
     assert f"({planned:,} loss evaluations of ~" in line and "timeout=" in line
     # Not a terminal (a log, a pipe): silent.
@@ -169,7 +169,7 @@ def test_budget_blocks_and_the_plan_count_the_method(method, per_entry):
     p = info.value.partial_report.params["x"]
     assert not p.finished and p.n_checked > 0  # a block that fitted the budget was kept
     report = gradprobe.check(lambda v: float(np.sum(np.sin(v))), np.cos, x[:100], method=method)
-    assert report.settings["planned_evaluations"] == per_entry * 100
+    assert report.measured["planned_evaluations"] == per_entry * 100
 
 
 def test_every_entry_checked_one_way_or_another_reads_as_all():

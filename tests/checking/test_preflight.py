@@ -125,5 +125,5 @@ def test_promote_casts_float32_to_float64():
 
 
 def test_promote_must_be_bool():
-    with pytest.raises(gradprobe.InvalidInputError, match="promote: expected True or False"):
+    with pytest.raises(gradprobe.InvalidInputError, match="promote: expected True, False or 'auto'"):
         gradprobe.check(loss, grad, params(), promote="yes")

@@ -198,7 +198,7 @@ def test_loss_in_lower_precision_than_its_parameters(kind, seed):
     report = gradprobe.check(loss, grad, params)
     assert report.passed, str(report)
     assert any("lower precision than its parameters" in w for w in report.warnings)
-    assert report.settings["loss_precision"] > 1e-12
+    assert report.measured["loss_precision"] > 1e-12
     # A planted 1.5x scale bug in one parameter is still found there, and only there.
 
     def bad(p):

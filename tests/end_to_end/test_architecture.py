@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +41,108 @@ def test_each_module_says_its_job_and_stays_small(path):
         assert ast.get_docstring(ast.parse(text)), (
             f"{path.relative_to(ROOT)} has no module docstring saying its job"
         )
+
+
+_REFERENCE = re.compile(r"(?<![\w.])(gradprobe(?:\.\w+)+)|:\w+:`~?(\.[\w.]+)`")
+
+
+def _resolves(name: str) -> bool:
+    """``name`` (dotted, from ``gradprobe``) is a module or an attribute of one."""
+    parts = name.rstrip(".").split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def _docstrings(tree: ast.Module) -> list[str]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, _WITH_DOCS))]
+    return [doc for n in nodes if (doc := ast.get_docstring(n))]
+
+
+_FILES = (".toml", ".json", ".md", ".py")
+#: Dotted words in prose that are not Python names (suites/junit.py: a JUnit class name).
+_NOT_NAMES = {"gradprobe.gradprobe"}
+_WITH_DOCS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_OPTIONAL = (
+    "gradprobe.torch",
+    "gradprobe.jax",
+    "gradprobe.frameworks.torch",
+    "gradprobe.frameworks.jax",
+)
+
+
+def test_docstring_references_name_what_exists():
+    """Every ``gradprobe.…`` name in a docstring, and every relative ``:mod:`.x``` role,
+    resolves (a reference to a module that moved is caught here)."""
+    dead = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = module if rel.name == "__init__" else module.rpartition(".")[0]
+        for doc in _docstrings(ast.parse(path.read_text(encoding="utf-8"))):
+            for absolute, relative in _REFERENCE.findall(doc):
+                name = absolute or package + relative
+                if name.endswith(_FILES) or name in _NOT_NAMES:  # a file name, a JUnit class
+                    continue
+                if name.startswith(_OPTIONAL) and not all(
+                    importlib.util.find_spec(m) for m in ("torch", "jax")
+                ):
+                    continue
+                if not _resolves(name):
+                    dead.append(f"{module}: {absolute or relative}")
+    assert not dead, "docstrings name what does not exist:\n" + "\n".join(dead)
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules ``path`` imports anywhere (typing-only and lazy imports too)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[: len(base) - node.level + 1] if node.level else []
+            stem = ".".join([*base, *([node.module] if node.module else [])])
+            targets = [stem, *(f"{stem}.{a.name}" for a in node.names)]
+        else:
+            continue
+        found |= {t for t in targets if t in modules and t != name}
+    return found
+
+
+def test_no_import_circle_even_through_typing_or_lazy_imports():
+    paths = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    graph = {m: _imports(p, set(paths)) for m, p in paths.items()}
+    # A package's __init__ importing its own submodules is how a package re-exports: skip those.
+    graph = {m: {t for t in ts if not t.startswith(m + ".")} for m, ts in graph.items()}
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                circles.append(" -> ".join([*stack[stack.index(t) :], t]))
+            elif t not in state:
+                visit(t, [*stack, t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not circles, "import circles:\n" + "\n".join(circles)

@@ -273,7 +273,7 @@ def test_numba_nan_at_one_point_fails_that_entry_only():
     x = _jit_params()
     saved = snapshot(x)
     report = gradprobe.check(_jit_nan_loss, lambda v: np.cos(v), x, n_jobs=2)
-    assert "numba" in report.settings["executor"]
+    assert "numba" in report.measured["executor"]
     assert_bitwise_unchanged(x, saved)
     assert report.complete and report.params["x"].bad_indices == ((3,),)
 

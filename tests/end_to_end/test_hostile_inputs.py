@@ -57,6 +57,7 @@ def test_float16_parameters_warn_and_pass_on_exact_quadratic():
         lambda v: float(np.sum(v.astype(np.float64) ** 2)),
         lambda v: 2 * v.astype(np.float64),
         x,
+        promote=False,
     )
     assert report.passed, str(report)
     assert report.params["x"].dtype == "float16"

@@ -98,6 +98,6 @@ def test_report_independent_of_loky_processes(case, chunks, monkeypatch):
     _set_chunks(monkeypatch, chunks)
     with joblib.parallel_config(backend="loky"):
         other = _check(case, params, n_jobs=2)
-    assert "loky" in other.settings["executor"]
+    assert "loky" in other.measured["executor"]
     assert report_core(other) == report_core(ref)
     assert_bitwise_unchanged(params, saved)

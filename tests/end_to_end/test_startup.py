@@ -64,7 +64,7 @@ A = np.diag([1.0, 2.0, 3.0, 4.0, 5.0])
 report = gradprobe.check(lambda v: 0.5 * v @ A @ v, lambda v: A @ v, np.arange(5.0))
 wrong = gradprobe.check(lambda v: 0.5 * v @ A @ v, lambda v: 1.5 * (A @ v), np.arange(5.0))
 print(json.dumps({"loaded": loaded(), "passed": [report.passed, wrong.passed],
-                  "compile": report.timings["compile"], "executor": report.settings["executor"]}))
+                  "compile": report.timings["compile"], "executor": report.measured["executor"]}))
 """
     )
     assert out["passed"] == [True, False]
@@ -84,7 +84,7 @@ from gradprobe.examples.jitted import make_jitted_mlp
 m = make_jitted_mlp(sizes=(4, 3, 2), batch=4)
 first = gradprobe.check(m.loss, m.grad, m.params)
 second = gradprobe.check(m.loss, m.grad, m.params)
-print(json.dumps({"executor": first.settings["executor"], "passed": first.passed,
+print(json.dumps({"executor": first.measured["executor"], "passed": first.passed,
                   "compile": [first.timings["compile"], second.timings["compile"]]}))
 """
     )

@@ -11,7 +11,7 @@ from gradprobe.evaluate import BatchedEvaluator, SerialEvaluator
 from gradprobe.examples import make_mlp
 from gradprobe.layout import normalize_params
 
-from ..helpers import assert_bitwise_unchanged, snapshot
+from ..helpers import assert_bitwise_unchanged, report_core, snapshot
 
 
 def test_batched_loss_agrees_with_the_plain_loss():
@@ -27,7 +27,7 @@ def test_batched_check_finds_the_same_failures(bug):
     saved = snapshot(m.params)
     plain = gradprobe.check(m.loss, m.grad, m.params)
     batched = gradprobe.check(m.batched_loss, m.grad, m.params, batched=True)
-    assert batched.settings["executor"] == "batched"
+    assert batched.measured["executor"] == "batched"
     failing = {n for n, r in batched.params.items() if not r.passed}
     assert failing == {n for n, r in plain.params.items() if not r.passed}
     assert failing == set(m.expected_failures)
@@ -55,12 +55,8 @@ def test_batched_chunks_on_threads_match_in_process():
     one = gradprobe.check(m.batched_loss, m.grad, m.params, batched=True)
     with joblib.parallel_config(backend="threading"):
         two = gradprobe.check(m.batched_loss, m.grad, m.params, batched=True, n_jobs=2)
-    assert "batched chunks" in two.settings["executor"]
-    d1, d2 = one.to_dict(), two.to_dict()
-    for d in (d1, d2):
-        d.pop("timings")
-        d.pop("settings")
-    assert d1 == d2
+    assert "batched chunks" in two.measured["executor"]
+    assert report_core(one) == report_core(two)
 
 
 def test_wrong_batched_shape_is_a_clear_error():

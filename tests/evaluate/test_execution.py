@@ -43,7 +43,7 @@ def test_joblib_backends_match_serial_bit_for_bit(backend):
     serial = gradprobe.check(m.loss, m.grad, m.params, seed=3)
     with joblib.parallel_config(backend=backend):
         par = gradprobe.check(m.loss, m.grad, m.params, seed=3, n_jobs=2)
-    assert backend in par.settings["executor"]
+    assert backend in par.measured["executor"]
     assert report_core(par) == report_core(serial)
     assert not par.passed
 
@@ -129,7 +129,7 @@ def test_auto_stays_serial_for_a_cheap_loss_and_matches():
     m = _small_model()
     auto = gradprobe.check(m.loss, m.grad, m.params, n_jobs="auto")
     serial = gradprobe.check(m.loss, m.grad, m.params)
-    assert auto.settings["executor"] == "auto (serial)"
+    assert auto.measured["executor"] == "auto (serial)"
     assert report_core(auto) == report_core(serial)
 
 
@@ -158,7 +158,7 @@ def test_dask_local_cluster_matches_serial():
         joblib.parallel_config(backend="dask"),
     ):
         par = gradprobe.check(m.loss, m.grad, m.params, seed=1, n_jobs=2)
-    assert "dask" in par.settings["executor"]
+    assert "dask" in par.measured["executor"]
     assert report_core(par) == report_core(serial)
 
 

@@ -40,7 +40,7 @@ def test_all_cores_start_no_more_workers_than_cores_and_leave_none():
     with joblib.parallel_config(backend="loky"):
         for _ in range(2):  # a second check after the first stopped its workers
             report = gradprobe.check(_sum_sin, _sum_sin_grad, params, n_jobs=-1, progress=progress)
-            assert report.passed and "loky" in report.settings["executor"]
+            assert report.passed and "loky" in report.measured["executor"]
             assert _workers() <= before
     assert 1 <= peak[0] <= (os.cpu_count() or 1)
 
@@ -166,7 +166,7 @@ def test_parameter_the_jitted_loss_ignores():
     x = np.arange(1.0, 9.0)
     g = np.concatenate([2 * x[:4], np.zeros(4)])
     report = gradprobe.check(first_half, g, x, n_jobs=2)
-    assert "numba" in report.settings["executor"] and report.passed
+    assert "numba" in report.measured["executor"] and report.passed
 
 
 @pytest.mark.timeout(120)

@@ -58,13 +58,13 @@ def test_cancelling_loss_correct_gradient_passes():
     for seed in range(5):
         report = gradprobe.check(cubic, cubic_grad, X, seed=seed)
         assert report.passed, str(report)
-        assert report.settings["loss_noise"] > 0.0
+        assert report.measured["loss_noise"] > 0.0
 
 
 def test_noise_estimate_is_deterministic_under_the_seed():
     a = gradprobe.check(cubic, cubic_grad, X, seed=3)
     b = gradprobe.check(cubic, cubic_grad, X, seed=3)
-    assert a.settings["loss_noise"] == b.settings["loss_noise"]
+    assert a.measured["loss_noise"] == b.measured["loss_noise"]
     assert a.to_dict()["params"] == b.to_dict()["params"]
 
 
@@ -87,4 +87,4 @@ def test_ordinary_loss_floor_is_unchanged():
     m = make_mlp()
     report = gradprobe.check(m.loss, m.grad, m.params, probes=0)
     loss = m.loss(m.params)
-    assert 0.0 < report.settings["loss_noise"] < 16 * np.finfo(np.float64).eps * abs(loss)
+    assert 0.0 < report.measured["loss_noise"] < 16 * np.finfo(np.float64).eps * abs(loss)

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from gradprobe import Diagnosis, EntryCheck, GradientMismatchError, ParamReport, Report
-from gradprobe.report.model import MAX_SHOWN_ENTRIES
+from gradprobe.report.model import MAX_SHOWN_ENTRIES, SCHEMA_VERSION
 
 
 def _entry(i: int, passed: bool = False) -> EntryCheck:
@@ -55,7 +55,7 @@ def _report() -> Report:
 def test_json_round_trip_keeps_every_field():
     report = _report()
     data = json.loads(report.to_json())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == SCHEMA_VERSION == 2
     assert [p["name"] for p in data["params"]] == ["W", "b"]
     assert Report.from_dict(data).to_dict() == report.to_dict()
 

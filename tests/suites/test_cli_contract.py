@@ -127,8 +127,10 @@ def test_ctrl_c_writes_what_finished_and_exits_130(tmp_path, isolate, group):
     assert partial is not None and not partial.complete
     assert "interrupted" in partial.incomplete_reason
     cases = {c.get("name"): c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")}
-    assert set(cases) == {"first", "second"}
+    assert set(cases) == {"first", "second", "third"}
     assert cases["second"].find("error").get("type") == "Interrupted"
+    assert cases["third"].find("skipped") is not None  # not run: a skipped testcase
+    assert result.not_run == ("third",)
 
 
 @pytest.mark.timeout(120)

@@ -181,7 +181,7 @@ def test_n_jobs_runs_on_joblib_workers_inside_an_isolated_check(tmp_path):
     with IsolatedWorker() as worker:
         outcome = run_check(specs[0], worker=worker)
         assert outcome.status == "passed", outcome.message
-        executor = outcome.report.settings["executor"]
+        executor = outcome.report.measured["executor"]
         # A daemon worker would have fallen back to one job (joblib cannot start processes
         # there); the slow loss makes the calls worth dispatching.
         assert executor.startswith("joblib chunks (loky, 2 workers)"), executor

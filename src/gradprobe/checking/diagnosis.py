@@ -7,7 +7,7 @@ point at one classic backprop mistake; the first that holds is the diagnosis:
 ``nonfinite``
     the gradient has NaN/inf entries where the loss is finite;
 ``zero``
-    ``a == 0`` where ``n != 0`` (>= 90% of the failing entries): the backward pass never writes
+    ``a == 0`` where ``n != 0`` (every failing entry): the backward pass never writes
     this gradient;
 ``unused``
     ``n`` is 0 within its round-off floor (``|n| <= allowed``) where ``a`` is not (>= 90% of
@@ -18,6 +18,8 @@ point at one classic backprop mistake; the first that holds is the diagnosis:
     or extra (k > 0); the coefficient is reported;
 ``sign``
     ``a = -n``;
+``clipped``
+    ``a = clip(n, -cap, cap)``: the backward pass clips the gradient; the cap is reported;
 ``scale``
     ``a = c * n`` (possibly plus ``k * w``: an unscaled L2 term); ``c`` is reported, e.g. the
     batch size when the loss averages over the batch but the gradient sums;
@@ -38,27 +40,33 @@ point at one classic backprop mistake; the first that holds is the diagnosis:
     every failure lies in at most a quarter of the rows (or columns) checked while at least two
     others pass: the rows (columns) are reported, look at how the backward pass indexes them;
 ``mismatch``
-    none of the above; the hint names where to start looking: the failing parameter with the
-    largest relative error ``||a - n|| / ||n||`` over its checked entries (not kinks; within
+    none of the above: no cause is named; the detail states the share and layout of the
+    failing entries, the range of ``a / n`` and whether the error follows the value, and
+    where to start looking: the failing parameter with the largest relative error ``||a - n|| / ||n||`` over its checked entries (not kinks; within
     1% of the largest counts as a tie, taken closest to the loss).
 
-Fits are judged by the residual relative to the discrepancy ``|a - n|`` (a hypothesis must
-explain at least 90% of it); confidence grows with the residual's smallness and the number of
-entries supporting it (``1 - 2**-k``), and is lower for the catch-all ``mismatch``. The value
-fits live in :mod:`.fits`, the positional patterns in :mod:`.patterns`; this module holds their
+A value fit is the cause only when it explains every checked entry within that entry's
+error allowance (:func:`gradprobe.checking.fits.explained`); two fits that both do are both
+listed. Where nothing holds, ``mismatch`` names no cause and states what was measured instead
+(:mod:`.measured`). The confidence is the rate at which a diagnosis of that kind, on that many
+supporting entries, was right on the calibration corpus (:mod:`.calibration`). The value fits
+live in :mod:`.fits`, the positional patterns in :mod:`.patterns`; this module holds their
 order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..report.model import Diagnosis
+from .calibration import calibrated
 from .context import ParamCheck
 from .entries import EntryResults
-from .fits import linear_fit, partial_factor_fit, unused_fit, zero_fit
+from .fits import clipped_fit, linear_fits, partial_factor_fit, unused_fit, zero_fit
+from .measured import describe
 from .patterns import confined_pattern, shifted_pattern, swapped_pattern, transpose_pattern
 
 __all__ = ["diagnose", "diagnose_parameter", "rank_failing", "relative_error"]
@@ -107,66 +115,131 @@ def diagnose_parameter(
 
     ``contexts`` and ``entries`` hold every parameter's context and checked entries (the
     swap hypothesis looks at same-shape parameters). ``start_with`` and ``relative_errors``
-    feed the ``mismatch`` hint (:func:`diagnose` ranks the failing parameters).
+    feed the ``mismatch`` hint (:func:`diagnose` ranks the failing parameters). The
+    confidence is the calibrated rate of the diagnosis' kind (``"ambiguous"`` when it lists
+    alternatives) on as many failing entries (``evidence["support"]``).
     """
+    found = _find(ctx, contexts, entries, nonfinite, start_with, relative_errors)
+    e = entries.get(ctx.name)
+    support = int(np.count_nonzero(e.failed)) if e is not None else 0
+    if nonfinite is not None:
+        support += int(nonfinite.size)
+    key = "ambiguous" if "alternatives" in found.evidence else found.kind
+    return dataclasses.replace(
+        found,
+        confidence=calibrated(key, support),
+        evidence={**found.evidence, "support": support},
+    )
+
+
+def _find(
+    ctx: ParamCheck,
+    contexts: Mapping[str, ParamCheck],
+    entries: Mapping[str, EntryResults],
+    nonfinite: np.ndarray | None,
+    start_with: str | None,
+    relative_errors: Mapping[str, float] | None,
+) -> Diagnosis:
     name, shape = ctx.name, ctx.shape
     if nonfinite is not None and nonfinite.size:
         return _nonfinite(name, shape, nonfinite)
     e = entries[name]
+    tied = _ties(name, shape, e, ctx)
+    if tied is not None:
+        return tied
     # Confirmations at other positions reuse only plain derivative estimates
     # (EntryResults.reusable).
     ok = _checked(e)
+    if e.crossed is not None and np.any(e.failed & ok & ~e.crossed):
+        # A failing entry whose step crossed a kink carries a one-sided difference, not the
+        # derivative at the point: no relation can be asked to predict it exactly.
+        ok &= ~e.crossed
     fail = e.failed & ok
     support = int(np.count_nonzero(fail))
+    a, n, flat, allowed = e.analytic, e.numeric, e.flat_index, e.allowed
+    w = ctx.base_flat[flat[ok]].astype(np.float64)
     if support:
-        a, n, flat = e.analytic, e.numeric, e.flat_index
-        w = ctx.base_flat[flat[ok]].astype(np.float64)
-        hypotheses = (
+        first = (
             lambda: zero_fit(name, a[fail], support),
             lambda: unused_fit(
-                name,
-                shape,
-                flat[fail],
-                a[fail],
-                n[fail],
-                e.allowed[fail],
-                e.reusable[fail],
-                support,
+                name, shape, flat[fail], a[fail], n[fail], allowed[fail], e.reusable[fail], support
             ),
-            lambda: linear_fit(name, a[ok], n[ok], w, support),
+            lambda: clipped_fit(name, a[ok], n[ok], allowed[ok], fail[ok], support),
+        )
+        for hypothesis in first:
+            found = hypothesis()
+            if found is not None:
+                return found
+        fits = linear_fits(name, a[ok], n[ok], w, allowed[ok], support)
+        if len(fits) > 1:
+            return _ambiguous(name, fits, support)
+        if fits:
+            return fits[0]
+        rest = (
             lambda: transpose_pattern(ctx, e, fail),
             lambda: swapped_pattern(ctx, e, fail, contexts, entries),
             lambda: shifted_pattern(ctx, e, fail),
             lambda: partial_factor_fit(
-                name, shape, flat[ok], a[ok], n[ok], e.allowed[ok], fail[ok], support
+                name, shape, flat[ok], a[ok], n[ok], allowed[ok], fail[ok], support
             ),
             lambda: confined_pattern(ctx, e, fail, ok),
         )
-        for hypothesis in hypotheses:
+        for hypothesis in rest:
             found = hypothesis()
             if found is not None:
                 return found
-    return _mismatch(name, support, start_with or name, relative_errors or {})
+    return describe(
+        name,
+        shape,
+        flat[ok],
+        a[ok],
+        n[ok],
+        w,
+        allowed[ok],
+        fail[ok],
+        start_with or name,
+        relative_errors or {},
+    )
 
 
-def _mismatch(
-    name: str, support: int, start: str, relative_errors: Mapping[str, float]
-) -> Diagnosis:
-    r = relative_errors.get(start)
-    size = "" if r is None or not np.isfinite(r) else f", {r:.3g}"
+def _ties(name: str, shape: tuple[int, ...], e: EntryResults, ctx: ParamCheck):
+    """Every failing entry belongs to a tie that failed when moved together."""
+    if e.tie_group is None or not np.any(e.failed):
+        return None
+    in_tie = e.tie_group >= 0
+    if np.any(e.failed & ~in_tie):
+        return None
+    groups = [
+        [[int(i) for i in np.unravel_index(int(f), shape)] for f in e.flat_index[e.tie_group == k]]
+        for k in np.unique(e.tie_group[in_tie])
+    ]
+    values = [
+        float(ctx.base_flat[e.flat_index[e.tie_group == k][0]])
+        for k in np.unique(e.tie_group[in_tie])
+    ]
+    shown = "; ".join(f"{g} (value {v:.6g})" for g, v in zip(groups[:4], values, strict=False))
+    more = f" and {len(groups) - 4} more" if len(groups) > 4 else ""
+    support = int(np.count_nonzero(in_tie))
     return Diagnosis(
-        "mismatch",
-        f"no simple pattern (scale, sign, transpose, zero, unused, missing term, swap, shift, "
-        f"partial factor, confined rows) explains {name}'s error: suspect a wrong activation "
-        "derivative or a wrong cached tensor; check one layer at a time, starting from the "
-        f"failing parameter with the largest relative error ||a - n|| / ||n|| over its checked "
-        f"entries ({start!r}{size})",
-        0.5 if support else 0.3,
-        {
-            "n_failing": support,
-            "start_with": start,
-            "relative_errors": {k: float(v) for k, v in relative_errors.items()},
-        },
+        "ties",
+        f"{name} has tied entries ({shown}{more}) whose gradient is valid for each entry alone "
+        "but not for the tied entries together: moving them together changes the loss by less "
+        "than the gradient predicts. The backward pass of a max/min/sort over ties gives every "
+        "tied entry the full gradient; give it to one of them, or split it between them",
+        calibrated("ties", support),
+        {"groups": groups[:16], "values": values[:16], "n_groups": len(groups)},
+    )
+
+
+def _ambiguous(name: str, fits: Sequence[Diagnosis], support: int) -> Diagnosis:
+    """Two or more relations explain every entry equally well: all are listed, the first
+    (simplest) gives the kind, and the confidence is that of an ambiguous diagnosis."""
+    return Diagnosis(
+        fits[0].kind,
+        f"{len(fits)} relations explain {name}'s entries equally well (the evidence cannot "
+        "tell them apart): " + "; or ".join(f"{d.kind}: {d.detail}" for d in fits),
+        calibrated("ambiguous", support),
+        {**fits[0].evidence, "alternatives": [d.to_dict() for d in fits[1:]]},
     )
 
 
@@ -204,7 +277,8 @@ def diagnose(
     """Diagnose each parameter named in ``failing`` (in layout order); name -> Diagnosis.
 
     May spend a few loss evaluations on transposed and shifted positions and on entries of
-    same-shape parameters, at most ``2 * CONFIRM_ENTRIES`` per hypothesis.
+    same-shape parameters: ``CONFIRM_ENTRIES`` positions per transposed or shifted
+    hypothesis, up to ``MAX_SWAP_CANDIDATES`` parameters at that many each for a swap.
     """
     nonfinite = nonfinite or {}
     start, errors = rank_failing(entries, failing)

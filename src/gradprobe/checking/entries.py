@@ -2,10 +2,10 @@
 
 Given the entries to check, this module asks the evaluator for the losses at the perturbed
 points, turns them into numeric derivatives and compares them with the analytic values under a
-:class:`~gradprobe.tolerances.Tolerance`. It knows nothing of reports or of how the losses are
+:class:`~gradprobe.numerics.tolerances.Tolerance`. It knows nothing of reports or of how the losses are
 computed (serial, parallel, batched, jitted).
 
-Methods (:data:`gradprobe.steps.METHODS`):
+Methods (:data:`gradprobe.numerics.steps.METHODS`):
 
 - ``"central"``: ``(L(x+h) - L(x-h)) / ((x+h) - (x-h))``, 2 evaluations, error ~h**2;
 - ``"richardson"``: central differences at ``h`` and ``h/2`` combined to cancel the h**2 term,
@@ -14,7 +14,7 @@ Methods (:data:`gradprobe.steps.METHODS`):
   must accept complex parameters.
 
 An entry that disagrees is not failed at once (central and Richardson). It is re-evaluated at a
-step :data:`~gradprobe.steps.RETRY_FACTOR` times smaller, and passes when that estimate (or the
+step :data:`~gradprobe.numerics.steps.RETRY_FACTOR` times smaller, and passes when that estimate (or the
 Richardson combination of the two steps) agrees, within ``rtol`` or with a disagreement under a
 third of the first (a wrong gradient disagrees by the same amount at every step, so it cannot
 hide under the smaller step's higher round-off floor): a large ``|x|`` makes the default step
@@ -49,7 +49,11 @@ class EntryResults:
     step for retried entries); ``retried`` marks entries re-evaluated at a smaller step;
     ``crossed`` those whose step crossed a non-differentiable point (their ``numeric`` is then
     not a derivative: a kink's, or the nearest one-sided difference for a failing entry, never
-    reused as evidence elsewhere).
+    reused as evidence elsewhere); ``tie_group`` numbers the entries of a tie that failed
+    when moved together (:mod:`gradprobe.checking.ties`; -1 elsewhere, None when no tie failed);
+    ``jump`` marks entries where the loss jumps (its change across the step does not shrink
+    with the step: piecewise constant or discontinuous there). A jump is also a ``kink`` (no
+    derivative to check there, never a failure of the gradient).
     """
 
     flat_index: np.ndarray
@@ -63,6 +67,8 @@ class EntryResults:
     step: np.ndarray
     retried: np.ndarray | None = None
     crossed: np.ndarray | None = None
+    tie_group: np.ndarray | None = None
+    jump: np.ndarray | None = None
 
     @property
     def reusable(self) -> np.ndarray:
@@ -302,6 +308,8 @@ def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) ->
         first.step / small.step,
     )
     crossed, kink = found.crossed & ~v.passed, found.kink & ~v.passed
+    jump = _jumps(ctx, first, small, a) & ~v.passed
+    crossed, kink = crossed | jump, kink | jump
     # Across a kink with the analytic value outside [lo, hi] the entry fails; the nearest
     # one-sided difference is the numeric value it should have matched.
     outside = crossed & ~kink
@@ -331,9 +339,30 @@ def _retry(ctx: ParamCheck, results: EntryResults, est: _Estimate, f0: float) ->
     out["passed"][p] = v.passed[fixed]
     out["step"][p] = step[fixed]
     out["kink"][pos[kink]] = True
+    out["jump"] = np.zeros(results.size, dtype=bool)
+    out["jump"][pos[jump]] = True
     out["retried"][pos] = True
     out["crossed"][pos[crossed | kink]] = True
     return EntryResults(flat_index=results.flat_index, analytic=results.analytic, **out)
+
+
+#: A loss change across the step that keeps at least this share of itself when the step
+#: shrinks by RETRY_FACTOR does not shrink with the step: a jump (a smooth or kinked
+#: function's change shrinks in proportion, to 1 / RETRY_FACTOR of itself).
+JUMP_KEEPS = 0.5
+
+
+def _jumps(ctx: ParamCheck, first: _Estimate, small: _Estimate, a: np.ndarray) -> np.ndarray:
+    """Entries where the loss jumps within the step: its change across the step,
+    ``L(x + h) - L(x - h)``, keeps :data:`JUMP_KEEPS` of itself at the smaller step, stands
+    well above the round-off floor there, and dwarfs what any slope near ``a`` accounts for."""
+    assert first.plus is not None and first.minus is not None
+    assert small.plus is not None and small.minus is not None
+    d_first = np.abs(first.plus - first.minus)
+    d_small = np.abs(small.plus - small.minus)
+    floor = ctx.tolerance.difference_floor(small.plus, small.minus)
+    slope = np.abs(a) * 2.0 * small.step
+    return (d_small >= JUMP_KEEPS * d_first) & (d_small > 4.0 * floor) & (slope < 0.5 * d_small)
 
 
 #: A retried disagreement below this fraction of the first one shrank with the step: the
@@ -403,6 +432,10 @@ def merge_entry_results(a: EntryResults, b: EntryResults) -> EntryResults:
     merged = {}
     for f in dataclasses.fields(a):
         va, vb = getattr(a, f.name), getattr(b, f.name)
+        if (va is None) != (vb is None):  # an optional per-entry field only one side has
+            fill: int | bool = -1 if f.name == "tie_group" else False
+            va = np.full(a.size, fill) if va is None else va
+            vb = np.full(b.size, fill) if vb is None else vb
         if isinstance(va, np.ndarray) and va.shape[:1] == a.flat_index.shape:
             merged[f.name] = np.concatenate([va, vb[extra]])[order]
         else:

@@ -7,13 +7,18 @@ numeric ``n``, parameter value ``w``, the entry's allowance ``allowed``) and ret
 - :func:`zero_fit`: ``a == 0`` where ``n`` is not (the gradient is never written);
 - :func:`unused_fit`: ``|n| <= allowed`` (numeric 0 within its round-off floor) where ``a`` is
   not: the loss does not read those entries;
-- :func:`linear_fit`: ``a - n = k * w`` (missing-term), ``a = -n`` (sign), ``a = c * n`` (scale);
+- :func:`clipped_fit`: ``a = clip(n, -cap, cap)``;
+- :func:`linear_fits`: ``a - n = k * w`` (missing-term), ``a = -n`` (sign), ``a = c * n`` (scale);
 - :func:`partial_factor_fit`: ``a = c_s * n`` on each slice ``s`` along the leading or trailing
   axis, ``c_s`` 1 or a simple ratio ``p/q`` (``|p|, q <= 4``).
 
-A fit must leave at most :data:`MAX_RESIDUAL` of the discrepancy ``||a - n||`` unexplained;
-:func:`confidence` turns the residual and the number of supporting entries into a number.
-Positional patterns (transpose, swap, shift, confinement) are :mod:`.patterns`' job.
+A relation is the cause only when it explains *every* entry it speaks of within that entry's
+error allowance (:func:`explained`: the pass rule's round-off + truncation estimate): what it
+leaves unexplained must be numeric error, not a part of the bug. A relation that explains most
+of the discrepancy but not each entry names nothing (:mod:`.measured` then says what the
+evidence shows). The confidence is the measured rate at which such a diagnosis is right
+(:mod:`.calibration`). Positional patterns (transpose, swap, shift, confinement) are
+:mod:`.patterns`' job.
 """
 
 from __future__ import annotations
@@ -23,20 +28,23 @@ from fractions import Fraction
 import numpy as np
 
 from ..report.model import Diagnosis
+from .calibration import calibrated
 
 __all__ = [
-    "MAX_RESIDUAL",
-    "confidence",
-    "linear_fit",
+    "FIT_MARGIN",
+    "clipped_fit",
+    "explained",
+    "linear_fits",
     "partial_factor_fit",
     "unused_fit",
     "zero_fit",
 ]
 
-#: A fitted hypothesis must leave at most this fraction of the discrepancy unexplained.
-MAX_RESIDUAL = 0.1
-#: Share of the failing entries a zero or unused pattern must cover.
-MIN_SHARE = 0.9
+#: Room for the fitted constants' own error: a relation's prediction may miss an entry by
+#: this many times the entry's allowance.
+FIT_MARGIN = 3.0
+#: Failing entries a clipping needs (one capped entry is no pattern).
+MIN_CLIPPED = 2
 #: A per-slice factor is snapped to p/q with |p|, q up to this, within SNAP_RTOL of it.
 MAX_FACTOR_TERM = 4
 SNAP_RTOL = 0.02
@@ -45,11 +53,6 @@ MIN_SLICE_ENTRIES = 2
 #: Slices and indices listed in a detail (the evidence keeps a few more).
 SHOW = 6
 KEEP = 16
-
-
-def confidence(residual: float, support: int) -> float:
-    """``(1 - residual) * (1 - 2**-support)``, rounded to 3 digits."""
-    return float(round(max(0.0, 1.0 - residual) * (1.0 - 0.5**support), 3))
 
 
 def _lstsq(columns: list[np.ndarray], target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,16 +68,16 @@ def first_indices(flat: np.ndarray, shape: tuple[int, ...], k: int = 3) -> list[
 
 
 def zero_fit(name: str, a_f: np.ndarray, support: int) -> Diagnosis | None:
-    """``a == 0`` at >= 90% of the failing entries (``a_f``)."""
+    """``a == 0`` at every failing entry (``a_f``)."""
     n_zero = int(np.count_nonzero(a_f == 0.0))
-    if n_zero < MIN_SHARE * a_f.size:
+    if n_zero < a_f.size:
         return None
     return Diagnosis(
         "zero",
         f"the analytic gradient of {name} is 0 at {n_zero} of {a_f.size} failing entries where "
         "the numeric one is not: the backward pass never writes it (left at zeros) or the path "
         "to it is cut",
-        confidence(0.0, support),
+        calibrated("zero", support),
         {"n_zero": n_zero, "n_failing": int(a_f.size)},
     )
 
@@ -89,15 +92,13 @@ def unused_fit(
     reusable_f: np.ndarray,
     support: int,
 ) -> Diagnosis | None:
-    """The numeric gradient is 0 within its round-off floor (``|n| <= allowed``) at >= 90% of
-    the failing entries while the analytic one is not (a failing entry's ``|a - n|`` exceeds
+    """The numeric gradient is 0 within its round-off floor (``|n| <= allowed``) at every
+    failing entry while the analytic one is not (a failing entry's ``|a - n|`` exceeds
     ``allowed``). Entries whose step crossed a kink never count as numeric zeros."""
     unused = (np.abs(n_f) <= allowed_f) & reusable_f
     k = int(np.count_nonzero(unused))
-    if k < MIN_SHARE * a_f.size:
+    if k < a_f.size:
         return None
-    d = a_f - n_f
-    resid = float(np.linalg.norm(d[~unused]) / np.linalg.norm(d))
     first = first_indices(flat[unused], shape)
     return Diagnosis(
         "unused",
@@ -106,8 +107,8 @@ def unused_fit(
         "does not depend on these entries but the gradient says it does. A mask, dropout or "
         "padding the forward pass applies (so it never reads them) is missing from the backward "
         "pass, or the gradient has a term only in the backward pass",
-        confidence(resid, support),
-        {"n_unused": k, "n_failing": int(a_f.size), "residual": resid, "first_index": first},
+        calibrated("unused", support),
+        {"n_unused": k, "n_failing": int(a_f.size), "first_index": first},
     )
 
 
@@ -132,19 +133,38 @@ def scale_hint(c: float) -> str:
     return "a constant factor missing or extra (a temperature, a loss weight, a 1/N)"
 
 
-def linear_fit(
-    name: str, a: np.ndarray, n: np.ndarray, w: np.ndarray, support: int
-) -> Diagnosis | None:
-    """Missing-term, sign and scale: linear relations between a, n and w."""
-    d = a - n
-    dn = float(np.linalg.norm(d))
-    if dn == 0.0 or a.size == 0:
-        return None
+def explained(
+    a: np.ndarray, predicted: np.ndarray, allowed: np.ndarray, factor: float = 1.0
+) -> np.ndarray:
+    """Entries a relation explains: its prediction is within the entry's error allowance (the
+    pass rule's round-off + truncation estimate, scaled by the factor that multiplies the
+    numeric value), with :data:`FIT_MARGIN` room for the fitted constants' own error."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(a - predicted) <= FIT_MARGIN * max(1.0, abs(factor)) * allowed
+
+
+def _holds(a, predicted, allowed, factor: float = 1.0) -> bool:
+    return bool(np.all(explained(a, predicted, allowed, factor)))
+
+
+def linear_fits(
+    name: str,
+    a: np.ndarray,
+    n: np.ndarray,
+    w: np.ndarray,
+    allowed: np.ndarray,
+    support: int,
+) -> list[Diagnosis]:
+    """Missing-term, sign and scale: linear relations between a, n and w that explain every
+    checked entry within its allowance (:func:`explained`); all that hold, simplest first
+    (two that hold equally are both listed by the caller)."""
+    found: list[Diagnosis] = []
+    if a.size == 0 or not np.any(a != n):
+        return found
     has_w = bool(np.any(w != 0))
     if has_w:
-        (k,), res = _lstsq([w], d)
-        resid = float(np.linalg.norm(res)) / dn
-        if resid <= MAX_RESIDUAL:
+        (k,), _ = _lstsq([w], a - n)
+        if k != 0.0 and _holds(a, n + k * w, allowed):
             if k < 0:
                 detail = (
                     f"analytic - numeric = {k:.4g} x {name}: a term {-k:.4g} * {name} is missing "
@@ -156,41 +176,83 @@ def linear_fit(
                     f"analytic - numeric = {k:.4g} x {name}: an extra term {k:.4g} * {name} in "
                     "the gradient (the L2 term added twice, or a penalty the loss does not have)"
                 )
-            return Diagnosis(
-                "missing-term",
-                detail,
-                confidence(resid, support),
-                {"coefficient": float(k), "residual": resid, "n_entries": int(a.size)},
+            found.append(
+                Diagnosis(
+                    "missing-term",
+                    detail,
+                    calibrated("missing-term", support),
+                    {"coefficient": float(k), "n_entries": int(a.size)},
+                )
             )
-    (c,), res = _lstsq([n], a)
-    resid = float(np.linalg.norm(res)) / dn
-    k = 0.0
-    if resid > MAX_RESIDUAL and has_w:
-        (c, k), res = _lstsq([n, w], a)
-        resid = float(np.linalg.norm(res)) / dn
-    if resid > MAX_RESIDUAL or abs(c) < 1e-3:
+    (c,), _ = _lstsq([n], a)
+    if abs(c) >= 1e-3 and c != 1.0 and _holds(a, c * n, allowed, c):
+        evidence = {"c": float(c), "n_entries": int(a.size)}
+        if abs(c + 1.0) <= 0.02:
+            found.append(
+                Diagnosis(
+                    "sign",
+                    f"analytic = -numeric for {name}: a sign is flipped in its backward path (a "
+                    "derivative written (h**2 - 1) for (1 - h**2), a residual taken as target - "
+                    "output, gradient ascent instead of descent)",
+                    calibrated("sign", support),
+                    evidence,
+                )
+            )
+        else:
+            found.append(
+                Diagnosis(
+                    "scale",
+                    f"analytic = {c:.6g} x numeric for {name}: {scale_hint(c)}",
+                    calibrated("scale", support),
+                    evidence,
+                )
+            )
+    if not found and has_w:
+        (c, k), _ = _lstsq([n, w], a)
+        if abs(c) >= 1e-3 and abs(c - 1.0) > 0.0 and _holds(a, c * n + k * w, allowed, c):
+            sign = abs(c + 1.0) <= 0.02
+            what = (
+                "a sign is flipped in its backward path, on the data term only"
+                if sign
+                else scale_hint(c)
+            )
+            found.append(
+                Diagnosis(
+                    "sign" if sign else "scale",
+                    f"analytic = {c:.6g} x numeric + {k:.3g} x {name} for {name}: {what}; the "
+                    f"term {k:.3g} * {name} outside the factor is a penalty the factor does not "
+                    "reach (an L2 term added after the flip or scaling)",
+                    calibrated("sign" if sign else "scale", support),
+                    {"c": float(c), "term_coefficient": float(k), "n_entries": int(a.size)},
+                )
+            )
+    return found
+
+
+def clipped_fit(
+    name: str, a: np.ndarray, n: np.ndarray, allowed: np.ndarray, fail: np.ndarray, support: int
+) -> Diagnosis | None:
+    """``a = clip(n, -cap, cap)``: the failing entries' analytic magnitudes all equal one
+    constant below the numeric magnitudes, with the numeric sign, and every entry is explained
+    by the clipped numeric gradient (the passing ones lie within the cap)."""
+    if int(np.count_nonzero(fail)) < MIN_CLIPPED:
         return None
-    evidence = {"c": float(c), "residual": resid, "n_entries": int(a.size)}
-    if abs(c + 1.0) <= 0.02 and abs(k) <= 1e-12:
-        return Diagnosis(
-            "sign",
-            f"analytic = -numeric for {name}: a sign is flipped in its backward path (a "
-            "derivative written (h**2 - 1) for (1 - h**2), a residual taken as target - output, "
-            "gradient ascent instead of descent)",
-            confidence(resid, support),
-            evidence,
-        )
-    if abs(c - 1.0) <= 0.01:
+    mag = np.abs(a[fail])
+    cap = float(np.median(mag))
+    if cap <= 0.0 or not np.all(np.abs(n[fail]) > cap):
         return None
-    extra = ""
-    if k:
-        evidence["term_coefficient"] = float(k)
-        extra = f"; the term {k:.3g} * {name} outside the factor suggests an unscaled penalty"
+    if np.any(np.sign(a[fail]) != np.sign(n[fail])):
+        return None
+    if not _holds(a, np.clip(n, -cap, cap), allowed):
+        return None
     return Diagnosis(
-        "scale",
-        f"analytic = {c:.6g} x numeric for {name}: {scale_hint(c)}{extra}",
-        confidence(resid, support),
-        evidence,
+        "clipped",
+        f"the analytic gradient of {name} is capped at +-{cap:.6g} where the numeric one is "
+        f"larger ({support} entries, numeric up to {float(np.max(np.abs(n[fail]))):.4g}): the "
+        "backward pass clips it (np.clip(g, -cap, cap), gradient clipping inside the gradient "
+        "function); clip in the optimizer step instead, after the check",
+        calibrated("clipped", support),
+        {"cap": cap, "n_clipped": support, "max_numeric": float(np.max(np.abs(n[fail])))},
     )
 
 
@@ -245,7 +307,7 @@ def partial_factor_fit(
 ) -> Diagnosis | None:
     """``a = c_s * n`` on each slice ``s`` (rows along the leading axis, or columns along the
     trailing one) with ``c_s`` a simple ratio on the slices holding failures and 1 on the
-    others; the fit must explain >= 90% of ``||a - n||``. Arrays are the checked entries
+    others; the fit must explain every entry (:func:`explained`). Arrays are the checked entries
     (finite, not kinks); ``failing`` marks the failing ones."""
     if len(shape) < 2 or not np.any(failing):
         return None
@@ -255,13 +317,17 @@ def partial_factor_fit(
     multi = np.unravel_index(flat, shape)
     resolvable = np.abs(n) > allowed
     best: tuple[float, int, np.ndarray] | None = None
+    scale = float(np.max(np.abs(a - n)))
     for axis in sorted({0, len(shape) - 1}):
         s = np.asarray(multi[axis], dtype=np.int64)
         factors = _slice_factors(s, shape[axis], a, n, resolvable, failing)
         if factors is None:
             continue
-        resid = float(np.linalg.norm(a - factors[s] * n)) / dn
-        if resid <= MAX_RESIDUAL and (best is None or resid < best[0]):
+        predicted = factors[s] * n
+        if not np.all(explained(a, predicted, allowed * np.maximum(1.0, np.abs(factors[s])))):
+            continue
+        resid = float(np.max(np.abs(a - predicted))) / scale
+        if best is None or resid < best[0]:
             best = (resid, axis, factors)
     if best is None:
         return None
@@ -290,7 +356,7 @@ def partial_factor_fit(
         "partial-factor",
         f"analytic = {'; '.join(parts)} of {name} ({counted} of {shape[axis]} {word}), = numeric "
         f"on the others: {why}",
-        confidence(resid, support),
+        calibrated("partial-factor", support),
         {
             "axis": int(axis),
             "factors": {
@@ -298,6 +364,5 @@ def partial_factor_fit(
                 for f, slices in sorted(groups.items(), key=lambda kv: -len(kv[1]))
             },
             "n_slices": counted,
-            "residual": resid,
         },
     )

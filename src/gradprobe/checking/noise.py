@@ -27,9 +27,9 @@ def estimate_loss_noise(
     """Measure the loss's rounding noise along a random direction over every parameter.
 
     Evaluates ``L(x + i * delta * v)`` for ``i = -k..k``, ``i != 0`` (``k =``
-    :data:`~gradprobe.tolerances.NOISE_HALF_POINTS`; the centre is ``base_loss``), ``v`` a unit
+    :data:`~gradprobe.numerics.tolerances.NOISE_HALF_POINTS`; the centre is ``base_loss``), ``v`` a unit
     vector over all entries drawn from ``rng``, and hands the values to
-    :func:`~gradprobe.tolerances.ecnoise`. Parameter ``p``'s part of the step is
+    :func:`~gradprobe.numerics.tolerances.ecnoise`. Parameter ``p``'s part of the step is
     ``NOISE_ULPS * EPS_p * sqrt(n) * max(1, rms(x_p))`` (``n`` entries in all): an entry of
     typical size moves by about ``NOISE_ULPS`` ulps, so the points differ in their last bits
     while the smooth part (and any kink crossed) changes the differences far less than the

@@ -25,6 +25,7 @@ from ..numerics.steps import EVALUATIONS_PER_ENTRY
 from .context import ParamCheck
 from .entries import EntryResults, evaluate_entries, merge_entry_results
 from .probes import ProbeOutcome, run_probes
+from .ties import check_ties
 
 __all__ = ["Evidence", "gather_evidence"]
 
@@ -114,6 +115,7 @@ def gather_evidence(
             )
             entries = merge_entry_results(entries, _evaluate_in_blocks(ctx, extra.flat_index, done))
             sample = sample_grown
+        entries = check_ties(ctx, entries)  # kinks moved together (issue 22)
         if entries.size == ctx.size and not sample.complete:
             # The sample and bisection's entries together are every entry: checked in full.
             sample = stratified_sample(rng, analytic, ctx.size)

@@ -16,7 +16,8 @@ The first three compare an analytic value with a numeric one at another position
 numeric value is reused where the check already holds a plain derivative estimate there
 (:attr:`EntryResults.reusable`) and evaluated where it holds none; at most
 :data:`CONFIRM_ENTRIES` positions are evaluated per hypothesis (two loss evaluations each with
-central differences). A pattern holds when at least :data:`MIN_CONFIRMATIONS` usable
+central differences), and per candidate parameter for a swap (up to
+:data:`MAX_SWAP_CANDIDATES` of them). A pattern holds when at least :data:`MIN_CONFIRMATIONS` usable
 comparisons are made and 90% of them agree under the parameter's pass rule.
 """
 
@@ -27,9 +28,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..report.model import Diagnosis
+from .calibration import calibrated
 from .context import ParamCheck
 from .entries import EntryResults, numeric_entries
-from .fits import KEEP, SHOW, confidence
+from .fits import KEEP, SHOW
 
 __all__ = ["confined_pattern", "shifted_pattern", "swapped_pattern", "transpose_pattern"]
 
@@ -117,7 +119,7 @@ def transpose_pattern(ctx: ParamCheck, e: EntryResults, fail: np.ndarray) -> Dia
         f"the analytic gradient of {name} equals the numeric one transposed at "
         f"{confirmed} of {pos.size} entries checked at transposed positions: "
         f"return d{name} = X.T @ delta, not its transpose (or swap the operands of the product)",
-        confidence(0.0, confirmed),
+        calibrated("transpose", confirmed),
         {"n_confirmed": confirmed, "n_tried": int(pos.size)},
     )
 
@@ -156,7 +158,7 @@ def swapped_pattern(
                 f"shape {shape}), and the other way round, at {confirmed} of {2 * pos.size} "
                 "comparisons: the "
                 f"gradients of {name} and {other} are returned under each other's names",
-                confidence(0.0, confirmed),
+                calibrated("swapped", confirmed),
                 {"other": other, "n_confirmed": confirmed, "n_tried": 2 * int(pos.size)},
             )
     return None
@@ -277,7 +279,7 @@ def shifted_pattern(ctx: ParamCheck, e: EntryResults, fail: np.ndarray) -> Diagn
         f"(axis {axis}) at {confirmed} of {tried} failing entries compared: its backward pass "
         f"indexes that axis {abs(k)} position{'s' if abs(k) > 1 else ''} off (a padding offset, "
         "an off-by-one in a convolution, a stride or a sequence position)",
-        confidence(out_share, confirmed),
+        calibrated("shifted", confirmed),
         {
             "axis": int(axis),
             "offset": int(k),
@@ -319,7 +321,7 @@ def confined_pattern(ctx: ParamCheck, e: EntryResults, fail: np.ndarray, ok: np.
         f"{n_checked} {word} checked; axis {axis}) while the other {word} pass: look at how "
         f"that layer's backward pass indexes those {word} (a special first/last {word[:-1]}, "
         "a bias folded into the weights, a padding or ignored index, an off-by-one range)",
-        confidence(share, support),
+        calibrated("confined", support),
         {
             "axis": int(axis),
             word: [int(j) for j in failing[:KEEP]],

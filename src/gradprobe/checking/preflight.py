@@ -10,7 +10,7 @@ difference up to ``nondet_tol`` is run-to-run jitter (summation order, atomics):
 folded into the noise floor (the tolerance's ``loss_noise``) and reported as a warning.
 
 :func:`~gradprobe.checking.noise.estimate_loss_noise` measures the loss's rounding noise (ECnoise, see
-:mod:`gradprobe.tolerances`) with ``2 * NOISE_HALF_POINTS`` more evaluations, for losses whose
+:mod:`gradprobe.numerics.tolerances`) with ``2 * NOISE_HALF_POINTS`` more evaluations, for losses whose
 value cancels (its round-off is then far above ``EPS * |L|``).
 
 Non-finite analytic entries are reported, not raised: the loss is finite at the base point, so

@@ -17,7 +17,7 @@ smoothness allows.
 The discrepancy ``g . d - (L+ - L-)`` is additive over disjoint sets of entries, so a failing
 probe is bisected: the entries are split into two contiguous halves, each half probed with the
 same direction restricted to it, and failing halves are split again down to single entries,
-which are then checked one by one (:func:`gradprobe.differences.evaluate_entries`). Only the
+which are then checked one by one (:func:`gradprobe.checking.entries.evaluate_entries`). Only the
 left half is evaluated: the right half's loss difference is the parent's minus the left's. When every
 half fails at the first levels the failure is widespread and bisection stops early.
 

@@ -104,6 +104,7 @@ def build_report(
         n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
         n_unverified=int(np.count_nonzero(~resolved & ~entries.kink)),
         unfinished=not evidence.finished,
+        jump_note=jump_note(entries, ctx.shape),
         probe_note=(
             probe_note(outcome, ctx.shape)
             if evidence.finished
@@ -132,7 +133,7 @@ def build_report(
         step=ctx.relative_step,
         method=ctx.method,
         rel_errors=entries.rel_error,
-        n_kinks=int(np.count_nonzero(entries.kink)),
+        n_kinks=int(np.count_nonzero(entries.kink & ~_jumps(entries))),
         bad_indices=_bad_indices(ctx, evidence),
         widespread=outcome is not None and outcome.widespread,
         capped=outcome is not None and outcome.capped,
@@ -140,6 +141,24 @@ def build_report(
         diagnosis=diagnosis,
         n_evaluations=evidence.n_evaluations,
         finished=evidence.finished,
+    )
+
+
+def _jumps(entries) -> np.ndarray:
+    return np.zeros(entries.size, dtype=bool) if entries.jump is None else entries.jump
+
+
+def jump_note(entries, shape: tuple[int, ...]) -> str:
+    """Where the loss jumps, in words ('' where it does not)."""
+    jumps = entries.flat_index[_jumps(entries)]
+    if jumps.size == 0:
+        return ""
+    where = ", ".join(str(list(unravel(f, shape))) for f in jumps[:5])
+    more = f" and {jumps.size - 5} more" if jumps.size > 5 else ""
+    return (
+        f"the loss jumps at {jumps.size} {'entry' if jumps.size == 1 else 'entries'} ({where}"
+        f"{more}): its change across the step does not shrink with the step, so the function is "
+        "piecewise constant or discontinuous there; no derivative to check, not a failure"
     )
 
 
@@ -163,6 +182,7 @@ def build_coverage(
     n_probe_kinks: int = 0,
     n_unverified: int = 0,
     probe_note: str = "",
+    jump_note: str = "",
     confidence: float = CONFIDENCE,
     unfinished: bool = False,
 ) -> Coverage:
@@ -208,6 +228,8 @@ def build_coverage(
                 else f"fewer than {_pct(upper)} wrong at {confidence:.0%}"
             )
             parts.append(f"{n_failed_sampled:,} of {n_sampled:,} failed{unverified}: {bound}")
+    if jump_note:
+        parts.append(jump_note)
     if probe_note:
         parts.append(probe_note)
     return Coverage(

@@ -58,7 +58,9 @@ def _specs_for_check(args: argparse.Namespace) -> list[Any]:
     problem = target.args_problem(call_args)
     if problem is not None:
         given = " ".join(f"--arg {k}={v}" for k, v in args.args)
-        raise InvalidInputError(f"{given}: {problem}. Pass only the function's arguments.")
+        raise InvalidInputError(
+            f"{given}: {problem}. Pass only the function's arguments: {target.args_example('cli')}."
+        )
     spec = CheckSpec(
         name=target.function,
         target=target,
@@ -114,8 +116,11 @@ def _reproduce(args: argparse.Namespace, outcome: Any, suite: Any) -> str:
 def run_checks(args: argparse.Namespace, console: Console) -> int:
     """``gradprobe check`` and ``gradprobe run``: the exit code."""
     if args.command == "run":
+        from .fanout import fan_out_of
+
         specs, suite = _specs_for_run(args)
         label = f"suite {_quote_path(suite.path)}"
+        args.fan_out = fan_out_of(args, suite)
     else:
         specs, suite = _specs_for_check(args), None
         label = f"target {args.target}"
@@ -148,24 +153,54 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
 def _run_specs(
     args: argparse.Namespace, console: Console, specs: Sequence[Any], suite: Any, label: str
 ) -> _Run:
-    """Run each check under a progress display, printing each outcome as it ends; stop at
-    Ctrl-C (the check in progress is kept, marked interrupted)."""
-    from ..suites.runner import (
-        CheckOutcome,
-        IsolatedWorker,
-        SuiteResult,
-        now_iso,
-        run_check,
-        versions,
-    )
+    """Run each check (one after another, or side by side with ``--jobs`` / on a cluster with
+    ``--scheduler``), printing each outcome as it ends in suite order; stop at Ctrl-C (the
+    checks in progress are kept, marked interrupted)."""
+    from ..suites.runner import SuiteResult, now_iso, versions
 
     vers = versions()
     n = len(specs)
+    fan_out = getattr(args, "fan_out", None)
     if not console.quiet:
+        how = "" if fan_out is None else f" · {fan_out.describe()}"
         console.out(
             f"gradprobe {vers['gradprobe']} · python {vers['python']} · numpy {vers['numpy']} · "
-            f"numba {vers['numba']} · {label} · {n} check{'s' * (n != 1)}"
+            f"numba {vers['numba']} · {label} · {n} check{'s' * (n != 1)}{how}"
         )
+    if fan_out is not None:
+        from .fanout import run_fanned_out
+
+        outcomes, interrupted = run_fanned_out(
+            console, specs, fan_out, lambda o: _reproduce(args, o, suite)
+        )
+    else:
+        outcomes, interrupted = _run_serially(args, console, specs, suite)
+    ran = {o.name for o in outcomes}
+    not_run = tuple(s.name for s in specs if s.name not in ran)
+    if interrupted:
+        where = f" during {outcomes[-1].name}" if outcomes and fan_out is None else ""
+        console.err(
+            f"gradprobe: interrupted ({stop_name()}){where}: {len(outcomes)} of {n} checks ran, "
+            f"{len(not_run)} not run; the summary and outputs below cover what finished "
+            f"(exit code {stop_exit_code()})."
+        )
+    result = SuiteResult(
+        outcomes=tuple(outcomes),
+        suite=None if suite is None else (suite.given or suite.path),
+        versions=vers,
+        created=now_iso(),
+        not_run=not_run,
+    )
+    return _Run(result=result, interrupted=interrupted, not_run=not_run)
+
+
+def _run_serially(
+    args: argparse.Namespace, console: Console, specs: Sequence[Any], suite: Any
+) -> tuple[list[Any], bool]:
+    """The checks one after another under a progress display."""
+    from ..suites.runner import CheckOutcome, IsolatedWorker, run_check
+
+    n = len(specs)
     outcomes: list[Any] = []
     interrupted = False
     current = None
@@ -203,22 +238,7 @@ def _run_specs(
             outcomes.append(
                 dataclasses.replace(stopped, reproduce=_reproduce(args, stopped, suite))
             )
-    ran = {o.name for o in outcomes}
-    not_run = tuple(s.name for s in specs if s.name not in ran)
-    if interrupted:
-        where = f" during {outcomes[-1].name}" if outcomes else ""
-        console.err(
-            f"gradprobe: interrupted ({stop_name()}){where}: {len(outcomes)} of {n} checks ran, "
-            f"{len(not_run)} not run; the summary and outputs below cover what finished "
-            f"(exit code {stop_exit_code()})."
-        )
-    result = SuiteResult(
-        outcomes=tuple(outcomes),
-        suite=None if suite is None else suite.path,
-        versions=vers,
-        created=now_iso(),
-    )
-    return _Run(result=result, interrupted=interrupted, not_run=not_run)
+    return outcomes, interrupted
 
 
 def _compare_with_baseline(

@@ -184,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run the check with exactly this name (repeatable)",
     )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run up to N checks at once, each in its own worker process, the cores divided "
+        "between them (default: [run] jobs, else 1)",
+    )
+    run.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="send each check as a task to the Dask cluster at ADDRESS, e.g. "
+        "tcp://host:8786 (default: $GRADPROBE_SCHEDULER, else [run] scheduler)",
+    )
     _add_check_options(run, ("seed",), seed_help="seed for every selected check")
     _add_output_options(run)
     _add_suite_options(run)

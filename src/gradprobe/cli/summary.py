@@ -47,6 +47,7 @@ def verbose_details(report: Any, duration: float | None = None) -> str:
     if not report.params:
         lines.append("  no parameter finished")
     settings: Mapping[str, Any] = report.settings
+    measured: Mapping[str, Any] = report.measured
     total = timings.get("total")
     rate = ""
     if total:
@@ -56,10 +57,10 @@ def verbose_details(report: Any, duration: float | None = None) -> str:
         f"  timings: {told or 'none recorded'}"
         + (f"; {duration:.2f} s with start-up" if duration is not None else "")
     )
-    noise = settings.get("loss_noise")
+    noise = measured.get("loss_noise")
     lines.append(
         f"  {report.n_evaluations:,} loss evaluations{rate}; executor "
-        f"{settings.get('executor', '?')}, n_jobs {settings.get('n_jobs', '?')}; loss noise "
+        f"{measured.get('executor', '?')}, n_jobs {settings.get('n_jobs', '?')}; loss noise "
         + (f"{float(noise):.3g}" if isinstance(noise, (int, float)) else "not measured")
     )
     return "\n".join(lines)
@@ -103,6 +104,9 @@ def print_verdict(
 ) -> None:
     """The count of each status, the exit code, and a command reproducing each failing check."""
     told = ", ".join(f"{n} {s}" for s, n in result.counts.items() if n)
+    if regressions:
+        names = ", ".join(regressions)
+        told += f", {len(regressions)} regressed against the baseline ({names})"
     if not_run:
         told += f", {len(not_run)} not run"
     console.out(f"\n{told or 'no checks'} — exit code {code}")

@@ -76,7 +76,7 @@ def make_evaluator(
 
     ``budget``, ``deadline``, ``progress`` and ``planned_evaluations`` go to the
     :class:`Evaluator`; ``policy`` (default: :func:`default_policy` at this call) decides which
-    calls go to workers. The choice is reported as ``report.settings["executor"]``.
+    calls go to workers. The choice is reported as ``report.measured["executor"]``.
     """
     refresh_blas_libraries()
     policy = default_policy() if policy is None else policy

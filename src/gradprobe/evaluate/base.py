@@ -59,8 +59,6 @@ class Placement(Protocol):
     """Where the blocks of a :class:`RowRunner` run: in this process or on workers."""
 
     rows: RowRunner
-    #: Things the report should tell the user about where the loss was evaluated.
-    warnings: list[str]
 
     @property
     def executor(self) -> str:
@@ -131,8 +129,6 @@ class Evaluator:
         #: Seconds one evaluation takes in this process: the fastest of the base point's and
         #: the later unperturbed calls (pre-flight, noise estimate); None before any ran.
         self.base_seconds: float | None = None
-        #: Things the report should tell the user about how the loss was evaluated.
-        self.warnings: list[str] = list(placement.warnings)
 
     @property
     def rows(self) -> RowRunner:
@@ -286,7 +282,6 @@ class InProcess:
 
     def __init__(self, rows: RowRunner) -> None:
         self.rows = rows
-        self.warnings: list[str] = []
 
     @property
     def executor(self) -> str:

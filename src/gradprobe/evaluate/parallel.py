@@ -16,11 +16,12 @@ evaluation runs with one BLAS thread wherever it runs, so results are the same b
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,7 +46,14 @@ from .workers import (
 if TYPE_CHECKING:
     from .base import Evaluator
 
-__all__ = ["DEFAULT_POLICY", "DispatchPolicy", "JoblibWorkers", "default_policy", "workers_for"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "DispatchPolicy",
+    "JoblibWorkers",
+    "default_policy",
+    "joblib_backend",
+    "workers_for",
+]
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,39 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def joblib_backend(name: str | None) -> Iterator[None]:
+    """Where the joblib backend is picked: ``check(backend=name)`` runs inside this block.
+
+    None leaves joblib's configuration as it is (``joblib.parallel_config`` of the caller, else
+    processes). ``"dask"`` needs an active ``distributed.Client`` (the one ``get_client()``
+    finds: the last one created, or the worker's own inside a task) and raises
+    :class:`InvalidInputError` naming the fix without one.
+    """
+    if name is None:
+        yield
+        return
+    import joblib
+
+    if name == "dask":
+        try:
+            from distributed import get_client
+        except ImportError:
+            raise InvalidInputError(
+                'backend: "dask" needs dask.distributed: pip install "gradprobe[dask]".'
+            ) from None
+        try:
+            get_client()
+        except ValueError:
+            raise InvalidInputError(
+                'backend: "dask" found no active distributed.Client; create one first '
+                '(client = distributed.Client("tcp://host:8786"), or '
+                "distributed.Client(distributed.LocalCluster()) on this machine)."
+            ) from None
+    with joblib.parallel_config(backend=name):
+        yield
+
+
 def workers_for(n_jobs: Any) -> int:
     """The number of workers ``n_jobs`` resolves to under the current joblib configuration."""
     if isinstance(n_jobs, int) and n_jobs == 1:
@@ -174,7 +215,6 @@ class JoblibWorkers:
         self.dispatched = 0  # joblib calls made
         self.in_process = 0  # calls kept in this process
         self.worker_ids: set[str] = set()
-        self.warnings: list[str] = []
         #: Why ``n_jobs="auto"`` kept everything in this process although workers would pay.
         self.kept_reason = ""
         self._entered = False

@@ -9,7 +9,9 @@ per input) through one seeded random cotangent ``G``: the loss is ``sum vdot(G, 
 - :func:`check_layer`: a stateful layer object with ``forward``/``backward`` methods, its
   parameters and its input (:mod:`.layer`).
 
-:mod:`.outputs` holds what ``check`` is handed: the contraction loss and the guarded backward.
+:mod:`.contraction` holds what ``check`` is handed (the contraction loss and the guarded
+backward) and :mod:`.reduction` the one setup and run of every check here and of the
+framework adapters (:mod:`.adapted`).
 """
 
 from __future__ import annotations

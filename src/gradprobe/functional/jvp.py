@@ -10,13 +10,13 @@ on its first entry that it repeats. The gradient is then handed to ``check`` as 
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from ..checking.preflight import jitter_bar
 from ..errors import (
     CheckAborted,
     GradCheckError,
@@ -24,12 +24,11 @@ from ..errors import (
     LossEvaluationError,
     StatefulGradientError,
 )
-from ..layout import unravel, validate_callable
+from ..layout import ParamLayout, promote_to_float64, unravel, validate_callable
 from ..report.model import Report
-from .outputs import Contraction, Flat, call_user, contract, flatten, same_structure
-from .vjp import JVP, Setup, prepare, run
-
-__all__ = ["check_jvp", "jvp_gradient"]
+from .contraction import Contraction, Flat, call_user, contract, flatten, same_structure
+from .reduction import Setup, prepare, run
+from .vjp import JVP
 
 
 def check_jvp(
@@ -62,26 +61,20 @@ def check_jvp(
     Returns
     -------
     Report
-        One row per input; ``report.timings["jvp"]`` and ``report.settings["jvp_calls"]``
+        One row per input; ``report.timings["jvp"]`` and ``report.measured["jvp_calls"]``
         give the cost of building the gradient.
     """
     roles = JVP
     validate_callable(roles.vjp, jvp)
     setup = prepare(f, inputs, static, cotangent_seed, check_options, roles)
     start = time.perf_counter()
-    timeout = check_options.get("timeout")
-    # The time limit covers building the gradient too (a bad value is left to check()).
-    limited = isinstance(timeout, numbers.Real) and not isinstance(timeout, bool) and timeout > 0
+    timeout = setup.options.timeout  # the time limit covers building the gradient too
     gradient, calls = jvp_gradient(
-        jvp,
-        setup,
-        check_options.get("nondet_tol"),
-        bool(check_options.get("promote")),
-        deadline=time.monotonic() + float(timeout) if limited else None,
+        jvp, setup, deadline=time.monotonic() + timeout if timeout else None
     )
     seconds = time.perf_counter() - start
-    if limited:
-        check_options = {**check_options, "timeout": max(1e-3, float(timeout) - seconds)}
+    if timeout:
+        check_options = {**check_options, "timeout": max(1e-3, timeout - seconds)}
     loss = Contraction(f, setup.static, setup.out, setup.cotangent, setup.batched, roles)
     return run(
         loss,
@@ -90,20 +83,22 @@ def check_jvp(
         setup,
         roles,
         check_options,
-        extra={"jvp_calls": calls},
+        settings={"jvp_calls": calls},
         timings={"jvp": seconds},
     )
 
 
 def jvp_gradient(
-    jvp, setup: Setup, nondet_tol: Any, promote: bool = False, deadline: float | None = None
+    jvp: Callable[..., Any], setup: Setup, deadline: float | None = None
 ) -> tuple[list[np.ndarray], int]:
     """Entry ``i`` of the gradient: ``vdot(G, jvp(x, e_i))``, for every input entry (at the
     inputs cast to float64 with ``promote``, as the check's loss sees them). Past
     ``deadline`` (``time.monotonic()``) it stops with :class:`CheckAborted`."""
     layout, base = setup.layout, setup.base
-    if promote:
-        base = [a.astype(np.float64) if a.dtype.itemsize < 8 else a for a in base]
+    if setup.options.promote:
+        layout, base, _ = promote_to_float64(layout, base)
+    # The jitter accepted between two calls: the check's own rule (nondet_tol, ulp floor).
+    tol = jitter_bar(setup.options.nondet_tol, setup.eps)
     given = [a.copy() for a in base]
     tangents = [np.zeros_like(a) for a in base]
     cotangent = [np.asarray(g, np.float64).reshape(-1) for g in setup.cotangent]
@@ -142,7 +137,7 @@ def jvp_gradient(
                 out = call(p, j)
                 calls += 1
                 if calls == 1:  # once: the same tangent twice must give the same result
-                    _same_twice(out, call(p, j), nondet_tol)
+                    _same_twice(out, call(p, j), tol)
                     calls += 1
             finally:
                 flat_t[j] = 0
@@ -150,7 +145,14 @@ def jvp_gradient(
     return gradient, calls
 
 
-def _unchanged(layout, given, base, tangents, p: int, j: int) -> None:
+def _unchanged(
+    layout: ParamLayout,
+    given: list[np.ndarray],
+    base: list[np.ndarray],
+    tangents: list[np.ndarray],
+    p: int,
+    j: int,
+) -> None:
     changed = [
         n for n, a, b in zip(layout.names, given, base, strict=True) if not np.array_equal(a, b)
     ]
@@ -164,8 +166,7 @@ def _unchanged(layout, given, base, tangents, p: int, j: int) -> None:
         )
 
 
-def _same_twice(first: Flat, second: Flat, nondet_tol: Any) -> None:
-    tol = 1e-12 if nondet_tol is None else float(nondet_tol)
+def _same_twice(first: Flat, second: Flat, tol: float) -> None:
     for name, a, b in zip(first.layout.names, first.arrays, second.arrays, strict=True):
         scale = float(np.max(np.abs(a), initial=0.0))
         if not np.allclose(a, b, rtol=0.0, atol=tol * scale, equal_nan=True):

@@ -20,10 +20,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, StatefulGradientError
 from ..report.model import Report
-from .outputs import Roles
+from .contraction import Roles
 from .vjp import run_vjp_check
-
-__all__ = ["LAYER", "LayerCalls", "check_layer"]
 
 LAYER = Roles(
     f="forward",

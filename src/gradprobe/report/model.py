@@ -19,22 +19,13 @@ import numpy as np
 
 from ..errors import GradientMismatchError
 from . import text
-from .jsonable import jsonable
+from .jsonable import jsonable, split_settings
 from .parts import Coverage, Diagnosis, EntryCheck, float_or_none
 
-__all__ = [
-    "MAX_BAD_INDICES",
-    "MAX_SHOWN_ENTRIES",
-    "SCHEMA_VERSION",
-    "Coverage",
-    "Diagnosis",
-    "EntryCheck",
-    "ParamReport",
-    "Report",
-    "jsonable",
-]
-
-SCHEMA_VERSION = 1
+#: 2: ``measured`` apart from ``settings`` (version 1 files are still read).
+SCHEMA_VERSION = 2
+#: The schema versions :meth:`Report.from_dict` reads.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MAX_SHOWN_ENTRIES = 5
 #: ``ParamReport.bad_indices`` keeps at most this many entries.
 MAX_BAD_INDICES = 100
@@ -60,7 +51,10 @@ class ParamReport:
         Index of the worst entry: the failing entry furthest past its tolerance, or the entry
         with the largest relative error when all pass.
     passed : bool
-        No checked entry failed and no probe found a disagreement.
+        No checked entry failed (kinks excluded), the probes found no disagreement too
+        widespread or too frequent to localize, the analytic gradient is finite and the
+        check finished (a probe's suspicion that the entries do not confirm, or that stays
+        within ``rtol``, does not fail it: :func:`gradprobe.checking.verdict.passes`).
     n_failed : int
         Checked entries that failed (kinks excluded).
     worst_entries : tuple of EntryCheck
@@ -84,7 +78,7 @@ class ParamReport:
         Probes disagreed beyond ``rtol`` in more places than ``bad_indices`` can hold;
         localization stopped at that many entries.
     coverage : Coverage or None
-        Probe and sample coverage, when the probes ran.
+        Probe and sample coverage (None only in a report read from an older file).
     rel_errors : ndarray
         Relative error of every checked entry (for plots; not in ``to_dict``).
     """
@@ -230,7 +224,9 @@ class Report:
     seed : int
         The seed that reproduces the sample and the probes.
     settings : mapping
-        The options in force (method, samples, tolerances, execution...).
+        What was asked, after defaults: the options in force (method, samples, tolerances,
+        n_jobs, timeout...) and, for a vector-valued check, the cotangent's rule
+        (``"cotangent"``) and an adapter's options (``vectorize``, ``jit``).
     n_evaluations : int
         Loss evaluations spent.
     timings : mapping of str to float
@@ -241,6 +237,15 @@ class Report:
         Why the report is partial.
     version : str
         gradprobe's version.
+    measured : mapping
+        What the check measured or decided on its own (never asked):
+        ``loss_noise``/``noise`` (the loss's noise floor and how it was found),
+        ``loss_precision``, ``planned_evaluations``, ``executor`` (where the loss ran), for
+        ``check_jvp`` ``jvp_calls``, and for the framework adapters ``framework``, ``device``,
+        ``x64``, ``vectorization`` (vmap or per entry, and why), ``jitted`` and
+        ``not_checked`` (inputs and outputs left out, and why). Which key belongs here is
+        decided by :func:`gradprobe.report.jsonable.split_settings`: a measurement written
+        into ``settings`` moves here when the report is built.
     """
 
     params: Mapping[str, ParamReport]
@@ -253,9 +258,14 @@ class Report:
     complete: bool = True
     incomplete_reason: str | None = None
     version: str = ""
+    measured: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        asked, found = split_settings(self.settings)
+        object.__setattr__(self, "settings", asked)
+        # A measurement written into settings (a later dataclasses.replace) is the newer one.
+        object.__setattr__(self, "measured", {**self.measured, **found})
 
     @property
     def n_finished(self) -> int:
@@ -292,6 +302,7 @@ class Report:
             "n_evaluations": self.n_evaluations,
             "timings": dict(self.timings),
             "settings": jsonable(dict(self.settings)),
+            "measured": jsonable(dict(self.measured)),
             "warnings": list(self.warnings),
             "params": [p.to_dict() for p in self.params.values()],
         }
@@ -303,22 +314,27 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Report:
-        """Read back what :meth:`to_dict` wrote."""
+        """Read back what :meth:`to_dict` wrote (this schema version or an older one)."""
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"report schema_version: expected {SCHEMA_VERSION}, found {version!r}")
+        if version not in READABLE_SCHEMA_VERSIONS:
+            raise ValueError(
+                f"report schema_version: expected one of {READABLE_SCHEMA_VERSIONS}, found "
+                f"{version!r}"
+            )
+        settings, measured = split_settings(d.get("settings", {}), version)
         params = [ParamReport.from_dict(p) for p in d["params"]]
         return cls(
             params={p.name: p for p in params},
             passed=bool(d["passed"]),
             warnings=tuple(d.get("warnings", ())),
             seed=int(d.get("seed", 0)),
-            settings=d.get("settings", {}),
+            settings=settings,
             n_evaluations=int(d.get("n_evaluations", 0)),
             timings=d.get("timings", {}),
             complete=bool(d.get("complete", True)),
             incomplete_reason=d.get("incomplete_reason"),
             version=d.get("gradprobe_version", ""),
+            measured={**measured, **d.get("measured", {})},
         )
 
     def plot(self, path: Any, **kwargs: Any) -> Any:

@@ -11,8 +11,6 @@ from typing import Any
 
 from .jsonable import jsonable
 
-__all__ = ["Coverage", "Diagnosis", "EntryCheck", "float_or_none"]
-
 
 def float_or_none(x: Any) -> float | None:
     if x is None:

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
 from .files import replacing
 
-if TYPE_CHECKING:  # plot reads reports; it never imports the model at run time (no cycle)
-    from .model import Report
+#: A :class:`~gradprobe.report.model.Report`, read by attribute: plot never imports the model
+#: (the model's ``plot`` method calls in here), so they make no circle.
+Report = Any
 
-__all__ = ["plot_report", "plot_reports"]
 
 #: Relative errors of exactly 0 are drawn here (a log axis has no 0).
 ZERO_FLOOR = 1e-17

@@ -2,27 +2,21 @@
 for each failing parameter, a block in the style of ``numpy.testing.assert_allclose``.
 
 Output is bounded: at most ``max_shown`` entries per failing parameter, whatever its size. This
-module renders what it is given and never imports :mod:`gradprobe.report.model` at run time
-(the model's methods call in here; the limits arrive as arguments).
+module renders what it is given and never imports :mod:`gradprobe.report.model`, not even
+for typing (the model's methods call in here; the limits arrive as arguments).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from .model import ParamReport, Report
-
-__all__ = [
-    "align_columns",
-    "failure_block",
-    "failure_message",
-    "param_table",
-    "report_text",
-    "summary_line",
-]
+#: What is rendered: a :class:`~gradprobe.report.model.Report` and its
+#: :class:`~gradprobe.report.model.ParamReport` rows, read by attribute only. They are named by
+#: these aliases, not imported, so the model (which calls in here) and its text make no circle.
+Report = Any
+ParamReport = Any
 
 
 def _fmt(x: float) -> str:

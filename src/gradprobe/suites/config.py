@@ -2,6 +2,8 @@
 
 The file's shape::
 
+    [run]                 # optional: how the checks are spread (flags override it)
+    jobs = 2              # checks at once on this machine (gradprobe run --jobs)
     [defaults]            # applies to every check unless overridden
     seed = 0
     samples = 64
@@ -86,10 +88,14 @@ class CheckSpec:
 
 @dataclass(frozen=True)
 class Suite:
-    """A suite file's checks, in file order."""
+    """A suite file's checks, in file order (``path`` absolute; ``given`` as the user gave it,
+    which outputs record so that they do not name the machine's folders)."""
 
     path: str
     checks: tuple[CheckSpec, ...]
+    given: str = ""
+    #: The ``[run]`` table: ``jobs`` (checks at once) and ``scheduler`` (a Dask address).
+    run: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -187,6 +193,29 @@ def _check_table(
     return dict(values)
 
 
+def _run_table(src: _Source, values: Any) -> dict[str, Any]:
+    """The ``[run]`` table: how the checks are spread (``gradprobe run`` flags override it)."""
+    if not isinstance(values, dict):
+        raise src.error("run", None, f"expected a table, found {values!r}", "write it as [run]")
+    for key, v in values.items():
+        if key == "jobs":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise src.error(
+                    "run", key, f"expected an int >= 1 (checks at once), found {v!r}", "jobs = 2"
+                )
+        elif key == "scheduler":
+            if not isinstance(v, str) or not v.strip():
+                raise src.error(
+                    "run",
+                    key,
+                    f"expected a Dask scheduler address, found {v!r}",
+                    'scheduler = "tcp://host:8786"',
+                )
+        else:
+            raise src.error("run", key, "unknown key", "use jobs or scheduler")
+    return dict(values)
+
+
 # -- loading --------------------------------------------------------------------------------
 def find_suite(path: str | Path | None = None) -> Path:
     """The suite file: ``path`` (a file or a folder), else ./gradprobe.toml or ./pyproject.toml."""
@@ -261,7 +290,7 @@ def load_suite(path: str | Path | None = None) -> Suite:
         data, prefix = tool["gradprobe"], "tool.gradprobe."
     src = _Source(shown, text, prefix)
     for key in data:
-        if key not in ("defaults", "checks"):
+        if key not in ("defaults", "checks", "run"):
             line = _line_of(text, prefix.rstrip(".") or "defaults", key) if prefix else None
             if not prefix:
                 line = next(
@@ -274,10 +303,11 @@ def load_suite(path: str | Path | None = None) -> Suite:
                 )
             where = f"{shown}:{line}" if line else shown
             raise SuiteConfigError(
-                f"{where}: unknown top-level key {key!r}. Fix: use [defaults] and "
+                f"{where}: unknown top-level key {key!r}. Fix: use [defaults], [run] and "
                 "[checks.NAME] tables only."
             )
     defaults = _check_table(src, "defaults", data.get("defaults", {}), DEFAULT_KEYS)
+    run = _run_table(src, data.get("run", {}))
     checks_table = data.get("checks")
     if not isinstance(checks_table, dict) or not checks_table:
         raise SuiteConfigError(
@@ -312,7 +342,7 @@ def load_suite(path: str | Path | None = None) -> Suite:
                 where,
                 "args",
                 problem,
-                'pass only the function\'s keyword arguments, e.g. args = { bug = "sign" }',
+                f"pass only the function's keyword arguments: {target.args_example()}",
             )
         merged = {**defaults, **values}
         conflict = options_conflict(merged)
@@ -332,4 +362,4 @@ def load_suite(path: str | Path | None = None) -> Suite:
                 isolate=bool(isolate),
             )
         )
-    return Suite(path=str(file), checks=tuple(specs))
+    return Suite(path=str(file), checks=tuple(specs), given=shown, run=MappingProxyType(run))

@@ -22,6 +22,7 @@ signal (the terminal sends one to both processes) cannot interrupt it while it r
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -41,7 +42,16 @@ from .parent_watch import exit_with_parent
 from .stopping import held, stop_name
 from .tracebacks import crash_text
 
-__all__ = ["INTERRUPT_GRACE", "STARTUP_LIMIT", "IsolatedWorker", "run_here", "run_isolated"]
+__all__ = [
+    "INTERRUPT_GRACE",
+    "STARTUP_LIMIT",
+    "CtrlC",
+    "IsolatedWorker",
+    "pack_report",
+    "run_here",
+    "run_isolated",
+    "unpack_report",
+]
 
 ProgressFn = Callable[[int, int], None]
 
@@ -225,6 +235,10 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self._previous)
 
 
+#: Public names for the runners of checks side by side (suites.pool, suites.cluster).
+CtrlC, pack_report, unpack_report = _CtrlC, _pack_report, _unpack_report
+
+
 def _forward_interrupt(proc: Any) -> None:
     try:
         os.kill(proc.pid, signal.SIGINT)
@@ -310,12 +324,19 @@ class IsolatedWorker:
         """Stop the worker (nothing is left running)."""
         self._discard()
 
-    def run(self, spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
-        """Run one check in the worker (started, or replaced, as needed)."""
+    def run(
+        self, spec: CheckSpec, progress: ProgressFn | None, interrupts: Any = None
+    ) -> tuple[str, str, Report | None]:
+        """Run one check in the worker (started, or replaced, as needed).
+
+        ``interrupts``: an object whose ``count`` of Ctrl-Cs this run watches instead of its
+        own SIGINT handler (several checks run side by side share one, counted by the main
+        thread or by a cluster's stop signal)."""
         # Plain dicts: mapping proxies do not pickle.
         spec = dataclasses.replace(spec, args=dict(spec.args), options=dict(spec.options))
         then = "kill"
-        with _CtrlC() as ctrl_c:
+        watch = _CtrlC() if interrupts is None else contextlib.nullcontext(interrupts)
+        with watch as ctrl_c:
             try:
                 self._send(spec, progress is not None)
                 result, then = _watch(spec, self._proc, self._conn, progress, ctrl_c)
@@ -336,10 +357,12 @@ class IsolatedWorker:
         self._conn.send(message)
 
 
-def run_isolated(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
+def run_isolated(
+    spec: CheckSpec, progress: ProgressFn | None, interrupts: Any = None
+) -> tuple[str, str, Report | None]:
     """Run one check in a worker process of its own (stopped when the check ends)."""
     with IsolatedWorker() as worker:
-        return worker.run(spec, progress)
+        return worker.run(spec, progress, interrupts)
 
 
 def _watch(

@@ -5,7 +5,9 @@ The layout follows the common schema that Jenkins, GitLab, GitHub test reporters
 ``errors``, ``skipped`` and ``time`` counts, and per check a ``<testcase classname name time>``
 holding ``<failure>`` (a gradient mismatch or a regression) or ``<error>`` (a crash, a timeout,
 a bad input, Ctrl-C) with the full report as its text, or, for a passing check, the full report in
-``<system-out>``.
+``<system-out>``. A check that never started (Ctrl-C came first) is a testcase holding
+``<skipped>``. The ``classname`` is ``gradprobe.<suite stem>`` (``gradprobe`` alone for a
+``gradprobe.toml`` suite or a ``gradprobe check`` run, not ``gradprobe.gradprobe``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def junit_xml(
         with regressions becomes a ``<failure type="regression">``.
     """
     regressions = regressions or {}
+    doubled = name == "gradprobe" or name.startswith("gradprobe.")
+    classname = name if doubled else f"gradprobe.{name}"
     root = ET.Element("testsuites", name="gradprobe")
     suite = ET.SubElement(root, "testsuite", name=name)
     props = ET.SubElement(suite, "properties")
@@ -82,7 +86,7 @@ def junit_xml(
         counts["tests"] += 1
         total_time += o.duration
         case = ET.SubElement(
-            suite, "testcase", classname=f"gradprobe.{name}", name=o.name, time=f"{o.duration:.3f}"
+            suite, "testcase", classname=classname, name=o.name, time=f"{o.duration:.3f}"
         )
         attrs: dict[str, Any]
         if o.status == "failed":
@@ -110,6 +114,13 @@ def junit_xml(
             )
         if o.report is not None and o.status == "passed":
             ET.SubElement(case, "system-out").text = _details(o)
+    for skipped in result.not_run:
+        counts["tests"] += 1
+        counts["skipped"] += 1
+        case = ET.SubElement(suite, "testcase", classname=classname, name=skipped, time="0.000")
+        ET.SubElement(
+            case, "skipped", message="not run: the run was interrupted (Ctrl-C) before it started"
+        )
     suite.set("tests", str(counts["tests"]))
     suite.set("failures", str(counts["failures"]))
     suite.set("errors", str(counts["errors"]))

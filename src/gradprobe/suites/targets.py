@@ -90,11 +90,11 @@ class Target:
                     f"({exc}); save it as UTF-8 or declare its encoding on its first line "
                     "(# -*- coding: latin-1 -*-)."
                 ) from None
-            names = _module_level_names(tree)
-            if self.function not in names:
+            if self.function not in _module_level_names(tree):
+                functions = _module_level_functions(tree)
                 raise InvalidInputError(
                     f"target {self.text!r}: {self.file} defines no module-level "
-                    f"{self.function!r}; functions there: {sorted(names) or 'none'}."
+                    f"{self.function!r}; functions there: {functions or 'none'}."
                 )
             return
         assert self.module is not None
@@ -174,6 +174,26 @@ class Target:
             return f"{where} needs the argument(s) {missing} (no default)"
         return None
 
+    def args_example(self, style: str = "toml") -> str:
+        """How to pass the target function's own keyword arguments, from its ``def`` (each
+        with its default where that is a literal): ``args = { scale = 1.5 }`` (``style``
+        "toml") or ``--arg scale=1.5`` ("cli"); a neutral text when the ``def`` cannot be
+        read or takes no arguments."""
+        found = self._definition()
+        pairs: list[tuple[str, Any]] = []
+        if found is not None:
+            a = found[0].args
+            positional = [*a.args]
+            defaults: list[Any] = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+            pairs = list(zip((x.arg for x in positional), defaults, strict=True))
+            pairs += list(zip((x.arg for x in a.kwonlyargs), a.kw_defaults, strict=True))
+        if not pairs:
+            return "no args (the function takes none)" if found is not None else "its own names"
+        shown = [(name, _literal(node)) for name, node in pairs]
+        if style == "cli":
+            return " ".join(f"--arg {name}={value}" for name, value in shown)
+        return "args = { " + ", ".join(f"{name} = {value}" for name, value in shown) + " }"
+
     def _definition(self) -> tuple[ast.FunctionDef | ast.AsyncFunctionDef, str] | None:
         path = self.file
         if path is None and self.module is not None:
@@ -211,6 +231,28 @@ def _signature_text(func: Any) -> str:
         return str(inspect.signature(func))
     except (TypeError, ValueError):
         return "(...)"
+
+
+def _literal(node: ast.expr | None) -> str:
+    """A TOML/JSON-ready text of a default value (a placeholder when it is not a literal)."""
+    import json
+
+    if node is None:
+        return "..."
+    try:
+        value = ast.literal_eval(node)
+    except ValueError:
+        return "..."
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return "..." if value is None else json.dumps(value)
+    return "..."
+
+
+def _module_level_functions(tree: ast.Module) -> list[str]:
+    """The functions defined at module level (what a target may name), sorted."""
+    return sorted(
+        {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    )
 
 
 def _module_level_names(tree: ast.Module) -> set[str]:

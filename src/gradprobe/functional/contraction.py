@@ -1,4 +1,4 @@
-"""What :func:`gradprobe.check` is handed for a vector-valued function: its loss and gradient.
+"""The contraction: what :func:`gradprobe.check` is handed for a vector-valued function.
 
 :class:`Contraction` is the scalar loss ``sum over output leaves of vdot(G, f(x))`` for a fixed
 cotangent ``G`` (``B`` of them per call with ``batched=True``); :class:`Backward` calls the
@@ -22,20 +22,6 @@ import numpy as np
 
 from ..errors import GradCheckError, InvalidInputError
 from ..layout import ParamLayout, normalize_params
-
-__all__ = [
-    "IN_CALLER_TERMS",
-    "Backward",
-    "Contraction",
-    "Flat",
-    "Roles",
-    "call_user",
-    "contract",
-    "flatten",
-    "freeze_static",
-    "same_structure",
-]
-
 
 #: Attribute set on the errors raised here, inside the check's loss and grad: their message
 #: already speaks of f, vjp and the cotangent (not of the check's loss and grad).
