@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 FLOAT_KINDS = ("f",)
+#: Largest parameter entry checked (2**500, ~3.3e150): beyond it the squares of float64 steps
+#: overflow.
+MAX_MAGNITUDE = 2.0**500
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ def _check_float_array(
     name: str, value: Any, what: str, *, integers_are_values: bool = False
 ) -> np.ndarray:
     _reject_framework_array(value, f"{what} {name!r}")
+    _reject_subclass(name, value, what)
     if not isinstance(value, np.ndarray):
         if isinstance(value, numbers.Number) or hasattr(value, "__array__"):
             value = np.asarray(value)
@@ -135,6 +139,49 @@ def _check_float_array(
             f"{value.shape}. Leave empty parameters out of the check."
         )
     return value
+
+
+def _reject_subclass(name: str, value: Any, what: str) -> None:
+    """Refuse an ndarray subclass whose meaning a plain copy would lose (a mask, ``*`` as a
+    matrix product, units...): the loss would see a plain array. ``np.memmap`` is a plain
+    array on disk and is accepted; a gradient may be any subclass but a masked one."""
+    if not isinstance(value, np.ndarray) or type(value) is np.ndarray:
+        return
+    if isinstance(value, np.ma.MaskedArray):
+        raise InvalidInputError(
+            f"{what} {name!r}: expected a plain numpy array, found a masked array "
+            "(np.ma.MaskedArray): its mask would be lost, and masked entries checked as "
+            "numbers. Pass x.filled(fill) (or np.asarray(x)) and hold the mask as a "
+            "non-float leaf of the tree (a bool array), applying it in the loss."
+        )
+    if what != "parameter" or isinstance(value, np.memmap):
+        return
+    fix = (
+        "np.asarray(m), and @ for the matrix product in the loss"
+        if isinstance(value, np.matrix)
+        else "np.asarray(x), with the loss working on plain arrays"
+    )
+    raise InvalidInputError(
+        f"{what} {name!r}: expected a plain numpy array, found the ndarray subclass "
+        f"{type(value).__module__}.{type(value).__name__}: the check perturbs plain copies, "
+        f"so the loss would get plain arrays and lose what the subclass means. Pass {fix}."
+    )
+
+
+def _check_magnitude(name: str, arr: np.ndarray) -> None:
+    """Entries beyond :data:`MAX_MAGNITUDE` cannot be checked faithfully in float64: squares
+    and sums of their steps overflow."""
+    if arr.dtype.itemsize < 8:  # float16/32 values are far inside float64's range
+        return
+    big = np.abs(arr) > MAX_MAGNITUDE
+    if np.any(big):
+        at = np.argwhere(big)[0]
+        raise InvalidInputError(
+            f"parameter {name!r}: expected entries of magnitude up to {MAX_MAGNITUDE:.3g}, "
+            f"found {float(arr[tuple(at)]):g} at index {tuple(int(i) for i in at)}: the squares and "
+            "sums of finite differences at that scale overflow float64. Rescale the parameter "
+            "(check the loss of x * 2**-k and its gradient)."
+        )
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
@@ -271,6 +318,7 @@ def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
                 f"parameter {name!r}: expected finite values, found {arr[tuple(bad)]} at index "
                 f"{tuple(int(i) for i in bad)}. Check the model's initialization."
             )
+        _check_magnitude(name, arr)
         arrays.append(np.array(arr, dtype=arr.dtype, order="C", copy=True))
     layout = ParamLayout(
         names=tuple(name for name, _ in flat.params),

@@ -100,11 +100,28 @@ def _positive(name: str) -> Callable[[Any, Sequence[str] | None], float | None]:
     return check
 
 
+def _rtol(value: Any, names: Sequence[str] | None) -> float | None:
+    # An entry passes when |a - n| <= rtol * (|a| + |n|) + ...; |a - n| never exceeds
+    # |a| + |n|, so rtol >= 1 would pass every gradient (a sign-flipped one too).
+    rtol = validate_positive("rtol", value)
+    if rtol is not None and rtol >= 1.0:
+        raise InvalidInputError(
+            f"rtol: expected a number below 1 (e.g. 1e-5; 0.1 is very loose), found {value!r}: "
+            "an entry passes when |a - n| <= rtol * (|a| + |n|), which holds for every "
+            "gradient once rtol >= 1, a sign-flipped one included."
+        )
+    return rtol
+
+
 def _atol(value: Any, names: Sequence[str] | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise InvalidInputError(f"atol: expected a number >= 0, found {value!r}.")
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and 0 <= value < math.inf):
+        raise InvalidInputError(
+            f"atol: expected a finite number >= 0, found {value!r}"
+            + (": an infinite atol passes every gradient." if real and value > 0 else ".")
+        )
     return float(value)
 
 
@@ -276,7 +293,7 @@ _TABLE = (
         from_text=samples_from_text,
     ),
     Option("eps", None, _positive("eps"), "relative step", toml_example="eps = 1e-5"),
-    Option("rtol", None, _positive("rtol"), "relative tolerance", toml_example="rtol = 1e-5"),
+    Option("rtol", None, _rtol, "relative tolerance (< 1)", toml_example="rtol = 1e-5"),
     Option("atol", None, _atol, "absolute tolerance", toml_example="atol = 0.0"),
     Option(
         "method",
