@@ -38,7 +38,7 @@ def test_the_cs231n_pair_passes_named_after_forwards_arguments():
     report = gradprobe.check_forward_backward(affine_forward, affine_backward, (X, W, B))
     assert report.passed, str(report)
     assert list(report.params) == ["x", "w", "b"]
-    assert report.settings["cotangent"] == "normal(seed=0)"
+    assert report.settings["cotangent"] == "standard normal, seed 0: loss = sum(G * forward(x))"
 
 
 def test_forward_runs_once_per_evaluation():

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InvalidInputError, raised_at_the_call
 from ..layout import argument_names, validate_callable
 from ..report.model import Report
-from .outputs import Roles
+from .contraction import Roles
 from .vjp import run_vjp_check
 
 __all__ = ["check_forward_backward"]
