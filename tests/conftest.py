@@ -20,3 +20,15 @@ def _dispatch_every_parallel_call(monkeypatch):
 
     policy = replace(parallel.DEFAULT_POLICY, min_dispatch_seconds=0.0, process_start_seconds=0.0)
     monkeypatch.setattr(parallel, "DEFAULT_POLICY", policy)
+
+
+@pytest.fixture(autouse=True)
+def _no_workers_between_tests():
+    """Process workers outlive a check (the next check reuses them): stop any a test left, so
+    each test starts with none (cheap when none run)."""
+    yield
+    import sys
+
+    pool = sys.modules.get("gradprobe.evaluate.pool")
+    if pool is not None and pool.pool_alive():
+        pool.shutdown_workers()

@@ -4,8 +4,9 @@
 >>> report = gradprobe.check(loss, grad, params)   # doctest: +SKIP
 >>> print(report)                                   # doctest: +SKIP
 
-``check``, ``check_vjp``, ``check_jvp``, ``check_hvp``, ``check_layer``, ``sweep`` and
-``keep_workers`` load their modules (and numba) on first use, so that
+``check``, ``check_vjp``, ``check_jvp``, ``check_hvp``, ``check_layer``,
+``check_forward_backward``, ``sweep``, ``keep_workers`` and ``shutdown_workers`` load their
+modules (and numba) on first use, so that
 importing the package, or its pytest plugin at every pytest start, stays cheap.
 
 The public API is the names in ``__all__`` (and ``gradprobe.testing``, ``gradprobe.examples``,
@@ -33,17 +34,25 @@ from .suites.problem import Problem
 
 if TYPE_CHECKING:
     from .api import check
-    from .evaluate import keep_workers
-    from .functional import check_hvp, check_jvp, check_layer, check_vjp
+    from .evaluate import keep_workers, shutdown_workers
+    from .functional import (
+        check_forward_backward,
+        check_hvp,
+        check_jvp,
+        check_layer,
+        check_vjp,
+    )
     from .sweep import SweepResult, sweep
 
 _LAZY = {
     "check": "api",
+    "check_forward_backward": "functional",
     "check_hvp": "functional",
     "check_jvp": "functional",
     "check_layer": "functional",
     "check_vjp": "functional",
     "keep_workers": "evaluate",
+    "shutdown_workers": "evaluate",
     "sweep": "sweep",
     "SweepResult": "sweep",
 }
@@ -65,11 +74,13 @@ __all__ = [
     "SweepResult",
     "__version__",
     "check",
+    "check_forward_backward",
     "check_hvp",
     "check_jvp",
     "check_layer",
     "check_vjp",
     "keep_workers",
+    "shutdown_workers",
     "sweep",
 ]
 

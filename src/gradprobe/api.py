@@ -17,11 +17,12 @@ import numpy as np
 from ._version import __version__
 from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
-from .checking.parameter import Evidence, gather_evidence
+from .checking.parameter import Evidence, EvidenceSink, gather_evidence
+from .checking.plan import plan_for, planned_evaluations
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.promotion import floor_left, verify_in_float64
 from .checking.verdict import build_report, floor_warnings, passes
-from .errors import CheckAborted, GradCheckError, InvalidInputError
+from .errors import CheckAborted, GradCheckError, InvalidInputError, raised_at_the_call
 from .evaluate import Evaluator, make_evaluator
 from .evaluate.parallel import joblib_backend
 from .evaluate.watchdog import hard_deadline
@@ -32,7 +33,7 @@ from .layout import (
     promote_to_float64,
     validate_callable,
 )
-from .numerics.steps import EVALUATIONS_PER_ENTRY, default_relative_step
+from .numerics.steps import default_relative_step
 from .numerics.tolerances import loss_epsilon, precision_dtype, tolerance_for
 from .options import (
     DEFAULT_PROBES,
@@ -42,19 +43,12 @@ from .options import (
     validate_options,
 )
 from .report.model import Diagnosis, Report
+from .report.text import cost_notice
 
-__all__ = ["DEFAULT_SAMPLES", "check"]
-
-
-def _sample_plans(layout: ParamLayout, options: CheckOptions) -> list[tuple[int, int | None]]:
-    """Per parameter, entries checked one by one at first and the size the sample grows to
-    where the evidence disagrees (resolved once, for the work and the plan)."""
-    return [
-        options.samples[name].plan(size, bool(options.probes))
-        for name, size in zip(layout.names, layout.sizes, strict=True)
-    ]
+__all__ = ["DEFAULT_SAMPLES", "check", "planned_evaluations"]
 
 
+@raised_at_the_call
 def check(
     loss: Callable[[Any], Any],
     grad: Any,
@@ -76,6 +70,7 @@ def check(
     slice_probes: bool = False,
     backend: str | None = None,
     nondet_tol: float | None = None,
+    thread_safe: bool = False,
 ) -> Report:
     """Check an analytic gradient against finite differences (``method``: central, Richardson
     extrapolation or the complex step).
@@ -155,6 +150,13 @@ def check(
         noise floor (differences below it are noise, not gradient errors). Default 1e-12 (never
         below 16 ulps of the loss's dtype), with a warning when jitter is found; passing it
         silences the warning.
+    thread_safe : bool
+        The loss may run in several threads at once: it keeps no state between calls (no
+        cached forward, no list appended to, no shared buffer written). Under
+        ``n_jobs="auto"`` the check then measures in the pre-flight whether calls run in
+        parallel on threads (numpy/BLAS code releases the GIL) and uses threads, each with its
+        own copy of the parameters, where they do: no start-up, no pickling.
+        ``report.measured["executor"]`` says which ran and why. Default False: processes.
 
     Before any perturbation, the loss is evaluated a second time at the base point and the
     grad function called a second time (pre-flight): values differing beyond ``nondet_tol``
@@ -203,6 +205,7 @@ def check(
         slice_probes=slice_probes,
         backend=backend,
         nondet_tol=nondet_tol,
+        thread_safe=thread_safe,
     )
     with joblib_backend(options.backend):  # where the workers come from (docs/scaling.md)
         report = _checked(_Run(loss, grad, layout, base, options, start), options)
@@ -262,16 +265,9 @@ class _Run:
         self.loss_eps = loss_epsilon(layout.dtypes)
         self.deadline = None if options.timeout is None else time.monotonic() + options.timeout
         self.timings: dict[str, float] = {"compile": 0.0}  # the numba kernel path's, if used
-        self.sample_plans = _sample_plans(layout, options)
-        #: Loss evaluations the parameters' checks plan before any disagreement.
-        self.planned = sum(
-            planned_evaluations(
-                first, size, options.probes, options.slice_probes, shape, options.method
-            )
-            for (first, _), size, shape in zip(
-                self.sample_plans, layout.sizes, layout.shapes, strict=True
-            )
-        )
+        #: The plan of evaluations: settings, progress, the cost line and the workers read it.
+        self.plan = plan_for(layout, options)
+        self.planned = self.plan.evaluations
         self.evaluator = make_evaluator(
             loss,
             layout,
@@ -281,8 +277,8 @@ class _Run:
             budget=options.budget,
             deadline=self.deadline,
             progress=options.progress,
-            # base, pre-flight, first samples
             planned_evaluations=2 + self.planned,  # base and pre-flight, then the plan
+            thread_safe=options.thread_safe,
         )
         self.timings["compile"] += self.evaluator.compile_seconds
         # One seed per parameter, and one more for the noise estimate's direction.
@@ -290,6 +286,9 @@ class _Run:
         self.noise_info: dict[str, Any] = {}
         self.contexts: dict[str, ParamCheck] = {}
         self.evidence: dict[str, Evidence] = {}
+        #: The parameter being checked and the sink its finished blocks go into: a check
+        #: stopped part-way reports them (:meth:`report`).
+        self.unfinished: tuple[str, EvidenceSink] | None = None
         self.diagnoses: dict[str, Diagnosis] = {}
         self.nonfinite: Mapping[str, np.ndarray] = {}
 
@@ -300,6 +299,9 @@ class _Run:
         """Base point, analytic gradient, pre-flight; each parameter's context."""
         evaluator, layout = self.evaluator, self.layout
         base_value = base_loss(evaluator)
+        # The plan by the base point's timing: workers that will pay start in the background
+        # now, while the gradient and the pre-flight run; decided again on the refined timing.
+        evaluator.plan(self.planned)
         analytic = analytic_gradient(self.grad, layout, self.base)
         checked = run_preflight(
             evaluator,
@@ -311,6 +313,7 @@ class _Run:
             nondet_tol=self.options.nondet_tol,
         )
         self.nonfinite = checked.nonfinite
+        evaluator.plan(self.planned)
         noise = checked.noise
         # The precision the loss is really computed in (coarser than the parameters' for a
         # float32 loss of float64 parameters): it sets the default step and rtol.
@@ -337,13 +340,15 @@ class _Run:
         workers = max(1, getattr(self.evaluator.placement, "n_workers", 1))
         predicted = planned * seconds / (workers if planned * seconds > 1.0 else 1)
         self.timings["predicted"] = predicted
-        if predicted > ANNOUNCE_SECONDS and sys.stderr.isatty():
-            print(
-                f"gradprobe: this check will take about {_duration(predicted)} "
-                f"({planned:,} loss evaluations of ~{seconds * 1e3:.3g} ms); pass samples=, "
-                "timeout= or budget= to bound it.",
-                file=sys.stderr,
-            )
+        if predicted > ANNOUNCE_SECONDS:
+            o = self.options
+            notice = cost_notice(predicted, planned, seconds, o.timeout, o.budget)
+            # A progress display prints it on a line of its own, never on its bar's line.
+            display = getattr(o.progress, "notice", None)
+            if callable(display):
+                display(notice)
+            elif sys.stderr.isatty():
+                print(notice, file=sys.stderr)
 
     def gather_evidence(self) -> None:
         """Each parameter's sample, probes and bisection."""
@@ -354,24 +359,20 @@ class _Run:
         for p, name in enumerate(names):
             if callable(announce):
                 announce(name, p, len(names))
-            first, grow_to = self.sample_plans[p]
-            try:
-                evidence = gather_evidence(
-                    self.contexts[name],
-                    first,
-                    np.random.default_rng(self.seeds[p]),
-                    probes=self.options.probes,
-                    slice_probes=self.options.slice_probes,
-                    nonfinite=self.nonfinite.get(name),
-                    grow_to=grow_to,
-                )
-            except (CheckAborted, KeyboardInterrupt) as exc:
-                # Stopped on the way: keep the entries this parameter finished.
-                partial = getattr(exc, "partial_evidence", None)
-                if partial is not None:
-                    self.evidence[name] = partial
-                raise
-            self.evidence[name] = evidence
+            plan = self.plan.params[p]
+            sink = EvidenceSink(self.contexts[name], self.nonfinite.get(name))
+            self.unfinished = (name, sink)
+            self.evidence[name] = gather_evidence(
+                self.contexts[name],
+                plan.first,
+                np.random.default_rng(self.seeds[p]),
+                probes=self.options.probes,
+                slice_probes=self.options.slice_probes,
+                nonfinite=self.nonfinite.get(name),
+                grow_to=plan.grow_to,
+                sink=sink,
+            )
+            self.unfinished = None
 
     def diagnose(self) -> None:
         """The likely cause of each failing parameter."""
@@ -382,6 +383,12 @@ class _Run:
     def report(self, incomplete: str | None = None) -> Report:
         """The report of what was done (partial, with the reason, when ``incomplete``)."""
         self.timings["total"] = time.perf_counter() - self.start
+        if incomplete is not None and self.unfinished is not None:
+            # Stopped inside a parameter: keep the entries it finished.
+            name, sink = self.unfinished
+            partial = sink.partial()
+            if partial is not None:
+                self.evidence[name] = partial
         for name, ev in self.evidence.items():
             self.timings[f"param:{name}"] = ev.seconds
         results = {
@@ -429,30 +436,6 @@ def _context(
 ANNOUNCE_SECONDS = 60.0
 
 
-def planned_evaluations(
-    first: int,
-    size: int,
-    probes: int,
-    slice_probes: bool,
-    shape: tuple[int, ...],
-    method: str = "central",
-) -> int:
-    """Loss evaluations one parameter's check plans before any disagreement (per sampled
-    entry, the method's :data:`~gradprobe.numerics.steps.EVALUATIONS_PER_ENTRY`; for a sampled
-    parameter 2 per probe plus 4 for the pilot, and 2 per row with ``slice_probes``);
-    retries, bisection and growth come on top where evidence disagrees."""
-    total = EVALUATIONS_PER_ENTRY[method] * first
-    if probes and first < size:
-        total += 4 + 2 * probes + (2 * shape[0] if slice_probes and shape else 0)
-    return total
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _timeout_message(timeout: float) -> str:
@@ -494,6 +477,11 @@ def _precision_warnings(
     ]
 
 
+#: How the float32 warning says to check in float64; an adapter whose framework needs another
+#: step first (JAX without x64) replaces it with the form that works there.
+PROMOTE_ADVICE = "check(..., promote=True) casts them for the check"
+
+
 def _dtype_warnings(layout: ParamLayout) -> list[str]:
     out = []
     for dtype in sorted({dt for dt in layout.dtypes if np.finfo(dt).bits < 64}, key=str):
@@ -503,7 +491,6 @@ def _dtype_warnings(layout: ParamLayout) -> list[str]:
         out.append(
             f"parameters {names} are {dtype}, lower than float64 precision: finite differences "
             f"in {dtype} resolve only ~{digits} significant digits, so tolerances are loosened; "
-            "check in float64 when the loss allows it (check(..., promote=True) casts them for "
-            "the check)."
+            f"check in float64 when the loss allows it ({PROMOTE_ADVICE})."
         )
     return out

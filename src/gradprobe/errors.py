@@ -23,7 +23,9 @@ before the failure.
 from __future__ import annotations
 
 import functools
-from typing import Any
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = [
     "CheckAborted",
@@ -34,7 +36,10 @@ __all__ = [
     "NondeterministicLossError",
     "StatefulGradientError",
     "SuiteConfigError",
+    "raised_at_the_call",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class GradCheckError(Exception):
@@ -126,3 +131,25 @@ class CheckAborted(GradCheckError):
         # ``reason`` is keyword-only: without this, a pickled CheckAborted (an evaluator
         # sends errors back as pickles) fails to load and came back as a RuntimeError.
         return (functools.partial(type(self), reason=self.reason), self.args, self.__dict__)
+
+
+def raised_at_the_call(fn: F) -> F:
+    """Make a public function raise gradprobe's errors from the caller's line.
+
+    The traceback of an error gradprobe raises then shows the user's call and the message,
+    not the frames of gradprobe's pipeline that found the problem (an error's cause, such as
+    the exception a loss raised, keeps its own traceback). ``GRADPROBE_TRACEBACK=full`` in the
+    environment keeps every frame, for debugging gradprobe itself.
+    """
+
+    @functools.wraps(fn)
+    def public(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GradCheckError as error:
+            if os.environ.get("GRADPROBE_TRACEBACK") == "full":
+                raise
+            error.__traceback__ = None
+            raise error  # gradprobe's frames are left out; GRADPROBE_TRACEBACK=full shows them
+
+    return public  # type: ignore[return-value]

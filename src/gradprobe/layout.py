@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from .tree import TreeDef, check_held_by_path, flatten, match, unflatten
 
 __all__ = [
     "ParamLayout",
+    "argument_names",
     "as_scalar_loss",
     "describe_fixed",
     "normalize_gradient",
@@ -31,6 +33,9 @@ __all__ = [
 ]
 
 FLOAT_KINDS = ("f",)
+#: Largest parameter entry checked (2**500, ~3.3e150): beyond it the squares of float64 steps
+#: overflow.
+MAX_MAGNITUDE = 2.0**500
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ def _check_float_array(
     name: str, value: Any, what: str, *, integers_are_values: bool = False
 ) -> np.ndarray:
     _reject_framework_array(value, f"{what} {name!r}")
+    _reject_subclass(name, value, what)
     if not isinstance(value, np.ndarray):
         if isinstance(value, numbers.Number) or hasattr(value, "__array__"):
             value = np.asarray(value)
@@ -133,6 +139,49 @@ def _check_float_array(
             f"{value.shape}. Leave empty parameters out of the check."
         )
     return value
+
+
+def _reject_subclass(name: str, value: Any, what: str) -> None:
+    """Refuse an ndarray subclass whose meaning a plain copy would lose (a mask, ``*`` as a
+    matrix product, units...): the loss would see a plain array. ``np.memmap`` is a plain
+    array on disk and is accepted; a gradient may be any subclass but a masked one."""
+    if not isinstance(value, np.ndarray) or type(value) is np.ndarray:
+        return
+    if isinstance(value, np.ma.MaskedArray):
+        raise InvalidInputError(
+            f"{what} {name!r}: expected a plain numpy array, found a masked array "
+            "(np.ma.MaskedArray): its mask would be lost, and masked entries checked as "
+            "numbers. Pass x.filled(fill) (or np.asarray(x)) and hold the mask as a "
+            "non-float leaf of the tree (a bool array), applying it in the loss."
+        )
+    if what != "parameter" or isinstance(value, np.memmap):
+        return
+    fix = (
+        "np.asarray(m), and @ for the matrix product in the loss"
+        if isinstance(value, np.matrix)
+        else "np.asarray(x), with the loss working on plain arrays"
+    )
+    raise InvalidInputError(
+        f"{what} {name!r}: expected a plain numpy array, found the ndarray subclass "
+        f"{type(value).__module__}.{type(value).__name__}: the check perturbs plain copies, "
+        f"so the loss would get plain arrays and lose what the subclass means. Pass {fix}."
+    )
+
+
+def _check_magnitude(name: str, arr: np.ndarray) -> None:
+    """Entries beyond :data:`MAX_MAGNITUDE` cannot be checked faithfully in float64: squares
+    and sums of their steps overflow."""
+    if arr.dtype.itemsize < 8:  # float16/32 values are far inside float64's range
+        return
+    big = np.abs(arr) > MAX_MAGNITUDE
+    if np.any(big):
+        at = np.argwhere(big)[0]
+        raise InvalidInputError(
+            f"parameter {name!r}: expected entries of magnitude up to {MAX_MAGNITUDE:.3g}, "
+            f"found {float(arr[tuple(at)]):g} at index {tuple(int(i) for i in at)}: the squares and "
+            "sums of finite differences at that scale overflow float64. Rescale the parameter "
+            "(check the loss of x * 2**-k and its gradient)."
+        )
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
@@ -269,6 +318,7 @@ def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
                 f"parameter {name!r}: expected finite values, found {arr[tuple(bad)]} at index "
                 f"{tuple(int(i) for i in bad)}. Check the model's initialization."
             )
+        _check_magnitude(name, arr)
         arrays.append(np.array(arr, dtype=arr.dtype, order="C", copy=True))
     layout = ParamLayout(
         names=tuple(name for name, _ in flat.params),
@@ -329,6 +379,9 @@ def as_scalar_loss(value: Any, where: str) -> float:
     Accepts Python and numpy scalars, 0-d and one-element arrays, and objects with ``.item()``
     (torch tensors). ``where`` describes the evaluation for the message.
     """
+    kind = type(value)
+    if kind is float or kind is np.float64:  # the common case, first (per evaluation)
+        return float(value)
     if isinstance(value, (bool, np.bool_)):
         raise InvalidInputError(f"loss {where}: expected a real scalar, found a boolean ({value}).")
     if isinstance(value, numbers.Real):
@@ -387,3 +440,26 @@ def promote_to_float64(
     ]
     new_layout = replace(layout, dtypes=tuple(a.dtype for a in arrays))
     return new_layout, arrays, promoted
+
+
+def argument_names(
+    fn: Callable[..., Any], count: int, prefix: str, *, taken: Sequence[str] = ()
+) -> list[str]:
+    """Names for ``count`` arrays passed positionally to ``fn``: the names of its first
+    ``count`` positional parameters (``def f(x, w, b)``), or ``prefix0``, ``prefix1``... where
+    it has none to give (``*args``, a builtin, too few) or they clash with ``taken``."""
+    fallback = [f"{prefix}{i}" for i in range(count)]
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return fallback
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = []
+    for parameter in parameters:
+        if parameter.kind not in positional:
+            break
+        names.append(parameter.name)
+    names = names[:count]
+    if len(names) < count or set(names) & set(taken):
+        return fallback
+    return names

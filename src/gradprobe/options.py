@@ -22,14 +22,10 @@ to this table's.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
-
-import numpy as np
 
 from .errors import InvalidInputError
 from .numerics.steps import METHODS
@@ -40,6 +36,26 @@ from .samples import (
     SampleSpec,
     samples_from_text,
     validate_samples,
+)
+from .validators import (
+    DEFAULT_NONDET_TOL,
+    DEFAULT_PROBES,
+    KNOWN_BACKENDS,
+    _atol,
+    _backend,
+    _budget,
+    _flag,
+    _method,
+    _n_jobs,
+    _nondet_tol,
+    _positive,
+    _probes,
+    _progress,
+    _promote,
+    _rtol,
+    _seed,
+    backend_names,
+    validate_positive,
 )
 
 __all__ = [
@@ -62,150 +78,6 @@ __all__ = [
     "validate_positive",
     "validate_samples",
 ]
-
-#: Random directions probed per parameter by default.
-DEFAULT_PROBES = 2
-DEFAULT_NONDET_TOL = 1e-12  #: relative jitter accepted by default (docs/reliability.md)
-
-
-# -- one validator per kind -------------------------------------------------------------------
-def validate_positive(name: str, value: Any, *, allow_none: bool = True) -> float | None:
-    """A finite positive real, or None when allowed."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidInputError(
-            f"{name}: expected a positive number, found {value!r} ({type(value).__name__})."
-        )
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidInputError(f"{name}: expected a finite number > 0, found {value!r}.")
-    return value
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _seed(value: Any, names: Sequence[str] | None) -> int:
-    if not _is_int(value) or value < 0:
-        raise InvalidInputError(f"seed: expected an int >= 0, found {value!r}.")
-    return int(value)
-
-
-def _positive(name: str) -> Callable[[Any, Sequence[str] | None], float | None]:
-    def check(value: Any, names: Sequence[str] | None) -> float | None:
-        return validate_positive(name, value)
-
-    return check
-
-
-def _atol(value: Any, names: Sequence[str] | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise InvalidInputError(f"atol: expected a number >= 0, found {value!r}.")
-    return float(value)
-
-
-def _nondet_tol(value: Any, names: Sequence[str] | None) -> float | None:
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if value is None or (real and 0 <= value < math.inf):
-        return None if value is None else float(value)
-    expected = "a finite number >= 0 (e.g. 1e-10; None for the default)"
-    raise InvalidInputError(f"nondet_tol: expected {expected}, found {value!r}.")
-
-
-def _method(value: Any, names: Sequence[str] | None) -> str:
-    if value not in METHODS:
-        raise InvalidInputError(f"method: expected one of {list(METHODS)}, found {value!r}.")
-    return str(value)
-
-
-def _n_jobs(value: Any, names: Sequence[str] | None) -> int | str:
-    if isinstance(value, str) and value == "auto":
-        return value
-    if not _is_int(value) or value == 0:
-        raise InvalidInputError(
-            f"n_jobs: expected a nonzero int (-1 = all cores) or 'auto', found {value!r}."
-        )
-    return value
-
-
-def _flag(name: str) -> Callable[[Any, Sequence[str] | None], bool]:
-    def check(value: Any, names: Sequence[str] | None) -> bool:
-        if not isinstance(value, (bool, np.bool_)):
-            raise InvalidInputError(f"{name}: expected True or False, found {value!r}.")
-        return bool(value)
-
-    return check
-
-
-def _promote(value: Any, names: Sequence[str] | None) -> bool | str:
-    if isinstance(value, str) and value == "auto":
-        return "auto"
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidInputError(f"promote: expected True, False or 'auto', found {value!r}.")
-    return bool(value)
-
-
-def _budget(value: Any, names: Sequence[str] | None) -> int | None:
-    if value is None:
-        return None
-    if not _is_int(value) or value < 1:
-        raise InvalidInputError(
-            f"budget: expected an int >= 1 (loss evaluations), found {value!r}."
-        )
-    return int(value)
-
-
-def _progress(value: Any, names: Sequence[str] | None) -> Callable[[int, int], None] | None:
-    if value is not None and not callable(value):
-        raise InvalidInputError(
-            f"progress: expected a callable progress(done, total) or None, found "
-            f"{type(value).__name__}."
-        )
-    return value
-
-
-def _probes(value: Any, names: Sequence[str] | None) -> int:
-    # True and False read as "probes on" (the default count) and "off", as a flag would.
-    if isinstance(value, (bool, np.bool_)):
-        return DEFAULT_PROBES if value else 0
-    if not _is_int(value) or value < 0:
-        raise InvalidInputError(
-            f"probes: expected an int >= 0 (random directions per parameter), True (the "
-            f"default {DEFAULT_PROBES}) or False (none), found {value!r}."
-        )
-    return int(value)
-
-
-#: The joblib backends named in messages (joblib's own, and those it registers on demand).
-KNOWN_BACKENDS = ("loky", "threading", "multiprocessing", "sequential", "dask")
-
-
-def backend_names() -> list[str]:
-    """The backend names ``backend=`` accepts: :data:`KNOWN_BACKENDS` and any registered with
-    ``joblib.register_parallel_backend`` (read when joblib is loaded already)."""
-    import sys
-
-    names = list(KNOWN_BACKENDS)
-    parallel = sys.modules.get("joblib.parallel")
-    if parallel is not None:
-        names += [n for n in sorted(getattr(parallel, "BACKENDS", {})) if n not in names]
-    return names
-
-
-def _backend(value: Any, names: Sequence[str] | None) -> str | None:
-    if value is None:
-        return None
-    choices = backend_names()
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidInputError(
-            f"backend: expected one of {choices} (a joblib backend; 'dask' runs the workers on "
-            f"the active distributed.Client) or None for joblib's default, found {value!r}."
-        )
-    return value
 
 
 # -- reading a --flag -------------------------------------------------------------------------
@@ -276,7 +148,7 @@ _TABLE = (
         from_text=samples_from_text,
     ),
     Option("eps", None, _positive("eps"), "relative step", toml_example="eps = 1e-5"),
-    Option("rtol", None, _positive("rtol"), "relative tolerance", toml_example="rtol = 1e-5"),
+    Option("rtol", None, _rtol, "relative tolerance (< 1)", toml_example="rtol = 1e-5"),
     Option("atol", None, _atol, "absolute tolerance", toml_example="atol = 0.0"),
     Option(
         "method",
@@ -362,6 +234,13 @@ _TABLE = (
         toml_example="nondet_tol = 1e-10",
         from_text=float,
     ),
+    Option(
+        "thread_safe",
+        False,
+        _flag("thread_safe"),
+        "the loss may run in several threads at once (n_jobs='auto' may then use threads)",
+        toml_example="thread_safe = true",
+    ),
 )
 
 #: Every option of :func:`gradprobe.check`, by name, in the order of its signature.
@@ -393,6 +272,7 @@ class CheckOptions:
     slice_probes: bool
     backend: str | None
     nondet_tol: float | None
+    thread_safe: bool
 
 
 def check_option(name: str, value: Any, names: Sequence[str] | None = None) -> Any:
@@ -498,4 +378,5 @@ def settings(options: CheckOptions, executor: str) -> dict[str, Any]:
         "probes": options.probes,
         "slice_probes": options.slice_probes,
         "nondet_tol": options.nondet_tol,
+        "thread_safe": options.thread_safe,
     }

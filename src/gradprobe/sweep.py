@@ -20,7 +20,7 @@ import numpy as np
 from .checking.context import ParamCheck
 from .checking.entries import numeric_entries
 from .checking.preflight import analytic_gradient
-from .errors import InvalidInputError
+from .errors import InvalidInputError, raised_at_the_call
 from .evaluate import make_evaluator
 from .layout import normalize_params, unravel, validate_callable
 from .numerics.steps import default_relative_step
@@ -164,6 +164,7 @@ def _pick_entries(
     return picked
 
 
+@raised_at_the_call
 def sweep(
     loss: Callable[[Any], Any],
     grad: Any,

@@ -25,6 +25,9 @@ __all__ = ["Flat", "TreeDef", "check_held_by_path", "flatten", "match", "unflatt
 
 _TEXT = (str, bytes, bytearray, memoryview)
 _MISSING = object()
+#: Containers nested deeper than this are refused (naming the path), before Python's own
+#: recursion limit would raise a bare RecursionError.
+MAX_DEPTH = 100
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,6 +168,12 @@ def _flatten(
                 raise InvalidInputError(
                     f"params: expected a tree of containers, found {child_path!r} containing "
                     "itself (a cycle). Pass each parameter once, in a tree without cycles."
+                )
+            if len(on_path) >= MAX_DEPTH:
+                shown = child_path if len(child_path) <= 80 else child_path[:80] + "..."
+                raise InvalidInputError(
+                    f"params: expected containers nested at most {MAX_DEPTH} deep, found "
+                    f"deeper ones at {shown!r}. Flatten the tree (a dict of named arrays)."
                 )
             child = _flatten(
                 value, child_kind, child_path, is_param, params, held, on_path | {id(value)}

@@ -40,15 +40,34 @@ def test_statement_reads_as_documented():
         n_probed=200_704,
         n_probes=4,
     )
-    assert "0 of 512 failed: fewer than 0.58% wrong at 95%" in c.statement
-    assert "all 200,704 entries probed (4 directional probes)" in c.statement
-    assert "edges 2, extremes 2, magnitude 254, position 254" in c.statement
+    assert c.statement == (
+        "512 of 200,704 entries (a stratified sample) compared one by one with finite "
+        "differences: all agree; 4 random-direction probes over all 200,704 entries agree; so "
+        "fewer than 0.58% of the entries are wrong (at 95% confidence)"
+    )
+    assert c.strata == {"edges": 2, "extremes": 2, "magnitude": 254, "position": 254}
     assert c.upper_bound == pytest.approx(0.005834, rel=1e-3)
     full = build_coverage(n_total=32, n_sampled=32, n_failed_sampled=3, strata={"all": 32})
-    assert (
-        full.upper_bound == pytest.approx(3 / 32)
-        and "all 32 checked individually, 3 wrong" in full.statement
+    assert full.upper_bound == pytest.approx(3 / 32) and full.statement == (
+        "all 32 entries compared one by one with finite differences: 3 wrong, 29 agree"
     )
+
+
+def test_the_bound_is_stated_for_a_passing_parameter_only():
+    failing = build_coverage(
+        n_total=1024, n_sampled=512, n_failed_sampled=494, strata={"edges": 2, "uniform": 510}
+    )
+    assert "fewer than" not in failing.statement and "494 wrong, 18 agree" in failing.statement
+    # At the round-off floor: counted among those that agree, never among the wrong ones.
+    floor = build_coverage(
+        n_total=512, n_sampled=512, n_failed_sampled=495, strata={"all": 512}, n_unverified=400
+    )
+    assert floor.statement.endswith("495 wrong, 17 agree (only within round-off: unverified)")
+    unverified = build_coverage(
+        n_total=1024, n_sampled=48, n_failed_sampled=0, strata={"a": 24, "b": 24}, n_unverified=48
+    )
+    assert "all agree (only within round-off: unverified)" in unverified.statement
+    assert unverified.upper_bound == 1.0 and "fewer than" not in unverified.statement
 
 
 def test_report_carries_coverage_and_round_trips():
@@ -62,7 +81,7 @@ def test_report_carries_coverage_and_round_trips():
     assert sum(w1.strata.values()) == FIRST_SAMPLE
     assert report.params["b1"].coverage.n_probed == 0  # checked in full: no probes needed
     text = str(report)
-    assert "coverage:" in text and "W1: all 2,048 entries probed" in text
+    assert "coverage:" in text and "random-direction probes over all 2,048 entries agree" in text
     back = gradprobe.Report.from_dict(report.to_dict())
     assert back.params["W1"].coverage == report.params["W1"].coverage
 

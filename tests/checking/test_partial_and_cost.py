@@ -183,4 +183,36 @@ def test_every_entry_checked_one_way_or_another_reads_as_all():
     # 48 sampled, 5 bisected, then grown to the rest (300 - 53 < 512): every entry checked.
     p = gradprobe.check(lambda v: float(np.sum(np.sin(v))), bad, x, n_jobs=1).params["x"]
     assert p.n_failed == 5 and p.n_checked == 300 and p.sampling == "all"
-    assert "all 300 checked individually, 5 wrong" in p.coverage.statement
+    assert "all 300 entries compared one by one with finite differences: 5 wrong" in (
+        p.coverage.statement
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "options"),
+    [
+        ((5000,), {"slice_probes": True}),  # 1-D: no rows to slice (was planned as 10,104)
+        ((40, 30), {"slice_probes": True}),
+        ((40, 30), {"probes": 3}),
+        ((40, 30), {"probes": 0, "samples": 100}),
+        ((12,), {"method": "richardson"}),
+    ],
+)
+def test_the_plan_is_what_a_correct_check_spends(shape, options):
+    """A correct quadratic: nothing disagrees, so what was spent beyond the base point and the
+    pre-flight is the plan, and the progress total is the plan too."""
+    x = np.random.default_rng(3).standard_normal(shape)
+    totals = []
+    report = gradprobe.check(
+        lambda p: float(np.sum(p * p)),
+        lambda p: 2 * p,
+        x,
+        n_jobs=1,
+        progress=lambda done, total: totals.append(total),
+        **options,
+    )
+    plan = report.measured["planned_evaluations"]
+    assert report.passed
+    preflight = report.n_evaluations - plan
+    assert 0 <= preflight <= 2 + 2 * 8  # base, repeat, at most the noise estimate
+    assert totals[0] == plan + 2

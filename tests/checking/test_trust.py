@@ -276,7 +276,7 @@ def test_everything_at_the_noise_floor_is_not_called_verified():
         "nothing was verified" in w and "random upstream gradient" in w for w in report.warnings
     )
     statement = report.params["W"].coverage.statement
-    assert "24 at the round-off floor, unverified" in statement
+    assert "all agree (only within round-off: unverified)" in statement
     assert report.params["W"].coverage.upper_bound == 1.0
 
 

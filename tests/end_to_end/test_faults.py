@@ -107,7 +107,9 @@ def _run(path, fault, **options):
     except (gradprobe.GradCheckError, KeyboardInterrupt) as exc:
         outcome = exc
     assert_bitwise_unchanged(params, saved)
-    assert _workers() <= before, "worker processes left running after the check"
+    # Process workers outlive a check (the next one reuses them); shutdown_workers() ends them.
+    gradprobe.shutdown_workers()
+    assert _workers() <= before, "worker processes left running after shutdown_workers()"
     return outcome
 
 

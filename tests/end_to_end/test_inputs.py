@@ -156,7 +156,7 @@ def test_bad_samples(samples, match):
         ({"seed": -1}, r"seed: expected an int >= 0"),
         ({"method": "backward"}, r"method: expected one of"),
         ({"rtol": 0}, r"rtol: expected"),
-        ({"atol": -1.0}, r"atol: expected a number >= 0"),
+        ({"atol": -1.0}, r"atol: expected a finite number >= 0"),
         ({"budget": 0}, r"budget: expected an int >= 1"),
         ({"timeout": -3}, r"timeout: expected"),
     ],

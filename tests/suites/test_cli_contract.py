@@ -91,7 +91,8 @@ def test_a_write_that_fails_at_the_end_keeps_the_results_and_the_other_files(tmp
         cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "1 passed — exit code 0" in proc.stdout  # the results were printed in full
+    # The results were printed in full, with the exit code the process exits with.
+    assert "1 passed — exit code 2" in proc.stdout
     assert "gradprobe: error: --json out/r.json: could not be written" in proc.stderr
     assert "Traceback" not in proc.stderr
     case = ET.parse(tmp_path / "j.xml").getroot().find("testsuite/testcase")

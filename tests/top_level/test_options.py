@@ -49,6 +49,7 @@ def test_defaults_validate_and_settings_keep_their_keys():
         "probes",
         "slice_probes",
         "nondet_tol",
+        "thread_safe",
     ]
     with pytest.raises(InvalidInputError, match="unknown option"):
         validate_options(("w",), sampels=3)

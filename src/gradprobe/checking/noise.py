@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import GradCheckError, LossEvaluationError
 from ..evaluate import Evaluator, one_blas_thread
+from ..numerics.steps import in_dtype
 from ..numerics.tolerances import NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, ecnoise
 
 __all__ = ["MAX_NOISE_SCALINGS", "NOISE_SCALING", "estimate_loss_noise"]
@@ -34,11 +35,17 @@ def estimate_loss_noise(
     while the smooth part (and any kink crossed) changes the differences far less than the
     noise does. When the loss does not change at all there (computed or rounded more coarsely
     than its parameters: a float32 loss of float64 parameters), the step grows by
-    :data:`NOISE_SCALING` until it does, at most :data:`MAX_NOISE_SCALINGS` times
-    (``NoiseEstimate.step_scale`` says how far).
+    :data:`NOISE_SCALING` until it does, at most :data:`MAX_NOISE_SCALINGS` times and never
+    past the relative size float64's largest step has (``NoiseEstimate.step_scale`` says how
+    far): float32 parameters get one scaling, float16 none.
     """
     estimate = NoiseEstimate(0.0, 0, "flat")
     spent, scale = 0, 1.0
+    # The largest step is the same relative size in every dtype (float64's after all its
+    # scalings): a float32 or float16 loss flat there is flat as in float64, and the step
+    # never grows towards the dtype's range.
+    coarsest = max(float(np.finfo(dt).eps) for dt in evaluator.layout.dtypes)
+    largest = NOISE_SCALING**MAX_NOISE_SCALINGS * float(np.finfo(np.float64).eps)
     # A loss computed (or rounded) more coarsely than its parameters stays flat at a few of
     # their ulps: enlarge the step until it changes, and measure the noise there.
     for _ in range(MAX_NOISE_SCALINGS + 1):
@@ -49,6 +56,8 @@ def estimate_loss_noise(
         unchanged = int(np.count_nonzero(np.diff(values) == 0.0))
         quantized = estimate.status == "inconclusive" and 2 * unchanged >= len(values) - 1
         if estimate.status != "flat" and not quantized:
+            break
+        if scale * NOISE_SCALING * coarsest > largest:
             break
         scale *= NOISE_SCALING
     return replace(estimate, n_evaluations=spent, step_scale=scale)
@@ -104,7 +113,9 @@ def _noise_at(
 
 
 def _shifted(base: np.ndarray, scale: float, direction: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``(base + scale * direction).astype(dtype)`` with one temporary instead of three."""
-    out = np.multiply(direction, scale)
-    out += base
-    return out.astype(dtype, copy=False)
+    """``(base + scale * direction).astype(dtype)`` with one temporary instead of three, kept
+    inside the dtype's range (never an inf from finite parameters)."""
+    with np.errstate(over="ignore"):
+        out = np.multiply(direction, scale)
+        out += base
+    return in_dtype(out, dtype)

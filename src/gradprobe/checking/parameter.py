@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckAborted
 from ..numerics.sampling import Sample, extend_sample, stratified_sample
 from ..numerics.steps import EVALUATIONS_PER_ENTRY
 from .context import ParamCheck
@@ -27,7 +26,7 @@ from .entries import EntryResults, evaluate_entries, merge_entry_results
 from .probes import ProbeOutcome, run_probes
 from .ties import check_ties
 
-__all__ = ["Evidence", "gather_evidence"]
+__all__ = ["Evidence", "EvidenceSink", "gather_evidence"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,47 @@ class Evidence:
     finished: bool = True
 
 
+class EvidenceSink:
+    """Where one parameter's finished blocks go as they finish: owned by the run, which reads
+    :meth:`partial` when the check stops part-way (time limit, budget, Ctrl-C), so nothing is
+    carried on the exception."""
+
+    def __init__(self, ctx: ParamCheck, nonfinite: np.ndarray | None = None) -> None:
+        self.ctx = ctx
+        self.nonfinite = np.empty(0, dtype=np.int64) if nonfinite is None else nonfinite
+        self.blocks: list[EntryResults] = []
+        self.outcome: ProbeOutcome | None = None  # the probes' outcome, once they finished
+        self.start, self.n0 = time.perf_counter(), ctx.evaluator.n_evaluations
+
+    def keep(self, results: EntryResults) -> EntryResults:
+        """Record a finished block of per-entry results (and return it)."""
+        self.blocks.append(results)
+        return results
+
+    def evidence(self, sample: Sample, entries: EntryResults, **more: Any) -> Evidence:
+        """The :class:`Evidence` of ``entries`` checked for ``sample`` so far."""
+        in_sample = np.isin(entries.flat_index, sample.flat_index)
+        return Evidence(
+            sample=sample,
+            entries=entries,
+            n_failed_sampled=int(np.count_nonzero(entries.failed & in_sample)),
+            outcome=self.outcome,
+            nonfinite=self.nonfinite,
+            n_evaluations=self.ctx.evaluator.n_evaluations - self.n0,
+            seconds=time.perf_counter() - self.start,
+            **more,
+        )
+
+    def partial(self) -> Evidence | None:
+        """The entries finished so far, as unfinished evidence (None when no block finished)."""
+        if not self.blocks:
+            return None
+        finished = functools.reduce(merge_entry_results, self.blocks)
+        return self.evidence(
+            Sample(finished.flat_index, {}, self.ctx.size), finished, finished=False
+        )
+
+
 def gather_evidence(
     ctx: ParamCheck,
     n_sample: int,
@@ -72,62 +112,43 @@ def gather_evidence(
     slice_probes: bool,
     nonfinite: np.ndarray | None = None,
     grow_to: int | None = None,
+    sink: EvidenceSink | None = None,
 ) -> Evidence:
     """Check ``n_sample`` stratified entries of ``ctx``'s parameter, then probe every entry
     along ``probes`` random directions (when the sample is not complete) and bisect failures;
     when anything disagreed, extend the sample to ``grow_to`` entries.
 
-    A check stopped on the way (time limit, budget, Ctrl-C) re-raises with the entries
-    finished so far as ``exc.partial_evidence`` (an :class:`Evidence` with ``finished`` False).
+    Each finished block of entries goes into ``sink`` as it finishes (a new one when None):
+    a check stopped on the way (time limit, budget, Ctrl-C) reads the finished entries there
+    (:meth:`EvidenceSink.partial`).
     """
-    start, n0 = time.perf_counter(), ctx.evaluator.n_evaluations
+    sink = EvidenceSink(ctx, nonfinite) if sink is None else sink
     analytic = ctx.analytic_flat.reshape(ctx.shape)
-    nonfinite = np.empty(0, dtype=np.int64) if nonfinite is None else nonfinite
-    done: list[EntryResults] = []  # finished blocks, kept when the check stops
-
-    def evidence(sample: Sample, entries: EntryResults, **more: Any) -> Evidence:
-        in_sample = np.isin(entries.flat_index, sample.flat_index)
-        return Evidence(
-            sample=sample,
-            entries=entries,
-            n_failed_sampled=int(np.count_nonzero(entries.failed & in_sample)),
-            nonfinite=nonfinite,
-            n_evaluations=ctx.evaluator.n_evaluations - n0,
-            seconds=time.perf_counter() - start,
-            **more,
+    sample = stratified_sample(rng, analytic, n_sample)
+    entries = _evaluate_in_blocks(ctx, sample.flat_index, sink)
+    # Probes add nothing where every entry was checked one by one.
+    if probes and not sample.complete:
+        probed = run_probes(
+            ctx, rng, n_directions=probes, slice_probes=slice_probes, checked=entries
         )
-
-    probed: ProbeOutcome | None = None  # the probes' outcome, once they finished
-    try:
-        sample = stratified_sample(rng, analytic, n_sample)
-        entries = _evaluate_in_blocks(ctx, sample.flat_index, done)
-        # Probes add nothing where every entry was checked one by one.
-        if probes and not sample.complete:
-            probed = run_probes(
-                ctx, rng, n_directions=probes, slice_probes=slice_probes, checked=entries
-            )
-            if probed.leaves is not None:
-                entries = merge_entry_results(entries, probed.leaves)
-                done.append(probed.leaves)  # bisection's entries: kept if the check stops
-        if grow_to is not None and grow_to > sample.size and _disagrees(entries, probed, nonfinite):
-            extra, sample_grown = extend_sample(
-                rng, analytic, sample, grow_to - sample.size, checked=entries.flat_index
-            )
-            entries = merge_entry_results(entries, _evaluate_in_blocks(ctx, extra.flat_index, done))
-            sample = sample_grown
-        entries = check_ties(ctx, entries)  # kinks moved together (issue 22)
-        if entries.size == ctx.size and not sample.complete:
-            # The sample and bisection's entries together are every entry: checked in full.
-            sample = stratified_sample(rng, analytic, ctx.size)
-    except (CheckAborted, KeyboardInterrupt) as exc:
-        if done:
-            finished = functools.reduce(merge_entry_results, done)
-            partial = Sample(finished.flat_index, {}, ctx.size)
-            exc.partial_evidence = evidence(  # type: ignore[union-attr]
-                partial, finished, outcome=probed, finished=False
-            )
-        raise
-    return evidence(sample, entries, outcome=probed)
+        sink.outcome = probed
+        if probed.leaves is not None:
+            entries = merge_entry_results(entries, sink.keep(probed.leaves))  # bisection's
+    if (
+        grow_to is not None
+        and grow_to > sample.size
+        and _disagrees(entries, sink.outcome, sink.nonfinite)
+    ):
+        extra, sample_grown = extend_sample(
+            rng, analytic, sample, grow_to - sample.size, checked=entries.flat_index
+        )
+        entries = merge_entry_results(entries, _evaluate_in_blocks(ctx, extra.flat_index, sink))
+        sample = sample_grown
+    entries = check_ties(ctx, entries)  # kinks moved together (issue 22)
+    if entries.size == ctx.size and not sample.complete:
+        # The sample and bisection's entries together are every entry: checked in full.
+        sample = stratified_sample(rng, analytic, ctx.size)
+    return sink.evidence(sample, entries)
 
 
 #: Entries per block of a sample under a time limit or budget: a check stopped by it keeps the
@@ -142,9 +163,9 @@ MIN_TIMED_BLOCK = 16
 
 
 def _evaluate_in_blocks(
-    ctx: ParamCheck, flat_index: np.ndarray, done: list[EntryResults]
+    ctx: ParamCheck, flat_index: np.ndarray, sink: EvidenceSink
 ) -> EntryResults:
-    """:func:`evaluate_entries` block by block, appending each finished block to ``done``.
+    """:func:`evaluate_entries` block by block, each finished block kept in ``sink``.
 
     Under a budget or time limit the entries run in blocks, in a fixed pseudo-random order
     (so the entries finished before a stop are spread over the parameter, not its first
@@ -154,7 +175,7 @@ def _evaluate_in_blocks(
     if ev.budget is None and ev.deadline is None:
         # Nothing will stop the check part-way (but Ctrl-C): one call, which workers share
         # best (a dispatch decision weighs one call's work against starting them).
-        return _keep(done, evaluate_entries(ctx, flat_index))
+        return sink.keep(evaluate_entries(ctx, flat_index))
     block = max(MIN_BLOCK_ENTRIES, -(-flat_index.size // MAX_BLOCKS))
     order = np.random.default_rng(flat_index.size).permutation(flat_index)
     # Evaluations per entry, twice over: room for the retries of disagreeing entries.
@@ -173,15 +194,10 @@ def _evaluate_in_blocks(
             # one evaluation), so a stopped check keeps most of what it evaluated.
             seconds = (ev.deadline - time.monotonic()) / TIME_SLICES
             size = min(size, max(MIN_TIMED_BLOCK, int(seconds / (per_entry * ev.base_seconds))))
-        results.append(_keep(done, evaluate_entries(ctx, np.sort(order[a : a + size]))))
+        results.append(sink.keep(evaluate_entries(ctx, np.sort(order[a : a + size]))))
         a += size
         if a >= order.size:
             return functools.reduce(merge_entry_results, results)
-
-
-def _keep(done: list[EntryResults], results: EntryResults) -> EntryResults:
-    done.append(results)
-    return results
 
 
 def _disagrees(entries: EntryResults, outcome: ProbeOutcome | None, nonfinite: np.ndarray) -> bool:

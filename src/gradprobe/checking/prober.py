@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..numerics.steps import in_dtype
 from ..numerics.tolerances import NOISE_FACTOR
 from .context import ParamCheck
 from .kinks import RETRY_FACTOR, OneSided, classify, retry_passes
@@ -138,8 +139,9 @@ class Prober:
         self.minus = np.empty((k, x.size), dtype=self.dtype)
         for j in range(k):  # row by row: no (k, n) float64 temporaries
             s = step * self.directions[j]
-            self.plus[j] = x + s
-            self.minus[j] = x - s
+            with np.errstate(over="ignore"):  # kept inside the dtype's range (issue 26)
+                self.plus[j] = in_dtype(x + s, self.dtype)
+                self.minus[j] = in_dtype(x - s, self.dtype)
 
     def _sums(self, j: int, lo: int, hi: int) -> tuple[float, float, float, float, float]:
         """Over entries ``lo:hi`` of direction ``j`` at the current step: ``g . d``, its
@@ -313,12 +315,14 @@ def choose_step(ctx: ParamCheck, direction: np.ndarray) -> tuple[float, float]:
     base = ctx.base_flat
     n = base.size
     x = base.astype(np.float64, copy=False)
-    scale = max(1.0, float(np.sqrt(np.mean(x * x))))
+    big = float(np.max(np.abs(x))) if n else 0.0  # an rms by scaled squares: no overflow
+    scale = max(1.0, big * float(np.sqrt(np.mean((x / big) ** 2))) if big > 0 else 1.0)
     h_min = ctx.relative_step * scale
     h_pilot = h_min * n ** (1.0 / 3.0)
     vectors = np.empty((4, n), dtype=base.dtype)
     for r, mult in enumerate((1.0, -1.0, 2.0, -2.0)):
-        vectors[r] = (x + mult * h_pilot * direction).astype(base.dtype)
+        with np.errstate(over="ignore"):  # kept inside the dtype's range (issue 26)
+            vectors[r] = in_dtype(x + mult * h_pilot * direction, base.dtype)
     losses = ctx.evaluator.vector_losses(ctx.param, vectors)
     g = np.asarray(ctx.analytic_flat, dtype=np.float64)
     d1 = vectors[0].astype(np.float64)

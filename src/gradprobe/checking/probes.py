@@ -44,6 +44,7 @@ from ..options import DEFAULT_PROBES
 from ..report.model import MAX_BAD_INDICES
 from .context import ParamCheck
 from .entries import EntryResults, evaluate_entries, merge_entry_results
+from .plan import slice_rows
 from .prober import Probe, Prober, choose_step, random_directions
 
 __all__ = ["ProbeOutcome", "run_probes"]
@@ -162,9 +163,10 @@ def run_probes(
     prober = Prober(ctx, directions, step, truncation)
     prober.n_probes = 2  # the pilot: steps s and 2 s
     ranges = [(0, n, j) for j in range(directions.shape[0])]
-    if slice_probes and len(shape) >= 2 and shape[0] > 1:
-        row = n // shape[0]
-        ranges += [(r * row, (r + 1) * row, 0) for r in range(shape[0])]
+    rows = slice_rows(shape) if slice_probes else 0  # the plan counts the same rows
+    if rows:
+        row = n // rows
+        ranges += [(r * row, (r + 1) * row, 0) for r in range(rows)]
     top = [prober.judge(p) for p in prober.run(ranges, depth=0)]
     failing = [p for p in top if not p.passed]
 

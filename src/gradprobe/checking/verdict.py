@@ -102,9 +102,10 @@ def build_report(
         n_probed=ctx.size if outcome is not None else 0,
         n_probes=outcome.n_probes if outcome is not None else 0,
         n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
-        n_unverified=int(np.count_nonzero(~resolved & ~entries.kink)),
+        n_unverified=int(np.count_nonzero(~resolved & ~entries.kink & ~entries.failed)),
         unfinished=not evidence.finished,
         jump_note=jump_note(entries, ctx.shape),
+        passed=passes(evidence),
         probe_note=(
             probe_note(outcome, ctx.shape)
             if evidence.finished
@@ -185,53 +186,75 @@ def build_coverage(
     jump_note: str = "",
     confidence: float = CONFIDENCE,
     unfinished: bool = False,
+    passed: bool | None = None,
 ) -> Coverage:
-    """Assemble a :class:`~gradprobe.report.Coverage` and its one-line statement.
+    """Assemble a :class:`~gradprobe.report.Coverage` and its statement in words: what was
+    checked, how, and what that guarantees.
 
-    ``n_probe_kinks`` counts probes passed as kinks (their step crossed a non-differentiable
-    point and the analytic slope is a valid subgradient). ``probe_note`` is appended to the
-    statement (what bisection found, or why probes were
-    inconclusive). ``unfinished``: the check stopped part-way through the parameter; its
-    finished entries are no random draw (bisection's are chosen for failing), so no bound.
+    ``n_unverified`` counts entries that passed only within the round-off floor (no evidence
+    either way). ``n_probe_kinks`` counts probes passed as kinks (their step crossed a
+    non-differentiable point and the analytic slope is a valid subgradient). ``probe_note``
+    is appended to the statement (what bisection found, or why probes were inconclusive).
+    ``unfinished``: the check stopped part-way through the parameter; its finished entries
+    are no random draw (bisection's are chosen for failing), so no bound. ``passed`` (default:
+    no sampled entry failed): the bound on the wrong fraction is stated for a passing
+    parameter only (``upper_bound`` holds it either way).
     """
-    parts = []
-    if n_probed:
-        kinks = f", {n_probe_kinks} across kinks" if n_probe_kinks else ""
-        parts.append(f"all {n_probed:,} entries probed ({n_probes} directional probes{kinks})")
+    passed = n_failed_sampled == 0 if passed is None else passed
+    n_agree = n_sampled - min(n_failed_sampled, n_sampled)
     # Entries at the round-off floor passed without evidence: they count for no bound.
-    n_unverified = min(n_unverified, n_sampled)
+    n_unverified = min(n_unverified, n_agree)
     n_verified = n_sampled - n_unverified
-    unverified = f" ({n_unverified:,} at the round-off floor, unverified)" if n_unverified else ""
+    if n_unverified and n_unverified == n_agree:
+        floor = " (only within round-off: unverified)"
+    elif n_unverified:
+        floor = f" ({n_unverified:,} only within round-off: unverified)"
+    else:
+        floor = ""
+    if n_failed_sampled:
+        agree = f"{n_agree:,} agree{'s' * (n_agree == 1)}{floor}"
+        found = f"{n_failed_sampled:,} wrong" + (f", {agree}" if n_agree else "")
+    else:
+        found = f"all agree{floor}"
+    parts = []
     if unfinished:
         upper = 1.0
         parts.append(
-            f"{n_sampled:,} of {n_total:,} checked individually before the stop, "
-            f"{n_failed_sampled:,} wrong{unverified}: no bound on the rest"
+            f"{n_sampled:,} of {n_total:,} entries compared one by one with finite differences "
+            f"before the check stopped: {found}; nothing is claimed for the others (no bound)"
         )
     elif n_sampled >= n_total:
         upper = (n_failed_sampled + n_unverified) / n_total if n_total else 1.0
         parts.append(
-            f"all {n_total:,} checked individually, {n_failed_sampled:,} wrong{unverified}"
+            f"all {n_total:,} entries compared one by one with finite differences: {found}"
         )
     else:
         upper = upper_bound_wrong_fraction(
             n_verified, min(n_failed_sampled, n_verified), confidence
         )
-        by = ", ".join(f"{k} {v}" for k, v in strata.items())
-        parts.append(
-            f"{n_sampled:,} of {n_total:,} checked individually" + (f" ({by})" if by else "")
-        )
+        kind = " (a stratified sample)" if len(strata) > 1 else ""
         if n_sampled:
-            bound = (
-                "cannot bound the wrong fraction"
-                if upper >= 1.0
-                else f"fewer than {_pct(upper)} wrong at {confidence:.0%}"
+            parts.append(
+                f"{n_sampled:,} of {n_total:,} entries{kind} compared one by one with finite "
+                f"differences: {found}"
             )
-            parts.append(f"{n_failed_sampled:,} of {n_sampled:,} failed{unverified}: {bound}")
+        else:
+            parts.append(f"none of {n_total:,} entries compared one by one")
+    if n_probed:
+        kinks = f", {n_probe_kinks} of them across kinks" if n_probe_kinks else ""
+        verdict = " agree" if not probe_note else ""
+        parts.append(
+            f"{n_probes} random-direction probes{kinks} over all {n_probed:,} entries{verdict}"
+        )
     if jump_note:
         parts.append(jump_note)
     if probe_note:
         parts.append(probe_note)
+    if passed and not unfinished and n_sampled < n_total and upper < 1.0:
+        parts.append(
+            f"so fewer than {_pct(upper)} of the entries are wrong (at {confidence:.0%} "
+            "confidence)"
+        )
     return Coverage(
         n_probed=int(n_probed),
         n_probes=int(n_probes),
@@ -248,23 +271,27 @@ def probe_note(outcome: ProbeOutcome | None, shape: tuple[int, ...]) -> str:
     if outcome is None or outcome.passed:
         return ""
     worst = outcome.worst
-    excess = f"{worst.excess:.3g}x its allowance" if worst is not None else "beyond tolerance"
+    excess = f"by up to {worst.excess:.3g}x the allowance" if worst is not None else "beyond it"
     if outcome.widespread:
         return (
-            f"probes disagree ({excess}) across the whole parameter, beyond rtol, and most "
-            f"entries checked one by one fail: widespread, bisection stopped after "
-            f"{outcome.bisection_depth} levels"
+            f"they disagree ({excess}) across the whole parameter and most entries compared "
+            f"one by one fail: the error is widespread (bisection stopped after "
+            f"{outcome.bisection_depth} levels)"
         )
     if outcome.capped:
+        found = (
+            f"{outcome.localized.size} wrong entries localized by bisection before it stopped"
+            if outcome.localized.size
+            else "bisection stopped before localizing single entries"
+        )
         return (
-            f"probes disagree ({excess}) beyond rtol in more places than localization covers: "
-            f"{outcome.localized.size} wrong entries localized before it stopped "
-            f"({outcome.n_evaluations} evaluations)"
+            f"they disagree ({excess}) beyond rtol in more places than localization covers: "
+            f"{found} ({outcome.n_evaluations} evaluations)"
         )
     if outcome.within_rtol:
         return (
-            f"probes disagree ({excess}) across the parameter, but no more than entries all "
-            "within rtol can explain (a relative error below rtol everywhere): not a failure"
+            f"they disagree ({excess}) across the parameter, but no more than errors within "
+            "rtol at every entry can add up to: not a failure"
         )
     if outcome.localized.size:
         where = ", ".join(
@@ -272,12 +299,11 @@ def probe_note(outcome: ProbeOutcome | None, shape: tuple[int, ...]) -> str:
         )
         more = f" and {outcome.localized.size - 5} more" if outcome.localized.size > 5 else ""
         return (
-            f"a probe disagreed ({excess}); bisection localized {outcome.localized.size} wrong "
+            f"one disagreed ({excess}); bisection localized {outcome.localized.size} wrong "
             f"{'entry' if outcome.localized.size == 1 else 'entries'}: {where}{more} "
             f"({outcome.n_evaluations} evaluations)"
         )
     return (
-        f"a probe disagreed ({excess}) but bisection found no entry that a per-entry check "
-        "confirms (a kink crossed by the probe step, or many small errors): not counted as a "
-        "failure"
+        f"one disagreed ({excess}) but bisection found no entry that fails one by one (a kink "
+        "crossed by the probe step, or many small errors): not counted as a failure"
     )

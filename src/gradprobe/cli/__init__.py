@@ -9,7 +9,8 @@ The same error contract as the Python API, as exit codes:
 - 3 a check crashed (the user's code raised: its traceback trimmed to the user's frames) or
   stopped early (timeout, budget);
 - 130 interrupted by Ctrl-C, after printing and writing (``--json``, ``--junit``) what
-  finished, the interrupted check with its partial report.
+  finished, the interrupted check with its partial report;
+- 143 the same for SIGTERM (what CI runners and ``timeout(1)`` send).
 
 When several checks end differently, the largest code wins. Modules: :mod:`.parser` (the
 arguments), :mod:`.console` (quiet, verbose, colour, closed pipes), :mod:`.outputs` (the files
@@ -18,6 +19,7 @@ written), :mod:`.demo`, :mod:`.checks` (``check`` and ``run``), :mod:`.summary` 
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 from ..errors import CheckAborted, GradCheckError, InvalidInputError
@@ -39,6 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     console = Console(quiet=args.quiet, verbose=args.verbose)
+    from ..suites.stopping import terminate_like_interrupt
+
+    with terminate_like_interrupt():
+        return _guarded(args, console)
+
+
+def _guarded(args: argparse.Namespace, console: Console) -> int:
+    """Run the command; turn what it raises into a message and an exit code."""
     try:
         return _dispatch(args, console)
     except InvalidInputError as exc:
@@ -58,8 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         # Before any check finished (loading the suite, importing a target) or a second
         # Ctrl-C while writing: nothing more to save.
-        console.err("gradprobe: interrupted (Ctrl-C) (exit code 130).")
-        return EXIT_INTERRUPT
+        from ..suites.stopping import stop_exit_code, stop_name
+
+        code = stop_exit_code()
+        console.err(f"gradprobe: interrupted ({stop_name()}) (exit code {code}).")
+        return code
     except BrokenPipeError:
         console.reader_gone()
         return EXIT_CRASH

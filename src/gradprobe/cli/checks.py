@@ -5,7 +5,7 @@ code 2): the suite file and its targets, the flags, the target's arguments, the 
 the baseline file. Then each check runs (in a worker process unless ``--no-isolate``) and is
 printed as it ends. Ctrl-C stops the run: the interrupted check keeps its partial report,
 checks not started are listed as not run, the summary, ``--json`` and ``--junit`` cover what
-finished, and the exit code is 130.
+finished, and the exit code is 130 (143 for SIGTERM, which acts as Ctrl-C).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..report.files import write_text_atomic
 from ..suites.outcome import EXIT_MISMATCH, EXIT_USAGE
+from ..suites.stopping import stop_exit_code, stop_name
 from .console import Console
 from .outputs import Output, check_outputs, outputs_of, write_outputs
 from .parser import FLAG_OPTIONS, check_options
@@ -132,6 +134,8 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
     run = _run_specs(args, console, specs, suite, label)
     result = run.result
     code = result.exit_code
+    if run.interrupted:
+        code = max(code, stop_exit_code())
     console.out(
         ("" if console.quiet else "\n") + "summary:\n" + summary_table(console, result.outcomes)
     )
@@ -141,9 +145,8 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
         regressions = comparison.by_check()
         if comparison.has_regressions:
             code = max(code, EXIT_MISMATCH)
+    code = _write(args, console, outputs, result, code, regressions)
     print_verdict(console, result, code, regressions, run.not_run)
-    if not _write(args, console, outputs, result, code, regressions):
-        code = max(code, EXIT_USAGE)
     return code
 
 
@@ -177,9 +180,9 @@ def _run_specs(
     if interrupted:
         where = f" during {outcomes[-1].name}" if outcomes and fan_out is None else ""
         console.err(
-            f"gradprobe: interrupted (Ctrl-C){where}: {len(outcomes)} of {n} checks ran, "
+            f"gradprobe: interrupted ({stop_name()}){where}: {len(outcomes)} of {n} checks ran, "
             f"{len(not_run)} not run; the summary and outputs below cover what finished "
-            "(exit code 130)."
+            f"(exit code {stop_exit_code()})."
         )
     result = SuiteResult(
         outcomes=tuple(outcomes),
@@ -228,7 +231,7 @@ def _run_serially(
                 name=current.name,
                 target=current.target.text,
                 status="interrupted",
-                message="interrupted (Ctrl-C); no parameter had finished.",
+                message=f"interrupted ({stop_name()}); no parameter had finished.",
                 options=dict(current.options),
                 args=dict(current.args),
             )
@@ -271,13 +274,15 @@ def _write(
     result: Any,
     code: int,
     regressions: dict[str, list[str]],
-) -> bool:
-    """``--json``, ``--junit`` and ``--plot``; False when one could not be written."""
+) -> int:
+    """Write ``--junit``, ``--plot``, then ``--json``; return the exit code: at least 2 when
+    one could not be written (``--json`` records that code, the one the process exits with)."""
+    final = [code]
 
     def write_json(path: str) -> None:
         data = result.to_dict()
-        data["exit_code"] = code
-        Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        data["exit_code"] = final[0]
+        write_text_atomic(path, json.dumps(data, indent=2))
 
     def write_junit(path: str) -> None:
         from ..suites.junit import write_junit
@@ -295,6 +300,12 @@ def _write(
             console.err(f"gradprobe: no report to plot; {path} not written")
 
     by_flag = {"--json": write_json, "--junit": write_junit, "--plot": write_plot}
-    return write_outputs(
-        console, [(out, lambda f=by_flag[out.flag], p=out.path: f(p)) for out in outputs]
-    )
+    others = [out for out in outputs if out.flag != "--json"]
+    if not write_outputs(
+        console, [(out, lambda f=by_flag[out.flag], p=out.path: f(p)) for out in others]
+    ):
+        final[0] = max(code, EXIT_USAGE)
+    json_out = [out for out in outputs if out.flag == "--json"]
+    if not write_outputs(console, [(out, lambda p=out.path: write_json(p)) for out in json_out]):
+        final[0] = max(final[0], EXIT_USAGE)
+    return final[0]

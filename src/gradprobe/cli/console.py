@@ -75,6 +75,10 @@ class LineProgress:
         elapsed = time.monotonic() - self._start
         self._print(f"  {self._label}: parameter {name} ({index + 1}/{count}), {elapsed:.1f} s")
 
+    def notice(self, text: str) -> None:
+        """A notice of the check (a long check's predicted time), as a line of its own."""
+        self._print(text)
+
     def _print(self, line: str) -> None:
         try:
             print(line, file=self.stream, flush=True)

@@ -2,7 +2,7 @@
 
 Prints the model and the report (``--quiet``: the summary line only; ``--verbose``: also each
 parameter's settings and the timings), writes ``--json``/``--plot`` (paths checked before the
-check runs), and exits 0 when the gradients match, 1 on a mismatch, 130 on Ctrl-C after
+check runs), and exits 0 when the gradients match, 1 on a mismatch, 130 on Ctrl-C (143 on SIGTERM) after
 printing and writing what finished.
 """
 
@@ -13,7 +13,9 @@ from typing import Any
 
 from ..api import check
 from ..examples import make_mlp
-from ..suites.outcome import EXIT_INTERRUPT, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
+from ..report.files import write_text_atomic
+from ..suites.outcome import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
+from ..suites.stopping import stop_exit_code, stop_name
 from .console import Console
 from .outputs import check_outputs, outputs_of, write_outputs
 from .parser import check_options
@@ -36,14 +38,14 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             report = check(model.loss, model.grad, model.params, progress=bar, **options)
         except KeyboardInterrupt as exc:
             report = getattr(exc, "partial_report", None)
-            code = EXIT_INTERRUPT
-    if code == EXIT_INTERRUPT:
+            code = stop_exit_code()
+    if code is not None:
         console.err(
-            "gradprobe: interrupted (Ctrl-C); the report below holds the parameters finished "
-            "before it (exit code 130)."
+            f"gradprobe: interrupted ({stop_name()}); the report below holds the parameters "
+            f"finished before it (exit code {stop_exit_code()})."
         )
         if report is None:
-            return EXIT_INTERRUPT
+            return code
     else:
         code = EXIT_OK if report.passed else EXIT_MISMATCH
     _print(console, report)
@@ -63,8 +65,7 @@ def _print(console: Console, report: Any) -> None:
 
 def _write(console: Console, outputs: Any, report: Any) -> bool:
     def write_json(path: str) -> None:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(report.to_json())
+        write_text_atomic(path, report.to_json())
 
     by_flag = {"--json": write_json, "--plot": report.plot}
     return write_outputs(

@@ -4,8 +4,10 @@ written after it without losing what was printed.
 :func:`check_outputs` runs before the first check: a missing folder, a folder given as the
 file, a path that cannot be written, two flags writing the same file, or ``--plot`` without
 matplotlib stop the command with exit code 2, naming the flag and the path. :func:`write_outputs`
-writes each file at the end; one that still fails (a full disk) is reported on stderr after the
-results were printed, the other files are still written, and the exit code becomes at least 2.
+writes each file at the end, whole or not at all (a temporary file moved into place:
+:mod:`gradprobe.report.files`); one that still fails (a full disk) is reported on stderr, the
+previous file at that path is left as it was, the other files are still written, and the exit
+code becomes at least 2 (the one the summary prints).
 """
 
 from __future__ import annotations
@@ -100,8 +102,12 @@ def write_outputs(console: Console, writers: Sequence[tuple[Output, Callable[[],
             write()
         except (OSError, ValueError, ImportError, InvalidInputError) as exc:
             ok = False
+            why = exc
+            if isinstance(exc, OSError) and exc.strerror:  # not the temporary file's name
+                why = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else exc.strerror
             console.err(
-                f"gradprobe: error: {out.flag} {out.path}: could not be written: {exc}. What "
-                "was printed above is unaffected; rerun with a writable path."
+                f"gradprobe: error: {out.flag} {out.path}: could not be written: {why}. What "
+                "was printed above is unaffected, and a file that was there before is left "
+                "as it was; rerun with a writable path."
             )
     return ok

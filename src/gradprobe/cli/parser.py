@@ -25,7 +25,8 @@ FLAG_OPTIONS = tuple(o for o in OPTIONS.values() if o.from_text is not None)
 EPILOG = (
     "exit codes: 0 gradients match, 1 a gradient mismatch (or a regression), 2 a usage, "
     "configuration or input error (before any check runs), 3 a check crashed or stopped early "
-    "(timeout, budget), 130 interrupted by Ctrl-C (after writing what finished). "
+    "(timeout, budget), 130 interrupted by Ctrl-C, 143 by SIGTERM (after writing what "
+    "finished). "
     "NO_COLOR=1 turns colour off."
 )
 

@@ -22,6 +22,7 @@ from .batched import BATCHED_MEMORY, BatchedCalls, as_batched_losses
 from .jit import JitKernel, is_jit_loss
 from .loops import ChunkTask, EntryLoop
 from .parallel import DispatchPolicy, JoblibWorkers, default_policy, workers_for
+from .pool import shutdown_workers
 from .threads import one_blas_thread, refresh_blas_libraries
 from .workers import keep_workers
 
@@ -46,6 +47,7 @@ __all__ = [
     "keep_workers",
     "make_evaluator",
     "one_blas_thread",
+    "shutdown_workers",
 ]
 
 Loss = Callable[[Any], Any]
@@ -63,6 +65,7 @@ def make_evaluator(
     progress: Callable[[int, int], None] | None = None,
     planned_evaluations: int = 0,
     policy: DispatchPolicy | None = None,
+    thread_safe: bool = False,
 ) -> Evaluator:
     """Pick the evaluator for the requested execution.
 
@@ -70,7 +73,9 @@ def make_evaluator(
       chunks on joblib workers;
     - a numba-jitted loss of one flat float64 vector: the numba kernel with ``n_jobs`` numba
       threads (``"auto"``: every core);
-    - ``n_jobs="auto"``: every core, for the calls where workers pay off (``auto=True``);
+    - ``n_jobs="auto"``: every core, for the calls where workers pay off (``auto=True``); on
+      threads where ``thread_safe`` and the pre-flight measures that threads pay, else on
+      process workers;
     - ``n_jobs`` resolving to one worker: the per-entry loop in this thread; otherwise on the
       joblib backend ``joblib.parallel_config`` selects.
 
@@ -92,7 +97,9 @@ def make_evaluator(
         )
         placement = InProcess(kernel)
     elif n_jobs == "auto":
-        placement = JoblibWorkers(EntryLoop(), loss, -1, policy=policy, auto=True)
+        placement = JoblibWorkers(
+            EntryLoop(), loss, -1, policy=policy, auto=True, thread_safe=thread_safe
+        )
     elif workers_for(n_jobs) < 2:
         placement = InProcess(EntryLoop())
     else:

@@ -69,6 +69,10 @@ class Placement(Protocol):
         """``n_evaluations`` took ``seconds`` in this process (input to a dispatch decision)."""
         ...
 
+    def plan(self, ev: Evaluator, n_evaluations: int) -> None:
+        """The check's whole plan: ``n_evaluations`` to come (input to the choice of workers)."""
+        ...
+
     def entry_losses(
         self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
     ) -> np.ndarray: ...
@@ -191,6 +195,12 @@ class Evaluator:
             self.placement.observe(seconds, 1)
         return value
 
+    def plan(self, n_evaluations: int) -> None:
+        """Tell the placement the check's whole plan: ``n_evaluations`` to come. It decides
+        on that whole plan (not block by block) whether workers pay, and may start them now,
+        in the background."""
+        self.placement.plan(self, n_evaluations)
+
     def evaluations_left(self) -> int | None:
         """Loss evaluations the budget still allows (None without a budget)."""
         return None if self.budget is None else max(0, self.budget - self.n_evaluations)
@@ -288,6 +298,9 @@ class InProcess:
         return self.rows.name
 
     def observe(self, seconds: float, n_evaluations: int) -> None:
+        """Nothing to decide in process."""
+
+    def plan(self, ev: Evaluator, n_evaluations: int) -> None:
         """Nothing to decide in process."""
 
     def entry_losses(

@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -30,15 +29,13 @@ import numpy as np
 from ..errors import GradCheckError, InvalidInputError
 from .base import RowRunner
 from .loops import ChunkResult, ChunkTask, raise_chunk_error
-from .threads import one_blas_thread
+from .policy import DispatchPolicy
+from .pool import loky_options, pool_alive, warm_up
+from .threads import THREADS_MIN_EFFICIENCY, concurrency_ratio, one_blas_thread
 from .workers import (
     PROCESS_BACKENDS,
     check_picklable,
     is_pickling_error,
-    keeping_workers,
-    mark_pool_warm,
-    pool_is_warm,
-    shutdown_loky_workers,
     unpicklable,
     worker_died_error,
 )
@@ -54,62 +51,6 @@ __all__ = [
     "joblib_backend",
     "workers_for",
 ]
-
-
-@dataclass(frozen=True)
-class DispatchPolicy:
-    """When a call goes to joblib workers, and how it is split.
-
-    Attributes
-    ----------
-    min_dispatch_seconds : float
-        A call whose evaluations would take less than this in one process runs in this
-        process instead: a dispatch to joblib workers costs ~10-20 ms (measured on 2 cores
-        with loky, up to ~50 ms with 8 chunks), so small calls (probes, retries, tiny
-        parameters) would spend more time dispatching than evaluating. Results are identical
-        either way.
-    process_start_seconds : float
-        Starting process workers (loky, multiprocessing) costs about this much (measured
-        0.4-0.5 s for 2 workers on 2 cores): a call dispatches only when its work pays for
-        that too.
-    auto_dispatch_seconds : float
-        For ``n_jobs="auto"`` (the default): the time a call must save on the workers (its
-        serial time times ``1 - 1/workers``), beyond starting them, to be dispatched.
-    chunks_per_worker : int
-        Chunks of entries per worker (and per numba thread): enough to balance uneven chunks
-        and to check the deadline between rounds, few enough that per-task overhead stays
-        small.
-    """
-
-    min_dispatch_seconds: float = 0.2
-    process_start_seconds: float = 0.5
-    auto_dispatch_seconds: float = 0.25
-    chunks_per_worker: int = 4
-
-    def dispatches(
-        self,
-        n_evaluations: int,
-        *,
-        loss_seconds: float | None,
-        n_workers: int,
-        start_processes: bool,
-        auto: bool = False,
-    ) -> bool:
-        """Whether ``n_evaluations`` of ``loss_seconds`` each (None: not measured yet) are
-        worth sending to ``n_workers`` workers, which must first be started as processes when
-        ``start_processes``; ``auto``: under ``n_jobs="auto"``."""
-        if n_workers < 2:
-            return False
-        if loss_seconds is None:
-            return True
-        serial = loss_seconds * n_evaluations
-        startup = self.process_start_seconds if start_processes else 0.0
-        if auto:
-            # The default: workers only where the time they save on this call (the part of it
-            # the other workers take) pays for dispatching and, first, for starting them.
-            saved = serial * (1.0 - 1.0 / n_workers)
-            return saved >= self.auto_dispatch_seconds + startup
-        return serial >= self.min_dispatch_seconds + startup
 
 
 #: The policy evaluators use unless given one (tests replace it with monkeypatch.setattr).
@@ -204,8 +145,15 @@ class JoblibWorkers:
         *,
         policy: DispatchPolicy | None = None,
         auto: bool = False,
+        thread_safe: bool = False,
     ) -> None:
         self.rows = rows
+        #: The loss may run in several threads at once (``check(thread_safe=True)``): under
+        #: "auto", threads are measured in the pre-flight and chosen where they pay.
+        self.thread_safe = thread_safe
+        self.prefer = "processes"
+        self.threads_reason = ""
+        self._threads_measured = False
         self.loss = loss
         self.n_jobs = n_jobs
         self.policy = default_policy() if policy is None else policy
@@ -217,6 +165,10 @@ class JoblibWorkers:
         self.worker_ids: set[str] = set()
         #: Why ``n_jobs="auto"`` kept everything in this process although workers would pay.
         self.kept_reason = ""
+        #: Whether the check's whole plan pays for the workers (:meth:`plan`), and why.
+        self.planned = False
+        self.plan_reason = ""
+        self._warming = False
         self._entered = False
         #: Whether this placement sent work to joblib workers (and so may have started processes).
         self._started_processes = False
@@ -235,7 +187,7 @@ class JoblibWorkers:
         import joblib
 
         self.n_workers = int(joblib.effective_n_jobs(self.n_jobs))
-        self._parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer="processes")
+        self._parallel = self._make_parallel()
         self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
         self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
         if not self.uses_threads and self.n_workers >= 2:
@@ -247,6 +199,90 @@ class JoblibWorkers:
                 self.n_workers = 1
                 self.kept_reason = str(exc).split(";")[0]
 
+    def _make_parallel(self, own_backend: bool = False) -> Any:
+        """A ``joblib.Parallel`` for the configured backend; on loky, with the pool's options
+        (idle timeout, parent watch: :mod:`gradprobe.evaluate.pool`), the same at every call
+        so every check of the process reuses one executor. ``own_backend``: on a copy of the
+        configured backend object (``parallel_config`` shares one among the calls made under
+        it, and the background start runs beside the check's own calls)."""
+        import joblib
+
+        parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer=self.prefer)
+        backend = parallel._backend
+        if type(backend).__name__ != "LokyBackend":
+            return parallel
+        if own_backend:
+            backend = type(backend)(
+                nesting_level=backend.nesting_level,
+                inner_max_num_threads=backend.inner_max_num_threads,
+                **backend.backend_kwargs,
+            )
+            return joblib.Parallel(
+                n_jobs=self.n_jobs, backend=backend, prefer="processes", **loky_options()
+            )
+        return joblib.Parallel(n_jobs=self.n_jobs, prefer="processes", **loky_options())
+
+    def plan(self, ev: Evaluator, n_evaluations: int) -> None:
+        """The check's whole plan: ``n_evaluations`` to come. When they pay for the workers
+        (by the measured cost of one evaluation), later blocks go to the workers as soon as
+        each saves more than its dispatch costs, and process workers start now, in the
+        background, so their start-up overlaps the rest of the pre-flight. A loss declared
+        thread-safe runs on threads instead where the pre-flight measures that they pay."""
+        if self.loss_seconds is None or self.n_workers < 2:
+            return
+        if self.auto and self.thread_safe and not self._threads_measured:
+            if self.policy.plan_pays(
+                n_evaluations,
+                loss_seconds=self.loss_seconds,
+                n_workers=self.n_workers,
+                start_processes=False,
+            ):
+                self._choose_threads(ev)
+        seconds = self.loss_seconds * n_evaluations
+        warm = self._started_processes or self._warming or pool_alive()
+        if not self.policy.plan_pays(
+            n_evaluations,
+            loss_seconds=self.loss_seconds,
+            n_workers=self.n_workers,
+            start_processes=self.backend_name in PROCESS_BACKENDS and not warm,
+        ):
+            self.planned, self.plan_reason = False, ""  # decided again on a refined timing
+            return
+        if self._parallel is None:
+            self._connect()  # the backend may have fewer workers, or the loss not pickle
+            if self.n_workers < 2:
+                return
+        self.planned = True
+        self.plan_reason = (
+            f"the plan, {n_evaluations:,} evaluations of ~{self.loss_seconds * 1e3:.3g} ms "
+            f"(~{seconds:.2g} s serial), pays for {self.n_workers} workers"
+            + (" already running" if warm and not self._warming else "")
+        )
+        if self.backend_name == "loky" and not warm:
+            self._warming = True  # started by this check, in the background
+            warm_up(self._make_parallel(own_backend=True))
+
+    def _choose_threads(self, ev: Evaluator) -> None:
+        """Measure whether calls of the loss run in parallel on threads (each on its own copy
+        of the parameters); switch to threads where they do (:data:`THREADS_MIN_EFFICIENCY`)."""
+        self._threads_measured = True
+        n = min(self.n_workers, 4)
+        copies = [[a.copy() for a in ev.base] for _ in range(n)]
+        seconds = self.loss_seconds or 1e-3
+        repeats = max(1, min(20, int(0.005 / max(seconds, 1e-9))))
+        ev.charge(2 * repeats * (n + 1))  # the calls below are evaluations too
+        ratio = concurrency_ratio(
+            lambda k: self.rows.call_loss(ev, copies[k], "measuring threads"), n, repeats
+        )
+        fast = n / ratio >= THREADS_MIN_EFFICIENCY * n
+        self.threads_reason = (
+            f"{'threads' if fast else 'processes'}: the loss is declared thread-safe and {n} "
+            f"calls at once took {ratio:.2f}x one call" + ("" if fast else " (it holds the GIL)")
+        )
+        if fast:
+            self.prefer = "threads"
+            self._connect()
+
     @property
     def executor(self) -> str:
         text = f"joblib {self.rows.chunk_name} ({self.backend_name}, {self.n_workers} workers)"
@@ -255,7 +291,8 @@ class JoblibWorkers:
         if self.auto:
             if self.dispatched == 0:
                 return f"auto (serial: {self.kept_reason})" if self.kept_reason else "auto (serial)"
-            return f"auto (serial + {text})"
+            why = "".join(f"; {r}" for r in (self.threads_reason, self.plan_reason) if r)
+            return f"auto (serial + {text}{why})"
         return text
 
     # -- cost model ----------------------------------------------------------------------------
@@ -268,8 +305,9 @@ class JoblibWorkers:
     @property
     def starts_processes(self) -> bool:
         """Whether a dispatch now would first have to start process workers."""
-        started = self._started_processes or pool_is_warm()
-        return not started and self.backend_name in PROCESS_BACKENDS
+        if self.backend_name not in PROCESS_BACKENDS or self._started_processes:
+            return False
+        return not (self.backend_name == "loky" and pool_alive())
 
     def worth_dispatching(self, n_evaluations: int) -> bool:
         """The policy's decision for ``n_evaluations`` now (measured cost, workers running)."""
@@ -281,6 +319,7 @@ class JoblibWorkers:
                 n_workers=self.n_workers,
                 start_processes=self.starts_processes,
                 auto=self.auto,
+                planned=self.planned,
             )
 
         if not decide():
@@ -365,8 +404,6 @@ class JoblibWorkers:
             self._entered = True
         self.dispatched += 1
         self._started_processes = True
-        if keeping_workers():
-            mark_pool_warm()
         try:
             with one_blas_thread():  # covers thread backends; workers limit themselves
                 results = self._call(tasks)
@@ -391,17 +428,9 @@ class JoblibWorkers:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
-        """Leave joblib's context and stop the loky worker processes this check started.
-
-        loky keeps its reusable workers alive for minutes after a call; a check ends with none
-        left running (the next check spawns fresh ones). Thread pools end with the context; a
-        user's Dask cluster is never touched.
-        """
-        try:
-            if self._entered and self._parallel is not None:
-                self._entered = False
-                self._parallel.__exit__(None, None, None)
-        finally:
-            if self._started_processes and self.backend_name == "loky" and not keeping_workers():
-                self._started_processes = False
-                shutdown_loky_workers()
+        """Leave joblib's context. Process workers stay for the next check in this process
+        (:mod:`gradprobe.evaluate.pool`: idle stop, stop at exit, ``shutdown_workers()``);
+        thread pools end with the context; a user's Dask cluster is never touched."""
+        if self._entered and self._parallel is not None:
+            self._entered = False
+            self._parallel.__exit__(None, None, None)

@@ -19,10 +19,12 @@ Without threadpoolctl nothing is limited.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["one_blas_thread", "refresh_blas_libraries"]
+__all__ = ["concurrency_ratio", "one_blas_thread", "refresh_blas_libraries"]
 
 _controller: Any = None
 
@@ -58,3 +60,45 @@ def one_blas_thread() -> Iterator[None]:
         return
     with controller.limit(limits=1, user_api="blas"):
         yield
+
+
+#: Threads pay when ``n`` calls at once run at least this fraction of ``n`` times as fast as
+#: one after another (the loss releases the GIL in numpy/BLAS code).
+THREADS_MIN_EFFICIENCY = 0.75
+
+
+def concurrency_ratio(call: Callable[[int], object], n_threads: int, repeats: int) -> float:
+    """Wall time of ``n_threads`` threads each making ``repeats`` calls ``call(k)`` (``k``: the
+    thread's own copy of the state) at once, over one thread making ``repeats`` calls: about 1
+    when the calls run in parallel, about ``n_threads`` when they hold the GIL. The fastest of
+    two rounds each, under one BLAS thread."""
+
+    def one(k: int) -> None:
+        for _ in range(repeats):
+            call(k)
+
+    def alone() -> float:
+        start = time.perf_counter()
+        one(0)
+        return time.perf_counter() - start
+
+    def together() -> float:
+        barrier = threading.Barrier(n_threads + 1)
+
+        def run(k: int) -> None:
+            barrier.wait()
+            one(k)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(n_threads)]
+        for t in threads:
+            t.start()
+        start = time.perf_counter()
+        barrier.wait()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - start
+
+    with one_blas_thread():
+        single = min(alone(), alone())
+        both = min(together(), together())
+    return both / max(single, 1e-9)

@@ -1,8 +1,6 @@
 """Process workers: their lifecycle, the entry that killed one, and losses they cannot receive.
 
-loky keeps its reusable workers alive for minutes after a call; a check stops the ones it
-started (:func:`shutdown_loky_workers`) unless :func:`keep_workers` keeps a warm pool across
-checks. When a worker dies mid-call, :func:`worker_died_error` localizes the entry that killed
+The pool's lifecycle is :mod:`gradprobe.evaluate.pool`'s; :func:`keep_workers` scopes it. When a worker dies mid-call, :func:`worker_died_error` localizes the entry that killed
 it by re-running the round's chunks. A loss that process workers cannot unpickle gets an error
 that says to use threads (:func:`check_picklable`, :func:`unpicklable`).
 """
@@ -20,6 +18,7 @@ import numpy as np
 from ..errors import InvalidInputError, LossEvaluationError
 from ..layout import ParamLayout
 from .loops import ChunkTask
+from .pool import shutdown_workers
 
 __all__ = [
     "PROCESS_BACKENDS",
@@ -27,9 +26,6 @@ __all__ = [
     "is_pickling_error",
     "keep_workers",
     "keeping_workers",
-    "mark_pool_warm",
-    "pool_is_warm",
-    "shutdown_loky_workers",
     "unpicklable",
     "worker_died_error",
 ]
@@ -50,17 +46,15 @@ _WORKER_DEATH_TYPES = (
 
 # -- pool lifecycle ------------------------------------------------------------------------------
 _keep_workers_depth = 0
-_warm_pool = False  # loky workers kept running by keep_workers()
 
 
 @contextlib.contextmanager
 def keep_workers() -> Iterator[None]:
-    """Reuse process workers across the checks run inside this block.
+    """Scope the process workers of the checks run inside this block: they are stopped when
+    the block ends (instead of after :data:`~gradprobe.evaluate.pool.IDLE_SECONDS` idle).
 
-    Each check normally stops the loky worker processes it started, so none are left running;
-    starting them again costs about a second per check (measured on 2 cores). Inside
-    ``with gradprobe.keep_workers():`` the workers stay up between checks and are stopped when
-    the block ends. Thread pools and Dask clusters are unaffected.
+    Checks in one process share one pool of workers already (see :mod:`gradprobe.evaluate.pool`);
+    this block says when it ends. Thread pools and Dask clusters are unaffected.
 
     Examples
     --------
@@ -75,36 +69,12 @@ def keep_workers() -> Iterator[None]:
     finally:
         _keep_workers_depth -= 1
         if _keep_workers_depth == 0:
-            shutdown_loky_workers()
+            shutdown_workers()
 
 
 def keeping_workers() -> bool:
-    """Whether a :func:`keep_workers` block is active (checks leave their workers running)."""
+    """Whether a :func:`keep_workers` block is active."""
     return _keep_workers_depth > 0
-
-
-def pool_is_warm() -> bool:
-    """Whether loky workers kept by :func:`keep_workers` are (probably) running."""
-    return _warm_pool
-
-
-def mark_pool_warm() -> None:
-    """Record that loky workers were started inside a :func:`keep_workers` block."""
-    global _warm_pool
-    _warm_pool = True
-
-
-def shutdown_loky_workers() -> None:
-    """Stop loky's reusable executor and wait until its worker processes have exited."""
-    global _warm_pool
-    _warm_pool = False
-    try:
-        from joblib.externals.loky import reusable_executor
-    except ImportError:  # pragma: no cover
-        return
-    executor = getattr(reusable_executor, "_executor", None)
-    if executor is not None:
-        executor.shutdown(wait=True, kill_workers=True)
 
 
 # -- pickling diagnostics ------------------------------------------------------------------------

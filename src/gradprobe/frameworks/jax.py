@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         name="jax",
     ) from exc
 
-from ..errors import InvalidInputError, LossEvaluationError
+from ..errors import InvalidInputError, LossEvaluationError, raised_at_the_call
 from ..functional.adapted import (
     Adapted,
     check_adapted,
@@ -47,6 +47,7 @@ VMAP_NAME = "jax.vmap"
 ROLES = framework_roles("gradprobe.jax.check", "fn's VJP", "jax.vjp(fn, *x)[1](G)")
 
 
+@raised_at_the_call
 def check(
     fn: Callable[..., Any],
     *inputs: Any,
@@ -102,7 +103,10 @@ def check(
     validate_callable("fn", fn)
     vectorize = validate_vectorize(vectorize)
     x64 = bool(jax.config.read("jax_enable_x64"))
-    if check_options.get("promote") and not x64:
+    if check_options.get("promote", "auto") == "auto" and not x64:
+        # A float64 recheck needs x64: without it JAX would compute in float32 again.
+        check_options = {**check_options, "promote": False}
+    if check_options.get("promote") is True and not x64:
         raise InvalidInputError(
             "promote: True needs float64 in JAX, which is off; call "
             'jax.config.update("jax_enable_x64", True) at startup, or leave promote off to '

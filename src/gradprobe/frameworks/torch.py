@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         name="torch",
     ) from exc
 
-from ..errors import InvalidInputError, LossEvaluationError
+from ..errors import InvalidInputError, LossEvaluationError, raised_at_the_call
 from ..functional.adapted import (
     Adapted,
     check_adapted,
@@ -49,6 +49,7 @@ ROLES = framework_roles(
 )
 
 
+@raised_at_the_call
 def check(
     fn: Callable[..., Any],
     *inputs: Any,
@@ -117,6 +118,7 @@ def check(
     return check_adapted(adapted, vectorize, VMAP_NAME, {"seed": seed, **check_options}, ROLES)
 
 
+@raised_at_the_call
 def check_module(
     module: torch.nn.Module,
     *inputs: Any,

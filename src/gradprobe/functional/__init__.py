@@ -7,7 +7,9 @@ per input) through one seeded random cotangent ``G``: the loss is ``sum vdot(G, 
 - :func:`check_hvp`: a Hessian-vector product, the VJP of the gradient (:mod:`.vjp`);
 - :func:`check_jvp`: a forward-mode ``jvp(x, t)``, one call per input entry (:mod:`.jvp`);
 - :func:`check_layer`: a stateful layer object with ``forward``/``backward`` methods, its
-  parameters and its input (:mod:`.layer`).
+  parameters and its input (:mod:`.layer`);
+- :func:`check_forward_backward`: the cs231n pair ``forward(x, w, b) -> (out, cache)``,
+  ``backward(dout, cache) -> (dx, dw, db)`` (:mod:`.pair`).
 
 :mod:`.contraction` holds what ``check`` is handed (the contraction loss and the guarded
 backward) and :mod:`.reduction` the one setup and run of every check here and of the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from .jvp import check_jvp
 from .layer import check_layer
+from .pair import check_forward_backward
 from .vjp import check_hvp, check_vjp
 
-__all__ = ["check_hvp", "check_jvp", "check_layer", "check_vjp"]
+__all__ = ["check_forward_backward", "check_hvp", "check_jvp", "check_layer", "check_vjp"]

@@ -23,6 +23,7 @@ from ..errors import (
     InvalidInputError,
     LossEvaluationError,
     StatefulGradientError,
+    raised_at_the_call,
 )
 from ..layout import ParamLayout, promote_to_float64, unravel, validate_callable
 from ..report.model import Report
@@ -31,6 +32,7 @@ from .reduction import Setup, prepare, run
 from .vjp import JVP
 
 
+@raised_at_the_call
 def check_jvp(
     f: Callable[..., Any],
     jvp: Callable[..., Any],
@@ -95,7 +97,7 @@ def jvp_gradient(
     inputs cast to float64 with ``promote``, as the check's loss sees them). Past
     ``deadline`` (``time.monotonic()``) it stops with :class:`CheckAborted`."""
     layout, base = setup.layout, setup.base
-    if setup.options.promote:
+    if setup.options.promote is True:
         layout, base, _ = promote_to_float64(layout, base)
     # The jitter accepted between two calls: the check's own rule (nondet_tol, ulp floor).
     tol = jitter_bar(setup.options.nondet_tol, setup.eps)

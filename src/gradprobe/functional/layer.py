@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, StatefulGradientError
+from ..errors import InvalidInputError, StatefulGradientError, raised_at_the_call
+from ..layout import argument_names
 from ..report.model import Report
 from .contraction import Roles
 from .vjp import run_vjp_check
@@ -86,12 +87,33 @@ def _grad_paths(params: Sequence[str], grads: Any) -> list[str] | Callable[[Any]
     return [str(g) for g in grads]
 
 
-def _input_names(x: Any) -> tuple[list[str], list[Any]]:
+def _input_names(x: Any, forward: Any, params: Sequence[str]) -> tuple[list[str], list[Any]]:
+    """A dict input under its keys; a tuple (``forward(*x)``) under the names of forward's
+    arguments where it has them (``x0``, ``x1``... otherwise); one array as ``x``."""
     if isinstance(x, Mapping):
         return [str(k) for k in x], list(x.values())
     if isinstance(x, (list, tuple)):
-        return [f"x{i}" for i in range(len(x))], list(x)
+        return argument_names(forward, len(x), "x", taken=params), list(x)
     return ["x"], [x]
+
+
+def _path_hint(layer: Any, path: str) -> str:
+    """Where a parameter name missing from the layer's attributes is found under a dict
+    attribute (``self.params = {"W": ...}``): the path that works (and the gradients' path,
+    from a dict attribute named like ``grads``), else nothing."""
+    if "." in path or not hasattr(layer, "__dict__"):
+        return ""
+    found = [
+        attr
+        for attr, value in sorted(vars(layer).items())
+        if isinstance(value, Mapping) and isinstance(value.get(path), np.ndarray)
+    ]
+    grads = [a for a in found if "grad" in a.lower()]
+    params = [a for a in found if a not in grads]
+    if not params:
+        return ""
+    hint = f" It is under a dict attribute: pass params=['{params[0]}.{path}', ...]"
+    return hint + (f" (and grads=['{grads[0]}.{path}', ...])." if grads else ".")
 
 
 class LayerCalls:
@@ -197,6 +219,7 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+@raised_at_the_call
 def check_layer(
     layer: Any,
     x: Any,
@@ -310,8 +333,9 @@ def _layer_calls(make, x, params, grads, forward, backward, check_input) -> tupl
             raise InvalidInputError(
                 f"params: expected {type(first).__name__}.{p} to be a float array, found "
                 f"{type(value).__name__ if value is not None else 'no such attribute'}."
+                + _path_hint(first, p)
             )
-    names, arrays = _input_names(x)
+    names, arrays = _input_names(x, getattr(first, forward), params)
     clash = sorted(set(names) & set(params))
     if clash:
         raise InvalidInputError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import raised_at_the_call
 from ..layout import validate_callable
 from ..report.model import Report
 from .contraction import Backward, Contraction, Roles
@@ -48,6 +49,7 @@ def run_vjp_check(
     return run(loss, grad, inputs, setup, roles, options)
 
 
+@raised_at_the_call
 def check_vjp(
     f: Callable[..., Any],
     vjp: Callable[..., Any],
@@ -89,6 +91,7 @@ def check_vjp(
     return run_vjp_check(f, vjp, inputs, static, cotangent_seed, check_options, VJP)
 
 
+@raised_at_the_call
 def check_hvp(
     grad: Callable[..., Any],
     hvp: Callable[..., Any],

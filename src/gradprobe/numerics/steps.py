@@ -17,12 +17,14 @@ import numpy as np
 
 __all__ = [
     "EVALUATIONS_PER_ENTRY",
+    "MAX_LOSS_EPS",
     "METHODS",
     "RETRY_FACTOR",
     "CentralSteps",
     "central_steps",
     "complex_steps",
     "default_relative_step",
+    "in_dtype",
 ]
 
 #: Finite-difference schemes, in order of cost per entry (2, 4 and 1 loss evaluations).
@@ -39,6 +41,10 @@ _STEP_POWER = {
 
 #: The retry of a disagreeing entry divides the step by this (see differences.py).
 RETRY_FACTOR = 8.0
+#: The coarsest precision a loss is taken to be computed in (float8 e4m3's epsilon: no float
+#: format is coarser): a measured one above it (a loss of 0 at the base point with noise
+#: around it has no relative precision) is capped here, so the step stays below ~0.5.
+MAX_LOSS_EPS = 2.0**-3
 
 
 def default_relative_step(
@@ -55,9 +61,20 @@ def default_relative_step(
     except KeyError:
         raise ValueError(f"no default step for method {method!r}") from None
     eps = float(np.finfo(dtype).eps)
-    if loss_eps is not None:
-        eps = max(eps, loss_eps)
+    if loss_eps is not None and loss_eps == loss_eps:  # NaN: not measured
+        eps = max(eps, min(float(loss_eps), MAX_LOSS_EPS))
     return eps**power
+
+
+def in_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` (float64, computed from finite parameters) cast to a float ``dtype`` inside
+    its range: one beyond it (float16 holds up to 65504), or an overflow to inf, becomes the
+    largest finite value, so a step from a finite parameter never hands the loss an inf."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        big = float(np.finfo(dtype).max)
+        values = np.clip(values, -big, big)
+    return values.astype(dtype, copy=False)
 
 
 @dataclass(frozen=True)
@@ -92,14 +109,17 @@ def central_steps(values: np.ndarray, relative_step: float | np.ndarray) -> Cent
     """
     dtype = values.dtype
     x = values.astype(np.float64)
-    h = relative_step * np.maximum(1.0, np.abs(x))
-    plus = (x + h).astype(dtype)
-    minus = (x - h).astype(dtype)
-    # A step below one ulp would round back to x: widen it to at least one ulp each way.
-    stuck = plus == values
+    with np.errstate(over="ignore"):  # float64 overflow of x + h is clipped to the range
+        h = relative_step * np.maximum(1.0, np.abs(x))
+        plus = in_dtype(x + h, dtype)
+        minus = in_dtype(x - h, dtype)
+    # A step below one ulp would round back to x: widen it to at least one ulp each way (not
+    # past the dtype's range: at its largest value the difference is one-sided).
+    big = np.asarray(np.finfo(dtype).max, dtype=dtype)
+    stuck = (plus == values) & (values < big)
     if np.any(stuck):
         plus[stuck] = np.nextafter(values[stuck], np.asarray(np.inf, dtype=dtype))
-    stuck = minus == values
+    stuck = (minus == values) & (values > -big)
     if np.any(stuck):
         minus[stuck] = np.nextafter(values[stuck], np.asarray(-np.inf, dtype=dtype))
     return CentralSteps(base=values.copy(), plus=plus, minus=minus)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import differences
+from .steps import MAX_LOSS_EPS
 
 __all__ = [
     "DEFAULT_RTOL",
@@ -179,10 +180,14 @@ class NoiseEstimate:
     def resolution(self, base_value: float, loss_eps: float) -> float:
         """The relative precision the loss is actually computed in (an epsilon): the
         parameters' ``loss_eps``, or coarser when the loss stayed flat at a few of their ulps
-        and its noise had to be measured at a larger step."""
+        and its noise had to be measured at a larger step; never coarser than
+        :data:`~gradprobe.numerics.steps.MAX_LOSS_EPS` (a loss of 0 at the base point has no
+        relative precision)."""
         if self.step_scale <= 1.0 or not self.sigma > 0.0:
             return loss_eps
-        return max(loss_eps, SIGMA_PER_EPS * self.sigma / max(abs(base_value), 1e-300))
+        with np.errstate(over="ignore"):
+            measured = SIGMA_PER_EPS * self.sigma / max(abs(base_value), 1e-300)
+        return max(loss_eps, min(measured, MAX_LOSS_EPS))
 
 
 def ecnoise(values: Sequence[float]) -> NoiseEstimate:
@@ -202,6 +207,10 @@ def ecnoise(values: Sequence[float]) -> NoiseEstimate:
     nf = d.size
     if nf < 4 or not np.all(np.isfinite(d)):
         return NoiseEstimate(0.0, 0, "inconclusive")
+    # Differences of values scaled to [-2, 2] (exactly, by a power of two): those of a loss
+    # near 1e300 would overflow.
+    scale = math.ldexp(0.5, math.frexp(float(np.max(np.abs(d))))[1]) if np.any(d) else 1.0
+    d = d / scale
     levels: list[float] = []
     sign_change: list[bool] = []
     gamma = 1.0
@@ -214,7 +223,7 @@ def ecnoise(values: Sequence[float]) -> NoiseEstimate:
         if j == 1 and not np.any(d):
             return NoiseEstimate(0.0, 0, "flat")
         gamma *= 0.5 * j / (2 * j - 1)  # (j!)**2 / (2j)!
-        levels.append(math.sqrt(gamma * float(np.mean(d * d))))
+        levels.append(scale * math.sqrt(gamma * float(np.mean(d * d))))
         sign_change.append(bool(d.min() < 0.0 < d.max()))
     for k in range(nf - 3):
         window = levels[k : k + 3]

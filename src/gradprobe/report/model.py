@@ -287,7 +287,11 @@ class Report:
         return text.param_table(self)
 
     def __str__(self) -> str:
-        return text.report_text(self)
+        shown = text.report_text(self)
+        # Noted (not a field: no effect on ==, to_dict) so that raise_for_failures after
+        # print(report) points at the failures printed instead of printing them again.
+        object.__setattr__(self, "_shown", True)
+        return shown
 
     # -- machine-readable ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -348,7 +352,12 @@ class Report:
         return plot_report(self, path, **kwargs)
 
     def raise_for_failures(self) -> Report:
-        """Raise :class:`GradientMismatchError` listing the failures; return self otherwise."""
+        """Raise :class:`GradientMismatchError` listing the failures; return self otherwise.
+
+        After ``print(report)`` (or any ``str(report)``) the message is the summary and the
+        failing parameters' names, pointing at the report shown, so a failure prints once."""
         if self.passed:
             return self
+        if getattr(self, "_shown", False):
+            raise GradientMismatchError(text.shown_failure_message(self), report=self)
         raise GradientMismatchError(text.failure_message(self), report=self)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from .files import replacing
 
 #: A :class:`~gradprobe.report.model.Report`, read by attribute: plot never imports the model
 #: (the model's ``plot`` method calls in here), so they make no circle.
@@ -102,8 +103,11 @@ def plot_reports(reports: Mapping[str, Report], path: str | Path, *, dpi: int = 
     plt = _pyplot()
     fig = _figure(reports)
     out = Path(path)
-    fig.savefig(out, dpi=dpi, format="png")
-    plt.close(fig)
+    try:
+        with replacing(out) as tmp:  # whole or not at all: a failed write keeps the old file
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -188,3 +188,54 @@ def failure_message(
     if footer is not None:
         blocks += ["", footer]
     return "\n".join(blocks)
+
+
+def shown_failure_message(report: Report) -> str:
+    """:meth:`Report.raise_for_failures`'s message for a report already shown: the summary
+    line and each failing parameter with its likely cause, not their blocks again."""
+    lines = [summary_line(report)]
+    for p in report.failures:
+        cause = "" if p.diagnosis is None else f" (likely cause: {p.diagnosis.kind})"
+        lines.append(f"  {p.name}: {p.n_failed:,} of {p.n_checked:,} checked entries wrong{cause}")
+    if not report.failures and not report.complete:
+        lines.append(f"The check did not complete: {report.incomplete_reason}.")
+    lines.append(
+        "The report printed before this error shows each failure in full (str(report); "
+        "report.failures holds them)."
+    )
+    return "\n".join(lines)
+
+
+# -- notices ----------------------------------------------------------------------------------
+def cost_notice(
+    predicted: float, planned: int, seconds: float, timeout: float | None, budget: int | None
+) -> str:
+    """What a long check says before it starts: its predicted time and how to bound it, naming
+    only the limits not already set (or that a limit that is set will stop it)."""
+    head = (
+        f"gradprobe: this check will take about {_duration(predicted)} "
+        f"({planned:,} loss evaluations of ~{seconds * 1e3:.3g} ms); "
+    )
+    stop = None
+    if timeout is not None and timeout < predicted:
+        stop = f"its timeout={timeout:g}"
+    elif budget is not None and budget < planned:
+        stop = f"its budget={budget:,}"
+    if stop is not None:
+        return (
+            f"{head}{stop} stops it before then, with a partial report; pass samples= (fewer "
+            "entries) to finish within it."
+        )
+    hints = ["samples="] + [
+        f"{name}=" for name, value in (("timeout", timeout), ("budget", budget)) if value is None
+    ]
+    listed = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
+    return f"{head}pass {listed} to bound it."
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -123,11 +123,23 @@ def load_baseline(path: str | Path) -> SuiteResult:
         raise InvalidInputError(
             f"--baseline: {p} does not exist; write one with `gradprobe run --json {p}`."
         ) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"--baseline: {p} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); gradprobe writes UTF-8 JSON: regenerate it with "
+            f"`gradprobe run --json {p}`."
+        ) from None
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"--baseline: {p} is not readable JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(
+            f"--baseline: {p} is not a gradprobe run result: expected a JSON object, found "
+            f"{'null' if data is None else type(data).__name__}; write one with "
+            f"`gradprobe run --json {p}`."
+        )
     try:
         return SuiteResult.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidInputError(
             f"--baseline: {p} is not a gradprobe run result ({exc}); write one with "
             f"`gradprobe run --json {p}` or `gradprobe check ... --json {p}`."

@@ -238,7 +238,7 @@ def find_suite(path: str | Path | None = None) -> Path:
         if c.name == "pyproject.toml" and c.is_file():
             try:
                 data = tomllib.loads(c.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError:
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError):
                 return c  # load_suite reports the syntax error with the file name
             if "gradprobe" in data.get("tool", {}):
                 return c
@@ -246,6 +246,20 @@ def find_suite(path: str | Path | None = None) -> Path:
         f"no suite found (looked for {', '.join(str(c) for c in candidates)}); write a "
         f"{SUITE_FILE} with [checks.NAME] tables or add [tool.gradprobe] to pyproject.toml."
     )
+
+
+def _read_utf8(file: Path, shown: str) -> str:
+    """The text of a TOML file, which TOML requires to be UTF-8 (the error names the line)."""
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SuiteConfigError(
+            f"{shown} line {line}: not valid UTF-8 (byte {data[exc.start]:#04x} at offset "
+            f"{exc.start}); TOML files are UTF-8: save it as UTF-8 (e.g. iconv -f latin1 -t "
+            "utf-8)."
+        ) from None
 
 
 def load_suite(path: str | Path | None = None) -> Suite:
@@ -260,7 +274,7 @@ def load_suite(path: str | Path | None = None) -> Suite:
     given = find_suite(path)
     file = given.resolve()
     shown = str(given)  # messages name the file as the user gave it (relative stays relative)
-    text = file.read_text(encoding="utf-8")
+    text = _read_utf8(file, shown)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -38,6 +38,8 @@ import numpy as np
 from ..errors import CheckAborted, GradCheckError, InvalidInputError
 from ..report.model import Report
 from .config import CheckSpec
+from .parent_watch import exit_with_parent
+from .stopping import held, stop_name
 from .tracebacks import crash_text
 
 __all__ = [
@@ -85,7 +87,7 @@ def _interrupted(report: Report | None, detail: str = "") -> tuple[str, str, Rep
         what = f"the report holds the {report.n_finished} parameter(s) finished before it"
     else:
         what = "no parameter had finished"
-    return "interrupted", f"interrupted (Ctrl-C){detail}; {what}.", report
+    return "interrupted", f"interrupted ({stop_name()}){detail}; {what}.", report
 
 
 def run_here(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
@@ -97,9 +99,21 @@ def run_here(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Re
         report = problem.run(**options)
     except KeyboardInterrupt as exc:
         return _interrupted(getattr(exc, "partial_report", None))
+    except SystemExit as exc:  # the loss cannot end the run: this check crashed
+        return _exited(exc)
     except Exception as exc:
         return _classify(exc)
     return ("passed" if report.passed else "failed"), "", report
+
+
+def _exited(exc: SystemExit) -> tuple[str, str, Report | None]:
+    return (
+        "crashed",
+        f"the check's code called sys.exit({exc.code!r}) (SystemExit): a loss, grad or target "
+        "must return or raise, not end the process; this check counts as crashed and the "
+        "others run.\n" + crash_text(exc),
+        getattr(exc, "partial_report", None),
+    )
 
 
 def _pack_report(report: Report | None) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
@@ -121,9 +135,14 @@ def _unpack_report(packed: Any) -> Report | None:
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
-    # The first Ctrl-C stops the check; later ones are ignored so that it can report.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The first Ctrl-C (or SIGTERM) stops the check; later ones are ignored so it can report.
+    _set_stop_signals(signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def _set_stop_signals(handler: Any) -> None:
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
@@ -132,7 +151,7 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     The worker idles with Ctrl-C ignored (see :meth:`IsolatedWorker._start`); during the check
     the first one (from the terminal, or forwarded by the parent) interrupts it.
     """
-    signal.signal(signal.SIGINT, _interrupt_once)
+    _set_stop_signals(_interrupt_once)
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -144,7 +163,11 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     def parameter(name: str, index: int, count: int) -> None:
         conn.send(("parameter", name, index, count))
 
+    def notice(text: str) -> None:
+        conn.send(("notice", text))
+
     progress.parameter = parameter  # type: ignore[attr-defined]
+    progress.notice = notice  # type: ignore[attr-defined]
 
     result = None
     try:
@@ -152,31 +175,19 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
         result = run_here(spec, progress if want_progress else None)
     except KeyboardInterrupt:
         pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_stop_signals(signal.SIG_IGN)
     if result is None:
         result = _interrupted(None)
     status, message, report = result
     conn.send(("result", status, message, _pack_report(report)))
 
 
-def _exit_with_parent() -> None:
-    """In the worker: exit as soon as the parent process ends, even in the middle of a check
-    (a daemon thread waits on the parent's sentinel)."""
-    parent = multiprocessing.parent_process()
-    if parent is None:  # pragma: no cover - always set in a spawned worker
-        return
-
-    def wait() -> None:
-        parent.join()
-        os._exit(1)
-
-    threading.Thread(target=wait, name="gradprobe-parent-watch", daemon=True).start()
-
-
 def _serve(conn: Any) -> None:
     """Entry point of the worker process: run each check the parent sends, until told to stop
-    (or until the parent is gone)."""
-    _exit_with_parent()
+    (or until the parent is gone). It idles with SIGTERM ignored, as Ctrl-C: ``timeout(1)``
+    sends SIGTERM to the whole process group, and the parent forwards it as an interrupt."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    exit_with_parent()
     while True:
         try:
             msg = conn.recv()
@@ -194,15 +205,17 @@ def _serve(conn: Any) -> None:
 
 @contextmanager
 def _ctrl_c_ignored() -> Iterator[None]:
-    """Ignore SIGINT (in the main thread) for the block: a worker started inside inherits it."""
+    """Ignore SIGINT (in the main thread) for the block: a worker started inside inherits it.
+    A SIGTERM that acts like Ctrl-C (:mod:`.stopping`) and arrives meanwhile acts at the end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with held():
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 class _CtrlC:
@@ -261,7 +274,10 @@ class IsolatedWorker:
 
     Use as a context manager (or call :meth:`close`): the worker is started at the first
     :meth:`run` and stopped at exit; a worker that had to be killed is replaced at the next
-    :meth:`run`. ``pids`` lists the worker processes started, in order.
+    :meth:`run`. ``pids`` lists the worker processes started, in order. On Linux the worker
+    is killed by the kernel when the thread that started it ends (``PR_SET_PDEATHSIG``), so
+    use one from the thread that created it; elsewhere it exits when the parent process ends
+    (a thread watching it), once its check lets go of the GIL.
     """
 
     def __init__(self) -> None:
@@ -409,6 +425,10 @@ def _wait(
                 announce = getattr(progress, "parameter", None)
                 if callable(announce):
                     announce(str(msg[1]), int(msg[2]), int(msg[3]))
+            elif msg[0] == "notice":  # printed here, where the bar is drawn
+                notice = getattr(progress, "notice", None)
+                if callable(notice):
+                    notice(str(msg[1]))
             elif msg[0] == "result":
                 report = _unpack_report(msg[3])
                 if interrupted or msg[1] == "interrupted":

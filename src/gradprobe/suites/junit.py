@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from ..report.files import write_text_atomic
 from .runner import CheckOutcome, SuiteResult
 
 __all__ = ["junit_xml", "write_junit"]
@@ -136,4 +137,4 @@ def junit_xml(
 
 def write_junit(path: str | Path, result: SuiteResult, **kwargs: Any) -> None:
     """Write :func:`junit_xml` to ``path`` (UTF-8)."""
-    Path(path).write_text(junit_xml(result, **kwargs), encoding="utf-8")
+    write_text_atomic(path, junit_xml(result, **kwargs))

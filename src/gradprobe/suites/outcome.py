@@ -4,7 +4,7 @@ JSON schema, JUnit and the command line.
 A run exits with the largest code among its checks: 0 gradients match, 1 a gradient mismatch
 (or a regression against a baseline), 2 a usage, configuration or input error, 3 a check crashed
 or stopped early (timeout, budget), 130 interrupted by Ctrl-C (128 + SIGINT, as shells report
-it) after writing what finished.
+it) after writing what finished; 143 for SIGTERM, handled as Ctrl-C (:mod:`.stopping`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, raised_at_the_call
 from ..report.model import Report
 
 __all__ = ["KINDS", "Kind", "Problem"]
@@ -296,6 +296,7 @@ class Problem:
         copy._set(self.kind, self.args, self.keywords, self.name, {**self.options, **options})
         return copy
 
+    @raised_at_the_call
     def run(self, **overrides: Any) -> Report:
         """Run the check with ``overrides`` merged over the problem's options.
 

@@ -107,9 +107,25 @@ class ProgressDisplay:
                 self._task, description=f"{self._description} · {name} ({index + 1}/{count})"
             )
 
+    def notice(self, text: str) -> None:
+        """A notice of the check (on stderr, when a terminal), on a line above the bar."""
+        if not _is_terminal(sys.stderr):
+            return
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr)
+
     def print(self, text: str) -> None:
         """Print above the bar (or plainly when there is none)."""
         if self._progress is not None:
             self._progress.console.print(text, markup=False, highlight=False)
         else:
             print(text)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

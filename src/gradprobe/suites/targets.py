@@ -70,10 +70,25 @@ class Target:
                     "relative to the suite file (or the current directory for `gradprobe check`)."
                 )
             try:
-                tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+                # Bytes: decoded as Python does at import (a coding declaration, a BOM, else
+                # UTF-8).
+                tree = ast.parse(path.read_bytes(), filename=str(path))
             except SyntaxError as exc:
+                fix = (
+                    "; save it as UTF-8 or declare its encoding on its first line "
+                    "(# -*- coding: latin-1 -*-)"
+                    if "unicode error" in str(exc.msg)
+                    else ""
+                )
                 raise InvalidInputError(
-                    f"target {self.text!r}: {self.file} line {exc.lineno}: syntax error: {exc.msg}"
+                    f"target {self.text!r}: {self.file} line {exc.lineno}: syntax error: "
+                    f"{exc.msg}{fix}"
+                ) from None
+            except (UnicodeDecodeError, ValueError) as exc:  # bytes its coding cannot decode
+                raise InvalidInputError(
+                    f"target {self.text!r}: {self.file} cannot be decoded as Python source "
+                    f"({exc}); save it as UTF-8 or declare its encoding on its first line "
+                    "(# -*- coding: latin-1 -*-)."
                 ) from None
             if self.function not in _module_level_names(tree):
                 functions = _module_level_functions(tree)
@@ -191,8 +206,8 @@ class Target:
         if path is None or not path.endswith(".py") or not Path(path).is_file():
             return None
         try:
-            tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError):
+            tree = ast.parse(Path(path).read_bytes())  # decoded as at import
+        except (SyntaxError, ValueError):
             return None
         found = None
         for node in tree.body:  # the last definition wins, as at import

@@ -1,0 +1,138 @@
+"""The process worker pool that outlives a check: warm start, reuse, idle stop, parent watch.
+
+gradprobe's process workers are joblib's reusable loky executor (one per Python process, the
+convention of ``joblib.Parallel``): a check leaves its workers running, and the next check in
+the same process reuses them instead of paying the start-up again (~0.5 s for 2 workers on
+2 cores). The lifecycle:
+
+- **Start** as soon as a check's plan says workers will pay (:func:`warm_up`: the processes are
+  spawned, and import in their own time), so their start-up overlaps the rest of the
+  pre-flight. Workers ignore SIGINT: a Ctrl-C to the process group is the parent's to handle.
+- **Reuse** by every later check of the same process (same worker count and backend).
+- **Idle stop**: each worker exits after :data:`IDLE_SECONDS` without work (loky's
+  ``idle_worker_timeout``); the pool restarts on demand.
+- **Stop** at interpreter exit (``atexit``), on :func:`shutdown_workers`, and at the end of a
+  :func:`~gradprobe.evaluate.workers.keep_workers` block.
+- **Never outlive the parent**: each worker runs :func:`_watch_parent` from its initializer, a
+  daemon thread that ends the worker within :data:`PARENT_POLL_SECONDS` once its parent process
+  is gone (exited, raised, killed by SIGTERM or SIGKILL: the worker is re-parented).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = [
+    "IDLE_SECONDS",
+    "loky_options",
+    "pool_alive",
+    "shutdown_workers",
+    "warm_up",
+]
+
+#: Seconds a worker waits for work before it exits (the pool restarts on demand).
+IDLE_SECONDS = 60.0
+#: How often a worker checks that its parent process is still alive.
+PARENT_POLL_SECONDS = 0.25
+
+_atexit_registered = False
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: end this worker once process ``parent`` is gone (see the module);
+    ignore SIGINT (a Ctrl-C to the process group is the parent's to handle: it stops the
+    workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="gradprobe-parent-watch", daemon=True).start()
+
+
+def loky_options() -> dict[str, Any]:
+    """The keyword arguments gradprobe's ``joblib.Parallel`` calls pass to the loky backend
+    (the same at every call, so joblib reuses one executor): the idle timeout and the
+    parent watch. Registers the stop at interpreter exit on first use."""
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(shutdown_workers)
+        _atexit_registered = True
+    return {
+        "idle_worker_timeout": IDLE_SECONDS,
+        "initializer": _watch_parent,
+        "initargs": (os.getpid(),),
+    }
+
+
+def _executor() -> Any:
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:  # pragma: no cover
+        return None
+    return getattr(reusable_executor, "_executor", None)
+
+
+def pool_alive() -> bool:
+    """Whether loky worker processes are running (or starting) in this process."""
+    executor = _executor()
+    if executor is None or getattr(executor, "_flags", None) is None:
+        return False
+    flags = executor._flags
+    if flags.broken is not None or flags.shutdown:
+        return False
+    processes = getattr(executor, "_processes", None) or {}
+    return any(p.is_alive() for p in list(processes.values()))
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT in this process for the block (main thread only): processes started in
+    it inherit the ignored signal from their first instruction, so a Ctrl-C sent to the
+    process group reaches the parent alone, which stops them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def warm_up(parallel: Any) -> None:
+    """Start the workers of ``parallel`` (a loky ``joblib.Parallel``, built with
+    :func:`loky_options`) now, without waiting for them: the executor is built as the check's
+    own calls will find it and its processes are spawned; each imports in its own time while
+    the pre-flight goes on. Nothing when they run already."""
+    if pool_alive():
+        return
+    with _sigint_ignored(), parallel:
+        executor = getattr(parallel._backend, "_workers", None)
+        ensure = getattr(executor, "_ensure_executor_running", None)
+        if callable(ensure):
+            ensure()
+
+
+def shutdown_workers() -> None:
+    """Stop gradprobe's process workers now and wait until they have exited.
+
+    A check leaves its process workers running for the next check in the same process; they
+    stop on their own after :data:`IDLE_SECONDS` without work and at interpreter exit. Call
+    this to release them sooner (before forking, in a long-lived service between bursts of
+    checks). The next check that needs workers starts them again. Thread pools and a user's
+    Dask cluster are not touched.
+    """
+    executor = _executor()
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)

@@ -1,0 +1,83 @@
+"""SIGTERM handled like Ctrl-C: what CI runners, ``timeout(1)`` and ``kill`` send.
+
+While :func:`terminate_like_interrupt` is active (the command line's whole run), SIGTERM calls
+whatever SIGINT handler is in place at that moment: Python's own (a ``KeyboardInterrupt``, so
+the engine keeps the partial report and stops its workers) or the isolated runner's counter (it
+forwards the interrupt to the worker and waits for its report); even where Ctrl-C is ignored
+(a background job of a script), SIGTERM still stops the run. So a
+terminated run, like an interrupted one, prints and writes what finished; :func:`stop_name`
+says which signal it was and :func:`stop_exit_code` the exit code: 130 for Ctrl-C (128 +
+SIGINT) and 143 for SIGTERM (128 + SIGTERM), as shells report them.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .outcome import EXIT_INTERRUPT
+
+__all__ = ["EXIT_TERMINATED", "held", "stop_exit_code", "stop_name", "terminate_like_interrupt"]
+
+EXIT_TERMINATED = 128 + int(signal.SIGTERM)  # 143
+
+_received: list[str] = []
+_pending: list[str] = []
+_held: list[bool] = []
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if "SIGTERM" not in _received:
+        _received.append("SIGTERM")
+    if _held:  # a worker process is starting: acted on when it has started
+        _pending.append("SIGTERM")
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIG_DFL, or SIG_IGN inherited (a background job of a script): stop all the same
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Within the block a SIGTERM waits; it acts when the block ends (where a worker process
+    starts with Ctrl-C ignored, so that it inherits that)."""
+    _held.append(True)
+    try:
+        yield
+    finally:
+        _held.pop()
+        if not _held and _pending:
+            _pending.clear()
+            _on_sigterm(int(signal.SIGTERM), None)
+
+
+@contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """Within the block (in the main thread), SIGTERM acts as Ctrl-C; it forgets a SIGTERM
+    seen before it starts."""
+    _received.clear()
+    _pending.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_name() -> str:
+    """``"SIGTERM"`` once one arrived within :func:`terminate_like_interrupt`, else
+    ``"Ctrl-C"``: the word the notices use for an interrupt."""
+    return "SIGTERM" if _received else "Ctrl-C"
+
+
+def stop_exit_code() -> int:
+    """143 once a SIGTERM arrived, else 130."""
+    return EXIT_TERMINATED if _received else EXIT_INTERRUPT

@@ -1,0 +1,93 @@
+"""``thread_safe=True``: "auto" measures in the pre-flight whether threads pay and picks them
+only then; the report says which ran and why, and is the same bit for bit as a serial one."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import gradprobe
+from gradprobe.evaluate import parallel, threads
+
+from ..helpers import report_core
+
+
+def _loss(p):
+    return float(np.sum(np.tanh(p["w"] @ p["v"])))
+
+
+def _grad(p):
+    t = 1 - np.tanh(p["w"] @ p["v"]) ** 2
+    return {"w": np.outer(t, p["v"]), "v": p["w"].T @ t}
+
+
+PARAMS = {
+    "w": np.random.default_rng(0).standard_normal((40, 30)),
+    "v": np.random.default_rng(1).standard_normal(30),
+}
+
+
+@pytest.fixture
+def every_plan_pays(monkeypatch):
+    policy = replace(parallel.DEFAULT_POLICY, auto_dispatch_seconds=0.0, block_dispatch_seconds=0.0)
+    monkeypatch.setattr(parallel, "DEFAULT_POLICY", policy)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+
+
+@pytest.mark.timeout(120)
+def test_threads_where_calls_run_in_parallel(monkeypatch, every_plan_pays):
+    monkeypatch.setattr(parallel, "concurrency_ratio", lambda call, n, repeats: 1.1)
+    report = gradprobe.check(_loss, _grad, PARAMS, thread_safe=True, seed=2)
+    executor = report.measured["executor"]
+    assert "(threading, 2 workers)" in executor
+    assert "threads: the loss is declared thread-safe and 2 calls at once took 1.10x" in executor
+    assert report.settings["thread_safe"] is True
+    serial = gradprobe.check(_loss, _grad, PARAMS, n_jobs=1, seed=2)
+    drop = ("n_jobs", "executor", "thread_safe")
+    assert report_core(report, drop=drop) | {"n_evaluations": 0} == report_core(
+        serial, drop=drop
+    ) | {"n_evaluations": 0}
+    # The measurement's calls are counted: what was spent is what the report says.
+    assert report.n_evaluations > serial.n_evaluations
+
+
+@pytest.mark.timeout(120)
+def test_processes_where_the_loss_holds_the_gil(monkeypatch, every_plan_pays):
+    monkeypatch.setattr(parallel, "concurrency_ratio", lambda call, n, repeats: 1.9)
+    report = gradprobe.check(_loss, _grad, PARAMS, thread_safe=True)
+    executor = report.measured["executor"]
+    assert "(loky, 2 workers)" in executor and "(it holds the GIL)" in executor
+
+
+@pytest.mark.timeout(120)
+def test_no_threads_unless_the_loss_is_declared_thread_safe(monkeypatch, every_plan_pays):
+    def never(*args):
+        raise AssertionError("measured threads for a loss not declared thread-safe")
+
+    monkeypatch.setattr(parallel, "concurrency_ratio", never)
+    report = gradprobe.check(_loss, _grad, PARAMS)
+    assert "threading" not in report.measured["executor"]
+
+
+def test_concurrency_ratio_tells_parallel_calls_from_serialized_ones():
+    import threading
+    import time
+
+    lock = threading.Lock()
+
+    def held(k):  # one at a time, like a loss that holds the GIL
+        with lock:
+            time.sleep(0.01)
+
+    def free(k):
+        time.sleep(0.01)
+
+    assert threads.concurrency_ratio(held, 2, 3) > 1.6
+    assert threads.concurrency_ratio(free, 2, 3) < 1.4
+
+
+def test_thread_safe_must_be_a_flag():
+    with pytest.raises(gradprobe.InvalidInputError, match="thread_safe: expected True or False"):
+        gradprobe.check(_loss, _grad, PARAMS, thread_safe="yes")
