@@ -28,16 +28,21 @@ class Checked:
     not_checked: list[str] = field(default_factory=list)
 
 
-def leaf_names(inputs: Sequence[Any], flatten: Callable[[Any], tuple[list[Any], Any]]) -> list[str]:
-    """``input{i}`` for an input that is a leaf itself, ``input{i}[j]`` for the leaves of one
-    that is a list or tuple (in ``flatten``'s order)."""
+def leaf_names(
+    inputs: Sequence[Any],
+    flatten: Callable[[Any], tuple[list[Any], Any]],
+    prefixes: Sequence[str] | None = None,
+) -> list[str]:
+    """``prefixes[i]`` (default ``input{i}``) for an input that is a leaf itself,
+    ``prefixes[i][j]`` for the leaves of one that is a list or tuple (in ``flatten``'s order)."""
+    prefixes = prefixes or [f"input{i}" for i in range(len(inputs))]
     names = []
-    for i, value in enumerate(inputs):
+    for prefix, value in zip(prefixes, inputs, strict=True):
         leaves, _ = flatten(value)
         if len(leaves) == 1 and leaves[0] is value:
-            names.append(f"input{i}")
+            names.append(prefix)
         else:
-            names += [f"input{i}[{j}]" for j in range(len(leaves))]
+            names += [f"{prefix}[{j}]" for j in range(len(leaves))]
     return names
 
 

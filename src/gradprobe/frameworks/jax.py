@@ -38,7 +38,7 @@ from ..functional.adapted import (
     short_error,
     validate_vectorize,
 )
-from ..layout import validate_callable
+from ..layout import argument_names, validate_callable
 from ..report.model import Report
 from .inputs import Checked, checked_leaves, hold_fixed, leaf_names
 
@@ -113,8 +113,9 @@ def check(
             "check in float32."
         )
     leaves, spec = jax.tree_util.tree_flatten(list(inputs))
-    names = leaf_names(inputs, jax.tree_util.tree_flatten)
-    checked = _checked(inputs, leaves, names, argnums)
+    prefixes = argument_names(fn, len(inputs), "input")  # def f(x, w): "x", "w"
+    names = leaf_names(inputs, jax.tree_util.tree_flatten, prefixes)
+    checked = _checked(inputs, leaves, names, argnums, prefixes)
 
     def call(*xs: Any) -> Any:
         full = list(leaves)
@@ -139,7 +140,11 @@ def _is_bfloat16(dtype: Any) -> bool:
 
 
 def _checked(
-    inputs: Sequence[Any], leaves: Sequence[Any], names: Sequence[str], argnums: Any
+    inputs: Sequence[Any],
+    leaves: Sequence[Any],
+    names: Sequence[str],
+    argnums: Any,
+    prefixes: Sequence[str],
 ) -> Checked:
     """The leaves to check: those of the positions ``argnums``, or every floating-point one."""
     if argnums is None:
@@ -160,7 +165,7 @@ def _checked(
                 f"{type(inputs[i]).__name__} {getattr(inputs[i], 'dtype', '')}".rstrip()
                 + "."
             )
-    chosen = [k for k, n in enumerate(names) if n.split("[")[0] in {f"input{i}" for i in positions}]
+    chosen = [k for k, n in enumerate(names) if n.split("[")[0] in {prefixes[i] for i in positions}]
     return Checked(chosen, [names[k] for k in chosen])
 
 
