@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         name="jax",
     ) from exc
 
+from ..api import PROMOTE_ADVICE
 from ..errors import InvalidInputError, LossEvaluationError, raised_at_the_call
 from ..functional.adapted import (
     Adapted,
@@ -43,6 +44,7 @@ from ..report.model import Report
 from .inputs import Checked, checked_leaves, hold_fixed, leaf_names
 
 #: What the report's settings call the vectorized path.
+_X64 = 'jax.config.update("jax_enable_x64", True) at startup'
 VMAP_NAME = "jax.vmap"
 ROLES = framework_roles("gradprobe.jax.check", "fn's VJP", "jax.vjp(fn, *x)[1](G)")
 
@@ -362,4 +364,7 @@ def _adapt(
         },
         warnings=notes,
         not_checked=[*held.notes, *dropped],
+        advice={}
+        if x64
+        else {PROMOTE_ADVICE: f"call {_X64}, then promote=True checks them in float64"},
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,8 @@ class Adapted:
     settings: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     not_checked: list[str] = field(default_factory=list)
+    #: Advice the report's warnings give, mapped to the form that works in the framework.
+    advice: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def check_adapted(
     notes = [*fn.warnings, *([] if vec.warning is None else [vec.warning])]
     if fn.not_checked:
         notes.append(f"not checked: {'; '.join(fn.not_checked)}.")
-    return run(
+    report = run(
         loss,
         grad,
         fn.base,
@@ -202,3 +204,6 @@ def check_adapted(
         },
         warnings=notes,
     )
+    for said, works in fn.advice.items():  # e.g. JAX: the x64 switch before promote=True
+        report = replace(report, warnings=tuple(w.replace(said, works) for w in report.warnings))
+    return report
