@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -76,6 +77,9 @@ def loky_options() -> dict[str, Any]:
 
 
 def _executor() -> Any:
+    # No pool can exist before loky is imported: a serial check must not import joblib.
+    if "joblib.externals.loky.reusable_executor" not in sys.modules:
+        return None
     try:
         from joblib.externals.loky import reusable_executor
     except ImportError:  # pragma: no cover
