@@ -158,6 +158,8 @@ def check(
         own copy of the parameters, where they do: no start-up, no pickling.
         ``report.measured["executor"]`` says which ran and why. Default False: processes.
 
+    Notes
+    -----
     Before any perturbation, the loss is evaluated a second time at the base point and the
     grad function called a second time (pre-flight): values differing beyond ``nondet_tol``
     raise :class:`NondeterministicLossError` (:class:`StatefulGradientError` when the loss
