@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +22,6 @@ from .tree import TreeDef, check_held_by_path, flatten, match, unflatten
 
 __all__ = [
     "ParamLayout",
-    "argument_names",
     "as_scalar_loss",
     "describe_fixed",
     "normalize_gradient",
@@ -440,26 +438,3 @@ def promote_to_float64(
     ]
     new_layout = replace(layout, dtypes=tuple(a.dtype for a in arrays))
     return new_layout, arrays, promoted
-
-
-def argument_names(
-    fn: Callable[..., Any], count: int, prefix: str, *, taken: Sequence[str] = ()
-) -> list[str]:
-    """Names for ``count`` arrays passed positionally to ``fn``: the names of its first
-    ``count`` positional parameters (``def f(x, w, b)``), or ``prefix0``, ``prefix1``... where
-    it has none to give (``*args``, a builtin, too few) or they clash with ``taken``."""
-    fallback = [f"{prefix}{i}" for i in range(count)]
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return fallback
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    names = []
-    for parameter in parameters:
-        if parameter.kind not in positional:
-            break
-        names.append(parameter.name)
-    names = names[:count]
-    if len(names) < count or set(names) & set(taken):
-        return fallback
-    return names

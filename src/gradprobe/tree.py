@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["Flat", "TreeDef", "check_held_by_path", "flatten", "match", "unflatten"]
+__all__ = ["Flat", "TreeDef", "argument_names", "check_held_by_path", "flatten", "match", "unflatten"]
 
 _TEXT = (str, bytes, bytearray, memoryview)
 _MISSING = object()
@@ -367,3 +368,26 @@ def _check_keys(
     raise InvalidInputError(
         message + ". Return one gradient array per parameter, under the parameter's name."
     )
+
+
+def argument_names(
+    fn: Callable[..., Any], count: int, prefix: str, *, taken: Sequence[str] = ()
+) -> list[str]:
+    """Names for ``count`` arrays passed positionally to ``fn``: the names of its first
+    ``count`` positional parameters (``def f(x, w, b)``), or ``prefix0``, ``prefix1``... where
+    it has none to give (``*args``, a builtin, too few) or they clash with ``taken``."""
+    fallback = [f"{prefix}{i}" for i in range(count)]
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return fallback
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = []
+    for parameter in parameters:
+        if parameter.kind not in positional:
+            break
+        names.append(parameter.name)
+    names = names[:count]
+    if len(names) < count or set(names) & set(taken):
+        return fallback
+    return names

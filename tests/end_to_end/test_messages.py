@@ -19,7 +19,7 @@ import pytest
 
 import gradprobe
 from gradprobe import examples
-from gradprobe.layout import argument_names
+from gradprobe.tree import argument_names
 
 PACKAGE = Path(gradprobe.__file__).resolve().parent
 

@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         name="jax",
     ) from exc
 
-from ..api import PROMOTE_ADVICE
+from ..checking.advice import PROMOTE_ADVICE
 from ..errors import InvalidInputError, LossEvaluationError, raised_at_the_call
 from ..functional.adapted import (
     Adapted,
@@ -39,8 +39,9 @@ from ..functional.adapted import (
     short_error,
     validate_vectorize,
 )
-from ..layout import argument_names, validate_callable
+from ..layout import validate_callable
 from ..report.model import Report
+from ..tree import argument_names
 from .inputs import Checked, checked_leaves, hold_fixed, leaf_names
 
 #: What the report's settings call the vectorized path.

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, StatefulGradientError, raised_at_the_call
-from ..layout import argument_names
 from ..report.model import Report
+from ..tree import argument_names
 from .contraction import Roles
 from .vjp import run_vjp_check
 

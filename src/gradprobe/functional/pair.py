@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, raised_at_the_call
-from ..layout import argument_names, validate_callable
+from ..layout import validate_callable
 from ..report.model import Report
+from ..tree import argument_names
 from .contraction import Roles
 from .vjp import run_vjp_check
 
