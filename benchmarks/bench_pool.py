@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -233,24 +232,7 @@ def child_main() -> None:
 
 # --------------------------------------------------------------------------- parent side
 class Runner(bench_speed.Runner):
-    def child(self, version: str, task: dict) -> dict:
-        print(f"  {version}: {task['kind']} {task.get('tag', '')}", file=sys.stderr, flush=True)
-        try:
-            done = subprocess.run(
-                [self.python, str(Path(__file__).resolve()), "--child"],
-                input=json.dumps(task),
-                capture_output=True,
-                text=True,
-                env=self.env(version),
-                cwd=self.cwd,
-                timeout=self.timeout,
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {self.timeout:.0f} s"}
-        lines = done.stdout.strip().splitlines()
-        if done.returncode or not lines:
-            return {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
-        return json.loads(lines[-1])
+    script = Path(__file__).resolve()
 
 
 def _f(res: dict, key: str, fmt: str = "{:.3f}") -> str:

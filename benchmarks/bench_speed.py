@@ -250,7 +250,10 @@ def child_main() -> None:
 
 
 class Runner:
-    """Starts children with one version's ``src`` on ``PYTHONPATH`` in a neutral directory."""
+    """Starts children with one version's ``src`` on ``PYTHONPATH`` in a neutral directory;
+    a child runs ``script --child`` (a subclass in another benchmark names its own file)."""
+
+    script = Path(__file__).resolve()
 
     def __init__(self, python: str, trees: dict[str, Path], timeout: float) -> None:
         self.python, self.trees, self.timeout = python, trees, timeout
@@ -267,7 +270,7 @@ class Runner:
         print(f"  running {label.strip()} ...", file=sys.stderr, flush=True)
         try:
             done = subprocess.run(
-                [self.python, str(Path(__file__).resolve()), "--child"],
+                [self.python, str(self.script), "--child"],
                 input=json.dumps(task),
                 capture_output=True,
                 text=True,
