@@ -18,7 +18,13 @@ from ._version import __version__
 from .checking.advice import dtype_warnings, precision_warnings
 from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
-from .checking.parameter import Evidence, EvidenceSink, gather_evidence
+from .checking.parameter import (
+    Evidence,
+    EvidenceSink,
+    draw_sample,
+    first_request,
+    gather_evidence,
+)
 from .checking.plan import plan_for, planned_evaluations
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.promotion import floor_left, verify_in_float64
@@ -359,6 +365,15 @@ class _Run:
         # parameter is being checked (the command line's --verbose lines and bar use it).
         announce = getattr(self.options.progress, "parameter", None)
         names = self.layout.names
+        # Every parameter's first sample is drawn before any is evaluated, so a placement
+        # with workers streams all of them through the same workers at once.
+        rngs = [np.random.default_rng(self.seeds[p]) for p in range(len(names))]
+        samples = [
+            draw_sample(self.contexts[name], self.plan.params[p].first, rngs[p])
+            for p, name in enumerate(names)
+        ]
+        requests = [first_request(self.contexts[n], s) for n, s in zip(names, samples, strict=True)]
+        self.evaluator.prefetch([r for r in requests if r is not None])
         for p, name in enumerate(names):
             if callable(announce):
                 announce(name, p, len(names))
@@ -368,12 +383,13 @@ class _Run:
             self.evidence[name] = gather_evidence(
                 self.contexts[name],
                 plan.first,
-                np.random.default_rng(self.seeds[p]),
+                rngs[p],
                 probes=self.options.probes,
                 slice_probes=self.options.slice_probes,
                 nonfinite=self.nonfinite.get(name),
                 grow_to=plan.grow_to,
                 sink=sink,
+                sample=samples[p],
             )
             self.unfinished = None
 
@@ -437,8 +453,6 @@ def _context(
 
 #: A check predicted to take longer than this many seconds says so on stderr (a terminal).
 ANNOUNCE_SECONDS = 60.0
-
-
 
 
 def _timeout_message(timeout: float) -> str:

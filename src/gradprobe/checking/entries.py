@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,13 @@ from ..numerics.tolerances import NOISE_FACTOR, Verdict
 from .context import ParamCheck
 from .kinks import RETRY_FACTOR, OneSided, classify, marginal, retry_passes
 
-__all__ = ["EntryResults", "evaluate_entries", "merge_entry_results", "numeric_entries"]
+__all__ = [
+    "EntryResults",
+    "evaluate_entries",
+    "first_rows",
+    "merge_entry_results",
+    "numeric_entries",
+]
 
 
 @dataclass(frozen=True)
@@ -111,27 +118,46 @@ class _Estimate:
     down: np.ndarray | None = None
 
 
+def first_rows(ctx: ParamCheck, flat_index: np.ndarray) -> np.ndarray | None:
+    """The perturbed values :func:`evaluate_entries` first asks the evaluator for, one row per
+    entry of ``flat_index`` (None for the complex step, which runs in this process): what a
+    placement with workers can send ahead (:meth:`gradprobe.evaluate.Evaluator.prefetch`)."""
+    if ctx.method == "complex-step":
+        return None
+    return _rows(ctx, np.asarray(flat_index, dtype=np.int64), ctx.relative_step)[0]
+
+
+def _rows(
+    ctx: ParamCheck, flat_index: np.ndarray, relative_step: float
+) -> tuple[np.ndarray, Any, Any]:
+    """The perturbed values of a central or Richardson estimate, and the steps behind them."""
+    values = ctx.base_flat[flat_index]
+    big = central_steps(values, relative_step)
+    if ctx.method == "central":
+        return np.stack([big.plus, big.minus], axis=1), big, None
+    small = central_steps(values, 0.5 * np.asarray(relative_step))
+    return np.stack([big.plus, big.minus, small.plus, small.minus], axis=1), big, small
+
+
 def _estimate(ctx: ParamCheck, flat_index: np.ndarray, relative_step: float) -> _Estimate:
     """Numeric derivatives of entries ``flat_index`` at ``relative_step`` (no verdict)."""
     evaluator, param, tol, method = ctx.evaluator, ctx.param, ctx.tolerance, ctx.method
-    values = ctx.base_flat[flat_index]
     if method == "complex-step":
-        h = complex_steps(values, float(np.max(relative_step)))
+        h = complex_steps(ctx.base_flat[flat_index], float(np.max(relative_step)))
         losses = evaluator.complex_entry_losses(param, flat_index, h)
         numeric = losses.imag / h
         noise = NOISE_FACTOR * tol.loss_eps * np.abs(numeric)
         return _Estimate(numeric=numeric, noise=noise, step=h)
-    big = central_steps(values, relative_step)
+    if method not in ("central", "richardson"):
+        raise ValueError(f"unknown finite-difference method {method!r}")
+    cols, big, small = _rows(ctx, flat_index, relative_step)
+    f = evaluator.entry_losses(param, flat_index, cols)
     if method == "central":
-        f = evaluator.entry_losses(param, flat_index, np.stack([big.plus, big.minus], axis=1))
         f = np.ascontiguousarray(f.T)  # rows: L(x+h), L(x-h)
         numeric = differences.central_differences(f[0], f[1], big.taken)
         noise = tol.noise_floor(f[0], f[1], big.taken)
         f = f.T
-    elif method == "richardson":
-        small = central_steps(values, 0.5 * np.asarray(relative_step))
-        cols = np.stack([big.plus, big.minus, small.plus, small.minus], axis=1)
-        f = evaluator.entry_losses(param, flat_index, cols)
+    else:
         g = np.ascontiguousarray(f.T)
         d1 = differences.central_differences(g[0], g[1], big.taken)
         d2 = differences.central_differences(g[2], g[3], small.taken)
@@ -142,8 +168,6 @@ def _estimate(ctx: ParamCheck, flat_index: np.ndarray, relative_step: float) -> 
             r2 * tol.noise_floor(f[:, 2], f[:, 3], small.taken)
             + tol.noise_floor(f[:, 0], f[:, 1], big.taken)
         ) / (r2 - 1.0)
-    else:
-        raise ValueError(f"unknown finite-difference method {method!r}")
     return _Estimate(
         numeric=numeric,
         noise=noise,

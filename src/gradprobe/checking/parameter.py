@@ -22,11 +22,11 @@ import numpy as np
 from ..numerics.sampling import Sample, extend_sample, stratified_sample
 from ..numerics.steps import EVALUATIONS_PER_ENTRY
 from .context import ParamCheck
-from .entries import EntryResults, evaluate_entries, merge_entry_results
+from .entries import EntryResults, evaluate_entries, first_rows, merge_entry_results
 from .probes import ProbeOutcome, run_probes
 from .ties import check_ties
 
-__all__ = ["Evidence", "EvidenceSink", "gather_evidence"]
+__all__ = ["Evidence", "EvidenceSink", "draw_sample", "first_request", "gather_evidence"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,23 @@ class EvidenceSink:
         )
 
 
+def draw_sample(ctx: ParamCheck, n_sample: int, rng: np.random.Generator) -> Sample:
+    """The first sample of ``ctx``'s parameter: ``n_sample`` stratified entries (see
+    :func:`~gradprobe.numerics.sampling.stratified_sample`), drawn from ``rng``."""
+    return stratified_sample(rng, ctx.analytic_flat.reshape(ctx.shape), n_sample)
+
+
+def first_request(ctx: ParamCheck, sample: Sample) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """The first block :func:`gather_evidence` evaluates for ``sample``, as
+    :meth:`~gradprobe.evaluate.Evaluator.prefetch` takes it; None where it is not one block
+    (a budget or time limit splits it) or not sent to workers (the complex step)."""
+    ev = ctx.evaluator
+    if ev.budget is not None or ev.deadline is not None:
+        return None
+    rows = first_rows(ctx, sample.flat_index)
+    return None if rows is None else (ctx.param, sample.flat_index, rows)
+
+
 def gather_evidence(
     ctx: ParamCheck,
     n_sample: int,
@@ -113,6 +130,7 @@ def gather_evidence(
     nonfinite: np.ndarray | None = None,
     grow_to: int | None = None,
     sink: EvidenceSink | None = None,
+    sample: Sample | None = None,
 ) -> Evidence:
     """Check ``n_sample`` stratified entries of ``ctx``'s parameter, then probe every entry
     along ``probes`` random directions (when the sample is not complete) and bisect failures;
@@ -121,10 +139,14 @@ def gather_evidence(
     Each finished block of entries goes into ``sink`` as it finishes (a new one when None):
     a check stopped on the way (time limit, budget, Ctrl-C) reads the finished entries there
     (:meth:`EvidenceSink.partial`).
+
+    ``sample``: the first sample, already drawn by :func:`draw_sample` with ``rng`` (the
+    check draws every parameter's before evaluating any, so workers can take them all at once).
     """
     sink = EvidenceSink(ctx, nonfinite) if sink is None else sink
     analytic = ctx.analytic_flat.reshape(ctx.shape)
-    sample = stratified_sample(rng, analytic, n_sample)
+    if sample is None:
+        sample = draw_sample(ctx, n_sample, rng)
     entries = _evaluate_in_blocks(ctx, sample.flat_index, sink)
     # Probes add nothing where every entry was checked one by one.
     if probes and not sample.complete:

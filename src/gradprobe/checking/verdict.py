@@ -252,8 +252,7 @@ def build_coverage(
         parts.append(probe_note)
     if passed and not unfinished and n_sampled < n_total and upper < 1.0:
         parts.append(
-            f"so fewer than {_pct(upper)} of the entries are wrong (at {confidence:.0%} "
-            "confidence)"
+            f"so fewer than {_pct(upper)} of the entries are wrong (at {confidence:.0%} confidence)"
         )
     return Coverage(
         n_probed=int(n_probed),

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import CheckAborted, InvalidInputError, LossEvaluationError
 from ..layout import ParamLayout
+from .shared import WorkerState
 from .threads import one_blas_thread
 
 __all__ = ["Evaluator", "InProcess", "Placement", "RowRunner"]
@@ -79,6 +80,10 @@ class Placement(Protocol):
 
     def vector_losses(self, ev: Evaluator, param: int, vectors: np.ndarray) -> np.ndarray: ...
 
+    def prefetch(self, ev: Evaluator, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Entry blocks the check will ask for next (see :meth:`Evaluator.prefetch`)."""
+        ...
+
     def close(self) -> None:
         """Release workers or other resources."""
         ...
@@ -129,6 +134,8 @@ class Evaluator:
         self.progress = progress
         self.planned_evaluations = int(planned_evaluations)
         self.n_evaluations = 0
+        #: The loss, layout and parameters as workers receive them (sent once per check).
+        self.worker_state = WorkerState(loss, layout, self.base)
         self._base_value: float | None = None
         #: Seconds one evaluation takes in this process: the fastest of the base point's and
         #: the later unperturbed calls (pre-flight, noise estimate); None before any ran.
@@ -158,7 +165,10 @@ class Evaluator:
 
     def close(self) -> None:
         """Release workers or other resources (nothing when every call runs in process)."""
-        self.placement.close()
+        try:
+            self.placement.close()
+        finally:
+            self.worker_state.close()
 
     # -- accounting ----------------------------------------------------------------------------
     def charge(self, n: int) -> None:
@@ -231,6 +241,13 @@ class Evaluator:
     def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
         """Losses with parameter ``param`` replaced by each row of ``vectors`` (flat, its dtype)."""
         return self.placement.vector_losses(self, param, vectors)
+
+    def prefetch(self, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """The entry blocks the check will ask for next, ``(param, flat_index, values)`` each
+        as :meth:`entry_losses` will receive it: a placement with workers sends them all now
+        (every parameter's chunks through the same workers) and answers the later calls
+        from them. Nothing is charged until a block is asked for; results are the same."""
+        self.placement.prefetch(self, requests)
 
     # -- complex step (method="complex-step"; always serial, in this process) ------------------
     def complex_entry_losses(
@@ -310,6 +327,9 @@ class InProcess:
 
     def vector_losses(self, ev: Evaluator, param: int, vectors: np.ndarray) -> np.ndarray:
         return self.rows.vector_losses(ev, param, vectors)
+
+    def prefetch(self, ev: Evaluator, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Nothing to send ahead in process."""
 
     def close(self) -> None:
         """Nothing to release."""

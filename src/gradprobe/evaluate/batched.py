@@ -235,9 +235,7 @@ class BatchedCalls:
             return None
         return ChunkTask(
             batched_chunk,
-            ev.loss,
-            ev.layout,
-            ev.base,
+            ev.worker_state,
             param,
             str(os.getpid()),
             values,

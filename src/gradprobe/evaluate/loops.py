@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import CheckAborted, LossEvaluationError
 from ..layout import ParamLayout, as_scalar_loss
+from .shared import WorkerState
 from .threads import one_blas_thread
 
 if TYPE_CHECKING:
@@ -107,14 +108,14 @@ class ChunkTask:
 
     ``run`` is a module-level function (pickled by name) called as ``run(task)``. Entry rows
     (``flat_index`` given) set entry ``flat_index[r]`` to each ``values[r, c]``; vector rows
-    (``flat_index`` None) replace the parameter by ``values[r]``. The parameters (``arrays``)
-    travel with the task: joblib memory-maps large arrays for process backends.
+    (``flat_index`` None) replace the parameter by ``values[r]``. The loss, layout and
+    parameters travel as the check's :class:`~gradprobe.evaluate.shared.WorkerState`: by
+    value, or, once published for gradprobe's process pool, as a path that each worker
+    attaches to once per check.
     """
 
     run: Callable[[ChunkTask], ChunkResult]
-    loss: Callable[[Any], Any]
-    layout: ParamLayout
-    arrays: Sequence[np.ndarray]
+    state: WorkerState
     param: int
     #: pid of the process that made the task (a thread worker shares its BLAS limit).
     parent: str
@@ -122,6 +123,19 @@ class ChunkTask:
     flat_index: np.ndarray | None = None
     #: Bytes of perturbed copies per batched call (batched tasks only).
     memory: int = 0
+
+    @property
+    def loss(self) -> Callable[[Any], Any]:
+        return self.state.loss
+
+    @property
+    def layout(self) -> ParamLayout:
+        return self.state.layout
+
+    @property
+    def arrays(self) -> Sequence[np.ndarray]:
+        """The base parameters (never written to)."""
+        return self.state.arrays
 
     @property
     def n_rows(self) -> int:
@@ -176,11 +190,12 @@ def _in_worker(
     out: np.ndarray,
     run: Callable[[Callable[[], float], np.ndarray], tuple[int, Exception] | None],
 ) -> ChunkResult:
-    """What a worker does around one loop: its BLAS limit, its own copies of the parameters
-    (memmaps arrive read-only), and the loop's failure packed for the parent."""
+    """What a worker does around one loop: its BLAS limit, its working copies of the
+    parameters (:meth:`WorkerState.working_copies`; the loop restores every value it sets),
+    and the loop's failure packed for the parent."""
     loss, layout = task.loss, task.layout
     with limit_in_worker(task.parent):
-        work = [np.array(a, copy=True) for a in task.arrays]
+        work = task.state.working_copies()
         where = f"with {layout.names[task.param]!r} perturbed"
         failure = run(
             lambda: as_scalar_loss(loss(layout.pack(work)), where), work[task.param].reshape(-1)
@@ -270,6 +285,4 @@ class EntryLoop:
     ) -> ChunkTask:
         """The worker task for entry rows (``flat_index`` given) or replacement vectors."""
         run = vector_chunk if flat_index is None else entry_chunk
-        return ChunkTask(
-            run, ev.loss, ev.layout, ev.base, param, str(os.getpid()), values, flat_index
-        )
+        return ChunkTask(run, ev.worker_state, param, str(os.getpid()), values, flat_index)

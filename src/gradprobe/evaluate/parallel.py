@@ -30,7 +30,7 @@ from ..errors import GradCheckError, InvalidInputError
 from .base import RowRunner
 from .loops import ChunkResult, ChunkTask, raise_chunk_error
 from .policy import DispatchPolicy
-from .pool import loky_options, pool_alive, warm_up
+from .pool import executor, loky_options, pool_alive, pool_ready, shutdown_workers, warm_up
 from .threads import THREADS_MIN_EFFICIENCY, concurrency_ratio, one_blas_thread
 from .workers import (
     PROCESS_BACKENDS,
@@ -169,10 +169,16 @@ class JoblibWorkers:
         self.planned = False
         self.plan_reason = ""
         self._warming = False
+        #: Whether the plan pays for starting the workers too (then blocks wait for them).
+        self._pays_with_start = False
         self._entered = False
         #: Whether this placement sent work to joblib workers (and so may have started processes).
         self._started_processes = False
         self._parallel: Any = None
+        #: On loky, tasks go to gradprobe's executor directly (futures), not through joblib.
+        self._direct = False
+        #: Blocks sent ahead (:meth:`prefetch`), by request: their chunk bounds and futures.
+        self._sent: dict[tuple[int, bytes, bytes], tuple[list[tuple[int, int]], list[Any]]] = {}
         if auto and "joblib" not in sys.modules:
             # Under "auto" joblib is imported (~75 ms) only once a call is worth dispatching:
             # a check of a cheap loss never pays for it. Until then, assume process workers
@@ -190,6 +196,7 @@ class JoblibWorkers:
         self._parallel = self._make_parallel()
         self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
         self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
+        self._direct = self.backend_name == "loky"
         if not self.uses_threads and self.n_workers >= 2:
             try:
                 check_picklable(self.loss, self.backend_name)
@@ -239,12 +246,13 @@ class JoblibWorkers:
             ):
                 self._choose_threads(ev)
         seconds = self.loss_seconds * n_evaluations
+        processes = self.backend_name in PROCESS_BACKENDS
         warm = self._started_processes or self._warming or pool_alive()
         if not self.policy.plan_pays(
             n_evaluations,
             loss_seconds=self.loss_seconds,
             n_workers=self.n_workers,
-            start_processes=self.backend_name in PROCESS_BACKENDS and not warm,
+            start_processes=False,
         ):
             self.planned, self.plan_reason = False, ""  # decided again on a refined timing
             return
@@ -252,15 +260,35 @@ class JoblibWorkers:
             self._connect()  # the backend may have fewer workers, or the loss not pickle
             if self.n_workers < 2:
                 return
+        if self._direct and not warm and not self.thread_safe_threads:
+            # The pool starts in the background whenever the plan's work pays for dispatching
+            # it: its start-up overlaps this check (which sends blocks only once a worker is
+            # up) and later checks of this process find it running.
+            self._warming = True
+            warm_up(self.n_workers)
+        pays_now = (
+            not processes
+            or not self.starts_processes
+            or self.policy.plan_pays(
+                n_evaluations,
+                loss_seconds=self.loss_seconds,
+                n_workers=self.n_workers,
+                start_processes=True,
+            )
+        )
         self.planned = True
+        self._pays_with_start = pays_now
         self.plan_reason = (
             f"the plan, {n_evaluations:,} evaluations of ~{self.loss_seconds * 1e3:.3g} ms "
             f"(~{seconds:.2g} s serial), pays for {self.n_workers} workers"
             + (" already running" if warm and not self._warming else "")
+            + ("" if pays_now else " (started in the background; blocks go to them once up)")
         )
-        if self.backend_name == "loky" and not warm:
-            self._warming = True  # started by this check, in the background
-            warm_up(self._make_parallel(own_backend=True))
+
+    @property
+    def thread_safe_threads(self) -> bool:
+        """Whether the pre-flight chose threads for a loss declared thread-safe."""
+        return self.prefer == "threads"
 
     def _choose_threads(self, ev: Evaluator) -> None:
         """Measure whether calls of the loss run in parallel on threads (each on its own copy
@@ -307,17 +335,20 @@ class JoblibWorkers:
         """Whether a dispatch now would first have to start process workers."""
         if self.backend_name not in PROCESS_BACKENDS or self._started_processes:
             return False
-        return not (self.backend_name == "loky" and pool_alive())
+        return not (self.backend_name == "loky" and pool_ready())
 
     def worth_dispatching(self, n_evaluations: int) -> bool:
         """The policy's decision for ``n_evaluations`` now (measured cost, workers running)."""
 
         def decide() -> bool:
+            starting = self.starts_processes
+            if self.planned and starting and self._warming and not self._pays_with_start:
+                return False  # started in the background for later: never wait for it
             return self.policy.dispatches(
                 n_evaluations,
                 loss_seconds=self.loss_seconds,
                 n_workers=self.n_workers,
-                start_processes=self.starts_processes,
+                start_processes=starting,
                 auto=self.auto,
                 planned=self.planned,
             )
@@ -334,6 +365,10 @@ class JoblibWorkers:
         self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
     ) -> np.ndarray:
         m, k = values.shape
+        sent = self._sent.pop(_request_key(param, flat_index, values), None)
+        if sent is not None:
+            ev.charge(m * k)
+            return self._collect_sent(ev, param, flat_index, values, sent)
         calibrating = self.rows.times_rows and not self._calibrated and m > 2
         if calibrating and self.worth_dispatching(m * k):
             # The base-point timing is often cold (first call): time two rows here before
@@ -392,21 +427,95 @@ class JoblibWorkers:
         return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
     def _call(self, tasks: list[ChunkTask]) -> list[ChunkResult]:
+        if self._direct:
+            return _results(self._submit(tasks))
         import joblib
 
         return list(self._parallel([joblib.delayed(t.run)(t) for t in tasks]))
 
+    def _submit(self, tasks: list[ChunkTask]) -> list[Any]:
+        """Send ``tasks`` to gradprobe's loky pool (:func:`~gradprobe.evaluate.pool.executor`);
+        the check's state is published once, so each task carries only its rows."""
+        tasks[0].state.publish()
+        pool = executor(self.n_workers)
+        return [pool.submit(t.run, t) for t in tasks]
+
+    # -- blocks sent ahead ---------------------------------------------------------------------
+    def prefetch(self, ev: Evaluator, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Send the entry blocks ``requests`` (``(param, flat_index, values)``, as the check
+        will ask for them) to the workers now, all parameters at once, when their work pays:
+        the workers stream through every parameter's chunks while this process goes on;
+        :meth:`entry_losses` collects a block when the check asks for it."""
+        if not self._direct or not requests or self._parallel is None:
+            return
+        sizes = [int(v.size) for _, _, v in requests]
+        total = sum(sizes)
+        if not self.worth_dispatching(total):
+            return
+        # Chunks of at least ~10 ms each (a round trip costs ~1 ms), at least
+        # chunks_per_worker per worker over the whole plan.
+        per = self.loss_seconds or 1e-3
+        n_chunks = max(
+            self.n_workers * max(1, int(self.policy.chunks_per_worker)),
+            min(int(total * per / 0.01), 16 * self.n_workers),
+        )
+        self._started_processes = True
+        self.dispatched += 1
+        for (param, flat_index, values), size in zip(requests, sizes, strict=True):
+            m = values.shape[0]
+            parts = max(1, min(m, round(n_chunks * size / total)))
+            edges = np.linspace(0, m, parts + 1).round().astype(int)
+            bounds = [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
+            task = self.rows.chunk_task(ev, param, flat_index, values)
+            if task is None:
+                continue
+            futures = self._submit([task.part(a, b) for a, b in bounds])
+            self._sent[_request_key(param, flat_index, values)] = (bounds, futures)
+
+    def _collect_sent(
+        self,
+        ev: Evaluator,
+        param: int,
+        flat_index: np.ndarray,
+        values: np.ndarray,
+        sent: tuple[list[tuple[int, int]], list[Any]],
+    ) -> np.ndarray:
+        bounds, futures = sent
+        out = np.empty(values.shape)
+        task = self.rows.chunk_task(ev, param, flat_index, values)
+        assert task is not None
+        tasks = [task.part(a, b) for a, b in bounds]
+        where = f"entries 0..{values.shape[0] - 1} of the {values.shape[0]} checked"
+        results = self._guarded(ev, tasks, param, where, lambda: _results(futures))
+        for (a, b), res in zip(bounds, results, strict=True):
+            if res.error is not None:
+                raise_chunk_error(ev, res, param, flat_index[a:b])
+            out[a:b] = res.losses
+        return out
+
     def _run(
         self, ev: Evaluator, tasks: list[ChunkTask], param: int, what: str
     ) -> list[ChunkResult]:
-        if not self._entered:
+        if not self._entered and not self._direct:
             self._parallel.__enter__()
             self._entered = True
         self.dispatched += 1
         self._started_processes = True
+        return self._guarded(ev, tasks, param, what, lambda: self._call(tasks))
+
+    def _guarded(
+        self,
+        ev: Evaluator,
+        tasks: list[ChunkTask],
+        param: int,
+        what: str,
+        call: Callable[[], list[ChunkResult]],
+    ) -> list[ChunkResult]:
+        """``call()``'s results, with a worker's death or a loss that cannot be pickled turned
+        into gradprobe's errors (the death localized by re-running ``tasks``)."""
         try:
             with one_blas_thread():  # covers thread backends; workers limit themselves
-                results = self._call(tasks)
+                results = call()
         except (GradCheckError, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -431,6 +540,39 @@ class JoblibWorkers:
         """Leave joblib's context. Process workers stay for the next check in this process
         (:mod:`gradprobe.evaluate.pool`: idle stop, stop at exit, ``shutdown_workers()``);
         thread pools end with the context; a user's Dask cluster is never touched."""
+        if self._sent:
+            # Blocks sent ahead that the check never asked for (it stopped part-way):
+            # cancel what has not started; what runs finishes on its own.
+            for _, futures in self._sent.values():
+                for f in futures:
+                    f.cancel()
+            self._sent.clear()
         if self._entered and self._parallel is not None:
             self._entered = False
             self._parallel.__exit__(None, None, None)
+
+
+def _request_key(
+    param: int, flat_index: np.ndarray, values: np.ndarray
+) -> tuple[int, bytes, bytes]:
+    """What identifies a block of entry rows sent ahead: the same rows asked for again."""
+    return (
+        param,
+        np.ascontiguousarray(flat_index, dtype=np.int64).tobytes(),
+        np.ascontiguousarray(values).tobytes() + str(values.shape).encode(),
+    )
+
+
+def _results(futures: list[Any]) -> list[ChunkResult]:
+    """The results of ``futures`` in order. Interrupted while waiting (Ctrl-C, the time
+    limit), the tasks not yet started are cancelled and the workers running one are stopped,
+    as joblib does: a loss must not go on computing for a check that has ended."""
+    try:
+        return [f.result() for f in futures]
+    except BaseException as exc:
+        for f in futures:
+            f.cancel()
+        if isinstance(exc, (KeyboardInterrupt, GradCheckError)) or not isinstance(exc, Exception):
+            if not all(f.done() for f in futures):
+                shutdown_workers()
+        raise

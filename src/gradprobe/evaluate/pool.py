@@ -7,7 +7,7 @@ the same process reuses them instead of paying the start-up again (~0.5 s for 2 
 
 - **Start** as soon as a check's plan says workers will pay (:func:`warm_up`: the processes are
   spawned, and import in their own time), so their start-up overlaps the rest of the
-  pre-flight. Workers ignore SIGINT: a Ctrl-C to the process group is the parent's to handle.
+  pre-flight; blocks go to them once one is up (:func:`pool_ready`), never waiting for them. Workers ignore SIGINT: a Ctrl-C to the process group is the parent's to handle.
 - **Reuse** by every later check of the same process (same worker count and backend).
 - **Idle stop**: each worker exits after :data:`IDLE_SECONDS` without work (loky's
   ``idle_worker_timeout``); the pool restarts on demand.
@@ -32,8 +32,10 @@ from typing import Any
 
 __all__ = [
     "IDLE_SECONDS",
+    "executor",
     "loky_options",
     "pool_alive",
+    "pool_ready",
     "shutdown_workers",
     "warm_up",
 ]
@@ -43,7 +45,19 @@ IDLE_SECONDS = 60.0
 #: How often a worker checks that its parent process is still alive.
 PARENT_POLL_SECONDS = 0.25
 
+#: What each worker's environment sets before anything is imported there: BLAS libraries start
+#: with one thread (every evaluation runs at one anyway; fewer threads start faster).
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+}
+
 _atexit_registered = False
+#: Futures of the no-op tasks :func:`warm_up` sent, one per worker: done once a worker is up.
+_ready: list[Any] = []
 
 
 def _watch_parent(parent: int) -> None:
@@ -74,6 +88,36 @@ def loky_options() -> dict[str, Any]:
         "initializer": _watch_parent,
         "initargs": (os.getpid(),),
     }
+
+
+def executor(n_workers: int) -> Any:
+    """gradprobe's loky executor with ``n_workers`` workers: the one running (resized if
+    needed), or a new one. Tasks are sent to it directly (``submit``), without joblib's
+    memory-mapping of arguments: the check's state travels once per check
+    (:mod:`gradprobe.evaluate.shared`)."""
+    from joblib.externals.loky import get_reusable_executor
+
+    options = loky_options()
+    return get_reusable_executor(
+        max_workers=n_workers,
+        timeout=options["idle_worker_timeout"],
+        initializer=options["initializer"],
+        initargs=options["initargs"],
+        env=WORKER_ENV,
+    )
+
+
+def _noop() -> None:
+    """A task that only says its worker is up (:func:`pool_ready`)."""
+
+
+def pool_ready() -> bool:
+    """Whether at least one worker of the running pool has started and taken a task."""
+    if not pool_alive():
+        return False
+    if not _ready:
+        return True  # started by a check's own tasks: they ran
+    return any(f.done() for f in _ready)
 
 
 def _executor() -> Any:
@@ -114,18 +158,15 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def warm_up(parallel: Any) -> None:
-    """Start the workers of ``parallel`` (a loky ``joblib.Parallel``, built with
-    :func:`loky_options`) now, without waiting for them: the executor is built as the check's
-    own calls will find it and its processes are spawned; each imports in its own time while
-    the pre-flight goes on. Nothing when they run already."""
+def warm_up(n_workers: int) -> None:
+    """Start ``n_workers`` workers now, without waiting for them: each imports in its own
+    time while the check goes on, and takes a no-op task once it is up (:func:`pool_ready`).
+    Nothing when they run already."""
     if pool_alive():
         return
-    with _sigint_ignored(), parallel:
-        executor = getattr(parallel._backend, "_workers", None)
-        ensure = getattr(executor, "_ensure_executor_running", None)
-        if callable(ensure):
-            ensure()
+    with _sigint_ignored():
+        pool = executor(n_workers)
+        _ready[:] = [pool.submit(_noop) for _ in range(n_workers)]
 
 
 def shutdown_workers() -> None:
@@ -137,6 +178,7 @@ def shutdown_workers() -> None:
     checks). The next check that needs workers starts them again. Thread pools and a user's
     Dask cluster are not touched.
     """
-    executor = _executor()
-    if executor is not None:
-        executor.shutdown(wait=True, kill_workers=True)
+    running = _executor()
+    _ready.clear()
+    if running is not None:
+        running.shutdown(wait=True, kill_workers=True)

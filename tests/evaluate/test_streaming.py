@@ -1,0 +1,140 @@
+"""Every parameter's first sample goes to the workers at once (``Evaluator.prefetch``), and the
+check's loss and parameters travel once per check (``evaluate.shared``), not with every task.
+Reports stay the same bit for bit; the planned evaluations are what a passing check spends."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import replace
+
+import joblib
+import numpy as np
+import pytest
+
+import gradprobe
+from gradprobe.evaluate import parallel
+from gradprobe.evaluate.shared import WorkerState, _by_reference
+from gradprobe.layout import normalize_params
+
+from ..helpers import report_core
+
+#: Every call goes to the workers, which need no start-up time: what the policy decides
+#: apart, the placement is exercised on a small, fast check.
+EAGER = replace(
+    parallel.DEFAULT_POLICY,
+    min_dispatch_seconds=0.0,
+    auto_dispatch_seconds=0.0,
+    process_start_seconds=0.0,
+    block_dispatch_seconds=0.0,
+)
+
+
+def _loss(p):
+    return float(np.sum(np.tanh(p["W"] @ p["x"])) + 0.5 * np.sum(p["b"] ** 2) + np.sum(p["c"]))
+
+
+def _grad(p):
+    t = 1.0 - np.tanh(p["W"] @ p["x"]) ** 2
+    return {"W": np.outer(t, p["x"]), "x": p["W"].T @ t, "b": p["b"], "c": np.ones_like(p["c"])}
+
+
+def _params():
+    rng = np.random.default_rng(7)
+    return {
+        "W": rng.standard_normal((40, 30)),
+        "x": rng.standard_normal(30),
+        "b": rng.standard_normal(300),
+        "c": rng.standard_normal((20, 20)),
+    }
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("chunks", [1, 4])
+def test_streamed_samples_give_the_serial_report_bit_for_bit(monkeypatch, chunks):
+    params = _params()
+    before = {k: v.copy() for k, v in params.items()}
+    serial = gradprobe.check(_loss, _grad, params, n_jobs=1, seed=3)
+    monkeypatch.setattr(parallel, "DEFAULT_POLICY", replace(EAGER, chunks_per_worker=chunks))
+    collected = []
+    collect = parallel.JoblibWorkers._collect_sent
+
+    def spy(self, ev, param, *args):
+        collected.append(param)
+        return collect(self, ev, param, *args)
+
+    monkeypatch.setattr(parallel.JoblibWorkers, "_collect_sent", spy)
+    with joblib.parallel_config(backend="loky"):
+        placed = gradprobe.check(_loss, _grad, params, n_jobs=2, seed=3)
+    assert placed.measured["executor"].startswith("joblib chunks (loky, 2 workers)")
+    assert collected == [0, 1, 2, 3]  # every parameter's first sample was sent ahead
+    assert report_core(placed) == report_core(serial)
+    assert placed.n_evaluations == serial.n_evaluations
+    for k in params:
+        assert np.array_equal(params[k], before[k])
+
+
+@pytest.mark.timeout(180)
+def test_streamed_samples_find_the_same_bad_entries(monkeypatch):
+    def bad_grad(p):
+        g = _grad(p)
+        g["W"][3, 4] *= 1.5
+        g["b"] = -g["b"]
+        return g
+
+    params = _params()
+    serial = gradprobe.check(_loss, bad_grad, params, n_jobs=1, seed=0)
+    monkeypatch.setattr(parallel, "DEFAULT_POLICY", EAGER)
+    with joblib.parallel_config(backend="loky"):
+        placed = gradprobe.check(_loss, bad_grad, params, n_jobs=2, seed=0)
+    assert not placed.passed and placed.params["W"].bad_indices == serial.params["W"].bad_indices
+    assert report_core(placed) == report_core(serial)
+
+
+def test_prefetch_is_collected_by_the_matching_request_only(monkeypatch):
+    """A block sent ahead answers the identical request; any other request is evaluated anew,
+    and blocks nobody asked for are cancelled when the evaluator closes."""
+    from gradprobe.evaluate import make_evaluator
+
+    monkeypatch.setattr(parallel, "DEFAULT_POLICY", EAGER)
+    params = _params()
+    layout, base = normalize_params(params)
+    with joblib.parallel_config(backend="loky"):
+        ev = make_evaluator(_loss, layout, [b.copy() for b in base], n_jobs=2)
+        with ev:
+            ev.base_loss()
+            idx = np.array([0, 5, 9], dtype=np.int64)
+            values = np.stack([base[0].reshape(-1)[idx] + 1e-3, base[0].reshape(-1)[idx]], axis=1)
+            other = np.array([1, 2], dtype=np.int64)
+            ev.prefetch([(0, idx, values), (0, other, values[:2])])
+            assert len(ev.placement._sent) == 2
+            got = ev.entry_losses(0, idx, values)
+            assert len(ev.placement._sent) == 1
+            again = ev.entry_losses(0, idx, values)  # no longer sent ahead: evaluated anew
+            assert np.array_equal(got, again)
+            assert got[0, 1] == got[1, 1] == got[2, 1]  # each column 1 is the base point
+        assert ev.placement._sent == {}
+
+
+def test_a_published_state_travels_as_a_path_and_workers_map_it_copy_on_write():
+    params = _params()
+    layout, base = normalize_params(params)
+    arrays = [b.copy() for b in base]
+    state = WorkerState(_loss, layout, arrays)
+    by_value = pickle.dumps(state)
+    state.publish()
+    try:
+        assert os.path.isdir(state.folder)
+        by_path = pickle.dumps(state)
+        assert len(by_path) < 300 < len(by_value)
+        attached = _by_reference(state.token, state.folder)
+        assert _by_reference(state.token, state.folder) is attached  # once per check
+        work = attached.working_copies()
+        work[0].reshape(-1)[0] += 1.0  # a worker's perturbation stays private
+        assert attached.arrays[0].reshape(-1)[0] == arrays[0].reshape(-1)[0]
+        assert np.load(os.path.join(state.folder, "0.npy"))[0, 0] == arrays[0][0, 0]
+        assert attached.loss(layout.pack(attached.arrays)) == _loss(params)
+    finally:
+        folder = state.folder
+        state.close()
+    assert not os.path.exists(folder)
