@@ -18,13 +18,7 @@ from ._version import __version__
 from .checking.advice import dtype_warnings, precision_warnings
 from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
-from .checking.parameter import (
-    Evidence,
-    EvidenceSink,
-    draw_sample,
-    first_request,
-    gather_evidence,
-)
+from .checking.parameter import Evidence, EvidenceSink, first_samples, gather_evidence
 from .checking.plan import plan_for, planned_evaluations
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.promotion import floor_left, verify_in_float64
@@ -365,15 +359,8 @@ class _Run:
         # parameter is being checked (the command line's --verbose lines and bar use it).
         announce = getattr(self.options.progress, "parameter", None)
         names = self.layout.names
-        # Every parameter's first sample is drawn before any is evaluated, so a placement
-        # with workers streams all of them through the same workers at once.
-        rngs = [np.random.default_rng(self.seeds[p]) for p in range(len(names))]
-        samples = [
-            draw_sample(self.contexts[name], self.plan.params[p].first, rngs[p])
-            for p, name in enumerate(names)
-        ]
-        requests = [first_request(self.contexts[n], s) for n, s in zip(names, samples, strict=True)]
-        self.evaluator.prefetch([r for r in requests if r is not None])
+        contexts = [self.contexts[name] for name in names]
+        rngs, samples = first_samples(contexts, [p.first for p in self.plan.params], self.seeds)
         for p, name in enumerate(names):
             if callable(announce):
                 announce(name, p, len(names))

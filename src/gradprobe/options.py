@@ -200,7 +200,7 @@ _TABLE = (
         "auto",
         _promote,
         "cast parameters below float64 to float64 for the check (True), only to recheck what "
-        "a float32 check left at the round-off floor (\"auto\"), or never (False)",
+        'a float32 check left at the round-off floor ("auto"), or never (False)',
         toml_example='promote = true or promote = "auto"',
     ),
     Option(

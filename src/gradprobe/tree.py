@@ -22,7 +22,15 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["Flat", "TreeDef", "argument_names", "check_held_by_path", "flatten", "match", "unflatten"]
+__all__ = [
+    "Flat",
+    "TreeDef",
+    "argument_names",
+    "check_held_by_path",
+    "flatten",
+    "match",
+    "unflatten",
+]
 
 _TEXT = (str, bytes, bytearray, memoryview)
 _MISSING = object()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,14 @@ from .entries import EntryResults, evaluate_entries, first_rows, merge_entry_res
 from .probes import ProbeOutcome, run_probes
 from .ties import check_ties
 
-__all__ = ["Evidence", "EvidenceSink", "draw_sample", "first_request", "gather_evidence"]
+__all__ = [
+    "Evidence",
+    "EvidenceSink",
+    "draw_sample",
+    "first_request",
+    "first_samples",
+    "gather_evidence",
+]
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,21 @@ def draw_sample(ctx: ParamCheck, n_sample: int, rng: np.random.Generator) -> Sam
     """The first sample of ``ctx``'s parameter: ``n_sample`` stratified entries (see
     :func:`~gradprobe.numerics.sampling.stratified_sample`), drawn from ``rng``."""
     return stratified_sample(rng, ctx.analytic_flat.reshape(ctx.shape), n_sample)
+
+
+def first_samples(
+    contexts: Sequence[ParamCheck], sizes: Sequence[int], seeds: Sequence[np.random.SeedSequence]
+) -> tuple[list[np.random.Generator], list[Sample]]:
+    """Every parameter's first sample (``sizes[p]`` entries), drawn before any is evaluated,
+    and each parameter's generator after the draw; the evaluator gets the first blocks at
+    once (:meth:`~gradprobe.evaluate.Evaluator.prefetch`), so a placement with workers streams
+    all parameters through the same workers."""
+    rngs = [np.random.default_rng(seed) for seed in seeds[: len(contexts)]]
+    samples = [draw_sample(ctx, n, rng) for ctx, n, rng in zip(contexts, sizes, rngs, strict=True)]
+    if contexts:
+        requests = [first_request(c, s) for c, s in zip(contexts, samples, strict=True)]
+        contexts[0].evaluator.prefetch([r for r in requests if r is not None])
+    return rngs, samples
 
 
 def first_request(ctx: ParamCheck, sample: Sample) -> tuple[int, np.ndarray, np.ndarray] | None:

@@ -1,44 +1,37 @@
 """Joblib dispatch: the placement that sends blocks of rows to workers, and its cost model.
 
-:class:`JoblibWorkers` splits each call into ``chunks_per_worker`` chunks per worker and sends
-them to the workers in one joblib call; each :class:`~gradprobe.evaluate.loops.ChunkTask`
-carries the parameters (joblib memory-maps large arrays for process backends instead of
-pickling them), perturbs the worker's own copy with a saved-value restore and returns the
-losses. The backend is whatever ``joblib.parallel_config`` says (processes preferred by
-default): threads, loky or a Dask cluster. The budget and deadline are charged here, per call,
-before dispatching.
-
-Whether a call is worth dispatching is the :class:`DispatchPolicy`'s decision: a call whose
-evaluations would take less than a threshold in one process (by the timing of the base-point
-evaluation) runs in this process, where dispatching would cost more than it saves. Every
-evaluation runs with one BLAS thread wherever it runs, so results are the same bit for bit.
+:class:`JoblibWorkers` cuts a call into ``chunks_per_worker`` chunks per worker, each a
+:class:`~gradprobe.evaluate.loops.ChunkTask` that perturbs the worker's copy of the parameters
+with a saved-value restore and returns the losses. On gradprobe's own loky pool the tasks go
+to the pool directly as futures, the check's loss and parameters travel once per check
+(:mod:`gradprobe.evaluate.shared`) and every parameter's first sample can be sent ahead at once
+(:mod:`gradprobe.evaluate.ahead`); other backends (threads, a Dask cluster) get one
+``joblib.Parallel`` call per block. Whether a call is worth dispatching is the
+:class:`DispatchPolicy`'s decision, on the check's whole plan first, by the measured cost of
+one evaluation. Every evaluation runs with one BLAS thread wherever it runs, so results are
+the same bit for bit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import GradCheckError, InvalidInputError
+from ..errors import InvalidInputError
+from .ahead import Request, SentBlocks, wait_all
+from .backends import joblib_backend, workers_for
 from .base import RowRunner
 from .loops import ChunkResult, ChunkTask, raise_chunk_error
 from .policy import DispatchPolicy
-from .pool import executor, loky_options, pool_alive, pool_ready, shutdown_workers, warm_up
-from .threads import THREADS_MIN_EFFICIENCY, concurrency_ratio, one_blas_thread
-from .workers import (
-    PROCESS_BACKENDS,
-    check_picklable,
-    is_pickling_error,
-    unpicklable,
-    worker_died_error,
-)
+from .pool import executor, loky_options, pool_alive, pool_ready, warm_up
+from .threads import one_blas_thread, threads_pay
+from .workers import PROCESS_BACKENDS, check_picklable, guarded
 
 if TYPE_CHECKING:
     from .base import Evaluator
@@ -68,48 +61,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS, Windows
         return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def joblib_backend(name: str | None) -> Iterator[None]:
-    """Where the joblib backend is picked: ``check(backend=name)`` runs inside this block.
-
-    None leaves joblib's configuration as it is (``joblib.parallel_config`` of the caller, else
-    processes). ``"dask"`` needs an active ``distributed.Client`` (the one ``get_client()``
-    finds: the last one created, or the worker's own inside a task) and raises
-    :class:`InvalidInputError` naming the fix without one.
-    """
-    if name is None:
-        yield
-        return
-    import joblib
-
-    if name == "dask":
-        try:
-            from distributed import get_client
-        except ImportError:
-            raise InvalidInputError(
-                'backend: "dask" needs dask.distributed: pip install "gradprobe[dask]".'
-            ) from None
-        try:
-            get_client()
-        except ValueError:
-            raise InvalidInputError(
-                'backend: "dask" found no active distributed.Client; create one first '
-                '(client = distributed.Client("tcp://host:8786"), or '
-                "distributed.Client(distributed.LocalCluster()) on this machine)."
-            ) from None
-    with joblib.parallel_config(backend=name):
-        yield
-
-
-def workers_for(n_jobs: Any) -> int:
-    """The number of workers ``n_jobs`` resolves to under the current joblib configuration."""
-    if isinstance(n_jobs, int) and n_jobs == 1:
-        return 1  # joblib's answer too, without importing joblib for a serial check
-    import joblib
-
-    return int(joblib.effective_n_jobs(-1 if n_jobs == "auto" else n_jobs))
 
 
 class WorkerRows(RowRunner, Protocol):
@@ -178,7 +129,7 @@ class JoblibWorkers:
         #: On loky, tasks go to gradprobe's executor directly (futures), not through joblib.
         self._direct = False
         #: Blocks sent ahead (:meth:`prefetch`), by request: their chunk bounds and futures.
-        self._sent: dict[tuple[int, bytes, bytes], tuple[list[tuple[int, int]], list[Any]]] = {}
+        self._sent = SentBlocks()
         if auto and "joblib" not in sys.modules:
             # Under "auto" joblib is imported (~75 ms) only once a call is worth dispatching:
             # a check of a cheap loss never pays for it. Until then, assume process workers
@@ -206,27 +157,14 @@ class JoblibWorkers:
                 self.n_workers = 1
                 self.kept_reason = str(exc).split(";")[0]
 
-    def _make_parallel(self, own_backend: bool = False) -> Any:
-        """A ``joblib.Parallel`` for the configured backend; on loky, with the pool's options
-        (idle timeout, parent watch: :mod:`gradprobe.evaluate.pool`), the same at every call
-        so every check of the process reuses one executor. ``own_backend``: on a copy of the
-        configured backend object (``parallel_config`` shares one among the calls made under
-        it, and the background start runs beside the check's own calls)."""
+    def _make_parallel(self) -> Any:
+        """A ``joblib.Parallel`` for the configured backend (on loky, the pool's options:
+        :mod:`gradprobe.evaluate.pool`; tasks then go to the pool directly, see :meth:`_call`)."""
         import joblib
 
         parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer=self.prefer)
-        backend = parallel._backend
-        if type(backend).__name__ != "LokyBackend":
+        if type(parallel._backend).__name__ != "LokyBackend":
             return parallel
-        if own_backend:
-            backend = type(backend)(
-                nesting_level=backend.nesting_level,
-                inner_max_num_threads=backend.inner_max_num_threads,
-                **backend.backend_kwargs,
-            )
-            return joblib.Parallel(
-                n_jobs=self.n_jobs, backend=backend, prefer="processes", **loky_options()
-            )
         return joblib.Parallel(n_jobs=self.n_jobs, prefer="processes", **loky_options())
 
     def plan(self, ev: Evaluator, n_evaluations: int) -> None:
@@ -292,20 +230,15 @@ class JoblibWorkers:
 
     def _choose_threads(self, ev: Evaluator) -> None:
         """Measure whether calls of the loss run in parallel on threads (each on its own copy
-        of the parameters); switch to threads where they do (:data:`THREADS_MIN_EFFICIENCY`)."""
+        of the parameters); switch to threads where they do (:func:`threads_pay`)."""
         self._threads_measured = True
         n = min(self.n_workers, 4)
         copies = [[a.copy() for a in ev.base] for _ in range(n)]
-        seconds = self.loss_seconds or 1e-3
-        repeats = max(1, min(20, int(0.005 / max(seconds, 1e-9))))
-        ev.charge(2 * repeats * (n + 1))  # the calls below are evaluations too
-        ratio = concurrency_ratio(
-            lambda k: self.rows.call_loss(ev, copies[k], "measuring threads"), n, repeats
-        )
-        fast = n / ratio >= THREADS_MIN_EFFICIENCY * n
-        self.threads_reason = (
-            f"{'threads' if fast else 'processes'}: the loss is declared thread-safe and {n} "
-            f"calls at once took {ratio:.2f}x one call" + ("" if fast else " (it holds the GIL)")
+        fast, self.threads_reason = threads_pay(
+            lambda k: self.rows.call_loss(ev, copies[k], "measuring threads"),
+            n,
+            self.loss_seconds or 1e-3,
+            ev.charge,
         )
         if fast:
             self.prefer = "threads"
@@ -365,7 +298,7 @@ class JoblibWorkers:
         self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
     ) -> np.ndarray:
         m, k = values.shape
-        sent = self._sent.pop(_request_key(param, flat_index, values), None)
+        sent = self._sent.take(param, flat_index, values)
         if sent is not None:
             ev.charge(m * k)
             return self._collect_sent(ev, param, flat_index, values, sent)
@@ -428,7 +361,7 @@ class JoblibWorkers:
 
     def _call(self, tasks: list[ChunkTask]) -> list[ChunkResult]:
         if self._direct:
-            return _results(self._submit(tasks))
+            return wait_all(self._submit(tasks))
         import joblib
 
         return list(self._parallel([joblib.delayed(t.run)(t) for t in tasks]))
@@ -441,36 +374,25 @@ class JoblibWorkers:
         return [pool.submit(t.run, t) for t in tasks]
 
     # -- blocks sent ahead ---------------------------------------------------------------------
-    def prefetch(self, ev: Evaluator, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+    def prefetch(self, ev: Evaluator, requests: list[Request]) -> None:
         """Send the entry blocks ``requests`` (``(param, flat_index, values)``, as the check
-        will ask for them) to the workers now, all parameters at once, when their work pays:
-        the workers stream through every parameter's chunks while this process goes on;
-        :meth:`entry_losses` collects a block when the check asks for it."""
+        will ask for them) to the workers now, all parameters at once, when their work pays
+        (:mod:`gradprobe.evaluate.ahead`); :meth:`entry_losses` collects a block when the
+        check asks for it."""
         if not self._direct or not requests or self._parallel is None:
             return
-        sizes = [int(v.size) for _, _, v in requests]
-        total = sum(sizes)
-        if not self.worth_dispatching(total):
+        if not self.worth_dispatching(sum(int(v.size) for _, _, v in requests)):
             return
-        # Chunks of at least ~10 ms each (a round trip costs ~1 ms), at least
-        # chunks_per_worker per worker over the whole plan.
-        per = self.loss_seconds or 1e-3
-        n_chunks = max(
-            self.n_workers * max(1, int(self.policy.chunks_per_worker)),
-            min(int(total * per / 0.01), 16 * self.n_workers),
-        )
         self._started_processes = True
         self.dispatched += 1
-        for (param, flat_index, values), size in zip(requests, sizes, strict=True):
-            m = values.shape[0]
-            parts = max(1, min(m, round(n_chunks * size / total)))
-            edges = np.linspace(0, m, parts + 1).round().astype(int)
-            bounds = [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
-            task = self.rows.chunk_task(ev, param, flat_index, values)
-            if task is None:
-                continue
-            futures = self._submit([task.part(a, b) for a, b in bounds])
-            self._sent[_request_key(param, flat_index, values)] = (bounds, futures)
+        self._sent.send(
+            requests,
+            n_workers=self.n_workers,
+            min_chunks_per_worker=int(self.policy.chunks_per_worker),
+            loss_seconds=self.loss_seconds or 1e-3,
+            task_for=lambda r: self.rows.chunk_task(ev, *r),
+            submit=self._submit,
+        )
 
     def _collect_sent(
         self,
@@ -486,7 +408,7 @@ class JoblibWorkers:
         assert task is not None
         tasks = [task.part(a, b) for a, b in bounds]
         where = f"entries 0..{values.shape[0] - 1} of the {values.shape[0]} checked"
-        results = self._guarded(ev, tasks, param, where, lambda: _results(futures))
+        results = self._guarded(ev, tasks, param, where, lambda: wait_all(futures))
         for (a, b), res in zip(bounds, results, strict=True):
             if res.error is not None:
                 raise_chunk_error(ev, res, param, flat_index[a:b])
@@ -511,18 +433,10 @@ class JoblibWorkers:
         what: str,
         call: Callable[[], list[ChunkResult]],
     ) -> list[ChunkResult]:
-        """``call()``'s results, with a worker's death or a loss that cannot be pickled turned
-        into gradprobe's errors (the death localized by re-running ``tasks``)."""
-        try:
-            with one_blas_thread():  # covers thread backends; workers limit themselves
-                results = call()
-        except (GradCheckError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            if is_pickling_error(exc):
-                raise unpicklable(self.backend_name, exc) from exc
-            raise worker_died_error(
-                exc,
+        """``call()``'s results, errors as gradprobe's (:func:`guarded`)."""
+        with one_blas_thread():  # covers thread backends; workers limit themselves
+            results = guarded(
+                call,
                 backend=self.backend_name,
                 layout=ev.layout,
                 tasks=tasks,
@@ -530,7 +444,7 @@ class JoblibWorkers:
                 what=what,
                 rerun=lambda task: self._call([task]),
                 deadline=ev.deadline,
-            ) from exc
+            )
         for res in results:
             self.worker_ids.add(res.worker)
         return results
@@ -540,39 +454,7 @@ class JoblibWorkers:
         """Leave joblib's context. Process workers stay for the next check in this process
         (:mod:`gradprobe.evaluate.pool`: idle stop, stop at exit, ``shutdown_workers()``);
         thread pools end with the context; a user's Dask cluster is never touched."""
-        if self._sent:
-            # Blocks sent ahead that the check never asked for (it stopped part-way):
-            # cancel what has not started; what runs finishes on its own.
-            for _, futures in self._sent.values():
-                for f in futures:
-                    f.cancel()
-            self._sent.clear()
+        self._sent.cancel()
         if self._entered and self._parallel is not None:
             self._entered = False
             self._parallel.__exit__(None, None, None)
-
-
-def _request_key(
-    param: int, flat_index: np.ndarray, values: np.ndarray
-) -> tuple[int, bytes, bytes]:
-    """What identifies a block of entry rows sent ahead: the same rows asked for again."""
-    return (
-        param,
-        np.ascontiguousarray(flat_index, dtype=np.int64).tobytes(),
-        np.ascontiguousarray(values).tobytes() + str(values.shape).encode(),
-    )
-
-
-def _results(futures: list[Any]) -> list[ChunkResult]:
-    """The results of ``futures`` in order. Interrupted while waiting (Ctrl-C, the time
-    limit), the tasks not yet started are cancelled and the workers running one are stopped,
-    as joblib does: a loss must not go on computing for a check that has ended."""
-    try:
-        return [f.result() for f in futures]
-    except BaseException as exc:
-        for f in futures:
-            f.cancel()
-        if isinstance(exc, (KeyboardInterrupt, GradCheckError)) or not isinstance(exc, Exception):
-            if not all(f.done() for f in futures):
-                shutdown_workers()
-        raise

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["concurrency_ratio", "one_blas_thread", "refresh_blas_libraries"]
+__all__ = ["concurrency_ratio", "one_blas_thread", "refresh_blas_libraries", "threads_pay"]
 
 _controller: Any = None
 
@@ -102,3 +102,25 @@ def concurrency_ratio(call: Callable[[int], object], n_threads: int, repeats: in
         single = min(alone(), alone())
         both = min(together(), together())
     return both / max(single, 1e-9)
+
+
+def threads_pay(
+    call: Callable[[int], object],
+    n_threads: int,
+    loss_seconds: float,
+    charge: Callable[[int], None],
+) -> tuple[bool, str]:
+    """Whether a loss declared thread-safe runs in parallel on ``n_threads`` threads
+    (:func:`concurrency_ratio` at least :data:`THREADS_MIN_EFFICIENCY` of ideal), measured in
+    ~5 ms of calls ``call(k)`` (``k``: the thread's own copy of the parameters; every call is
+    an evaluation, charged first), and the reason as the report states it."""
+    repeats = max(1, min(20, int(0.005 / max(loss_seconds, 1e-9))))
+    charge(2 * repeats * (n_threads + 1))
+    ratio = concurrency_ratio(call, n_threads, repeats)
+    fast = n_threads / ratio >= THREADS_MIN_EFFICIENCY * n_threads
+    reason = (
+        f"{'threads' if fast else 'processes'}: the loss is declared thread-safe and "
+        f"{n_threads} calls at once took {ratio:.2f}x one call"
+        + ("" if fast else " (it holds the GIL)")
+    )
+    return fast, reason

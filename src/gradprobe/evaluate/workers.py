@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, LossEvaluationError
+from ..errors import GradCheckError, InvalidInputError, LossEvaluationError
 from ..layout import ParamLayout
 from .loops import ChunkTask
 from .pool import shutdown_workers
@@ -23,6 +23,7 @@ from .pool import shutdown_workers
 __all__ = [
     "PROCESS_BACKENDS",
     "check_picklable",
+    "guarded",
     "is_pickling_error",
     "keep_workers",
     "keeping_workers",
@@ -112,6 +113,39 @@ def check_picklable(loss: Callable[[Any], Any], backend: str) -> None:
         cloudpickle.dumps(loss)
     except Exception as exc:
         raise unpicklable(backend, exc) from exc
+
+
+def guarded(
+    call: Callable[[], list[Any]],
+    *,
+    backend: str,
+    layout: ParamLayout,
+    tasks: Sequence[ChunkTask],
+    param: int,
+    what: str,
+    rerun: Callable[[ChunkTask], Any],
+    deadline: float | None,
+) -> list[Any]:
+    """``call()``'s results, with a loss that cannot be pickled and a worker's death turned
+    into gradprobe's errors (the death localized by re-running ``tasks``:
+    :func:`worker_died_error`); gradprobe's own errors and Ctrl-C pass through."""
+    try:
+        return call()
+    except (GradCheckError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if is_pickling_error(exc):
+            raise unpicklable(backend, exc) from exc
+        raise worker_died_error(
+            exc,
+            backend=backend,
+            layout=layout,
+            tasks=tasks,
+            param=param,
+            what=what,
+            rerun=rerun,
+            deadline=deadline,
+        ) from exc
 
 
 # -- crash localization --------------------------------------------------------------------------

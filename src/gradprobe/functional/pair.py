@@ -72,9 +72,11 @@ class _Pair:
         if len(self.checked) == 1 and not isinstance(grads, (tuple, list)):
             grads = (grads,)
         if not isinstance(grads, (tuple, list)) or len(grads) != len(self.checked):
-            shown = f"a {type(grads).__name__} of {len(grads)}" if isinstance(
-                grads, (tuple, list)
-            ) else type(grads).__name__
+            shown = (
+                f"a {type(grads).__name__} of {len(grads)}"
+                if isinstance(grads, (tuple, list))
+                else type(grads).__name__
+            )
             raise InvalidInputError(
                 f"backward: expected one gradient per float input of forward, in order "
                 f"({', '.join('d' + n for n in self.checked)}), found {shown}."
