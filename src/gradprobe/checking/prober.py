@@ -25,6 +25,8 @@ TRUNCATION_TARGET = 1.0 / 8.0
 
 #: Perturbed vectors evaluated per call to the evaluator (bounds memory for slice probes).
 CHUNK = 64
+#: ... and at most this many bytes of them (but always one pair).
+VECTOR_BYTES = 16 * 2**20
 
 _EPS64 = float(np.finfo(np.float64).eps)
 
@@ -128,20 +130,22 @@ class Prober:
         self.n_probes = 0
         self.n_retried = 0
         self._f0: float | None = None
-        self._set_step(step)
-        self._first = (self.plus, self.minus)
-        self._small: tuple[np.ndarray, np.ndarray] | None = None
+        #: The step the perturbed values are computed at (the first, or the retry's).
+        self._at = step
 
-    def _set_step(self, step: float) -> None:
-        x = self.base.astype(np.float64, copy=False)
-        k = self.directions.shape[0]
-        self.plus = np.empty((k, x.size), dtype=self.dtype)
-        self.minus = np.empty((k, x.size), dtype=self.dtype)
-        for j in range(k):  # row by row: no (k, n) float64 temporaries
-            s = step * self.directions[j]
-            with np.errstate(over="ignore"):  # kept inside the dtype's range (issue 26)
-                self.plus[j] = in_dtype(x + s, self.dtype)
-                self.minus[j] = in_dtype(x - s, self.dtype)
+    def _side(self, j: int, lo: int, hi: int, sign: float) -> np.ndarray:
+        """Entries ``lo:hi`` of ``x + sign * step * d_j`` in the parameter's dtype, computed
+        when needed rather than stored: a (directions, n) array per side and step would
+        multiply the check's memory for a large parameter (elementwise, so a range computed
+        alone is bit for bit the same range of the whole vector)."""
+        x = self.base[lo:hi].astype(np.float64, copy=False)
+        v = self._at * self.directions[j, lo:hi]  # s, then x + s or x - s in its place
+        with np.errstate(over="ignore"):  # kept inside the dtype's range (issue 26)
+            if sign > 0:
+                v += x
+            else:
+                np.subtract(x, v, out=v)
+            return in_dtype(v, self.dtype, overwrite=True)
 
     def _sums(self, j: int, lo: int, hi: int) -> tuple[float, float, float, float, float]:
         """Over entries ``lo:hi`` of direction ``j`` at the current step: ``g . d``, its
@@ -153,15 +157,16 @@ class Prober:
         """
         x = self.base[lo:hi].astype(np.float64, copy=False)
         g = self.g[lo:hi]
-        up = self.plus[j, lo:hi].astype(np.float64)
+        up = self._side(j, lo, hi, 1.0).astype(np.float64, copy=False)  # a fresh array
         up -= x
-        taken = x - self.minus[j, lo:hi].astype(np.float64)
+        taken = self._side(j, lo, hi, -1.0).astype(np.float64, copy=False)
+        np.subtract(x, taken, out=taken)
         taken += up
-        gd = g * taken
-        gd_sum = float(gd.sum())
-        abs_gd_sum = float(np.abs(gd, out=gd).sum())
+        tmp = g * taken  # g . d, then |g| . |d|, then sum |d|: one scratch array for the three
+        gd_sum = float(tmp.sum())
+        abs_gd_sum = float(np.abs(tmp, out=tmp).sum())
         up *= g
-        abs_d_sum = float(np.abs(taken).sum())
+        abs_d_sum = float(np.abs(taken, out=tmp).sum())
         taken *= taken
         return gd_sum, float(up.sum()), abs_gd_sum, float(taken.sum()), abs_d_sum
 
@@ -183,17 +188,13 @@ class Prober:
         """``p`` probed at a ``RETRY_FACTOR`` times smaller step: the probe, the ratio of the
         steps taken (first / small) and its one-sided errors."""
         norm_first = math.sqrt(self._sums(p.direction, p.lo, p.hi)[3])
-        if self._small is None:
-            self._set_step(self.step / RETRY_FACTOR)
-            self._small = (self.plus, self.minus)
-        else:
-            self.plus, self.minus = self._small
+        self._at = self.step / RETRY_FACTOR
         try:
             small = self.run([(p.lo, p.hi, p.direction)], p.depth)[0]
             norm_small = math.sqrt(self._sums(p.direction, p.lo, p.hi)[3])
             sides = self.one_sided(small)
         finally:
-            self.plus, self.minus = self._first
+            self._at = self.step
         ratio = norm_first / norm_small if norm_small > 0 else math.inf
         return small, ratio, sides
 
@@ -230,15 +231,19 @@ class Prober:
     def run(self, ranges: list[tuple[int, int, int]], depth: int) -> list[Probe]:
         """Probe each ``(lo, hi, direction)``; two loss evaluations each."""
         out: list[Probe] = []
-        for start in range(0, len(ranges), CHUNK // 2):
-            chunk = ranges[start : start + CHUNK // 2]
+        # Vectors per call: up to CHUNK, fewer where they would outgrow VECTOR_BYTES (a large
+        # parameter's vectors go one pair at a time; each loss value is the same either way).
+        pairs = max(1, min(CHUNK // 2, VECTOR_BYTES // max(1, 2 * self.base.nbytes)))
+        for start in range(0, len(ranges), pairs):
+            chunk = ranges[start : start + pairs]
             vectors = np.empty((2 * len(chunk), self.base.size), dtype=self.dtype)
             for r, (lo, hi, j) in enumerate(chunk):
                 vectors[2 * r] = self.base
-                vectors[2 * r, lo:hi] = self.plus[j, lo:hi]
+                vectors[2 * r, lo:hi] = self._side(j, lo, hi, 1.0)
                 vectors[2 * r + 1] = self.base
-                vectors[2 * r + 1, lo:hi] = self.minus[j, lo:hi]
+                vectors[2 * r + 1, lo:hi] = self._side(j, lo, hi, -1.0)
             losses = self.evaluator.vector_losses(self.param, vectors)
+            del vectors  # before the sums below need their own scratch
             for r, (lo, hi, j) in enumerate(chunk):
                 out.append(self._probe(lo, hi, j, depth, losses[2 * r], losses[2 * r + 1]))
         self.n_probes += len(ranges)
@@ -319,16 +324,25 @@ def choose_step(ctx: ParamCheck, direction: np.ndarray) -> tuple[float, float]:
     scale = max(1.0, big * float(np.sqrt(np.mean((x / big) ** 2))) if big > 0 else 1.0)
     h_min = ctx.relative_step * scale
     h_pilot = h_min * n ** (1.0 / 3.0)
-    vectors = np.empty((4, n), dtype=base.dtype)
-    for r, mult in enumerate((1.0, -1.0, 2.0, -2.0)):
-        with np.errstate(over="ignore"):  # kept inside the dtype's range (issue 26)
-            vectors[r] = in_dtype(x + mult * h_pilot * direction, base.dtype)
-    losses = ctx.evaluator.vector_losses(ctx.param, vectors)
     g = np.asarray(ctx.analytic_flat, dtype=np.float64)
-    d1 = vectors[0].astype(np.float64)
-    d1 -= vectors[1]
-    d2 = vectors[2].astype(np.float64)
-    d2 -= vectors[3]
+
+    def pair(mult: float) -> tuple[np.ndarray, np.ndarray]:
+        """``L(x + m h d)``, ``L(x - m h d)`` and the step taken between them."""
+        vectors = np.empty((2, n), dtype=base.dtype)
+        for r, sign in enumerate((mult, -mult)):
+            v = sign * h_pilot * direction  # then x + v in its place: one scratch vector
+            with np.errstate(over="ignore"):  # kept inside the dtype's range (issue 26)
+                v += x
+                vectors[r] = in_dtype(v, base.dtype, overwrite=True)
+            del v
+        taken = vectors[0].astype(np.float64)
+        taken -= vectors[1]
+        return ctx.evaluator.vector_losses(ctx.param, vectors), taken
+
+    # Two calls of two vectors: four copies of a large parameter never coexist.
+    first, d1 = pair(1.0)
+    second, d2 = pair(2.0)
+    losses = np.concatenate([first, second])
     r1 = (losses[0] - losses[1]) - float(g @ d1)
     r2 = (losses[2] - losses[3]) - float(g @ d2)
     cubic = abs(r2 - 2.0 * r1) / 6.0  # truncation at h_pilot

@@ -66,14 +66,15 @@ def default_relative_step(
     return eps**power
 
 
-def in_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def in_dtype(values: np.ndarray, dtype: np.dtype, *, overwrite: bool = False) -> np.ndarray:
     """``values`` (float64, computed from finite parameters) cast to a float ``dtype`` inside
     its range: one beyond it (float16 holds up to 65504), or an overflow to inf, becomes the
-    largest finite value, so a step from a finite parameter never hands the loss an inf."""
+    largest finite value, so a step from a finite parameter never hands the loss an inf.
+    ``overwrite``: ``values`` is a temporary that may be clipped in place (no copy)."""
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         big = float(np.finfo(dtype).max)
-        values = np.clip(values, -big, big)
+        values = np.clip(values, -big, big, out=values if overwrite else None)
     return values.astype(dtype, copy=False)
 
 
