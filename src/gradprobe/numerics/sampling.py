@@ -116,6 +116,19 @@ def _row_col_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return shape[0], math.prod(shape[1:-1]), shape[-1]
 
 
+def _entries_at_ranks(values: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Positions in ``values`` of the entries at ``ranks`` of its stable ascending order
+    (ties in position order), as ``np.argsort(values, kind="stable")[ranks]`` gives them, by
+    selection: a partition at the ranks, then each rank's tie group (a sort of a large
+    parameter's gradient dominated the sample's cost)."""
+    at = np.partition(values, np.unique(ranks))[ranks]
+    out = np.empty(ranks.size, dtype=np.int64)
+    for k, (r, v) in enumerate(zip(ranks, at, strict=True)):
+        below = int(np.count_nonzero(values < v))
+        out[k] = np.flatnonzero(values == v)[int(r) - below]
+    return out
+
+
 def _cycled_permutations(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
     """``m`` values from fresh permutations of ``range(n)`` laid end to end: every value
     appears once before any repeats, and pairings with another such sequence do not cycle."""
@@ -171,15 +184,23 @@ def stratified_sample(
     nonzero = np.flatnonzero(mag != 0.0)
     if nonzero.size:
         mag_budget = pick.left // 2
-        order = nonzero[np.argsort(ranked[nonzero], kind="stable")]
-        bins = np.array_split(order, min(MAGNITUDE_BINS, order.size))
-        quotas = np.full(len(bins), mag_budget // len(bins))
-        quotas[: mag_budget % len(bins)] += 1
-        for members, quota in zip(bins, quotas, strict=True):
-            if quota:
-                pick.add(
-                    "magnitude", rng.choice(members, size=min(quota, members.size), replace=False)
-                )
+        n_bins = min(MAGNITUDE_BINS, nonzero.size)
+        # Bins of the nonzero entries ranked by |analytic| (ties by position), as
+        # np.array_split cuts them; a few random ranks from each (rng.choice on the bin's
+        # size picks the same positions as on its members), found by selection, not a sort.
+        size, extra = divmod(nonzero.size, n_bins)
+        starts = np.arange(n_bins + 1) * size + np.minimum(np.arange(n_bins + 1), extra)
+        quotas = np.full(n_bins, mag_budget // n_bins)
+        quotas[: mag_budget % n_bins] += 1
+        chosen = [
+            (a + rng.choice(b - a, size=min(quota, b - a), replace=False)).astype(np.int64)
+            for a, b, quota in zip(starts[:-1], starts[1:], quotas, strict=True)
+            if quota
+        ]
+        if chosen:
+            found = nonzero[_entries_at_ranks(ranked[nonzero], np.concatenate(chosen))]
+            for part in np.split(found, np.cumsum([c.size for c in chosen])[:-1]):
+                pick.add("magnitude", part)
 
     if pick.left > 0:
         m = pick.left
