@@ -116,3 +116,16 @@ def test_an_extended_sample_never_exceeds_the_entries_left():
     first = stratified_sample(np.random.default_rng(0), g, 25)
     extra, grown = extend_sample(np.random.default_rng(1), g, first, 100)
     assert extra.size == 5 and grown.complete and grown.strata == {"all": 30}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_entries_at_ranks_are_the_stable_sorts_without_sorting(seed):
+    from gradprobe.numerics.sampling import _entries_at_ranks
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    values = np.round(np.abs(rng.standard_normal(n)), int(rng.integers(0, 3)))  # many ties
+    values[rng.random(n) < 0.05] = np.inf
+    ranks = rng.choice(n, size=min(n, 25), replace=False)
+    expected = np.argsort(values, kind="stable")[ranks]
+    assert np.array_equal(_entries_at_ranks(values, ranks), expected)
