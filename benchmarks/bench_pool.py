@@ -17,11 +17,12 @@ Tables (markdown):
 4. *Engine cost per evaluation*: a tiny loss (``x @ x``, 2,000 entries, every entry): wall
    per evaluation beyond the loss's own time, and its share of the check.
 5. *Scaling model*: from the measured round trip of one chunk on a warm pool (``t_d``) and one
-   evaluation (``t``), a block of ``m`` evaluations on ``W`` workers takes
-   ``c W t_d + m t / W`` (``c`` chunks per worker, dispatched one after another by the parent;
-   start-up excluded: the pool is warm), so the speed-up is ``m t / (c W t_d + m t / W)``.
+   evaluation (``t``): the check's ``N`` evaluations are streamed to ``W`` workers at once in
+   ``c`` chunks per worker (at least 4, each ~10 ms of work), so they take ``N t / W + c t_d``
+   (start-up excluded: the pool is warm); the check's serial part (pre-flight, sampling,
+   verdicts: the serial check's wall minus ``N t``) adds to both sides for the whole check.
    Assumptions: one core per worker, evaluations independent of each other, no memory-bandwidth
-   limit; predicted for 4, 8, 16 workers for the mid MLP's blocks.
+   limit, the parent submits faster than the workers finish; predicted for 2 to 16 workers.
 6. *Peak memory* beyond the caller's data, in multiples of the parameters' size: a default
    check of one 5,000,000-entry float64 vector (``dot(w, w)``) and of a model of 100
    parameters of 50,000 entries, serial and ``n_jobs=2`` (parent's peak resident set from
@@ -77,9 +78,14 @@ def _checks(task: dict) -> dict:
         "n_evaluations": int(r.n_evaluations),
         "entries": int(sum(p.n_checked for p in r.params.values())),
         "passed": bool(r.passed),
-        "executor": str(r.settings.get("executor", "")),
+        "executor": _executor(r),
         "file": gradprobe.__file__,
     }
+
+
+def _executor(r: Any) -> str:
+    """The report's executor: in ``measured`` since JSON schema 2, in ``settings`` before."""
+    return str(getattr(r, "measured", {}).get("executor") or r.settings.get("executor", ""))
 
 
 def _loop(task: dict) -> dict:
@@ -209,7 +215,7 @@ def _memory(task: dict) -> dict:
         "x": (peak - base) / nbytes,
         "worker_x": child / nbytes,
         "mb": nbytes / 1e6,
-        "executor": str(r.settings.get("executor", "")),
+        "executor": _executor(r),
         "file": gradprobe.__file__,
     }
 
@@ -349,17 +355,23 @@ def report(R: dict, notes: list[str], cores: int, samples: int) -> None:
         print(
             f"| {v} | {_f(e, 'loss_us', '{:.2f}')} | {_f(e, 'engine_us', '{:.2f}')} | {_f(e, 'share', '{:.0%}')} |"
         )
-    d = R["dispatch"]
-    if "error" not in d and t_fwd:
-        m = 2 * samples  # one parameter's block of the same-entries check
-        c = d["chunks"] // 2
+    d, serial = R["dispatch"], R["path-serial"]["after"]
+    if "error" not in d and t_fwd and serial.get("second"):
+        # The whole plan is streamed (evaluate/ahead.py): N evaluations in chunks of at least
+        # CHUNK_SECONDS, at least chunks_per_worker per worker; each worker pays t_d per chunk.
+        n = serial["n_evaluations"]
+        work = n * t_fwd
+        rest = max(0.0, serial["second"] - work)  # the check's serial part (pre-flight...)
         print(
-            f"\n### Scaling model (t_d {d['t_d'] * 1e3:.2f} ms per chunk, t {t_fwd * 1e3:.2f} ms, block of {m} evaluations, {c} chunks per worker)\n"
+            f"\n### Scaling model (t_d {d['t_d'] * 1e3:.2f} ms per chunk, t {t_fwd * 1e3:.2f} ms, "
+            f"{n} evaluations streamed, serial part {rest:.3f} s)\n"
         )
-        print("| workers | predicted speed-up over one |")
-        print("|---|---|")
+        print("| workers | chunks per worker | evaluations: predicted speed-up | whole check |")
+        print("|---|---|---|---|")
         for w in (2, 4, 8, 16):
-            print(f"| {w} | {m * t_fwd / (c * w * d['t_d'] + m * t_fwd / w):.1f}x |")
+            c = max(4, min(int(work / 0.01), 16 * w) / w)
+            wall = work / w + c * d["t_d"]
+            print(f"| {w} | {c:.1f} | {work / wall:.1f}x | {(rest + work) / (rest + wall):.1f}x |")
     print("\n### Peak memory beyond the caller's data (x the parameters' size)\n")
     print("| model | n_jobs | before | after | after, largest worker |")
     print("|---|---|---|---|---|")

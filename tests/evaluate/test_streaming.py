@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from dataclasses import replace
 
 import joblib
@@ -93,7 +94,7 @@ def test_streamed_samples_find_the_same_bad_entries(monkeypatch):
 
 def test_prefetch_is_collected_by_the_matching_request_only(monkeypatch):
     """A block sent ahead answers the identical request; any other request is evaluated anew,
-    and blocks nobody asked for are cancelled when the evaluator closes."""
+    and blocks nobody asked for are forgotten when the evaluator closes."""
     from gradprobe.evaluate import make_evaluator
 
     monkeypatch.setattr(parallel, "DEFAULT_POLICY", EAGER)
@@ -107,13 +108,13 @@ def test_prefetch_is_collected_by_the_matching_request_only(monkeypatch):
             values = np.stack([base[0].reshape(-1)[idx] + 1e-3, base[0].reshape(-1)[idx]], axis=1)
             other = np.array([1, 2], dtype=np.int64)
             ev.prefetch([(0, idx, values), (0, other, values[:2])])
-            assert len(ev.placement._sent) == 2
+            assert len(ev.placement.feeder) == 2
             got = ev.entry_losses(0, idx, values)
-            assert len(ev.placement._sent) == 1
+            assert len(ev.placement.feeder) == 1
             again = ev.entry_losses(0, idx, values)  # no longer sent ahead: evaluated anew
             assert np.array_equal(got, again)
             assert got[0, 1] == got[1, 1] == got[2, 1]  # each column 1 is the base point
-        assert len(ev.placement._sent) == 0
+        assert len(ev.placement.feeder) == 0
 
 
 def test_a_published_state_travels_as_a_path_and_workers_map_it_copy_on_write():
@@ -138,3 +139,35 @@ def test_a_published_state_travels_as_a_path_and_workers_map_it_copy_on_write():
         folder = state.folder
         state.close()
     assert not os.path.exists(folder)
+
+
+@pytest.mark.timeout(180)
+def test_a_pool_that_does_not_pay_its_start_is_started_for_the_next_check(monkeypatch):
+    """The plan's work pays for dispatching but not for starting the workers: the first check
+    starts them in the background and never waits for them; the next check finds them up."""
+    from gradprobe.evaluate import pool
+
+    policy = replace(
+        parallel.DEFAULT_POLICY,
+        auto_dispatch_seconds=0.0,
+        block_dispatch_seconds=0.0,
+        process_start_seconds=1e6,
+    )
+    monkeypatch.setattr(parallel, "DEFAULT_POLICY", policy)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    pool.shutdown_workers()
+    params = _params()
+    serial = gradprobe.check(_loss, _grad, params, n_jobs=1, seed=2)
+    with joblib.parallel_config(backend="loky", n_jobs=2):
+        first = gradprobe.check(_loss, _grad, params, seed=2)
+        assert pool.pool_alive()  # started in the background, left for the next check
+        deadline = time.monotonic() + 60
+        while not pool.pool_ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = gradprobe.check(_loss, _grad, params, seed=2)
+    assert "started in the background" in first.measured["executor"] or first.measured[
+        "executor"
+    ].startswith("auto (serial")
+    assert "already running" in second.measured["executor"]
+    assert report_core(first) == report_core(serial) == report_core(second)
+    pool.shutdown_workers()

@@ -38,7 +38,7 @@ def every_plan_pays(monkeypatch):
 
 @pytest.mark.timeout(120)
 def test_threads_where_calls_run_in_parallel(monkeypatch, every_plan_pays):
-    monkeypatch.setattr(parallel, "concurrency_ratio", lambda call, n, repeats: 1.1)
+    monkeypatch.setattr(threads, "concurrency_ratio", lambda call, n, repeats: 1.1)
     report = gradprobe.check(_loss, _grad, PARAMS, thread_safe=True, seed=2)
     executor = report.measured["executor"]
     assert "(threading, 2 workers)" in executor
@@ -55,7 +55,7 @@ def test_threads_where_calls_run_in_parallel(monkeypatch, every_plan_pays):
 
 @pytest.mark.timeout(120)
 def test_processes_where_the_loss_holds_the_gil(monkeypatch, every_plan_pays):
-    monkeypatch.setattr(parallel, "concurrency_ratio", lambda call, n, repeats: 1.9)
+    monkeypatch.setattr(threads, "concurrency_ratio", lambda call, n, repeats: 1.9)
     report = gradprobe.check(_loss, _grad, PARAMS, thread_safe=True)
     executor = report.measured["executor"]
     assert "(loky, 2 workers)" in executor and "(it holds the GIL)" in executor
@@ -66,7 +66,7 @@ def test_no_threads_unless_the_loss_is_declared_thread_safe(monkeypatch, every_p
     def never(*args):
         raise AssertionError("measured threads for a loss not declared thread-safe")
 
-    monkeypatch.setattr(parallel, "concurrency_ratio", never)
+    monkeypatch.setattr(threads, "concurrency_ratio", never)
     report = gradprobe.check(_loss, _grad, PARAMS)
     assert "threading" not in report.measured["executor"]
 

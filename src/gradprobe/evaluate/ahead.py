@@ -1,15 +1,20 @@
-"""Blocks sent to the process pool ahead of the check asking for them, and waiting on them.
+"""Tasks for the process pool: a bounded feeder, and blocks sent ahead of the check asking.
 
 After the pre-flight a check knows every parameter's first sample. A placement with workers
 sends them all at once (:meth:`gradprobe.evaluate.Evaluator.prefetch`), so the workers stream
 through every parameter's chunks, one parameter after another without a pause, while this
-process goes on; :class:`SentBlocks` keeps their futures until the check asks for the same
-rows, and :func:`wait_all` collects them.
+process goes on. :class:`Feeder` holds them: it keeps at most :data:`IN_FLIGHT_PER_WORKER`
+tasks per worker in the pool's queue (as joblib's pre-dispatch does: a pool stopped with many
+queued tasks trips loky's manager thread) and tops the queue up whenever this process waits
+for a result; the rest wait in order. A block sent ahead is collected when the check asks for
+the same rows (:meth:`Feeder.take`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +30,8 @@ Request = tuple[int, np.ndarray, np.ndarray]
 CHUNK_SECONDS = 0.01
 #: ... and the whole plan is cut in at most this many chunks per worker.
 MAX_CHUNKS_PER_WORKER = 16
+#: Tasks per worker queued in the pool at once; the rest wait here, in order.
+IN_FLIGHT_PER_WORKER = 2
 
 
 def request_key(param: int, flat_index: np.ndarray, values: np.ndarray) -> tuple[int, bytes, bytes]:
@@ -42,43 +49,79 @@ def chunk_bounds(m: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
-def wait_all(futures: list[Any]) -> list[ChunkResult]:
-    """The results of ``futures`` in order. Interrupted while waiting (Ctrl-C, the time
-    limit), the tasks not yet started are cancelled and the workers running one are stopped,
-    as joblib does: a loss must not go on computing for a check that has ended."""
-    try:
-        return [f.result() for f in futures]
-    except BaseException as exc:
-        for f in futures:
-            f.cancel()
-        if isinstance(exc, (KeyboardInterrupt, GradCheckError)) or not isinstance(exc, Exception):
-            if not all(f.done() for f in futures):
-                shutdown_workers()
-        raise
+class _Slot:
+    """One task's place in the feeder: its future once submitted."""
+
+    __slots__ = ("future", "task")
+
+    def __init__(self, task: ChunkTask) -> None:
+        self.task = task
+        self.future: Any = None
+
+    @property
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
 
 
-class SentBlocks:
-    """Blocks of entry rows sent ahead, by request: their chunk bounds and futures."""
+class Feeder:
+    """Sends tasks to the pool in order, at most ``n_workers * IN_FLIGHT_PER_WORKER`` queued
+    there at once (see the module); ``submit`` is the pool's ``submit``."""
 
-    def __init__(self) -> None:
-        self._sent: dict[tuple[int, bytes, bytes], tuple[list[tuple[int, int]], list[Any]]] = {}
+    def __init__(self, submit: Callable[[ChunkTask], Any], n_workers: int) -> None:
+        self._submit = submit
+        self._limit = max(1, n_workers * IN_FLIGHT_PER_WORKER)
+        self._waiting: deque[_Slot] = deque()
+        self._running: list[_Slot] = []
+        self._sent: dict[tuple[int, bytes, bytes], tuple[list[tuple[int, int]], list[_Slot]]] = {}
 
     def __len__(self) -> int:
+        """Blocks sent ahead and not asked for yet."""
         return len(self._sent)
+
+    def _pump(self) -> None:
+        self._running = [s for s in self._running if not s.future.done()]
+        while self._waiting and len(self._running) < self._limit:
+            slot = self._waiting.popleft()
+            slot.future = self._submit(slot.task)
+            self._running.append(slot)
+
+    def queue(self, tasks: list[ChunkTask]) -> list[_Slot]:
+        """Queue ``tasks`` behind those already queued and start what the bound allows."""
+        slots = [_Slot(t) for t in tasks]
+        self._waiting.extend(slots)
+        self._pump()
+        return slots
+
+    def results(self, slots: list[_Slot]) -> list[ChunkResult]:
+        """The results of ``slots`` in order, topping the pool's queue up while waiting.
+        Interrupted (Ctrl-C, the time limit) with tasks unfinished, the workers are stopped,
+        as joblib does: a loss must not go on computing for a check that has ended."""
+        try:
+            while not all(s.done for s in slots):
+                self._pump()
+                pending = [s.future for s in self._running if not s.future.done()]
+                if pending:
+                    concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            self._pump()
+            return [s.future.result() for s in slots]
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, GradCheckError)) or not isinstance(
+                exc, Exception
+            ):
+                self.stop()
+            raise
 
     def send(
         self,
         requests: list[Request],
         *,
-        n_workers: int,
         min_chunks_per_worker: int,
         loss_seconds: float,
         task_for: Callable[[Request], ChunkTask | None],
-        submit: Callable[[list[ChunkTask]], list[Any]],
     ) -> None:
-        """Cut every request in chunks (at least ``min_chunks_per_worker`` per worker over the
-        whole plan, each of :data:`CHUNK_SECONDS` of work where there is enough) and submit
-        them all, in order."""
+        """Queue every request, cut in chunks (at least ``min_chunks_per_worker`` per worker
+        over the whole plan, each of :data:`CHUNK_SECONDS` of work where there is enough)."""
+        n_workers = self._limit // IN_FLIGHT_PER_WORKER
         sizes = [int(v.size) for _, _, v in requests]
         total = max(1, sum(sizes))
         n_chunks = max(
@@ -90,21 +133,21 @@ class SentBlocks:
             if task is None:
                 continue
             bounds = chunk_bounds(request[2].shape[0], round(n_chunks * size / total))
-            self._sent[request_key(*request)] = (
-                bounds,
-                submit([task.part(a, b) for a, b in bounds]),
-            )
+            slots = self.queue([task.part(a, b) for a, b in bounds])
+            self._sent[request_key(*request)] = (bounds, slots)
 
     def take(
         self, param: int, flat_index: np.ndarray, values: np.ndarray
-    ) -> tuple[list[tuple[int, int]], list[Any]] | None:
-        """The chunk bounds and futures of the block sent for exactly these rows (once)."""
+    ) -> tuple[list[tuple[int, int]], list[_Slot]] | None:
+        """The chunk bounds and slots of the block sent for exactly these rows (once)."""
         return self._sent.pop(request_key(param, flat_index, values), None)
 
-    def cancel(self) -> None:
-        """Forget the blocks nobody asked for (the check stopped part-way): what has not
-        started is cancelled, what runs finishes on its own."""
-        for _, futures in self._sent.values():
-            for f in futures:
-                f.cancel()
+    def stop(self) -> None:
+        """Drop what waits; stop the workers if any task of this feeder is still running
+        (so the next check does not queue behind a stopped one's work)."""
+        self._waiting.clear()
         self._sent.clear()
+        running = [s for s in self._running if not s.future.done()]
+        self._running = []
+        if running:
+            shutdown_workers()

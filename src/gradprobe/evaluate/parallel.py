@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import InvalidInputError
-from .ahead import Request, SentBlocks, wait_all
+from ..errors import GradCheckError, InvalidInputError
+from .ahead import Feeder, Request
 from .backends import joblib_backend, workers_for
 from .base import RowRunner
 from .loops import ChunkResult, ChunkTask, raise_chunk_error
@@ -129,7 +129,8 @@ class JoblibWorkers:
         #: On loky, tasks go to gradprobe's executor directly (futures), not through joblib.
         self._direct = False
         #: Blocks sent ahead (:meth:`prefetch`), by request: their chunk bounds and futures.
-        self._sent = SentBlocks()
+        #: Tasks for gradprobe's loky pool, in order, and the blocks sent ahead (made on first use).
+        self._feeder: Feeder | None = None
         if auto and "joblib" not in sys.modules:
             # Under "auto" joblib is imported (~75 ms) only once a call is worth dispatching:
             # a check of a cheap loss never pays for it. Until then, assume process workers
@@ -275,8 +276,9 @@ class JoblibWorkers:
 
         def decide() -> bool:
             starting = self.starts_processes
-            if self.planned and starting and self._warming and not self._pays_with_start:
-                return False  # started in the background for later: never wait for it
+            if self.auto and self.planned and starting and self._warming:
+                if not self._pays_with_start:
+                    return False  # started in the background for later: never wait for it
             return self.policy.dispatches(
                 n_evaluations,
                 loss_seconds=self.loss_seconds,
@@ -298,7 +300,7 @@ class JoblibWorkers:
         self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
     ) -> np.ndarray:
         m, k = values.shape
-        sent = self._sent.take(param, flat_index, values)
+        sent = None if self._feeder is None else self._feeder.take(param, flat_index, values)
         if sent is not None:
             ev.charge(m * k)
             return self._collect_sent(ev, param, flat_index, values, sent)
@@ -311,10 +313,17 @@ class JoblibWorkers:
             return np.concatenate([head, rest])
         if not self.worth_dispatching(m * k):
             return self._entries_in_process(ev, param, flat_index, values)
+        ev.charge(m * k)
+        return self._dispatch_entries(ev, param, flat_index, values)
+
+    def _dispatch_entries(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        """Entry rows on the workers, in ``chunks_per_worker`` chunks per worker (charged)."""
+        m = values.shape[0]
         task = self.rows.chunk_task(ev, param, flat_index, values)
         assert task is not None  # entry rows always have a worker task
-        ev.charge(m * k)
-        out = np.empty((m, k))
+        out = np.empty(values.shape)
         where = f"entries 0..{m - 1} of the {m} checked"
         bounds = self._chunks(m)
         results = self._run(ev, [task.part(a, b) for a, b in bounds], param, where)
@@ -361,17 +370,24 @@ class JoblibWorkers:
 
     def _call(self, tasks: list[ChunkTask]) -> list[ChunkResult]:
         if self._direct:
-            return wait_all(self._submit(tasks))
+            feeder = self.feeder
+            return feeder.results(feeder.queue(tasks))
         import joblib
 
         return list(self._parallel([joblib.delayed(t.run)(t) for t in tasks]))
 
-    def _submit(self, tasks: list[ChunkTask]) -> list[Any]:
-        """Send ``tasks`` to gradprobe's loky pool (:func:`~gradprobe.evaluate.pool.executor`);
-        the check's state is published once, so each task carries only its rows."""
-        tasks[0].state.publish()
-        pool = executor(self.n_workers)
-        return [pool.submit(t.run, t) for t in tasks]
+    @property
+    def feeder(self) -> Feeder:
+        """The feeder of gradprobe's loky pool (:mod:`gradprobe.evaluate.ahead`)."""
+        if self._feeder is None:
+            self._feeder = Feeder(self._submit, self.n_workers)
+        return self._feeder
+
+    def _submit(self, task: ChunkTask) -> Any:
+        """Send ``task`` to gradprobe's loky pool (:func:`~gradprobe.evaluate.pool.executor`);
+        the check's state is published once, so a task carries only its rows."""
+        task.state.publish()
+        return executor(self.n_workers).submit(task.run, task)
 
     # -- blocks sent ahead ---------------------------------------------------------------------
     def prefetch(self, ev: Evaluator, requests: list[Request]) -> None:
@@ -385,13 +401,11 @@ class JoblibWorkers:
             return
         self._started_processes = True
         self.dispatched += 1
-        self._sent.send(
+        self.feeder.send(
             requests,
-            n_workers=self.n_workers,
             min_chunks_per_worker=int(self.policy.chunks_per_worker),
             loss_seconds=self.loss_seconds or 1e-3,
             task_for=lambda r: self.rows.chunk_task(ev, *r),
-            submit=self._submit,
         )
 
     def _collect_sent(
@@ -402,17 +416,22 @@ class JoblibWorkers:
         values: np.ndarray,
         sent: tuple[list[tuple[int, int]], list[Any]],
     ) -> np.ndarray:
-        bounds, futures = sent
+        bounds, slots = sent
+        try:
+            results = self.feeder.results(slots)
+        except (GradCheckError, KeyboardInterrupt):
+            raise
+        except Exception:
+            # A worker died while this block was out, perhaps of another block's entry:
+            # evaluate it again the ordinary way, which finds the entry if it is this one's.
+            return self._dispatch_entries(ev, param, flat_index, values)
         out = np.empty(values.shape)
-        task = self.rows.chunk_task(ev, param, flat_index, values)
-        assert task is not None
-        tasks = [task.part(a, b) for a, b in bounds]
-        where = f"entries 0..{values.shape[0] - 1} of the {values.shape[0]} checked"
-        results = self._guarded(ev, tasks, param, where, lambda: wait_all(futures))
         for (a, b), res in zip(bounds, results, strict=True):
             if res.error is not None:
                 raise_chunk_error(ev, res, param, flat_index[a:b])
             out[a:b] = res.losses
+        for res in results:
+            self.worker_ids.add(res.worker)
         return out
 
     def _run(
@@ -454,7 +473,8 @@ class JoblibWorkers:
         """Leave joblib's context. Process workers stay for the next check in this process
         (:mod:`gradprobe.evaluate.pool`: idle stop, stop at exit, ``shutdown_workers()``);
         thread pools end with the context; a user's Dask cluster is never touched."""
-        self._sent.cancel()
+        if self._feeder is not None:
+            self._feeder.stop()
         if self._entered and self._parallel is not None:
             self._entered = False
             self._parallel.__exit__(None, None, None)
