@@ -177,6 +177,9 @@ class Evaluator:
         Raises :class:`CheckAborted` (``reason`` ``"budget"`` or ``"timeout"``) instead of
         counting them; reports progress otherwise. Call it before every evaluation of the loss.
         """
+        if self.budget is None and self.deadline is None and self.progress is None:
+            self.n_evaluations += n  # nothing to check: the per-evaluation fast path
+            return
         if self.budget is not None and self.n_evaluations + n > self.budget:
             raise CheckAborted(
                 f"evaluation budget of {self.budget} loss evaluations exhausted "

@@ -53,14 +53,19 @@ def perturb_entries(
     KeyboardInterrupt included). Returns ``(row, exception)`` for the first evaluation that
     raised, None when all succeeded."""
     m, k = values.shape
+    # Python floats (exact for every float dtype) and a row of results at a time: the loop
+    # runs once per evaluation, and a tiny loss costs about as much as numpy's scalar boxing.
+    rows = values.tolist()
+    index = flat_index.tolist()
     for r in range(m):
-        i = int(flat_index[r])
+        i = index[r]
         saved = flat[i]
+        row = rows[r]
         try:
             for c in range(k):
                 if before_each is not None:
                     before_each()
-                flat[i] = values[r, c]
+                flat[i] = row[c]
                 out[r, c] = call()
         except Exception as exc:
             return r, exc
@@ -249,9 +254,10 @@ class EntryLoop:
         work = self._working_copies(ev)
         out = np.empty(values.shape)
         where = f"with {ev.layout.names[param]!r} perturbed"
+        loss, pack = ev.loss, ev.layout.pack
         with one_blas_thread():
             failure = perturb_entries(
-                lambda: self.call_loss(ev, work, where),
+                lambda: as_scalar_loss(loss(pack(work)), where),
                 work[param].reshape(-1),
                 flat_index,
                 values,
