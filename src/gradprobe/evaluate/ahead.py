@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import GradCheckError
 from .loops import ChunkResult, ChunkTask
-from .pool import shutdown_workers
+from .pool import executor, shutdown_workers
 
 #: A request: the rows of one parameter the check will ask for, as it will ask.
 Request = tuple[int, np.ndarray, np.ndarray]
@@ -41,6 +41,18 @@ def request_key(param: int, flat_index: np.ndarray, values: np.ndarray) -> tuple
         np.ascontiguousarray(flat_index, dtype=np.int64).tobytes(),
         np.ascontiguousarray(values).tobytes() + str(values.shape).encode(),
     )
+
+
+def pool_submitter(n_workers: int) -> Callable[[ChunkTask], Any]:
+    """``submit(task)`` to gradprobe's loky pool of ``n_workers``
+    (:func:`~gradprobe.evaluate.pool.executor`): the check's state is published once (on the
+    first task), so a task carries only its rows."""
+
+    def submit(task: ChunkTask) -> Any:
+        task.state.publish()
+        return executor(n_workers).submit(task.run, task)
+
+    return submit
 
 
 def chunk_bounds(m: int, parts: int) -> list[tuple[int, int]]:
@@ -110,6 +122,18 @@ class Feeder:
             ):
                 self.stop()
             raise
+
+    def collect(
+        self, bounds: list[tuple[int, int]], slots: list[_Slot]
+    ) -> list[ChunkResult] | None:
+        """The results of a block sent ahead; None when a worker died while it was out (the
+        caller evaluates it again: the death may have been another block's)."""
+        try:
+            return self.results(slots)
+        except (GradCheckError, KeyboardInterrupt):
+            raise
+        except Exception:
+            return None
 
     def send(
         self,

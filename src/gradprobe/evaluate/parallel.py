@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import GradCheckError, InvalidInputError
-from .ahead import Feeder, Request
+from ..errors import InvalidInputError
+from .ahead import Feeder, Request, pool_submitter
 from .backends import joblib_backend, workers_for
 from .base import RowRunner
 from .loops import ChunkResult, ChunkTask, raise_chunk_error
 from .policy import DispatchPolicy
-from .pool import executor, loky_options, pool_alive, pool_ready, warm_up
+from .pool import loky_options, pool_alive, pool_ready, warm_up
 from .threads import one_blas_thread, threads_pay
 from .workers import PROCESS_BACKENDS, check_picklable, guarded
 
@@ -128,7 +128,6 @@ class JoblibWorkers:
         self._parallel: Any = None
         #: On loky, tasks go to gradprobe's executor directly (futures), not through joblib.
         self._direct = False
-        #: Blocks sent ahead (:meth:`prefetch`), by request: their chunk bounds and futures.
         #: Tasks for gradprobe's loky pool, in order, and the blocks sent ahead (made on first use).
         self._feeder: Feeder | None = None
         if auto and "joblib" not in sys.modules:
@@ -176,58 +175,41 @@ class JoblibWorkers:
         thread-safe runs on threads instead where the pre-flight measures that they pay."""
         if self.loss_seconds is None or self.n_workers < 2:
             return
-        if self.auto and self.thread_safe and not self._threads_measured:
-            if self.policy.plan_pays(
+
+        def pays(start: bool) -> bool:
+            return self.policy.plan_pays(
                 n_evaluations,
-                loss_seconds=self.loss_seconds,
+                loss_seconds=self.loss_seconds or 0.0,
                 n_workers=self.n_workers,
-                start_processes=False,
-            ):
-                self._choose_threads(ev)
-        seconds = self.loss_seconds * n_evaluations
-        processes = self.backend_name in PROCESS_BACKENDS
+                start_processes=start,
+            )
+
+        if self.auto and self.thread_safe and not self._threads_measured and pays(False):
+            self._choose_threads(ev)
         warm = self._started_processes or self._warming or pool_alive()
-        if not self.policy.plan_pays(
-            n_evaluations,
-            loss_seconds=self.loss_seconds,
-            n_workers=self.n_workers,
-            start_processes=False,
-        ):
+        if not pays(False):
             self.planned, self.plan_reason = False, ""  # decided again on a refined timing
             return
         if self._parallel is None:
             self._connect()  # the backend may have fewer workers, or the loss not pickle
             if self.n_workers < 2:
                 return
-        if self._direct and not warm and not self.thread_safe_threads:
+        if self._direct and not warm and self.prefer != "threads":
             # The pool starts in the background whenever the plan's work pays for dispatching
             # it: its start-up overlaps this check (which sends blocks only once a worker is
             # up) and later checks of this process find it running.
             self._warming = True
             warm_up(self.n_workers)
-        pays_now = (
-            not processes
-            or not self.starts_processes
-            or self.policy.plan_pays(
-                n_evaluations,
-                loss_seconds=self.loss_seconds,
-                n_workers=self.n_workers,
-                start_processes=True,
-            )
-        )
+        processes = self.backend_name in PROCESS_BACKENDS
+        self._pays_with_start = not processes or not self.starts_processes or pays(True)
         self.planned = True
-        self._pays_with_start = pays_now
         self.plan_reason = (
             f"the plan, {n_evaluations:,} evaluations of ~{self.loss_seconds * 1e3:.3g} ms "
-            f"(~{seconds:.2g} s serial), pays for {self.n_workers} workers"
+            f"(~{self.loss_seconds * n_evaluations:.2g} s serial), pays for {self.n_workers} "
+            "workers"
             + (" already running" if warm and not self._warming else "")
-            + ("" if pays_now else " (started in the background; blocks go to them once up)")
+            + ("" if self._pays_with_start else " (started in the background for later checks)")
         )
-
-    @property
-    def thread_safe_threads(self) -> bool:
-        """Whether the pre-flight chose threads for a loss declared thread-safe."""
-        return self.prefer == "threads"
 
     def _choose_threads(self, ev: Evaluator) -> None:
         """Measure whether calls of the loss run in parallel on threads (each on its own copy
@@ -380,14 +362,8 @@ class JoblibWorkers:
     def feeder(self) -> Feeder:
         """The feeder of gradprobe's loky pool (:mod:`gradprobe.evaluate.ahead`)."""
         if self._feeder is None:
-            self._feeder = Feeder(self._submit, self.n_workers)
+            self._feeder = Feeder(pool_submitter(self.n_workers), self.n_workers)
         return self._feeder
-
-    def _submit(self, task: ChunkTask) -> Any:
-        """Send ``task`` to gradprobe's loky pool (:func:`~gradprobe.evaluate.pool.executor`);
-        the check's state is published once, so a task carries only its rows."""
-        task.state.publish()
-        return executor(self.n_workers).submit(task.run, task)
 
     # -- blocks sent ahead ---------------------------------------------------------------------
     def prefetch(self, ev: Evaluator, requests: list[Request]) -> None:
@@ -409,28 +385,18 @@ class JoblibWorkers:
         )
 
     def _collect_sent(
-        self,
-        ev: Evaluator,
-        param: int,
-        flat_index: np.ndarray,
-        values: np.ndarray,
-        sent: tuple[list[tuple[int, int]], list[Any]],
+        self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray, sent: Any
     ) -> np.ndarray:
-        bounds, slots = sent
-        try:
-            results = self.feeder.results(slots)
-        except (GradCheckError, KeyboardInterrupt):
-            raise
-        except Exception:
+        results = self.feeder.collect(*sent)
+        if results is None:
             # A worker died while this block was out, perhaps of another block's entry:
             # evaluate it again the ordinary way, which finds the entry if it is this one's.
             return self._dispatch_entries(ev, param, flat_index, values)
         out = np.empty(values.shape)
-        for (a, b), res in zip(bounds, results, strict=True):
+        for (a, b), res in zip(sent[0], results, strict=True):
             if res.error is not None:
                 raise_chunk_error(ev, res, param, flat_index[a:b])
             out[a:b] = res.losses
-        for res in results:
             self.worker_ids.add(res.worker)
         return out
 
