@@ -182,6 +182,7 @@ class JoblibWorkers:
                 loss_seconds=self.loss_seconds or 0.0,
                 n_workers=self.n_workers,
                 start_processes=start,
+                running=self._direct and pool_ready(),
             )
 
         if self.auto and self.thread_safe and not self._threads_measured and pays(False):

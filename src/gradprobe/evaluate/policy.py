@@ -49,13 +49,23 @@ class DispatchPolicy:
     chunks_per_worker: int = 4
 
     def plan_pays(
-        self, n_evaluations: int, *, loss_seconds: float, n_workers: int, start_processes: bool
+        self,
+        n_evaluations: int,
+        *,
+        loss_seconds: float,
+        n_workers: int,
+        start_processes: bool,
+        running: bool = False,
     ) -> bool:
         """Whether a check's whole plan of ``n_evaluations`` saves more on ``n_workers``
-        workers than dispatching costs, and, when ``start_processes``, starting them."""
+        workers than dispatching costs, and, when ``start_processes``, starting them.
+        ``running``: gradprobe's own pool is up, and its round trips cost only a block's
+        (``block_dispatch_seconds``)."""
         if n_workers < 2:
             return False
         saved = loss_seconds * n_evaluations * (1.0 - 1.0 / n_workers)
+        if running:
+            return saved >= self.block_dispatch_seconds
         startup = self.process_start_seconds if start_processes else 0.0
         return saved >= self.auto_dispatch_seconds + startup
 
