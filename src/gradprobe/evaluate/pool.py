@@ -144,18 +144,24 @@ def pool_alive() -> bool:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT in this process for the block (main thread only): processes started in
-    it inherit the ignored signal from their first instruction, so a Ctrl-C sent to the
-    process group reaches the parent alone, which stops them."""
+def _sigint_held() -> Iterator[None]:
+    """Hold a Ctrl-C back while workers are spawned (main thread only), then deliver it: the
+    signal is recorded, not ignored (an ignored one would be lost: blocking it in this thread
+    alone does not help, since any of the process's threads, a BLAS thread say, may take it),
+    and raised to this process's own handler when the block ends. Each worker ignores SIGINT
+    from its initializer on (:func:`_watch_parent`): a Ctrl-C to the process group is the
+    parent's to handle, which stops them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 def warm_up(n_workers: int) -> None:
@@ -164,7 +170,7 @@ def warm_up(n_workers: int) -> None:
     Nothing when they run already."""
     if pool_alive():
         return
-    with _sigint_ignored():
+    with _sigint_held():
         pool = executor(n_workers)
         _ready[:] = [pool.submit(_noop) for _ in range(n_workers)]
 
