@@ -22,8 +22,6 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["Flat", "TreeDef", "argument_names", "check_held_by_path", "flatten", "match", "unflatten"]
-
 _TEXT = (str, bytes, bytearray, memoryview)
 _MISSING = object()
 #: Containers nested deeper than this are refused (naming the path), before Python's own
