@@ -59,6 +59,28 @@ def _set_stop_signals(handler: Any) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+class _PipeProgress:
+    """In the worker: the check's progress (a call per block of evaluations, at most every
+    0.1 s, and its ``parameter`` and ``notice`` hooks, as a progress bar has them) sent to
+    the parent, which draws the bar."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        t = time.monotonic()
+        if t - self._last > 0.1 or done >= total:
+            self._last = t
+            self._conn.send(("progress", done, total))
+
+    def parameter(self, name: str, index: int, count: int) -> None:
+        self._conn.send(("parameter", name, index, count))
+
+    def notice(self, text: str) -> None:
+        self._conn.send(("notice", text))
+
+
 def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     """In the worker: run one check and send its outcome back.
 
@@ -66,23 +88,7 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     the first one (from the terminal, or forwarded by the parent) interrupts it.
     """
     _set_stop_signals(_interrupt_once)
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        t = time.monotonic()
-        if t - last[0] > 0.1 or done >= total:
-            last[0] = t
-            conn.send(("progress", done, total))
-
-    def parameter(name: str, index: int, count: int) -> None:
-        conn.send(("parameter", name, index, count))
-
-    def notice(text: str) -> None:
-        conn.send(("notice", text))
-
-    progress.parameter = parameter  # type: ignore[attr-defined]
-    progress.notice = notice  # type: ignore[attr-defined]
-
+    progress = _PipeProgress(conn)
     result = None
     try:
         conn.send(("started",))
