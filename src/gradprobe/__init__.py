@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .functional.layer import check_layer
     from .functional.pair import check_forward_backward
     from .functional.vjp import check_hvp, check_vjp
-    from .sweep import SweepResult, sweep
+    from .step_sweep import SweepResult, sweep
 
 _LAZY = {
     "check": "api",
@@ -51,8 +51,8 @@ _LAZY = {
     "check_vjp": "functional.vjp",
     "keep_workers": "evaluate",
     "shutdown_workers": "evaluate",
-    "sweep": "sweep",
-    "SweepResult": "sweep",
+    "sweep": "step_sweep",
+    "SweepResult": "step_sweep",
 }
 
 __all__ = [

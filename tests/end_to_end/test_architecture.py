@@ -245,3 +245,10 @@ def test_only_public_modules_define_all():
         if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)
     ]
     assert not stars, f"modules importing *: {stars}"
+
+
+def test_no_submodule_is_named_like_a_public_name():
+    """``import gradprobe.x`` binds ``gradprobe.x`` to the module: a submodule named like a
+    public function (``sweep``) would turn ``gradprobe.sweep(...)`` into a module call."""
+    submodules = {p.stem if p.is_file() else p.name for p in ROOT.iterdir()}
+    assert not submodules & set(gradprobe.__all__)
