@@ -42,7 +42,7 @@ from ..numerics.tolerances import (
     NOISE_SAFETY,
     NoiseEstimate,
 )
-from ..options import DEFAULT_NONDET_TOL
+from ..validators import DEFAULT_NONDET_TOL
 from .noise import estimate_loss_noise
 
 _NOT_MEASURED = NoiseEstimate(0.0, 0, "not measured")

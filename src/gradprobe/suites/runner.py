@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..report.model import Report, jsonable
+from ..report.jsonable import jsonable
+from ..report.model import Report
 from .config import CheckSpec
 from .inprocess import run_here
 from .isolation import IsolatedWorker, run_isolated
