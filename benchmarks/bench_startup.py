@@ -110,7 +110,8 @@ def fresh_table(repeats: int) -> None:
 def suite_table(repeats: int, n_checks: int) -> None:
     sys.path.insert(0, str(SRC))
     from gradprobe.suites.config import load_suite
-    from gradprobe.suites.runner import IsolatedWorker, run_check
+    from gradprobe.suites.isolation import IsolatedWorker
+    from gradprobe.suites.runner import run_check
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "models.py").write_text(MODELS)

@@ -9,8 +9,9 @@
 modules (and numba) on first use, so that
 importing the package, or its pytest plugin at every pytest start, stays cheap.
 
-The public API is the names in ``__all__`` (and ``gradprobe.testing``, ``gradprobe.examples``,
-the ``gradprobe`` command). Every other submodule (``numerics``, ``evaluate``, ``checking``,
+The public API is the names in ``__all__`` (and ``gradprobe.torch``, ``gradprobe.jax``,
+``gradprobe.testing``, ``gradprobe.examples``, the ``gradprobe`` command); only these modules
+define ``__all__``. Every other submodule (``numerics``, ``evaluate``, ``checking``,
 ``report``, ``suites``, ``options``, ``layout``...) is internal and may change without notice.
 """
 
@@ -29,32 +30,29 @@ from .errors import (
     NondeterministicLossError,
     StatefulGradientError,
 )
-from .report import Coverage, Diagnosis, EntryCheck, ParamReport, Report
+from .report.model import Coverage, Diagnosis, EntryCheck, ParamReport, Report
 from .suites.problem import Problem
 
 if TYPE_CHECKING:
     from .api import check
     from .evaluate import keep_workers, shutdown_workers
-    from .functional import (
-        check_forward_backward,
-        check_hvp,
-        check_jvp,
-        check_layer,
-        check_vjp,
-    )
-    from .sweep import SweepResult, sweep
+    from .functional.jvp import check_jvp
+    from .functional.layer import check_layer
+    from .functional.pair import check_forward_backward
+    from .functional.vjp import check_hvp, check_vjp
+    from .step_sweep import SweepResult, sweep
 
 _LAZY = {
     "check": "api",
-    "check_forward_backward": "functional",
-    "check_hvp": "functional",
-    "check_jvp": "functional",
-    "check_layer": "functional",
-    "check_vjp": "functional",
+    "check_forward_backward": "functional.pair",
+    "check_hvp": "functional.vjp",
+    "check_jvp": "functional.jvp",
+    "check_layer": "functional.layer",
+    "check_vjp": "functional.vjp",
     "keep_workers": "evaluate",
     "shutdown_workers": "evaluate",
-    "sweep": "sweep",
-    "SweepResult": "sweep",
+    "sweep": "step_sweep",
+    "SweepResult": "step_sweep",
 }
 
 __all__ = [

@@ -16,7 +16,7 @@ The tree::
     └── CheckAborted                  a time limit or evaluation budget ran out; .reason
 
 Errors raised after some work was done carry it as ``partial_report`` (a
-:class:`gradprobe.report.Report` marked incomplete), so a nightly job keeps the evidence gathered
+:class:`gradprobe.Report` marked incomplete), so a nightly job keeps the evidence gathered
 before the failure.
 """
 
@@ -26,18 +26,6 @@ import functools
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
-
-__all__ = [
-    "CheckAborted",
-    "GradCheckError",
-    "GradientMismatchError",
-    "InvalidInputError",
-    "LossEvaluationError",
-    "NondeterministicLossError",
-    "StatefulGradientError",
-    "SuiteConfigError",
-    "raised_at_the_call",
-]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

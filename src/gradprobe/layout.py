@@ -18,17 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError
-from .tree import TreeDef, check_held_by_path, flatten, match, unflatten
-
-__all__ = [
-    "ParamLayout",
-    "as_scalar_loss",
-    "describe_fixed",
-    "normalize_gradient",
-    "normalize_params",
-    "promote_to_float64",
-    "unravel",
-]
+from .tree import TreeDef, check_held_by_path, flatten, match, unflatten, unpacked_names
 
 FLOAT_KINDS = ("f",)
 #: Largest parameter entry checked (2**500, ~3.3e150): beyond it the squares of float64 steps
@@ -44,7 +34,8 @@ class ParamLayout:
     ----------
     names : tuple of str
         Parameter names in order: paths in a tree (``encoder.layers[0].W``), the keys of a
-        flat mapping, "0", "1", ... for a flat sequence, "x" for a single array.
+        flat mapping, the names the loss unpacks a flat sequence into (``W, b = params``) or
+        else "0", "1", ..., "x" for a single array.
     kind : str
         ``"mapping"``, ``"sequence"``, ``"dataclass"`` or ``"array"`` (the top container).
     container_type : type
@@ -258,13 +249,16 @@ def _no_parameter_error(held: list[tuple[str, Any]]) -> InvalidInputError:
 MAX_LISTED = 10
 
 
-def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
+def normalize_params(
+    params: Any, named_by: Callable[..., Any] | None = None
+) -> tuple[ParamLayout, list[np.ndarray]]:
     """Validate ``params`` and return its layout and private C-contiguous copies.
 
     ``params`` is one array or a tree (mappings, sequences, NamedTuples, dataclasses) whose
     float-array leaves are the parameters; other leaves (ints, strings, None, integer or bool
     arrays) are held fixed, passed as they are. The copies are what the check perturbs: the
-    caller's arrays are never written to.
+    caller's arrays are never written to. A flat list or tuple is named as ``named_by`` (the
+    loss) unpacks it (:func:`gradprobe.tree.unpacked_names`), else ``"0"``, ``"1"``, ....
     """
     _reject_framework_array(params, "params")
     if isinstance(params, np.ndarray):
@@ -289,7 +283,10 @@ def normalize_params(params: Any) -> tuple[ParamLayout, list[np.ndarray]]:
             "params: expected a mapping of names to float arrays, a sequence of arrays, a tree "
             f"of those (dataclasses, NamedTuples) or one array, found {type(params).__name__}."
         )
-    flat = flatten(params, _is_param)
+    names = None
+    if named_by is not None and kind == "sequence" and container_type in (list, tuple):
+        names = unpacked_names(named_by, len(params))
+    flat = flatten(params, _is_param, names)
     if not flat.params:
         raise _no_parameter_error(flat.held)
     arrays = []

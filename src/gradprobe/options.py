@@ -40,7 +40,6 @@ from .samples import (
 from .validators import (
     DEFAULT_NONDET_TOL,
     DEFAULT_PROBES,
-    KNOWN_BACKENDS,
     _atol,
     _backend,
     _budget,
@@ -54,30 +53,7 @@ from .validators import (
     _promote,
     _rtol,
     _seed,
-    backend_names,
-    validate_positive,
 )
-
-__all__ = [
-    "DEFAULT_NONDET_TOL",
-    "DEFAULT_PROBES",
-    "DEFAULT_SAMPLES",
-    "KNOWN_BACKENDS",
-    "OPTIONS",
-    "OPTION_NAMES",
-    "SUITE_KEYS",
-    "CheckOptions",
-    "Option",
-    "SampleSpec",
-    "backend_names",
-    "check_option",
-    "option_problem",
-    "options_conflict",
-    "settings",
-    "validate_options",
-    "validate_positive",
-    "validate_samples",
-]
 
 
 # -- reading a --flag -------------------------------------------------------------------------

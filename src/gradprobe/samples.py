@@ -23,15 +23,6 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = [
-    "CHECK_ALL_UP_TO",
-    "DEFAULT_SAMPLES",
-    "FIRST_SAMPLE",
-    "SampleSpec",
-    "samples_from_text",
-    "validate_samples",
-]
-
 #: Entries checked one by one where the evidence disagrees (a failed entry, a probe that
 #: disagreed), so the diagnosis has as much to read as it needs; without probes, the sample.
 DEFAULT_SAMPLES = 512

@@ -3,17 +3,20 @@
 A tree is a leaf or a container of trees: a mapping, a list or tuple (any sequence but text),
 a ``NamedTuple`` or a dataclass instance. Leaves are named by their path: mapping keys and
 attribute names joined by ``"."``, sequence indices as ``[i]`` (``encoder.layers[0].W``); a
-flat sequence at the top (leaves only) keeps the bare indices ``"0"``, ``"1"``, ..., a single
-leaf is ``"x"``. Which leaves are parameters is the caller's choice (``is_param``); the others
+flat sequence at the top (leaves only) gets the names its user unpacks it into
+(:func:`unpacked_names`: ``W, b = params`` in the loss) where the caller passes them, else the
+bare indices ``"0"``, ``"1"``, ...; a single leaf is ``"x"``. Which leaves are parameters is the caller's choice (``is_param``); the others
 are held: a subtree without a parameter is kept as the very object given, and every rebuild
 (:func:`unflatten`) puts it back as is.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import inspect
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,16 +24,6 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInputError
-
-__all__ = [
-    "Flat",
-    "TreeDef",
-    "argument_names",
-    "check_held_by_path",
-    "flatten",
-    "match",
-    "unflatten",
-]
 
 _TEXT = (str, bytes, bytearray, memoryview)
 _MISSING = object()
@@ -123,9 +116,12 @@ def _segment(kind: str, key: Any, path: str) -> tuple[str, str]:
     return repr(key), f"{path}[{key!r}]"
 
 
-def flatten(tree: Any, is_param: Callable[[str, Any], bool]) -> Flat:
+def flatten(
+    tree: Any, is_param: Callable[[str, Any], bool], names: Sequence[str] | None = None
+) -> Flat:
     """Flatten ``tree``; ``is_param(path, leaf)`` says which leaves are parameters (it may
-    raise ``InvalidInputError`` for a leaf it refuses)."""
+    raise ``InvalidInputError`` for a leaf it refuses). ``names``: the paths of a flat sequence
+    at the top, one per item (a gradient mapping may still key them ``"0"``, ``"1"``...)."""
     params: list[tuple[str, Any]] = []
     held: list[tuple[str, Any]] = []
     kind = _container_kind(tree)
@@ -135,7 +131,9 @@ def flatten(tree: Any, is_param: Callable[[str, Any], bool]) -> Flat:
     flat_root = kind in ("sequence", "namedtuple") and all(
         _container_kind(v) is None for _, v in _items(kind, tree)
     )
-    node = _flatten(tree, kind, "", is_param, params, held, {id(tree)}, flat_root)
+    if not flat_root or names is None or len(names) != len(tree):
+        names = None
+    node = _flatten(tree, kind, "", is_param, params, held, {id(tree)}, flat_root, names)
     return Flat(node, params, held)
 
 
@@ -162,11 +160,13 @@ def _flatten(
     held: list[tuple[str, Any]],
     on_path: set[int],
     flat_root: bool = False,
+    names: Sequence[str] | None = None,
 ) -> TreeDef:
     keys, segments, paths, children = [], [], [], []
     for i, (key, value) in enumerate(_items(kind, tree)):
-        if flat_root:  # a flat sequence at the top: "0", "1", ... as before trees
-            segment = child_path = str(i)
+        if flat_root:  # a flat sequence at the top: its names, or "0", "1", ...
+            segment = str(i)
+            child_path = names[i] if names is not None else segment
         else:
             segment, child_path = _segment(kind, key, path)
         child_kind = _container_kind(value)
@@ -399,3 +399,47 @@ def argument_names(
     if len(names) < count or set(names) & set(taken):
         return fallback
     return names
+
+
+def unpacked_names(fn: Callable[..., Any], count: int) -> list[str] | None:
+    """The names ``fn`` gives the ``count`` items of its first argument by unpacking it, as in
+    ``def loss(params): W, b = params`` (``["W", "b"]``): the first such line among the
+    statements of ``fn``'s body. None where it gives none: no such line, another count, a
+    name repeated or starting with ``_``, or no Python source (a lambda, a builtin, a
+    callable object, code typed at the prompt)."""
+    target = inspect.unwrap(getattr(fn, "py_func", fn))  # a numba dispatcher's function
+    bound = inspect.ismethod(target)  # its first argument is self
+    target = target.__func__ if bound else target
+    if not inspect.isfunction(target) or target.__name__ == "<lambda>":
+        return None
+    try:
+        source = textwrap.dedent(inspect.getsource(target))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError):
+        return None
+    node = next(
+        (
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == target.__name__
+        ),
+        None,
+    )
+    arguments = [*node.args.posonlyargs, *node.args.args][bound:] if node is not None else []
+    if not arguments:
+        return None
+    first = arguments[0].arg
+    for statement in node.body:  # type: ignore[union-attr]
+        if not (
+            isinstance(statement, ast.Assign)
+            and isinstance(statement.value, ast.Name)
+            and statement.value.id == first
+        ):
+            continue
+        targets = statement.targets[0] if len(statement.targets) == 1 else None
+        if not isinstance(targets, (ast.Tuple, ast.List)):
+            return None
+        found = [e.id if isinstance(e, ast.Name) else "" for e in targets.elts]
+        ok = len(found) == count == len(set(found)) and all(n and n[0] != "_" for n in found)
+        return found if ok else None
+    return None

@@ -149,6 +149,7 @@ def test_ctrl_c_in_demo_prints_and_writes_the_partial_report(tmp_path, monkeypat
     from gradprobe import cli
     from gradprobe.cli import demo
     from gradprobe.examples import make_mlp
+    from gradprobe.suites.outcome import EXIT_INTERRUPT
 
     m = make_mlp()
     partial = gradprobe.check(m.loss, m.grad, m.params, samples=8)
@@ -168,7 +169,7 @@ def test_ctrl_c_in_demo_prints_and_writes_the_partial_report(tmp_path, monkeypat
     monkeypatch.setattr(demo, "check", interrupted_check)
     code = cli.main(["demo", "--json", str(tmp_path / "d.json")])
     out, err = capsys.readouterr()
-    assert code == cli.EXIT_INTERRUPT == 130
+    assert code == EXIT_INTERRUPT == 130
     assert "gradient check INCOMPLETE: interrupted (KeyboardInterrupt)" in out and "W1" in out
     assert err.startswith("gradprobe: interrupted (Ctrl-C)")
     data = json.loads((tmp_path / "d.json").read_text())

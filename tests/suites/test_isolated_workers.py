@@ -19,7 +19,8 @@ import pytest
 
 from gradprobe.suites import isolation
 from gradprobe.suites.config import load_suite
-from gradprobe.suites.runner import IsolatedWorker, run_check
+from gradprobe.suites.isolation import IsolatedWorker
+from gradprobe.suites.runner import run_check
 
 from ..helpers import live_workers
 
@@ -193,7 +194,8 @@ def test_n_jobs_runs_on_joblib_workers_inside_an_isolated_check(tmp_path):
 PARENT = """
 import sys
 from gradprobe.suites.config import load_suite
-from gradprobe.suites.runner import IsolatedWorker, run_check
+from gradprobe.suites.isolation import IsolatedWorker
+from gradprobe.suites.runner import run_check
 
 spec = load_suite(sys.argv[1]).checks[0]
 with IsolatedWorker() as worker:

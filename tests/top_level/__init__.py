@@ -1,1 +1,1 @@
-"""Tests of the modules at the top of the package: tree.py, options.py, sweep.py."""
+"""Tests of the modules at the top of the package: tree.py, options.py, step_sweep.py."""

@@ -20,6 +20,7 @@ from gradprobe.options import (
     validate_options,
 )
 from gradprobe.suites.config import load_suite
+from gradprobe.suites.outcome import EXIT_OK, EXIT_USAGE
 
 from ..helpers import write_models, write_suite
 
@@ -83,7 +84,7 @@ def test_one_message_for_check_suite_file_and_flag(tmp_path, capsys, name, value
     write_models(tmp_path)
     flag = OPTIONS[name].flag
     code = cli.main(["check", str(tmp_path / "models.py") + ":good", flag, flag_text])
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert f"gradprobe: error: {flag}: {problem}" in capsys.readouterr().err
 
 
@@ -109,7 +110,7 @@ def test_samples_zero_means_probes_only_in_check_suite_file_and_flag(tmp_path, c
     suite = write_suite(tmp_path, '[checks.a]\ntarget = "models.py:good"\nsamples = 0\n')
     assert load_suite(suite).checks[0].options["samples"] == 0
     code = cli.main(["check", str(tmp_path / "models.py") + ":good", "--samples", "0", "-q"])
-    assert code == cli.EXIT_OK, capsys.readouterr()
+    assert code == EXIT_OK, capsys.readouterr()
 
 
 def test_samples_zero_without_probes_checks_nothing_and_is_rejected_everywhere(tmp_path):

@@ -1,4 +1,4 @@
-"""gradprobe.sweep: the relative error over a range of steps draws a V."""
+"""gradprobe.sweep (step_sweep.py): the relative error over a range of steps draws a V."""
 
 from __future__ import annotations
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["BANDS", "TABLE", "band", "calibrated"]
-
 #: Lower bounds of the bands of supporting entries.
 BANDS = (1, 2, 4, 16)
 

@@ -14,8 +14,6 @@ import numpy as np
 from ..evaluate import Evaluator
 from ..numerics.tolerances import Tolerance
 
-__all__ = ["ParamCheck"]
-
 
 @dataclass(frozen=True)
 class ParamCheck:

@@ -69,8 +69,6 @@ from .fits import clipped_fit, linear_fits, partial_factor_fit, unused_fit, zero
 from .measured import describe
 from .patterns import confined_pattern, shifted_pattern, swapped_pattern, transpose_pattern
 
-__all__ = ["diagnose", "diagnose_parameter", "rank_failing", "relative_error"]
-
 
 def _checked(e: EntryResults) -> np.ndarray:
     """Entries the fits take: finite, not a kink (a failing entry whose step crossed one

@@ -30,16 +30,6 @@ import numpy as np
 from ..report.model import Diagnosis
 from .calibration import calibrated
 
-__all__ = [
-    "FIT_MARGIN",
-    "clipped_fit",
-    "explained",
-    "linear_fits",
-    "partial_factor_fit",
-    "unused_fit",
-    "zero_fit",
-]
-
 #: Room for the fitted constants' own error: a relation's prediction may miss an entry by
 #: this many times the entry's allowance.
 FIT_MARGIN = 3.0

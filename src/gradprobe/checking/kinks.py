@@ -36,16 +36,6 @@ import numpy as np
 
 from ..numerics.steps import RETRY_FACTOR
 
-__all__ = [
-    "RETRY_FACTOR",
-    "SMOOTH_SHRINK",
-    "KinkVerdict",
-    "OneSided",
-    "classify",
-    "marginal",
-    "retry_passes",
-]
-
 #: A one-sided gap that shrinks by less than this when the step shrinks by RETRY_FACTOR is not
 #: a smooth function's (which shrinks by RETRY_FACTOR).
 SMOOTH_SHRINK = 0.75 * RETRY_FACTOR

@@ -16,8 +16,6 @@ import numpy as np
 from ..report.model import Diagnosis
 from .calibration import calibrated
 
-__all__ = ["describe"]
-
 #: |correlation| of the error with the value above which the report says it follows it.
 FOLLOWS = 0.9
 

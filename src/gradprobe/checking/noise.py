@@ -18,8 +18,6 @@ from ..evaluate import Evaluator, one_blas_thread
 from ..numerics.steps import in_dtype
 from ..numerics.tolerances import NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, ecnoise
 
-__all__ = ["MAX_NOISE_SCALINGS", "NOISE_SCALING", "estimate_loss_noise"]
-
 
 def estimate_loss_noise(
     evaluator: Evaluator, base_loss: float, rng: np.random.Generator

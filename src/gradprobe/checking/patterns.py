@@ -33,8 +33,6 @@ from .context import ParamCheck
 from .entries import EntryResults, numeric_entries
 from .fits import KEEP, SHOW
 
-__all__ = ["confined_pattern", "shifted_pattern", "swapped_pattern", "transpose_pattern"]
-
 #: Entries confirmed at transposed or shifted positions or against another parameter.
 CONFIRM_ENTRIES = 12
 #: Same-shape parameters tried as the other half of a swap.

@@ -42,16 +42,8 @@ from ..numerics.tolerances import (
     NOISE_SAFETY,
     NoiseEstimate,
 )
-from ..options import DEFAULT_NONDET_TOL
+from ..validators import DEFAULT_NONDET_TOL
 from .noise import estimate_loss_noise
-
-__all__ = [
-    "PreflightResult",
-    "analytic_gradient",
-    "base_loss",
-    "jitter_bar",
-    "run_preflight",
-]
 
 _NOT_MEASURED = NoiseEstimate(0.0, 0, "not measured")
 

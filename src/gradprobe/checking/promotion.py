@@ -21,8 +21,6 @@ from ..errors import CheckAborted, GradCheckError
 from ..report.model import Report
 from .verdict import UNVERIFIED_SHARE
 
-__all__ = ["floor_left", "verify_in_float64"]
-
 
 def floor_left(report: Report) -> dict[str, int]:
     """Passing parameters below float64 whose checked entries sit (almost) all at the round-off

@@ -28,8 +28,6 @@ from .context import ParamCheck
 from .entries import EntryResults
 from .kinks import SHRINK_TO
 
-__all__ = ["MAX_GROUPS", "check_ties"]
-
 #: Tie groups probed per parameter (two to four evaluations each).
 MAX_GROUPS = 32
 #: Entries of one group moved together (a larger tie is probed on its first ones).

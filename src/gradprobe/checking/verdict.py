@@ -26,8 +26,6 @@ from .context import ParamCheck
 from .parameter import Evidence
 from .probes import ProbeOutcome
 
-__all__ = ["build_report", "floor_warnings", "passes"]
-
 #: A passing parameter with at least this share of its checked entries at the round-off floor
 #: was hardly verified: the report says so.
 UNVERIFIED_SHARE = 0.9
@@ -188,7 +186,7 @@ def build_coverage(
     unfinished: bool = False,
     passed: bool | None = None,
 ) -> Coverage:
-    """Assemble a :class:`~gradprobe.report.Coverage` and its statement in words: what was
+    """Assemble a :class:`~gradprobe.Coverage` and its statement in words: what was
     checked, how, and what that guarantees.
 
     ``n_unverified`` counts entries that passed only within the round-off floor (no evidence

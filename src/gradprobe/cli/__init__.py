@@ -23,11 +23,9 @@ import argparse
 from collections.abc import Sequence
 
 from ..errors import CheckAborted, GradCheckError, InvalidInputError
-from ..suites.outcome import EXIT_CRASH, EXIT_INTERRUPT, EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
+from ..suites.outcome import EXIT_CRASH, EXIT_USAGE
 from .console import Console
 from .parser import build_parser
-
-__all__ = ["EXIT_CRASH", "EXIT_INTERRUPT", "EXIT_MISMATCH", "EXIT_OK", "EXIT_USAGE", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

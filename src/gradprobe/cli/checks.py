@@ -28,8 +28,6 @@ from .outputs import Output, check_outputs, outputs_of, write_outputs
 from .parser import FLAG_OPTIONS, check_options
 from .summary import outcome_text, print_verdict, summary_table
 
-__all__ = ["run_checks"]
-
 
 @dataclasses.dataclass(frozen=True)
 class _Run:
@@ -198,7 +196,8 @@ def _run_serially(
     args: argparse.Namespace, console: Console, specs: Sequence[Any], suite: Any
 ) -> tuple[list[Any], bool]:
     """The checks one after another under a progress display."""
-    from ..suites.runner import CheckOutcome, IsolatedWorker, run_check
+    from ..suites.isolation import IsolatedWorker
+    from ..suites.runner import CheckOutcome, run_check
 
     n = len(specs)
     outcomes: list[Any] = []

@@ -19,8 +19,6 @@ from typing import Any, TextIO
 
 from ..suites.progress import ProgressDisplay, progress_wanted
 
-__all__ = ["Console", "LineProgress", "no_color"]
-
 _STYLES = {"red": "31", "green": "32", "yellow": "33", "bold": "1"}
 
 

@@ -21,8 +21,6 @@ from .outputs import check_outputs, outputs_of, write_outputs
 from .parser import check_options
 from .summary import verbose_details
 
-__all__ = ["run_demo"]
-
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
     """The exit code of ``gradprobe demo``."""

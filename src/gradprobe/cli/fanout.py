@@ -19,8 +19,6 @@ from ..errors import InvalidInputError
 from .console import Console
 from .summary import outcome_text
 
-__all__ = ["SCHEDULER_ENV", "FanOut", "fan_out_of", "run_fanned_out"]
-
 #: The environment variable naming a Dask scheduler for ``gradprobe run``.
 SCHEDULER_ENV = "GRADPROBE_SCHEDULER"
 

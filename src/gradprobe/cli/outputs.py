@@ -21,8 +21,6 @@ from pathlib import Path
 from ..errors import InvalidInputError
 from .console import Console
 
-__all__ = ["Output", "check_outputs", "outputs_of", "write_outputs"]
-
 FLAGS = ("json", "junit", "plot")
 
 

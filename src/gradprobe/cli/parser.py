@@ -17,8 +17,6 @@ from ..errors import InvalidInputError
 from ..examples import MLP_BUGS
 from ..options import OPTIONS, Option, option_problem
 
-__all__ = ["FLAG_OPTIONS", "build_parser", "check_options"]
-
 #: The options of gradprobe.check that have a --flag (the check subcommand has them all).
 FLAG_OPTIONS = tuple(o for o in OPTIONS.values() if o.from_text is not None)
 

@@ -10,8 +10,6 @@ from typing import Any
 from ..report.text import align_columns
 from .console import Console
 
-__all__ = ["outcome_text", "print_verdict", "summary_table", "verbose_details"]
-
 
 def outcome_text(console: Console, outcome: Any, i: int, n: int) -> str:
     """One check's header line, its message (a crash's trimmed traceback...) and report."""

@@ -3,24 +3,16 @@
 Each check here reduces to ``check`` (the same engine and :class:`gradprobe.Report`, one row
 per input) through one seeded random cotangent ``G``: the loss is ``sum vdot(G, f(x))``.
 
-- :func:`check_vjp`: a hand-written backward ``vjp(x, G)`` (:mod:`.vjp`);
-- :func:`check_hvp`: a Hessian-vector product, the VJP of the gradient (:mod:`.vjp`);
-- :func:`check_jvp`: a forward-mode ``jvp(x, t)``, one call per input entry (:mod:`.jvp`);
-- :func:`check_layer`: a stateful layer object with ``forward``/``backward`` methods, its
+- :func:`gradprobe.check_vjp`: a hand-written backward ``vjp(x, G)`` (:mod:`.vjp`);
+- :func:`gradprobe.check_hvp`: a Hessian-vector product, the VJP of the gradient (:mod:`.vjp`);
+- :func:`gradprobe.check_jvp`: a forward-mode ``jvp(x, t)``, one call per input entry (:mod:`.jvp`);
+- :func:`gradprobe.check_layer`: a stateful layer object with ``forward``/``backward`` methods, its
   parameters and its input (:mod:`.layer`);
-- :func:`check_forward_backward`: the cs231n pair ``forward(x, w, b) -> (out, cache)``,
+- :func:`gradprobe.check_forward_backward`: the cs231n pair ``forward(x, w, b) -> (out, cache)``,
   ``backward(dout, cache) -> (dx, dw, db)`` (:mod:`.pair`).
 
 :mod:`.contraction` holds what ``check`` is handed (the contraction loss and the guarded
 backward) and :mod:`.reduction` the one setup and run of every check here and of the
-framework adapters (:mod:`.adapted`).
+framework adapters (:mod:`.adapted`). Internal: the public names are the five above, in
+:mod:`gradprobe`.
 """
-
-from __future__ import annotations
-
-from .jvp import check_jvp
-from .layer import check_layer
-from .pair import check_forward_backward
-from .vjp import check_hvp, check_vjp
-
-__all__ = ["check_forward_backward", "check_hvp", "check_jvp", "check_layer", "check_vjp"]

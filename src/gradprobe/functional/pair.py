@@ -21,8 +21,6 @@ from ..tree import argument_names
 from .contraction import Roles
 from .vjp import run_vjp_check
 
-__all__ = ["check_forward_backward"]
-
 PAIR = Roles(
     f="forward",
     vjp="backward",

@@ -28,8 +28,9 @@ import numpy as np
 from ..api import check
 from ..errors import CheckAborted, GradCheckError, InvalidInputError, LossEvaluationError
 from ..layout import ParamLayout, normalize_params, validate_callable
-from ..options import CheckOptions, _seed, validate_options
+from ..options import CheckOptions, validate_options
 from ..report.model import Report
+from ..validators import _seed
 from .contraction import IN_CALLER_TERMS, Roles, call_user, contract, flatten, freeze_static
 
 #: Mixed into the seed so the cotangent's stream differs from the sample's and the probes'.

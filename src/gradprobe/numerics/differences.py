@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["central_differences", "compare", "one_sided_differences"]
-
 
 def _f64(x: np.ndarray | float) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)

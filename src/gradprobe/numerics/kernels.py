@@ -18,8 +18,6 @@ import numpy as np
 from numba import njit, prange
 from numba import types as nbt
 
-__all__ = ["jit_entry_losses", "jit_loss_kernels", "jit_vector_losses"]
-
 _VEC = nbt.Array(nbt.float64, 1, "C")
 _MAT = nbt.Array(nbt.float64, 2, "C")
 _IDX = nbt.Array(nbt.int64, 1, "C")

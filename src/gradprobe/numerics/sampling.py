@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MAGNITUDE_BINS", "STRATA", "Sample", "extend_sample", "stratified_sample"]
-
 #: Quantile bins of the nonzero ``|analytic|`` for the magnitude stratum.
 MAGNITUDE_BINS = 8
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["CONFIDENCE", "upper_bound_wrong_fraction"]
-
 #: Confidence level of the bound in coverage statements.
 CONFIDENCE = 0.95
 

@@ -15,18 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = [
-    "EVALUATIONS_PER_ENTRY",
-    "MAX_LOSS_EPS",
-    "METHODS",
-    "RETRY_FACTOR",
-    "CentralSteps",
-    "central_steps",
-    "complex_steps",
-    "default_relative_step",
-    "in_dtype",
-]
-
 #: Finite-difference schemes, in order of cost per entry (2, 4 and 1 loss evaluations).
 METHODS = ("central", "richardson", "complex-step")
 #: Loss evaluations per entry of each scheme (before any retry).

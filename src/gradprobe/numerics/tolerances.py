@@ -42,21 +42,6 @@ import numpy as np
 from . import differences
 from .steps import MAX_LOSS_EPS
 
-__all__ = [
-    "DEFAULT_RTOL",
-    "NOISE_FACTOR",
-    "NOISE_HALF_POINTS",
-    "NOISE_SAFETY",
-    "NOISE_ULPS",
-    "NoiseEstimate",
-    "Tolerance",
-    "Verdict",
-    "ecnoise",
-    "loss_epsilon",
-    "precision_dtype",
-    "tolerance_for",
-]
-
 # Relative tolerance on |a - n| / (|a| + |n|) per dtype. Central differences with the default
 # step reach ~EPS**(2/3) relative accuracy on well-scaled functions (float64: ~4e-11), so these
 # leave ample room for curvature while catching a relative error of 1e-4 (rel err 5e-5) in

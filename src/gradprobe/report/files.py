@@ -13,8 +13,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["replacing", "write_text_atomic"]
-
 
 @contextlib.contextmanager
 def replacing(path: str | Path) -> Iterator[Path]:

@@ -18,15 +18,6 @@ from pathlib import Path
 from ..errors import InvalidInputError
 from .runner import SuiteResult
 
-__all__ = [
-    "DEFAULT_FACTOR",
-    "DEFAULT_FLOOR",
-    "BaselineComparison",
-    "Regression",
-    "compare",
-    "load_baseline",
-]
-
 DEFAULT_FACTOR = 10.0
 DEFAULT_FLOOR = 1e-10
 

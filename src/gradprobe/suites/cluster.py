@@ -34,18 +34,10 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from .config import CheckSpec
-from .isolation import (
-    INTERRUPT_GRACE,
-    STARTUP_LIMIT,
-    CtrlC,
-    pack_report,
-    run_here,
-    run_isolated,
-    unpack_report,
-)
+from .inprocess import pack_report, run_here, unpack_report
+from .isolation import INTERRUPT_GRACE, STARTUP_LIMIT, run_isolated
 from .runner import CheckOutcome, outcome_of
-
-__all__ = ["connect", "run_on_cluster", "run_task"]
+from .stopping import CtrlC
 
 OnDone = Callable[[int, CheckOutcome], None]
 

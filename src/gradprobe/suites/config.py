@@ -43,7 +43,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["CheckSpec", "Suite", "find_suite", "load_suite"]
 
 SUITE_FILE = "gradprobe.toml"
 #: Keys of a check's table that are not options of gradprobe.check.

@@ -1,4 +1,4 @@
-"""Running one check: in this process, or in a worker process that can be killed.
+"""Running one check in a worker process that can be killed.
 
 :class:`IsolatedWorker` keeps one worker process (``spawn``, not a daemon, so a check's
 ``n_jobs`` can start joblib workers of its own) and runs checks in it one after another: the
@@ -8,12 +8,11 @@ code that never returns). A worker that was killed, died or was interrupted is r
 fresh one for the next check; one that reported (passed, failed or crashed with a Python
 exception) runs the next check too, saving the ~0.3-1 s a new process spends starting and
 importing. Checks in one worker share its imported modules, as checks run in this process
-(``isolate = false``) do. :func:`run_isolated` runs one check in a worker of its own;
-:func:`run_here` runs it in this process. All return ``(status, message, report)`` and never
-raise for a failing, crashing or hanging check.
+(``isolate = false``, :func:`.inprocess.run_here`) do. :func:`run_isolated` runs one check in
+a worker of its own. Both return the outcome ``(status, message, report)`` of
+:mod:`.inprocess` and never raise for a failing, crashing or hanging check.
 
-Ctrl-C: in this process the engine's ``KeyboardInterrupt`` (carrying the partial report) gives
-status ``"interrupted"``. With a worker, the parent counts the signal instead of raising,
+Ctrl-C: the parent counts the signal instead of raising (:class:`.stopping.CtrlC`),
 forwards it to the worker and waits up to :data:`INTERRUPT_GRACE` seconds for its partial
 report; the worker starts with Ctrl-C ignored and then arms a one-shot handler, so a second
 signal (the terminal sends one to both processes) cannot interrupt it while it reports.
@@ -27,33 +26,13 @@ import dataclasses
 import multiprocessing
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
-from ..errors import CheckAborted, GradCheckError, InvalidInputError
-from ..report.model import Report
 from .config import CheckSpec
+from .inprocess import Outcome, ProgressFn, interrupted, pack_report, run_here, unpack_report
 from .parent_watch import exit_with_parent
-from .stopping import held, stop_name
-from .tracebacks import crash_text
-
-__all__ = [
-    "INTERRUPT_GRACE",
-    "STARTUP_LIMIT",
-    "CtrlC",
-    "IsolatedWorker",
-    "pack_report",
-    "run_here",
-    "run_isolated",
-    "unpack_report",
-]
-
-ProgressFn = Callable[[int, int], None]
+from .stopping import CtrlC, ctrl_c_ignored
 
 #: Seconds a worker may take to start (import numpy, numba, gradprobe) before it counts as hung.
 STARTUP_LIMIT = 120.0
@@ -69,71 +48,6 @@ def _grace(timeout: float) -> float:
     return 5.0 + 0.25 * timeout
 
 
-def _classify(exc: BaseException) -> tuple[str, str, Report | None]:
-    partial = getattr(exc, "partial_report", None)
-    if isinstance(exc, CheckAborted):
-        return "aborted", f"stopped early ({exc.reason}): {exc}", partial
-    if isinstance(exc, InvalidInputError):
-        return "error", str(exc), partial
-    if isinstance(exc, GradCheckError) and exc.__cause__ is None:
-        return "crashed", f"{type(exc).__name__}: {exc}", partial
-    return "crashed", crash_text(exc), partial  # the user's frames only
-
-
-def _interrupted(report: Report | None, detail: str = "") -> tuple[str, str, Report | None]:
-    if report is not None and report.complete:
-        what = "it had just finished: its report is complete"
-    elif report is not None and report.n_finished:
-        what = f"the report holds the {report.n_finished} parameter(s) finished before it"
-    else:
-        what = "no parameter had finished"
-    return "interrupted", f"interrupted ({stop_name()}){detail}; {what}.", report
-
-
-def run_here(spec: CheckSpec, progress: ProgressFn | None) -> tuple[str, str, Report | None]:
-    try:
-        problem = spec.target.problem(dict(spec.args))
-        options = dict(spec.options)
-        if progress is not None:
-            options["progress"] = progress
-        report = problem.run(**options)
-    except KeyboardInterrupt as exc:
-        return _interrupted(getattr(exc, "partial_report", None))
-    except SystemExit as exc:  # the loss cannot end the run: this check crashed
-        return _exited(exc)
-    except Exception as exc:
-        return _classify(exc)
-    return ("passed" if report.passed else "failed"), "", report
-
-
-def _exited(exc: SystemExit) -> tuple[str, str, Report | None]:
-    return (
-        "crashed",
-        f"the check's code called sys.exit({exc.code!r}) (SystemExit): a loss, grad or target "
-        "must return or raise, not end the process; this check counts as crashed and the "
-        "others run.\n" + crash_text(exc),
-        getattr(exc, "partial_report", None),
-    )
-
-
-def _pack_report(report: Report | None) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    if report is None:
-        return None
-    return report.to_dict(), {n: np.asarray(p.rel_errors) for n, p in report.params.items()}
-
-
-def _unpack_report(packed: Any) -> Report | None:
-    if packed is None:
-        return None
-    data, rel = packed
-    report = Report.from_dict(data)
-    params = {
-        n: dataclasses.replace(p, rel_errors=rel.get(n, np.empty(0)))
-        for n, p in report.params.items()
-    }
-    return dataclasses.replace(report, params=params)
-
-
 def _interrupt_once(signum: int, frame: Any) -> None:
     # The first Ctrl-C (or SIGTERM) stops the check; later ones are ignored so it can report.
     _set_stop_signals(signal.SIG_IGN)
@@ -145,6 +59,28 @@ def _set_stop_signals(handler: Any) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+class _PipeProgress:
+    """In the worker: the check's progress (a call per block of evaluations, at most every
+    0.1 s, and its ``parameter`` and ``notice`` hooks, as a progress bar has them) sent to
+    the parent, which draws the bar."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        t = time.monotonic()
+        if t - self._last > 0.1 or done >= total:
+            self._last = t
+            self._conn.send(("progress", done, total))
+
+    def parameter(self, name: str, index: int, count: int) -> None:
+        self._conn.send(("parameter", name, index, count))
+
+    def notice(self, text: str) -> None:
+        self._conn.send(("notice", text))
+
+
 def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     """In the worker: run one check and send its outcome back.
 
@@ -152,23 +88,7 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
     the first one (from the terminal, or forwarded by the parent) interrupts it.
     """
     _set_stop_signals(_interrupt_once)
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        t = time.monotonic()
-        if t - last[0] > 0.1 or done >= total:
-            last[0] = t
-            conn.send(("progress", done, total))
-
-    def parameter(name: str, index: int, count: int) -> None:
-        conn.send(("parameter", name, index, count))
-
-    def notice(text: str) -> None:
-        conn.send(("notice", text))
-
-    progress.parameter = parameter  # type: ignore[attr-defined]
-    progress.notice = notice  # type: ignore[attr-defined]
-
+    progress = _PipeProgress(conn)
     result = None
     try:
         conn.send(("started",))
@@ -177,9 +97,9 @@ def _run_one(conn: Any, spec: CheckSpec, want_progress: bool) -> None:
         pass
     _set_stop_signals(signal.SIG_IGN)
     if result is None:
-        result = _interrupted(None)
+        result = interrupted(None)
     status, message, report = result
-    conn.send(("result", status, message, _pack_report(report)))
+    conn.send(("result", status, message, pack_report(report)))
 
 
 def _serve(conn: Any) -> None:
@@ -201,46 +121,6 @@ def _serve(conn: Any) -> None:
             return
         except KeyboardInterrupt:  # a Ctrl-C just as the check ended: the parent sees EOF
             return
-
-
-@contextmanager
-def _ctrl_c_ignored() -> Iterator[None]:
-    """Ignore SIGINT (in the main thread) for the block: a worker started inside inherits it.
-    A SIGTERM that acts like Ctrl-C (:mod:`.stopping`) and arrives meanwhile acts at the end."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    with held():
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-class _CtrlC:
-    """Counts SIGINTs in the main thread instead of raising ``KeyboardInterrupt``, so the
-    parent can forward the first to its worker and wait for the partial report."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._previous: Any = None
-
-    def __enter__(self) -> _CtrlC:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_signal)
-        return self
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.count += 1
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-#: Public names for the runners of checks side by side (suites.pool, suites.cluster).
-CtrlC, pack_report, unpack_report = _CtrlC, _pack_report, _unpack_report
 
 
 def _forward_interrupt(proc: Any) -> None:
@@ -297,7 +177,7 @@ class IsolatedWorker:
         # Not a daemon: a daemon process may not start processes, and joblib would then run a
         # check's n_jobs > 1 in one job. close() (at the latest at exit) stops it instead.
         proc = ctx.Process(target=_serve, args=(child,), daemon=False, name="gradprobe-check")
-        with _ctrl_c_ignored():  # it starts, and idles between checks, with Ctrl-C ignored
+        with ctrl_c_ignored():  # it starts, and idles between checks, with Ctrl-C ignored
             proc.start()
         child.close()
         self._proc, self._conn = proc, parent
@@ -328,9 +208,7 @@ class IsolatedWorker:
         """Stop the worker (nothing is left running)."""
         self._discard()
 
-    def run(
-        self, spec: CheckSpec, progress: ProgressFn | None, interrupts: Any = None
-    ) -> tuple[str, str, Report | None]:
+    def run(self, spec: CheckSpec, progress: ProgressFn | None, interrupts: Any = None) -> Outcome:
         """Run one check in the worker (started, or replaced, as needed).
 
         ``interrupts``: an object whose ``count`` of Ctrl-Cs this run watches instead of its
@@ -339,12 +217,14 @@ class IsolatedWorker:
         # Plain dicts: mapping proxies do not pickle.
         spec = dataclasses.replace(spec, args=dict(spec.args), options=dict(spec.options))
         then = "kill"
-        watch = _CtrlC() if interrupts is None else contextlib.nullcontext(interrupts)
+        watch = CtrlC() if interrupts is None else contextlib.nullcontext(interrupts)
         with watch as ctrl_c:
             try:
                 self._send(spec, progress is not None)
-                result, then = _watch(spec, self._proc, self._conn, progress, ctrl_c)
-                return result
+                status, message, report, then = _watch(
+                    spec, self._proc, self._conn, progress, ctrl_c
+                )
+                return status, message, report
             finally:
                 if then != "reuse":
                     self._discard(graceful=then == "stop")
@@ -361,51 +241,42 @@ class IsolatedWorker:
         self._conn.send(message)
 
 
-def run_isolated(
-    spec: CheckSpec, progress: ProgressFn | None, interrupts: Any = None
-) -> tuple[str, str, Report | None]:
+def run_isolated(spec: CheckSpec, progress: ProgressFn | None, interrupts: Any = None) -> Outcome:
     """Run one check in a worker process of its own (stopped when the check ends)."""
     with IsolatedWorker() as worker:
         return worker.run(spec, progress, interrupts)
 
 
 def _watch(
-    spec: CheckSpec, proc: Any, parent: Any, progress: ProgressFn | None, ctrl_c: _CtrlC
-) -> tuple[tuple[str, str, Report | None], str]:
-    """Wait for the worker's result until the hard limit; forward a Ctrl-C.
+    spec: CheckSpec, proc: Any, parent: Any, progress: ProgressFn | None, ctrl_c: CtrlC
+) -> tuple[str, str, Any, str]:
+    """Wait for the worker's outcome until the hard limit; forward a Ctrl-C.
 
     Returns the outcome and what to do with the worker: ``"reuse"`` (it reported and waits for
     the next check), ``"stop"`` (it reported, but was interrupted) or ``"kill"`` (busy, hung or
     gone).
     """
-    result = _wait(spec, proc, parent, progress, ctrl_c)
-    return result[:3], result[3]
-
-
-def _wait(
-    spec: CheckSpec, proc: Any, parent: Any, progress: ProgressFn | None, ctrl_c: _CtrlC
-) -> tuple[str, str, Report | None, str]:
     timeout = spec.timeout
     started_at: float | None = None
-    interrupted = False
+    forwarded = False
     limit = time.monotonic() + STARTUP_LIMIT
     while True:
-        if ctrl_c.count and not interrupted:
-            interrupted = True
+        if ctrl_c.count and not forwarded:
+            forwarded = True
             if started_at is None:  # still importing: nothing to report
-                return (*_interrupted(None, " while the worker started"), "kill")
+                return (*interrupted(None, " while the worker started"), "kill")
             _forward_interrupt(proc)
             limit = time.monotonic() + INTERRUPT_GRACE
         elif ctrl_c.count > 1:  # a second Ctrl-C: stop waiting for the report
-            return (*_interrupted(None, " twice; the worker was killed"), "kill")
+            return (*interrupted(None, " twice; the worker was killed"), "kill")
         wait = max(0.0, min(0.2, limit - time.monotonic()))
         try:
             ready = parent.poll(wait)
             msg = parent.recv() if ready else None
         except (EOFError, OSError):
             proc.join(5)
-            if interrupted:
-                return (*_interrupted(None, "; the worker ended without reporting"), "kill")
+            if forwarded:
+                return (*interrupted(None, "; the worker ended without reporting"), "kill")
             return (
                 "crashed",
                 f"the worker process died (exit code {proc.exitcode}) before reporting; "
@@ -416,7 +287,7 @@ def _wait(
         if msg is not None:
             if msg[0] == "started":
                 started_at = time.monotonic()
-                if not interrupted:
+                if not forwarded:
                     limit = started_at + timeout + _grace(timeout)
             elif msg[0] == "progress":
                 if progress is not None:
@@ -430,15 +301,15 @@ def _wait(
                 if callable(notice):
                     notice(str(msg[1]))
             elif msg[0] == "result":
-                report = _unpack_report(msg[3])
-                if interrupted or msg[1] == "interrupted":
-                    return (*_interrupted(report), "stop")
+                report = unpack_report(msg[3])
+                if forwarded or msg[1] == "interrupted":
+                    return (*interrupted(report), "stop")
                 return msg[1], msg[2], report, "reuse"
             continue
         if time.monotonic() >= limit:
-            if interrupted:
+            if forwarded:
                 return (
-                    *_interrupted(
+                    *interrupted(
                         None,
                         f"; the worker did not report within {INTERRUPT_GRACE:g} s and was killed",
                     ),

@@ -21,8 +21,6 @@ from typing import Any
 from ..report.files import write_text_atomic
 from .runner import CheckOutcome, SuiteResult
 
-__all__ = ["junit_xml", "write_junit"]
-
 # XML 1.0 forbids most control characters; tracebacks and user messages may contain them.
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 

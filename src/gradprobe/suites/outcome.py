@@ -9,16 +9,6 @@ it) after writing what finished; 143 for SIGTERM, handled as Ctrl-C (:mod:`.stop
 
 from __future__ import annotations
 
-__all__ = [
-    "EXIT_CODES",
-    "EXIT_CRASH",
-    "EXIT_INTERRUPT",
-    "EXIT_MISMATCH",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "STATUSES",
-]
-
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPT = 0, 1, 2, 3, 130
 
 #: Exit code of each status of a check, in the order reports list them.

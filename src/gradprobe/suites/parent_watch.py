@@ -16,8 +16,6 @@ import signal
 import sys
 import threading
 
-__all__ = ["die_with_parent", "exit_with_parent"]
-
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 

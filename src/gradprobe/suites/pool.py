@@ -31,10 +31,9 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from .config import CheckSpec
-from .isolation import CtrlC, IsolatedWorker
+from .isolation import IsolatedWorker
 from .runner import CheckOutcome, run_check
-
-__all__ = ["SHARED_ENV", "available_cores", "divided_cores", "run_side_by_side", "validate_jobs"]
+from .stopping import CtrlC
 
 #: Environment variables that cap the cores a check's worker process uses.
 SHARED_ENV = ("LOKY_MAX_CPU_COUNT", "OMP_NUM_THREADS")

@@ -21,8 +21,6 @@ from typing import Any
 from ..errors import InvalidInputError, raised_at_the_call
 from ..report.model import Report
 
-__all__ = ["KINDS", "Kind", "Problem"]
-
 
 @dataclass(frozen=True)
 class Kind:
@@ -52,7 +50,7 @@ class Kind:
     @property
     def label(self) -> str:
         """The public name of the check function (``gradprobe.check_vjp``)."""
-        if self.module in ("gradprobe.api", "gradprobe.functional"):
+        if self.module == "gradprobe":
             return f"gradprobe.{self.function}"
         return f"{self.module}.{self.function}"
 
@@ -67,13 +65,13 @@ KINDS: Mapping[str, Kind] = MappingProxyType(
     {
         k.name: k
         for k in (
-            Kind("check", "gradprobe.api", "check", ("loss", "grad", "params")),
-            Kind("vjp", "gradprobe.functional", "check_vjp", ("f", "vjp", "inputs"), _VJP_KEYS),
-            Kind("jvp", "gradprobe.functional", "check_jvp", ("f", "jvp", "inputs"), _VJP_KEYS),
-            Kind("hvp", "gradprobe.functional", "check_hvp", ("grad", "hvp", "params"), _VJP_KEYS),
+            Kind("check", "gradprobe", "check", ("loss", "grad", "params")),
+            Kind("vjp", "gradprobe", "check_vjp", ("f", "vjp", "inputs"), _VJP_KEYS),
+            Kind("jvp", "gradprobe", "check_jvp", ("f", "jvp", "inputs"), _VJP_KEYS),
+            Kind("hvp", "gradprobe", "check_hvp", ("grad", "hvp", "params"), _VJP_KEYS),
             Kind(
                 "layer",
-                "gradprobe.functional",
+                "gradprobe",
                 "check_layer",
                 ("layer", "x"),
                 ("params", "grads", "forward", "backward", "check_input", *_VJP_KEYS),

@@ -12,8 +12,6 @@ import sys
 from types import TracebackType
 from typing import Any, TextIO
 
-__all__ = ["ProgressDisplay", "progress_wanted"]
-
 
 def progress_wanted(quiet: bool = False, stream: TextIO | None = None) -> bool:
     """Whether a bar should be drawn: a terminal, not CI, not quiet, rich importable."""

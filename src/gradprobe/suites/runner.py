@@ -32,26 +32,15 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..report.model import Report, jsonable
+from ..report.jsonable import jsonable
+from ..report.model import Report
 from .config import CheckSpec
-from .isolation import IsolatedWorker, run_here, run_isolated
+from .inprocess import run_here
+from .isolation import IsolatedWorker, run_isolated
 from .outcome import EXIT_CODES, STATUSES
 
 ProgressFn = Callable[[int, int], None]
 
-__all__ = [
-    "EXIT_CODES",
-    "STATUSES",
-    "SUITE_SCHEMA_VERSION",
-    "CheckOutcome",
-    "IsolatedWorker",
-    "SuiteResult",
-    "mismatch_message",
-    "outcome_of",
-    "run_check",
-    "spent_evaluations",
-    "versions",
-]
 
 SUITE_SCHEMA_VERSION = 1
 

@@ -9,8 +9,6 @@ from typing import Any
 from ..errors import InvalidInputError
 from .config import CheckSpec, Suite
 
-__all__ = ["select_checks"]
-
 _TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
 
 

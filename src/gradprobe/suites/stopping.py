@@ -1,4 +1,4 @@
-"""SIGTERM handled like Ctrl-C: what CI runners, ``timeout(1)`` and ``kill`` send.
+"""Stop signals: SIGTERM (what CI runners, ``timeout(1)`` and ``kill`` send) handled like Ctrl-C.
 
 While :func:`terminate_like_interrupt` is active (the command line's whole run), SIGTERM calls
 whatever SIGINT handler is in place at that moment: Python's own (a ``KeyboardInterrupt``, so
@@ -8,6 +8,10 @@ forwards the interrupt to the worker and waits for its report); even where Ctrl-
 terminated run, like an interrupted one, prints and writes what finished; :func:`stop_name`
 says which signal it was and :func:`stop_exit_code` the exit code: 130 for Ctrl-C (128 +
 SIGINT) and 143 for SIGTERM (128 + SIGTERM), as shells report them.
+
+For the isolated runner (:mod:`.isolation`): :class:`CtrlC` counts Ctrl-Cs instead of raising,
+so the parent can forward the first to its worker and wait for the partial report, and
+:func:`ctrl_c_ignored` starts a worker with Ctrl-C ignored.
 """
 
 from __future__ import annotations
@@ -19,8 +23,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from .outcome import EXIT_INTERRUPT
-
-__all__ = ["EXIT_TERMINATED", "held", "stop_exit_code", "stop_name", "terminate_like_interrupt"]
 
 EXIT_TERMINATED = 128 + int(signal.SIGTERM)  # 143
 
@@ -81,3 +83,39 @@ def stop_name() -> str:
 def stop_exit_code() -> int:
     """143 once a SIGTERM arrived, else 130."""
     return EXIT_TERMINATED if _received else EXIT_INTERRUPT
+
+
+@contextmanager
+def ctrl_c_ignored() -> Iterator[None]:
+    """Ignore SIGINT (in the main thread) for the block: a worker started inside inherits it.
+    A SIGTERM that acts like Ctrl-C and arrives meanwhile acts at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with held():
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class CtrlC:
+    """Counts SIGINTs in the main thread instead of raising ``KeyboardInterrupt``, so the
+    parent of an isolated worker can forward the first to it and wait for the partial report."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: Any = None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

@@ -28,8 +28,6 @@ from typing import Any
 from ..errors import InvalidInputError
 from .problem import Problem
 
-__all__ = ["Target", "parse_target"]
-
 
 @dataclass(frozen=True)
 class Target:

@@ -13,8 +13,6 @@ import re
 import traceback
 from pathlib import Path
 
-__all__ = ["crash_text", "is_internal_file"]
-
 _GRADPROBE = str(Path(__file__).resolve().parents[1])
 _STDLIB = os.path.dirname(os.__file__)
 #: Machinery between gradprobe and the user's code, by top-level folder name.

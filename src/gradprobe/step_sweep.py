@@ -28,8 +28,6 @@ from .numerics.tolerances import Tolerance, loss_epsilon, tolerance_for
 from .options import check_option
 from .report.text import align_columns
 
-__all__ = ["SweepResult", "sweep"]
-
 
 @dataclass(frozen=True)
 class SweepResult:
