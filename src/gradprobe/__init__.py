@@ -35,7 +35,8 @@ from .suites.problem import Problem
 
 if TYPE_CHECKING:
     from .api import check
-    from .evaluate import keep_workers, shutdown_workers
+    from .evaluate.pool import shutdown_workers
+    from .evaluate.workers import keep_workers
     from .functional.jvp import check_jvp
     from .functional.layer import check_layer
     from .functional.pair import check_forward_backward
@@ -49,8 +50,8 @@ _LAZY = {
     "check_jvp": "functional.jvp",
     "check_layer": "functional.layer",
     "check_vjp": "functional.vjp",
-    "keep_workers": "evaluate",
-    "shutdown_workers": "evaluate",
+    "keep_workers": "evaluate.workers",
+    "shutdown_workers": "evaluate.pool",
     "sweep": "step_sweep",
     "SweepResult": "step_sweep",
 }

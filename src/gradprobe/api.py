@@ -19,13 +19,13 @@ from .checking.advice import dtype_warnings, precision_warnings
 from .checking.context import ParamCheck
 from .checking.diagnosis import diagnose
 from .checking.parameter import Evidence, EvidenceSink, first_samples, gather_evidence
-from .checking.plan import plan_for, planned_evaluations
+from .checking.plan import plan_for
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.promotion import floor_left, verify_in_float64
 from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError, raised_at_the_call
 from .evaluate import Evaluator, make_evaluator
-from .evaluate.parallel import joblib_backend
+from .evaluate.backends import joblib_backend
 from .evaluate.watchdog import hard_deadline
 from .layout import (
     ParamLayout,
@@ -38,15 +38,12 @@ from .numerics.steps import default_relative_step
 from .numerics.tolerances import loss_epsilon, tolerance_for
 from .options import (
     DEFAULT_PROBES,
-    DEFAULT_SAMPLES,
     CheckOptions,
     settings,
     validate_options,
 )
 from .report.model import Diagnosis, Report
 from .report.text import cost_notice
-
-__all__ = ["DEFAULT_SAMPLES", "check", "planned_evaluations"]
 
 
 @raised_at_the_call
@@ -189,7 +186,7 @@ def check(
     """
     start = time.perf_counter()
     validate_callable("loss", loss)
-    layout, base = normalize_params(params)
+    layout, base = normalize_params(params, loss)
     options = validate_options(
         layout.names,
         seed=seed,

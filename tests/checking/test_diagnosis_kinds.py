@@ -17,7 +17,7 @@ import pytest
 
 import gradprobe
 from gradprobe.checking.diagnosis import rank_failing, relative_error
-from gradprobe.checking.entries import EntryResults
+from gradprobe.checking.results import EntryResults
 
 Params = Mapping[str, np.ndarray]
 

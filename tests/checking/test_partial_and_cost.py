@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.api import planned_evaluations
+from gradprobe.checking.plan import planned_evaluations
 from gradprobe.examples import make_mlp
 
 from ..helpers import assert_bitwise_unchanged, snapshot

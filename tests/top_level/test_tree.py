@@ -569,11 +569,6 @@ def test_a_flat_tuple_is_named_as_the_loss_unpacks_it():
         assert [g.tolist() for g in got] == [[[3.0], [3.0]], [4.0]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.check must pass the loss: normalize_params(params, loss) (api.py, issue 20's "
-    "rework); remove this mark with that line",
-)
 def test_check_names_a_tuple_of_params_as_the_loss_unpacks_it():
     params = (0.1 * RNG.standard_normal((2, 1)).ravel(), np.array(0.3))
     report = gradprobe.check(_unpacking_loss, _unpacking_grad, params)

@@ -64,10 +64,10 @@ import numpy as np
 from ..report.model import Diagnosis
 from .calibration import calibrated
 from .context import ParamCheck
-from .entries import EntryResults
 from .fits import clipped_fit, linear_fits, partial_factor_fit, unused_fit, zero_fit
 from .measured import describe
 from .patterns import confined_pattern, shifted_pattern, swapped_pattern, transpose_pattern
+from .results import EntryResults
 
 
 def _checked(e: EntryResults) -> np.ndarray:

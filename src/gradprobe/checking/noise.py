@@ -14,7 +14,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import GradCheckError, LossEvaluationError
-from ..evaluate import Evaluator, one_blas_thread
+from ..evaluate import Evaluator
+from ..evaluate.threads import one_blas_thread
 from ..numerics.steps import in_dtype
 from ..numerics.tolerances import NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, ecnoise
 

@@ -23,18 +23,10 @@ import numpy as np
 from ..numerics.sampling import Sample, extend_sample, stratified_sample
 from ..numerics.steps import EVALUATIONS_PER_ENTRY
 from .context import ParamCheck
-from .entries import EntryResults, evaluate_entries, first_rows, merge_entry_results
+from .entries import evaluate_entries, first_rows
 from .probes import ProbeOutcome, run_probes
+from .results import EntryResults, merge_entry_results
 from .ties import check_ties
-
-__all__ = [
-    "Evidence",
-    "EvidenceSink",
-    "draw_sample",
-    "first_request",
-    "first_samples",
-    "gather_evidence",
-]
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ import numpy as np
 from ..report.model import Diagnosis
 from .calibration import calibrated
 from .context import ParamCheck
-from .entries import EntryResults, numeric_entries
+from .entries import numeric_entries
 from .fits import KEEP, SHOW
+from .results import EntryResults
 
 #: Entries confirmed at transposed or shifted positions or against another parameter.
 CONFIRM_ENTRIES = 12

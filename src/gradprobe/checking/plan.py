@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from ..layout import ParamLayout
     from ..options import CheckOptions
 
-__all__ = ["CheckPlan", "ParamPlan", "plan_check", "plan_for", "planned_evaluations", "slice_rows"]
-
 
 def slice_rows(shape: Sequence[int]) -> int:
     """Rows probed one by one under ``slice_probes=True``: the leading axis of a parameter of

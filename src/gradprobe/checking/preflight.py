@@ -35,7 +35,8 @@ from ..errors import (
     NondeterministicLossError,
     StatefulGradientError,
 )
-from ..evaluate import Evaluator, one_blas_thread
+from ..evaluate import Evaluator
+from ..evaluate.threads import one_blas_thread
 from ..layout import ParamLayout, normalize_gradient
 from ..numerics.tolerances import (
     NOISE_FACTOR,

@@ -15,8 +15,6 @@ from ..numerics.tolerances import NOISE_FACTOR
 from .context import ParamCheck
 from .kinks import RETRY_FACTOR, OneSided, classify, retry_passes
 
-__all__ = ["CHUNK", "Probe", "Prober", "choose_step", "random_directions"]
-
 #: Truncation allowed on a probe, as a multiple of the truncation measured by the pilot.
 TRUNCATION_SAFETY = 4.0
 

@@ -43,11 +43,10 @@ import numpy as np
 from ..options import DEFAULT_PROBES
 from ..report.model import MAX_BAD_INDICES
 from .context import ParamCheck
-from .entries import EntryResults, evaluate_entries, merge_entry_results
+from .entries import evaluate_entries
 from .plan import slice_rows
 from .prober import Probe, Prober, choose_step, random_directions
-
-__all__ = ["ProbeOutcome", "run_probes"]
+from .results import EntryResults, merge_entry_results
 
 #: Bisection levels after which "every half fails" asks whether most entries are wrong.
 WIDESPREAD_DEPTH = 2

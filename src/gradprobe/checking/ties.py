@@ -25,8 +25,8 @@ import numpy as np
 
 from ..numerics.steps import RETRY_FACTOR
 from .context import ParamCheck
-from .entries import EntryResults
 from .kinks import SHRINK_TO
+from .results import EntryResults
 
 #: Tie groups probed per parameter (two to four evaluations each).
 MAX_GROUPS = 32

@@ -17,38 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..layout import ParamLayout
-from .base import Evaluator, InProcess, Placement, RowRunner
-from .batched import BATCHED_MEMORY, BatchedCalls, as_batched_losses
+from .backends import workers_for
+from .base import Evaluator, InProcess, Placement
+from .batched import BATCHED_MEMORY, BatchedCalls
 from .jit import JitKernel, is_jit_loss
-from .loops import ChunkTask, EntryLoop
-from .parallel import DispatchPolicy, JoblibWorkers, default_policy, workers_for
-from .pool import shutdown_workers
-from .threads import one_blas_thread, refresh_blas_libraries
-from .workers import keep_workers
-
-__all__ = [
-    "BatchedCalls",
-    "BatchedEvaluator",
-    "ChunkTask",
-    "DispatchPolicy",
-    "EntryLoop",
-    "Evaluator",
-    "InProcess",
-    "JitEvaluator",
-    "JitKernel",
-    "JoblibWorkers",
-    "ParallelEvaluator",
-    "Placement",
-    "RowRunner",
-    "SerialEvaluator",
-    "as_batched_losses",
-    "default_policy",
-    "is_jit_loss",
-    "keep_workers",
-    "make_evaluator",
-    "one_blas_thread",
-    "shutdown_workers",
-]
+from .loops import EntryLoop
+from .parallel import DispatchPolicy, JoblibWorkers, default_policy
+from .threads import refresh_blas_libraries
 
 Loss = Callable[[Any], Any]
 

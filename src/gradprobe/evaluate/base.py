@@ -25,8 +25,6 @@ from ..layout import ParamLayout
 from .shared import WorkerState
 from .threads import one_blas_thread
 
-__all__ = ["Evaluator", "InProcess", "Placement", "RowRunner"]
-
 
 class RowRunner(Protocol):
     """How a block of perturbed rows is evaluated in this process (loop, batched call, kernel).

@@ -24,15 +24,6 @@ from .threads import one_blas_thread
 if TYPE_CHECKING:
     from .base import Evaluator
 
-__all__ = [
-    "BATCHED_MEMORY",
-    "BatchedCalls",
-    "BlockTuner",
-    "as_batched_losses",
-    "batched_chunk",
-    "batched_rows",
-]
-
 #: Bytes of perturbed copies a batched loss receives per call.
 BATCHED_MEMORY = 64 * 2**20
 

@@ -22,8 +22,6 @@ from .threads import one_blas_thread
 if TYPE_CHECKING:
     from .base import Evaluator
 
-__all__ = ["JIT_ROWS_PER_CALL", "JitKernel", "is_jit_loss"]
-
 #: Rows per numba kernel call (the budget and deadline are checked between calls).
 JIT_ROWS_PER_CALL = 8192
 

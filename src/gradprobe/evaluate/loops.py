@@ -28,17 +28,6 @@ from .threads import one_blas_thread
 if TYPE_CHECKING:
     from .base import Evaluator
 
-__all__ = [
-    "ChunkResult",
-    "ChunkTask",
-    "EntryLoop",
-    "entry_chunk",
-    "perturb_entries",
-    "raise_chunk_error",
-    "replace_vectors",
-    "vector_chunk",
-]
-
 
 def perturb_entries(
     call: Callable[[], float],

@@ -25,7 +25,6 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .ahead import Feeder, Request, pool_submitter
-from .backends import joblib_backend, workers_for
 from .base import RowRunner
 from .loops import ChunkResult, ChunkTask, raise_chunk_error
 from .policy import DispatchPolicy
@@ -35,15 +34,6 @@ from .workers import PROCESS_BACKENDS, check_picklable, guarded
 
 if TYPE_CHECKING:
     from .base import Evaluator
-
-__all__ = [
-    "DEFAULT_POLICY",
-    "DispatchPolicy",
-    "JoblibWorkers",
-    "default_policy",
-    "joblib_backend",
-    "workers_for",
-]
 
 
 #: The policy evaluators use unless given one (tests replace it with monkeypatch.setattr).

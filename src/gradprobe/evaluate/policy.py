@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DispatchPolicy"]
-
 
 @dataclass(frozen=True)
 class DispatchPolicy:

@@ -30,16 +30,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = [
-    "IDLE_SECONDS",
-    "executor",
-    "loky_options",
-    "pool_alive",
-    "pool_ready",
-    "shutdown_workers",
-    "warm_up",
-]
-
 #: Seconds a worker waits for work before it exits (the pool restarts on demand).
 IDLE_SECONDS = 60.0
 #: How often a worker checks that its parent process is still alive.

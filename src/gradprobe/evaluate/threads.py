@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["concurrency_ratio", "one_blas_thread", "refresh_blas_libraries", "threads_pay"]
-
 _controller: Any = None
 
 

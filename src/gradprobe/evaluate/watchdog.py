@@ -17,8 +17,6 @@ from typing import Any
 
 from ..errors import CheckAborted
 
-__all__ = ["hard_deadline"]
-
 
 def _can_use_alarm() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()

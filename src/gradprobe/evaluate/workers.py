@@ -20,17 +20,6 @@ from ..layout import ParamLayout
 from .loops import ChunkTask
 from .pool import shutdown_workers
 
-__all__ = [
-    "PROCESS_BACKENDS",
-    "check_picklable",
-    "guarded",
-    "is_pickling_error",
-    "keep_workers",
-    "keeping_workers",
-    "unpicklable",
-    "worker_died_error",
-]
-
 #: joblib backends whose workers are processes (started at a cost, killed by a crash).
 PROCESS_BACKENDS = ("loky", "multiprocessing")
 #: Re-runs spent localizing the entry that kills a worker (each respawns a loky worker).
