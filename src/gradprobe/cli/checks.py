@@ -131,6 +131,15 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
         from ..suites.baseline import load_baseline
 
         baseline = load_baseline(args.baseline)  # fail early (exit 2) on a bad file
+    if getattr(args, "fan_out", None) is not None:
+        from ..suites.schedule import known_seconds, last_run_seconds
+
+        # How long each check took before, so that --jobs starts the longest first.
+        args.seconds = (
+            known_seconds(baseline.outcomes)
+            if baseline is not None
+            else last_run_seconds(args.json)
+        )
     run = _run_specs(args, console, specs, suite, label)
     result = run.result
     code = result.exit_code
@@ -171,7 +180,11 @@ def _run_specs(
         from .fanout import run_fanned_out
 
         outcomes, interrupted = run_fanned_out(
-            console, specs, fan_out, lambda o: _reproduce(args, o, suite)
+            console,
+            specs,
+            fan_out,
+            lambda o: _reproduce(args, o, suite),
+            getattr(args, "seconds", None),
         )
     else:
         outcomes, interrupted = _run_serially(args, console, specs, suite)

@@ -41,6 +41,7 @@ from .config import CheckSpec
 from .parent_watch import exit_with_parent
 from .stopping import held, stop_name
 from .tracebacks import crash_text
+from .worker_exit import leave
 
 __all__ = [
     "INTERRUPT_GRACE",
@@ -194,6 +195,7 @@ def _serve(conn: Any) -> None:
         except (EOFError, OSError):
             return
         if msg[0] != "check":
+            leave()  # at once, unless the checks left processes of their own
             return
         try:
             _run_one(conn, msg[1], msg[2])
@@ -323,6 +325,11 @@ class IsolatedWorker:
                 _kill(proc)
         finally:
             conn.close()
+
+    @property
+    def started(self) -> bool:
+        """Whether the worker process runs (started, and not stopped or killed since)."""
+        return self._proc is not None
 
     def close(self) -> None:
         """Stop the worker (nothing is left running)."""
