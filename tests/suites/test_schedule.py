@@ -119,8 +119,9 @@ def test_the_longest_start_first_and_a_framework_stays_in_one_slot(tmp_path):
     # Slot 1 has jax; what is left for it are the plain checks, in suite order.
     assert names[planner.take(1)] == "plain"
     planner.finish(0)
-    # Slot 0 has torch: torch_b costs no more there than a plain check, and comes first.
-    assert names[planner.take(0)] == "torch_b"
+    # Slot 0 has torch: torch_b and torch_attr cost there what plain2 does, but 1.5 s more in
+    # slot 1, so they go first.
+    assert [names[planner.take(0)] for _ in range(2)] == ["torch_b", "torch_attr"]
     assert planner.loaded == [{"torch"}, {"jax"}]
 
 

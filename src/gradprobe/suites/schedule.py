@@ -179,6 +179,11 @@ class Planner:
         self.loaded: list[set[str]] = [set() for _ in range(self.slots)]
         self.running: list[int | None] = [None] * self.slots
 
+    def _regret(self, index: int, slot: int) -> float:
+        """How much more check ``index`` would cost in the cheapest other slot."""
+        others = [self.cost(index, s) for s in range(self.slots) if s != slot]
+        return min(others) - self.cost(index, slot) if others else 0.0
+
     def _elsewhere(self, index: int, slot: int) -> bool:
         """Whether check ``index``'s target function runs in another slot (whose worker, having
         imported its module, had better run it next)."""
@@ -204,9 +209,14 @@ class Planner:
         best = {i: min(self.cost(i, s) for s in range(self.slots)) for i in self.upcoming}
         here = {i: self.cost(i, slot) for i in self.upcoming}
         mine = [i for i in self.upcoming if here[i] <= best[i] + 1e-9]
-        if mine:  # the longest first; of equals, one whose function runs nowhere else, then
-            # the first in the suite
-            chosen = max(mine, key=lambda i: (here[i], not self._elsewhere(i, slot), -i))
+        if mine:
+            # The longest first; of equals, the one that would cost most more elsewhere (it
+            # needs what this worker imported), then one whose function runs nowhere else,
+            # then the first in the suite.
+            chosen = max(
+                mine,
+                key=lambda i: (here[i], self._regret(i, slot), not self._elsewhere(i, slot), -i),
+            )
         else:
             # Each check left runs cheaper elsewhere; take the one that loses least here, if
             # this slot would finish it before the others get through what is left.
