@@ -149,13 +149,19 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
         ("" if console.quiet else "\n") + "summary:\n" + summary_table(console, result.outcomes)
     )
     regressions: dict[str, list[str]] = {}
+    regressed: list[str] = []
+    disappeared: tuple[str, ...] = ()
     if baseline is not None:
         comparison = _compare_with_baseline(args, console, result, baseline, suite)
         regressions = comparison.by_check()
+        # The totals line names all the baseline flags: grown errors, checks that passed
+        # there and fail now, and checks it has that this run lacks.
+        regressed = list(dict.fromkeys([*regressions, *comparison.newly_failing]))
+        disappeared = comparison.disappeared
         if comparison.has_regressions:
             code = max(code, EXIT_MISMATCH)
     code = _write(args, console, outputs, result, code, regressions)
-    print_verdict(console, result, code, regressions, run.not_run)
+    print_verdict(console, result, code, regressed, run.not_run, disappeared)
     return code
 
 
