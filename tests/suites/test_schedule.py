@@ -198,3 +198,27 @@ def test_an_idle_worker_told_to_stop_ends_at_once_unless_it_has_children(tmp_pat
     kids = subprocess.run([sys.executable, str(script), "child"], capture_output=True, text=True)
     assert kids.returncode == 0, kids.stderr
     assert kids.stdout.splitlines() == ["leave returned", "atexit ran", "teardown ran"]
+
+
+def test_jobs_reads_the_times_of_the_last_run_or_the_baseline(tmp_path, monkeypatch):
+    import gradprobe.suites.pool as pool
+
+    seen = []
+
+    class Recording(Planner):
+        def __post_init__(self):
+            seen.append(dict(self.seconds))
+            super().__post_init__()
+
+    monkeypatch.setattr(pool, "Planner", Recording)
+    (tmp_path / "models.py").write_text(MODELS)
+    (tmp_path / "gradprobe.toml").write_text(
+        '[defaults]\nisolate = false\n[checks.one]\ntarget = "models.py:plain"\n'
+        '[checks.two]\ntarget = "models.py:plain"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "-q", "--jobs", "2", "--json", "r.json"]) == 0
+    assert main(["run", "-q", "--jobs", "2", "--json", "r.json"]) == 0
+    assert main(["run", "-q", "--jobs", "2", "--baseline", "r.json"]) == 0
+    assert seen[0] == {}
+    assert set(seen[1]) == set(seen[2]) == {"one", "two"}
