@@ -138,8 +138,14 @@ target = "suite_models.py:jax_fn"
 """
 
 
+#: The environment as this script found it: starting a LocalCluster sets OMP_NUM_THREADS,
+#: OPENBLAS_NUM_THREADS, MKL_NUM_THREADS, MALLOC_TRIM_THRESHOLD_ and PYTHONHASHSEED in this
+#: process's os.environ (for its workers), which must not reach the runs measured.
+ENVIRON = dict(os.environ)
+
+
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(ENVIRON)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
