@@ -126,15 +126,37 @@ def test_the_longest_start_first_and_a_framework_stays_in_one_slot(tmp_path):
 
 
 def test_a_slot_waits_rather_than_import_a_framework_for_a_short_check(tmp_path):
+    now = [0.0]
     planner, names = _planner(tmp_path)
+    planner.clock = lambda: now[0]
     for name in ("plain", "jax", "plain2", "torch_attr"):  # leave torch_a and torch_b
         planner.upcoming.remove(names.index(name))
-    assert names[planner.take(0)] == "torch_a"
-    # torch_b runs in 0.5 s where torch is imported, 2 s here: slot 1 waits.
+    assert names[planner.take(0)] == "torch_a"  # expected to take 0.5 + 1.5 s
+    # torch_b runs in 0.5 s where torch is imported, 2 s here. Right away, slot 0 would get
+    # to it in 2 s and finish it at 2.5: slot 1 takes it now.
+    assert planner.busy_for(0) == 2.0 and planner.busy_for(1) == 0.0
+    assert planner.take(1) is not None
+    planner.finish(1, replaced=True)
+    planner.upcoming.append(names.index("torch_b"))
+    # 1.9 s in, slot 0 will be free in 0.1 s: slot 1 waits.
+    now[0] = 1.9
     assert planner.take(1) is None
-    assert planner.upcoming == [names.index("torch_b")]
-    # Slot 0's worker was killed: torch is gone from it, so slot 1 may as well take it.
-    planner.finish(0, replaced=True)
+    # 10 s in, torch_a has overrun its estimate by 8 s (stuck until its timeout, maybe): slot
+    # 1 stops waiting for it.
+    now[0] = 10.0
+    assert planner.busy_for(0) == 8.0
+    assert names[planner.take(1)] == "torch_b"
+
+
+def test_a_replaced_worker_has_imported_nothing(tmp_path):
+    planner, names = _planner(tmp_path)
+    for name in ("plain", "jax", "plain2", "torch_attr"):
+        planner.upcoming.remove(names.index(name))
+    planner.clock = lambda: 1.9
+    planner.take(0)
+    planner.finish(0, replaced=True)  # torch_a killed its worker: torch is gone from it
+    assert planner.loaded[0] == set()
+    assert planner.cost(names.index("torch_b"), 0) == planner.cost(names.index("torch_b"), 1)
     assert names[planner.take(1)] == "torch_b"
     assert planner.take(0) is None and planner.take(1) is None
 

@@ -11,8 +11,9 @@ file, or the ``--json`` file of the last run); otherwise :data:`DEFAULT_SECONDS`
 :class:`Planner` hands out the checks: a free slot starts, among the checks it runs at the
 lowest cost (no slot has more of their frameworks imported), the one with the longest
 estimate, so the long checks start first and the short ones fill in at the end; a check that
-is cheaper where its framework is imported waits for that slot unless that slot's queue is
-longer than the check costs here. The estimates only order the checks: what runs, its
+is cheaper where its framework is imported waits for that slot unless that slot would get to
+it later than this one would finish it (its current check's time left, or overrun, and the
+checks left). The estimates only order the checks: what runs, its
 outcome and the order of the outputs do not depend on them.
 """
 
@@ -22,7 +23,8 @@ import ast
 import dataclasses
 import importlib.util
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,7 @@ class Planner:
     specs: Sequence[CheckSpec]
     slots: int
     seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         cache: dict[tuple[str, str], frozenset[str]] = {}
@@ -178,6 +181,16 @@ class Planner:
         self.upcoming = list(range(len(self.specs)))
         self.loaded: list[set[str]] = [set() for _ in range(self.slots)]
         self.running: list[int | None] = [None] * self.slots
+        self.started = [0.0] * self.slots
+        self.expected = [0.0] * self.slots
+
+    def busy_for(self, slot: int) -> float:
+        """Seconds until ``slot`` is free, as far as one can tell: what is left of its check's
+        estimate, or once the check runs past it, the time it has overrun (a check stuck
+        until its timeout must not hold back the checks waiting for that slot's imports)."""
+        if self.running[slot] is None:
+            return 0.0
+        return abs(self.expected[slot] - (self.clock() - self.started[slot]))
 
     def _regret(self, index: int, slot: int) -> float:
         """How much more check ``index`` would cost in the cheapest other slot."""
@@ -221,11 +234,15 @@ class Planner:
             # Each check left runs cheaper elsewhere; take the one that loses least here, if
             # this slot would finish it before the others get through what is left.
             chosen = min(self.upcoming, key=lambda i: (here[i] - best[i], i))
-            if here[chosen] >= sum(best.values()):
+            slots = [s for s in range(self.slots) if s != slot]
+            cheapest = min(slots, key=lambda s: (self.cost(chosen, s), self.busy_for(s)))
+            if here[chosen] >= self.busy_for(cheapest) + sum(best.values()):
                 return None
         self.upcoming.remove(chosen)
+        self.expected[slot] = here[chosen]
         self.loaded[slot] |= self.needs[chosen]
         self.running[slot] = chosen
+        self.started[slot] = self.clock()
         return chosen
 
     def finish(self, slot: int, *, replaced: bool = False) -> None:
