@@ -6,8 +6,10 @@ numpy conv) into a temporary folder and runs ``gradprobe run`` on it in a fresh 
 run, the modes interleaved: one after another (``--jobs 1``), ``--jobs N``, and ``--scheduler``
 to a ``distributed.LocalCluster`` (2 worker processes, one thread each, started once by this
 script: its start-up is reported apart, as a nightly cluster is running already). Prints a
-markdown table of median walls with the ratio to serial, and checks that every mode gives the
-same statuses, numbers (loss evaluations and worst relative error per parameter) and exit code.
+markdown table of median walls with the ratio to serial (of the medians, and the median of each
+repeat's ratio, which holds better when other work loads the machine), the load average seen,
+and checks that every mode gives the same statuses, numbers (loss evaluations and worst
+relative error per parameter) and exit code. ``--no-cluster`` leaves out the cluster.
 
 The goal: ``--jobs 2`` in at most 0.6x the serial wall on a 2-core machine.
 """
@@ -15,6 +17,7 @@ The goal: ``--jobs 2`` in at most 0.6x the serial wall on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -135,8 +138,14 @@ target = "suite_models.py:jax_fn"
 """
 
 
+#: The environment as this script found it: starting a LocalCluster sets OMP_NUM_THREADS,
+#: OPENBLAS_NUM_THREADS, MKL_NUM_THREADS, MALLOC_TRIM_THRESHOLD_ and PYTHONHASHSEED in this
+#: process's os.environ (for its workers), which must not reach the runs measured.
+ENVIRON = dict(os.environ)
+
+
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(ENVIRON)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -169,10 +178,21 @@ def _numbers(data: dict) -> dict:
     }
 
 
+def _load() -> float:
+    """The machine's 1-minute load average (runnable processes; 2 cores here)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--no-cluster", action="store_true", help="leave out the LocalCluster (no dask needed)"
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -183,42 +203,63 @@ def main() -> None:
     (folder / "suite_models.py").write_text(MODELS)
     (folder / "gradprobe.toml").write_text(SUITE)
 
-    import dask
-    from distributed import LocalCluster
-
-    t0 = time.perf_counter()
-    with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-    ):
-        cluster_start = time.perf_counter() - t0
+    with contextlib.ExitStack() as stack:
         modes = {
             "serial (--jobs 1)": ["--jobs", "1"],
             f"--jobs {args.jobs}": ["--jobs", str(args.jobs)],
-            "2-worker LocalCluster (--scheduler)": ["--scheduler", cluster.scheduler_address],
         }
+        cluster_start = None
+        if not args.no_cluster:
+            import dask
+            from distributed import LocalCluster
+
+            t0 = time.perf_counter()
+            stack.enter_context(dask.config.set({"distributed.scheduler.allowed-failures": 0}))
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+                )
+            )
+            cluster_start = time.perf_counter() - t0
+            modes["2-worker LocalCluster (--scheduler)"] = [
+                "--scheduler",
+                cluster.scheduler_address,
+            ]
         walls: dict[str, list[float]] = {m: [] for m in modes}
+        loads: list[float] = []
         results: dict[str, tuple[int, dict]] = {}
         for r in range(args.repeats):  # interleaved, so load drifts hit every mode alike
             for i, (mode, flags) in enumerate(modes.items()):
-                wall, code, data = _run(folder, flags, f"out{i}.json")
+                loads.append(_load())
+                # A fresh output path each run: --jobs reads the last run's --json for the
+                # checks' times, which a nightly job may have, but a first run does not.
+                wall, code, data = _run(folder, flags, f"out{r}-{i}.json")
                 walls[mode].append(wall)
                 results.setdefault(mode, (code, _numbers(data)))
                 print(f"  repeat {r + 1}: {mode}: {wall:.2f} s (exit {code})", file=sys.stderr)
+        loads.append(_load())
 
-    serial = statistics.median(walls["serial (--jobs 1)"])
-    print(f"\nLocalCluster start-up (not counted): {cluster_start:.2f} s\n")
-    print("| mode | median wall (s) | runs | ratio to serial | same statuses, numbers, exit |")
-    print("|---|---|---|---|---|")
-    reference = results["serial (--jobs 1)"]
+    serial_mode = "serial (--jobs 1)"
+    serial = statistics.median(walls[serial_mode])
+    if cluster_start is not None:
+        print(f"\nLocalCluster start-up (not counted): {cluster_start:.2f} s")
+    print(
+        f"\nload average (1 min) at each run's start: {min(loads):.1f} to {max(loads):.1f} "
+        f"(median {statistics.median(loads):.1f}) on {os.cpu_count()} cores\n"
+    )
+    print(
+        "| mode | median wall (s) | runs | ratio of medians | median of per-repeat ratios | "
+        "same statuses, numbers, exit |"
+    )
+    print("|---|---|---|---|---|---|")
+    reference = results[serial_mode]
     for mode, ws in walls.items():
         same = results[mode] == reference
+        pairs = [w / s for w, s in zip(ws, walls[serial_mode], strict=True)]
         print(
             f"| {mode} | {statistics.median(ws):.2f} | "
             f"{', '.join(f'{w:.1f}' for w in ws)} | {statistics.median(ws) / serial:.2f}x | "
-            f"{'yes' if same else 'NO'} |"
+            f"{statistics.median(pairs):.2f}x | {'yes' if same else 'NO'} |"
         )
     code, numbers = reference
     print(f"\nexit code {code}; statuses: " + ", ".join(f"{k} {v[0]}" for k, v in numbers.items()))

@@ -107,6 +107,24 @@ def test_totals_line_names_the_regressions(tmp_path, monkeypatch, capsys):
     assert "1 passed, 1 regressed against the baseline (model) — exit code 1" in out
 
 
+def test_totals_line_names_newly_failing_and_missing_checks(tmp_path, monkeypatch, capsys):
+    write_suite(tmp_path, SUITE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "-q", "--json", "before.json"]) == 1
+    data = json.loads((tmp_path / "before.json").read_text())
+    data["checks"][1]["status"] = "passed"  # "bad" passed then
+    gone = dict(data["checks"][0], name="gone")  # a check the suite no longer has
+    data["checks"].append(gone)
+    (tmp_path / "before.json").write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["run", "-q", "--baseline", "before.json"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "1 passed, 1 failed, 1 regressed against the baseline (bad), 1 in the baseline "
+        "missing from this run (gone) — exit code 1"
+    ) in out
+
+
 def test_misspelt_target_offers_only_functions(tmp_path):
     write_suite(tmp_path, '[checks.x]\ntarget = "models.py:god"\n')
     with pytest.raises(SuiteConfigError) as info:

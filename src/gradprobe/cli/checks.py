@@ -129,6 +129,15 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
         from ..suites.baseline import load_baseline
 
         baseline = load_baseline(args.baseline)  # fail early (exit 2) on a bad file
+    if getattr(args, "fan_out", None) is not None:
+        from ..suites.schedule import known_seconds, last_run_seconds
+
+        # How long each check took before, so that --jobs starts the longest first.
+        args.seconds = (
+            known_seconds(baseline.outcomes)
+            if baseline is not None
+            else last_run_seconds(args.json)
+        )
     run = _run_specs(args, console, specs, suite, label)
     result = run.result
     code = result.exit_code
@@ -138,13 +147,19 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
         ("" if console.quiet else "\n") + "summary:\n" + summary_table(console, result.outcomes)
     )
     regressions: dict[str, list[str]] = {}
+    regressed: list[str] = []
+    disappeared: tuple[str, ...] = ()
     if baseline is not None:
         comparison = _compare_with_baseline(args, console, result, baseline, suite)
         regressions = comparison.by_check()
+        # The totals line names all the baseline flags: grown errors, checks that passed
+        # there and fail now, and checks it has that this run lacks.
+        regressed = list(dict.fromkeys([*regressions, *comparison.newly_failing]))
+        disappeared = comparison.disappeared
         if comparison.has_regressions:
             code = max(code, EXIT_MISMATCH)
     code = _write(args, console, outputs, result, code, regressions)
-    print_verdict(console, result, code, regressions, run.not_run)
+    print_verdict(console, result, code, regressed, run.not_run, disappeared)
     return code
 
 
@@ -169,7 +184,11 @@ def _run_specs(
         from .fanout import run_fanned_out
 
         outcomes, interrupted = run_fanned_out(
-            console, specs, fan_out, lambda o: _reproduce(args, o, suite)
+            console,
+            specs,
+            fan_out,
+            lambda o: _reproduce(args, o, suite),
+            getattr(args, "seconds", None),
         )
     else:
         outcomes, interrupted = _run_serially(args, console, specs, suite)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidInputError
@@ -77,9 +77,11 @@ def run_fanned_out(
     specs: Sequence[Any],
     fan_out: FanOut,
     reproduce: Callable[[Any], str],
+    seconds: Mapping[str, float] | None = None,
 ) -> tuple[list[Any], bool]:
     """Run ``specs`` as ``fan_out`` says; returns the outcomes in suite order (those that ran)
-    and whether Ctrl-C stopped the run."""
+    and whether Ctrl-C stopped the run. ``seconds``: each check's time in an earlier run, by
+    name, so that ``--jobs`` starts the longest first."""
     n = len(specs)
     done: dict[int, Any] = {}
     printed = [0]  # specs[:printed] are printed
@@ -110,7 +112,7 @@ def run_fanned_out(
         else:
             from ..suites.pool import run_side_by_side
 
-            _, interrupted = run_side_by_side(specs, fan_out.jobs, on_done)
+            _, interrupted = run_side_by_side(specs, fan_out.jobs, on_done, seconds)
         for i in sorted(done):  # after Ctrl-C, those that ended after a gap
             if i >= printed[0]:
                 show(i)

@@ -97,14 +97,21 @@ def print_verdict(
     console: Console,
     result: Any,
     code: int,
-    regressions: Mapping[str, list[str]],
+    regressions: Mapping[str, Any] | Sequence[str],
     not_run: Sequence[str] = (),
+    disappeared: Sequence[str] = (),
 ) -> None:
-    """The count of each status, the exit code, and a command reproducing each failing check."""
+    """The count of each status, what the baseline flags (``regressions``: the checks that
+    regressed; ``disappeared``: its checks that this run lacks), the exit code, and a command
+    reproducing each failing check."""
     told = ", ".join(f"{n} {s}" for s, n in result.counts.items() if n)
     if regressions:
         names = ", ".join(regressions)
         told += f", {len(regressions)} regressed against the baseline ({names})"
+    if disappeared:
+        told += (
+            f", {len(disappeared)} in the baseline missing from this run ({', '.join(disappeared)})"
+        )
     if not_run:
         told += f", {len(not_run)} not run"
     console.out(f"\n{told or 'no checks'} — exit code {code}")

@@ -33,6 +33,7 @@ from .config import CheckSpec
 from .inprocess import Outcome, ProgressFn, interrupted, pack_report, run_here, unpack_report
 from .parent_watch import exit_with_parent
 from .stopping import CtrlC, ctrl_c_ignored
+from .worker_exit import leave
 
 #: Seconds a worker may take to start (import numpy, numba, gradprobe) before it counts as hung.
 STARTUP_LIMIT = 120.0
@@ -114,6 +115,7 @@ def _serve(conn: Any) -> None:
         except (EOFError, OSError):
             return
         if msg[0] != "check":
+            leave()  # at once, unless the checks left processes of their own
             return
         try:
             _run_one(conn, msg[1], msg[2])
@@ -203,6 +205,11 @@ class IsolatedWorker:
                 _kill(proc)
         finally:
             conn.close()
+
+    @property
+    def started(self) -> bool:
+        """Whether the worker process runs (started, and not stopped or killed since)."""
+        return self._proc is not None
 
     def close(self) -> None:
         """Stop the worker (nothing is left running)."""

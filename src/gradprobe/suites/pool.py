@@ -2,16 +2,16 @@
 
 Up to ``N`` checks run at once, each in an :class:`~gradprobe.suites.isolation.IsolatedWorker`
 of its own (one per slot, reused by the slot's next check, replaced after a kill), driven by
-one thread per slot; the main thread only waits, counts Ctrl-C and reports each outcome as it
-ends. The cores are divided so the machine is not oversubscribed: each worker process sees
-``cores // N`` cores (``LOKY_MAX_CPU_COUNT``, ``OMP_NUM_THREADS``), so a check's
-``n_jobs="auto"`` or ``-1`` starts that many joblib workers and a framework's thread pool as
-many threads; an explicit ``n_jobs = K`` is kept as written.
+one thread per slot; the main thread only hands out the checks, waits, counts Ctrl-C and
+reports each outcome as it ends. The cores are divided so the machine is not oversubscribed:
+each worker process sees ``cores // N`` cores (``LOKY_MAX_CPU_COUNT``, ``OMP_NUM_THREADS``), so
+a check's ``n_jobs="auto"`` or ``-1`` starts that many joblib workers and a framework's thread
+pool as many threads; an explicit ``n_jobs = K`` is kept as written.
 
-Checks start in suite order, except that a check whose target function is running in another
-slot waits for a later check to go first, when there is one: checks of one function (a torch
-model with several sizes) then tend to share a worker and its imports. The order of the
-outcomes printed and written does not change.
+The longest checks start first, each in the slot whose worker has imported the frameworks it
+needs (:mod:`.schedule`: torch and jax take longer to import than many checks take to run),
+and a worker that will get no more checks is stopped at once, while the others run. The
+order of the outcomes printed and written does not change.
 
 Each check keeps the semantics of a serial run: its own ``timeout`` and the watchdog's kill,
 a crash that is its own, and Ctrl-C, which stops the checks under way (each keeps its partial
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +33,7 @@ from ..errors import InvalidInputError
 from .config import CheckSpec
 from .isolation import IsolatedWorker
 from .runner import CheckOutcome, run_check
+from .schedule import Planner
 from .stopping import CtrlC
 
 #: Environment variables that cap the cores a check's worker process uses.
@@ -81,44 +82,27 @@ def divided_cores(jobs: int) -> Iterator[int]:
                 os.environ[name] = old
 
 
-def _affinity(spec: CheckSpec) -> tuple[str | None, str | None, str]:
-    """Checks of one target function import the same things (a framework takes seconds)."""
-    return spec.target.file, spec.target.module, spec.target.function
-
-
-def _next(upcoming: list[int], specs: Sequence[CheckSpec], busy: set[Any]) -> int:
-    """The position in ``upcoming`` of the check to start now: the first whose target
-    function is not running in another slot (so that the slot running it, whose worker has
-    its imports, runs it next), else the first."""
-    for k, index in enumerate(upcoming):
-        if _affinity(specs[index]) not in busy:
-            return k
-    return 0
-
-
 def run_side_by_side(
-    specs: Sequence[CheckSpec], jobs: int, on_done: OnDone
+    specs: Sequence[CheckSpec],
+    jobs: int,
+    on_done: OnDone,
+    seconds: Mapping[str, float] | None = None,
 ) -> tuple[dict[int, CheckOutcome], bool]:
     """Run ``specs`` up to ``jobs`` at once, each isolated; ``on_done(index, outcome)`` is
-    called in this thread as each ends.
+    called in this thread as each ends. ``seconds``: each check's own time in an earlier run,
+    by name, to start the longest first (:mod:`.schedule`).
 
     Returns the outcomes by index in ``specs`` (those never started are missing) and whether
     Ctrl-C stopped the run. Never raises for a failing, crashing or hanging check.
     """
     jobs = validate_jobs(jobs)
     specs = [dataclasses.replace(s, isolate=True) for s in specs]
-    slots: queue.SimpleQueue[IsolatedWorker] = queue.SimpleQueue()
     workers = [IsolatedWorker() for _ in range(min(jobs, len(specs)))]
-    for w in workers:
-        slots.put(w)
+    planner = Planner(specs, len(workers), dict(seconds or {}))
     outcomes: dict[int, CheckOutcome] = {}
 
-    def one(spec: CheckSpec, ctrl_c: Any) -> CheckOutcome:
-        worker = slots.get()
-        try:
-            return run_check(spec, None, worker=worker, interrupts=ctrl_c)
-        finally:
-            slots.put(worker)
+    def one(slot: int, index: int, ctrl_c: Any) -> CheckOutcome:
+        return run_check(specs[index], None, worker=workers[slot], interrupts=ctrl_c)
 
     with (
         CtrlC() as ctrl_c,
@@ -127,22 +111,43 @@ def run_side_by_side(
             max_workers=len(workers) or 1, thread_name_prefix="gradprobe-job"
         ) as pool,
     ):
-        running: dict[Future[CheckOutcome], int] = {}
-        upcoming = list(range(len(specs)))
+        running: dict[Future[CheckOutcome], tuple[int, int]] = {}
+        free = list(range(len(workers)))
+        closing: list[Future[None]] = []
         try:
             while True:
-                while not ctrl_c.count and upcoming and len(running) < len(workers):
-                    busy = {_affinity(specs[i]) for i in running.values()}
-                    index = upcoming.pop(_next(upcoming, specs, busy))
-                    running[pool.submit(one, specs[index], ctrl_c)] = index
+                if ctrl_c.count:
+                    planner.drop()
+                for slot in list(free):
+                    index = planner.take(slot)
+                    if index is not None:
+                        free.remove(slot)
+                        running[pool.submit(one, slot, index, ctrl_c)] = (slot, index)
+                if not planner.upcoming:  # idle workers will get no more checks
+                    closing += [pool.submit(workers[slot].close) for slot in free]
+                    free = []
                 if not running:
                     break
                 done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in done:
-                    index = running.pop(future)
+                    slot, index = running.pop(future)
+                    free.append(slot)
+                    # A worker killed or stopped is replaced by a fresh one at the next check.
+                    planner.finish(slot, replaced=not workers[slot].started)
                     outcomes[index] = future.result()
                     on_done(index, outcomes[index])
         finally:
-            for w in workers:
-                w.close()
+            wait(closing)
+            _close_all(workers)
     return outcomes, bool(ctrl_c.count)
+
+
+def _close_all(workers: Sequence[IsolatedWorker]) -> None:
+    """Stop the workers at once (each ends in a few ms after a check, or is killed)."""
+    threads = [
+        threading.Thread(target=w.close, name="gradprobe-close") for w in workers if w.started
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from .by_value import pickle_by_value
 from .problem import Problem
 
 
@@ -285,6 +286,7 @@ def _import_file(file: str) -> Any:
     except BaseException:
         del sys.modules[name]
         raise
+    pickle_by_value(name)  # no other process can import it by that name
     return module
 
 
