@@ -13,9 +13,14 @@ the same process reuses them instead of paying the start-up again (~0.5 s for 2 
   ``idle_worker_timeout``); the pool restarts on demand.
 - **Stop** at interpreter exit (``atexit``), on :func:`shutdown_workers`, and at the end of a
   :func:`~gradprobe.evaluate.workers.keep_workers` block.
-- **Never outlive the parent**: each worker runs :func:`_watch_parent` from its initializer, a
-  daemon thread that ends the worker within :data:`PARENT_POLL_SECONDS` once its parent process
-  is gone (exited, raised, killed by SIGTERM or SIGKILL: the worker is re-parented).
+- **Never outlive the parent**: each worker runs :func:`_watch_parent` from its initializer.
+  On Linux the kernel kills the worker when its parent ends, however it ends, even while the
+  worker is stuck in C code that holds the GIL (:mod:`.parent_death`); everywhere a daemon
+  thread also ends it within :data:`PARENT_POLL_SECONDS` once the parent is gone (it needs the
+  GIL). loky starts workers from whichever thread submits work or warms the pool up, or from
+  its executor-manager thread; the kernel's signal follows the starting *thread*, so a worker
+  started by a thread other than the main or manager thread arms it once that thread has
+  ended (until then it has the watching thread alone; a pool outlives the check that started it).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from .parent_death import die_with_parent, thread_alive
 
 __all__ = [
     "IDLE_SECONDS",
@@ -46,17 +53,52 @@ PARENT_POLL_SECONDS = 0.25
 _atexit_registered = False
 
 
-def _watch_parent(parent: int) -> None:
-    """Worker initializer: end this worker once process ``parent`` is gone (see the module);
+class _Spawner:
+    """The worker initializer's argument: the parent's pid, and which thread started the
+    worker. loky pickles the initializer's arguments in the thread that starts each worker, so
+    :meth:`__reduce__` records that thread then; equal for one parent, so joblib keeps reusing
+    the executor."""
+
+    def __init__(self, pid: int, thread: int = 0, lasting: bool = True) -> None:
+        self.pid = pid
+        self.thread = thread
+        self.lasting = lasting
+
+    def __reduce__(self) -> tuple[Any, tuple[int, int, bool]]:
+        starter = threading.current_thread()
+        lasting = (
+            starter is threading.main_thread()
+            # It runs as long as the executor: its end stops the workers.
+            or type(starter).__name__ == "_ExecutorManagerThread"
+        )
+        return (_Spawner, (os.getpid(), threading.get_native_id(), lasting))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Spawner) and other.pid == self.pid
+
+    def __hash__(self) -> int:
+        return hash(self.pid)
+
+
+def _watch_parent(spawner: _Spawner) -> None:
+    """Worker initializer: end this worker once its parent process is gone (see the module);
     ignore SIGINT (a Ctrl-C to the process group is the parent's to handle: it stops the
     workers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = spawner.pid
+    # Armed now only when the starting thread lasts: the signal fires when it ends.
+    armed = spawner.lasting and die_with_parent(parent)
+    pending = not armed and not spawner.lasting
 
     def watch() -> None:
+        nonlocal pending
         while True:
             time.sleep(PARENT_POLL_SECONDS)
             if os.getppid() != parent:
                 os._exit(0)
+            if pending and not thread_alive(parent, spawner.thread):
+                pending = False  # now the child of the parent's main thread
+                die_with_parent(parent)
 
     threading.Thread(target=watch, name="gradprobe-parent-watch", daemon=True).start()
 
@@ -72,7 +114,7 @@ def loky_options() -> dict[str, Any]:
     return {
         "idle_worker_timeout": IDLE_SECONDS,
         "initializer": _watch_parent,
-        "initargs": (os.getpid(),),
+        "initargs": (_Spawner(os.getpid()),),
     }
 
 
