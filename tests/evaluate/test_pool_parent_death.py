@@ -1,7 +1,8 @@
 """A process worker stuck in C code that holds the GIL still ends when its parent is killed
 (issue 26): on Linux the kernel's parent-death signal, armed in the worker's initializer. It
 fires when the parent *thread* that started the worker ends, so a pool started from a thread
-that then ends must not die with that thread, and must still die with the process."""
+that then ends must not die with that thread, and must still die with the process, the thread
+running or not."""
 
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ PARENT = textwrap.dedent(
         )
 
 
+    def guards():
+        return sum(len(psutil.Process(w).children()) for w in workers())
+
+
     if sys.argv[1] == "thread":
         # The pool is started by a thread that ends; it must outlive that thread.
         starter = threading.Thread(target=check, args=(smooth,))
@@ -77,7 +82,12 @@ PARENT = textwrap.dedent(
         time.sleep(1.0)  # longer than a worker's poll of its starting thread
         print(*workers(), flush=True)
         check(smooth)  # the same workers, reused from the main thread
-        print(*workers(), flush=True)
+        print(*workers(), guards(), flush=True)
+    if sys.argv[1] == "running thread":
+        # Killed while the thread that started the pool still runs (waiting on the stuck loss).
+        starter = threading.Thread(target=check, args=(stuck,))
+        starter.start()
+        starter.join()
     check(stuck)
     """
 )
@@ -95,7 +105,14 @@ def _alive(pids: list[int]) -> list[int]:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("started_by", ["main", "thread"])
+@pytest.mark.parametrize(
+    "started_by",
+    [
+        "main",
+        pytest.param("thread", marks=pytest.mark.slow),
+        pytest.param("running thread", marks=pytest.mark.slow),
+    ],
+)
 def test_a_killed_parent_leaves_no_worker_even_with_a_gil_holding_loss(tmp_path, started_by):
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
@@ -111,10 +128,12 @@ def test_a_killed_parent_leaves_no_worker_even_with_a_gil_holding_loss(tmp_path,
     try:
         if started_by == "thread":
             seen = [proc.stdout.readline().split() for _ in range(3)]
-            assert len(seen[0]) == 2 and seen[0] == seen[1] == seen[2], (
+            assert len(seen[0]) == 2 and seen[0] == seen[1] == seen[2][:2], (
                 f"the workers the ended thread started did not last and serve: {seen}",
                 proc.stderr.read() if proc.poll() is not None else "",
             )
+            # Their guard processes were stopped once the kernel's signal was armed.
+            assert seen[2][2:] == ["0"], seen
         deadline = time.monotonic() + 120
         while not marker.exists() or not marker.read_text():
             assert proc.poll() is None, proc.communicate()

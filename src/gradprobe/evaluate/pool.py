@@ -19,8 +19,8 @@ the same process reuses them instead of paying the start-up again (~0.5 s for 2 
   thread also ends it within :data:`PARENT_POLL_SECONDS` once the parent is gone (it needs the
   GIL). loky starts workers from whichever thread submits work or warms the pool up, or from
   its executor-manager thread; the kernel's signal follows the starting *thread*, so a worker
-  started by a thread other than the main or manager thread arms it once that thread has
-  ended (until then it has the watching thread alone; a pool outlives the check that started it).
+  started by another thread arms it once that thread has ended (a pool outlives the check that
+  started it), and until then has a guard process kill it when the parent ends.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .parent_death import die_with_parent, thread_alive
+from .parent_death import die_with_parent, start_guard, stop_guard, thread_alive
 
 __all__ = [
     "IDLE_SECONDS",
@@ -89,6 +89,8 @@ def _watch_parent(spawner: _Spawner) -> None:
     # Armed now only when the starting thread lasts: the signal fires when it ends.
     armed = spawner.lasting and die_with_parent(parent)
     pending = not armed and not spawner.lasting
+    # Meanwhile a guard process kills this worker if the parent ends (forked now: no thread yet).
+    guard = start_guard(parent) if pending else None
 
     def watch() -> None:
         nonlocal pending
@@ -98,7 +100,8 @@ def _watch_parent(spawner: _Spawner) -> None:
                 os._exit(0)
             if pending and not thread_alive(parent, spawner.thread):
                 pending = False  # now the child of the parent's main thread
-                die_with_parent(parent)
+                if die_with_parent(parent) and guard is not None:
+                    stop_guard(guard)
 
     threading.Thread(target=watch, name="gradprobe-parent-watch", daemon=True).start()
 
