@@ -7,7 +7,8 @@ the same process reuses them instead of paying the start-up again (~0.5 s for 2 
 
 - **Start** as soon as a check's plan says workers will pay (:func:`warm_up`: the processes are
   spawned, and import in their own time), so their start-up overlaps the rest of the
-  pre-flight. Workers ignore SIGINT: a Ctrl-C to the process group is the parent's to handle.
+  pre-flight. Workers ignore SIGINT: a Ctrl-C to the process group is the parent's to handle
+  (one that reaches the parent while they start is delivered once they are started).
 - **Reuse** by every later check of the same process (same worker count and backend).
 - **Idle stop**: each worker exits after :data:`IDLE_SECONDS` without work (loky's
   ``idle_worker_timeout``); the pool restarts on demand.
@@ -85,6 +86,8 @@ def _watch_parent(spawner: _Spawner) -> None:
     ignore SIGINT (a Ctrl-C to the process group is the parent's to handle: it stops the
     workers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # started with it blocked (_sigint_held)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     parent = spawner.pid
     # Armed now only when the starting thread lasts: the signal fires when it ends.
     armed = spawner.lasting and die_with_parent(parent)
@@ -145,17 +148,34 @@ def pool_alive() -> bool:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT in this process for the block (main thread only): processes started in
-    it inherit the ignored signal from their first instruction, so a Ctrl-C sent to the
-    process group reaches the parent alone, which stops them."""
-    if threading.current_thread() is not threading.main_thread():
+def _sigint_held() -> Iterator[None]:
+    """Block SIGINT in this thread for the block: processes started in it begin with it
+    blocked (the mask is inherited; the worker's initializer ignores, then unblocks it), so a
+    Ctrl-C sent to the process group reaches the parent alone, which stops them. The parent's
+    own Ctrl-C is not lost: another thread takes it, or it waits for the block's end. (Ignoring
+    SIGINT here lost a Ctrl-C that came meanwhile.) Where masks are missing, SIGINT is ignored
+    for the block (main thread only)."""
+    if hasattr(signal, "pthread_sigmask"):
+        # The resource trackers unblock SIGINT when they start: started first, they are running.
+        from multiprocessing import resource_tracker
+
+        from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+        loky_tracker.ensure_running()
+        resource_tracker.ensure_running()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return
+    if threading.current_thread() is not threading.main_thread():  # pragma: no cover
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # pragma: no cover
+    try:  # pragma: no cover
         yield
-    finally:
+    finally:  # pragma: no cover
         signal.signal(signal.SIGINT, previous)
 
 
@@ -166,7 +186,7 @@ def warm_up(parallel: Any) -> None:
     the pre-flight goes on. Nothing when they run already."""
     if pool_alive():
         return
-    with _sigint_ignored(), parallel:
+    with _sigint_held(), parallel:
         executor = getattr(parallel._backend, "_workers", None)
         ensure = getattr(executor, "_ensure_executor_running", None)
         if callable(ensure):

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckAborted, GradCheckError, InvalidInputError
+from ..evaluate.pool import shutdown_workers
 from ..report.model import Report
 from .config import CheckSpec
 from .parent_watch import exit_with_parent
@@ -188,19 +189,23 @@ def _serve(conn: Any) -> None:
     sends SIGTERM to the whole process group, and the parent forwards it as an interrupt."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     exit_with_parent()
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] != "check":
-            return
-        try:
-            _run_one(conn, msg[1], msg[2])
-        except OSError:  # the parent is gone: nobody to tell
-            return
-        except KeyboardInterrupt:  # a Ctrl-C just as the check ended: the parent sees EOF
-            return
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            if msg[0] != "check":
+                return
+            try:
+                _run_one(conn, msg[1], msg[2])
+            except OSError:  # the parent is gone: nobody to tell
+                return
+            except KeyboardInterrupt:  # a Ctrl-C just as the check ended: the parent sees EOF
+                return
+    finally:
+        # Now: the exit would first wait out their idle timeout, past the parent's grace.
+        shutdown_workers()
 
 
 @contextmanager
