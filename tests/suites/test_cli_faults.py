@@ -243,6 +243,33 @@ def test_sigterm_writes_what_finished_and_exits_143(tmp_path, isolate):
     assert 'type="Interrupted"' in (tmp_path / "out.xml").read_text()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "no-isolate"])
+def test_a_stop_after_the_outputs_are_written_keeps_the_exit_code_they_record(
+    tmp_path, how, isolate
+):
+    # After the verdict line (the outputs written) the process still stops its workers and
+    # the interpreter exits: a stop then changes nothing (it ended with SIGTERM's default or a
+    # KeyboardInterrupt traceback, while out.json said 0).
+    _setup(tmp_path, "[checks.first]\ntarget = 'models.py:good'\n")
+    args = ["run", "gradprobe.toml", "--json", "out.json"]
+    proc = _start(*args, *([] if isolate else ["--no-isolate"]), cwd=tmp_path)
+    try:
+        for line in proc.stdout:
+            if "— exit code" in line:
+                break
+        os.kill(proc.pid, how)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert json.loads((tmp_path / "out.json").read_text())["exit_code"] == 0
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "interrupted" not in err
+
+
 # -- outputs written whole or not at all -----------------------------------------------------
 def _disk_full(monkeypatch, fail_on: str) -> None:
     """Make the write of any file whose name contains ``fail_on`` fail at the flush to disk,

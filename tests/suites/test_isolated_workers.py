@@ -176,8 +176,11 @@ def test_a_hanging_or_dying_check_gets_its_own_outcome_and_a_fresh_worker(tmp_pa
 
 
 @pytest.mark.timeout(120)
-def test_n_jobs_runs_on_joblib_workers_inside_an_isolated_check(tmp_path):
+def test_n_jobs_runs_on_joblib_workers_inside_an_isolated_check(tmp_path, monkeypatch):
     pytest.importorskip("joblib")
+    killed: list[int] = []
+    kill = isolation._kill
+    monkeypatch.setattr(isolation, "_kill", lambda proc: (killed.append(proc.pid), kill(proc)))
     specs, _ = _suite(tmp_path, [("par", "sleepy", {}, "n_jobs = 2")])
     with IsolatedWorker() as worker:
         outcome = run_check(specs[0], worker=worker)
@@ -189,6 +192,9 @@ def test_n_jobs_runs_on_joblib_workers_inside_an_isolated_check(tmp_path):
         assert "kept in process" not in executor
         assert not any("n_jobs=1" in w for w in outcome.report.warnings)
     assert not live_workers()
+    # Asked to stop, the worker stops its joblib workers and exits by itself (it waited out
+    # their idle timeout, past the grace, and was killed).
+    assert not killed
 
 
 PARENT = """

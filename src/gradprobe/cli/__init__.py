@@ -20,6 +20,7 @@ written), :mod:`.demo`, :mod:`.checks` (``check`` and ``run``), :mod:`.summary` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Sequence
 
 from ..errors import CheckAborted, GradCheckError, InvalidInputError
@@ -29,7 +30,12 @@ from .parser import build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code.
+
+    ``argv`` None reads ``sys.argv``: the program itself (``gradprobe``, ``python -m
+    gradprobe``), so a Ctrl-C or SIGTERM after the outputs are written stays ignored through
+    the interpreter's exit, and the process exits with the code they record.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -41,8 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(quiet=args.quiet, verbose=args.verbose)
     from ..suites.stopping import terminate_like_interrupt
 
-    with terminate_like_interrupt():
-        return _guarded(args, console)
+    with terminate_like_interrupt(until_exit=argv is None):
+        code = _guarded(args, console)
+        # Now rather than at interpreter exit: a stop after the outputs are written is ignored
+        # until this block ends (``results_written``), and the exit code stays theirs.
+        with contextlib.suppress(KeyboardInterrupt):
+            from ..evaluate.pool import shutdown_workers
+
+            shutdown_workers()
+    return code
 
 
 def _guarded(args: argparse.Namespace, console: Console) -> int:

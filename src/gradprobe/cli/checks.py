@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..report.files import write_text_atomic
 from ..suites.outcome import EXIT_MISMATCH, EXIT_USAGE
-from ..suites.stopping import stop_exit_code, stop_name
+from ..suites.stopping import results_written, stop_exit_code, stop_name
 from .console import Console
 from .outputs import Output, check_outputs, outputs_of, write_outputs
 from .parser import FLAG_OPTIONS, check_options
@@ -159,6 +159,7 @@ def run_checks(args: argparse.Namespace, console: Console) -> int:
         if comparison.has_regressions:
             code = max(code, EXIT_MISMATCH)
     code = _write(args, console, outputs, result, code, regressions)
+    results_written()
     print_verdict(console, result, code, regressed, run.not_run, disappeared)
     return code
 

@@ -15,7 +15,7 @@ from ..api import check
 from ..examples import make_mlp
 from ..report.files import write_text_atomic
 from ..suites.outcome import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE
-from ..suites.stopping import stop_exit_code, stop_name
+from ..suites.stopping import results_written, stop_exit_code, stop_name
 from .console import Console
 from .outputs import check_outputs, outputs_of, write_outputs
 from .parser import check_options
@@ -49,6 +49,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     _print(console, report)
     if not _write(console, outputs, report):
         code = max(code, EXIT_USAGE)
+    results_written()
     return code
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import GradCheckError
 from .loops import ChunkResult, ChunkTask
-from .pool import executor, shutdown_workers
+from .pool import shutdown_workers, submit
 
 #: A request: the rows of one parameter the check will ask for, as it will ask.
 Request = tuple[int, np.ndarray, np.ndarray]
@@ -48,11 +48,11 @@ def pool_submitter(n_workers: int) -> Callable[[ChunkTask], Any]:
     (:func:`~gradprobe.evaluate.pool.executor`): the check's state is published once (on the
     first task), so a task carries only its rows."""
 
-    def submit(task: ChunkTask) -> Any:
+    def send(task: ChunkTask) -> Any:
         task.state.publish()
-        return executor(n_workers).submit(task.run, task)
+        return submit(n_workers, task.run, task)
 
-    return submit
+    return send
 
 
 def chunk_bounds(m: int, parts: int) -> list[tuple[int, int]]:

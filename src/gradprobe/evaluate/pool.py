@@ -7,15 +7,22 @@ the same process reuses them instead of paying the start-up again (~0.5 s for 2 
 
 - **Start** as soon as a check's plan says workers will pay (:func:`warm_up`: the processes are
   spawned, and import in their own time), so their start-up overlaps the rest of the
-  pre-flight; blocks go to them once one is up (:func:`pool_ready`), never waiting for them. Workers ignore SIGINT: a Ctrl-C to the process group is the parent's to handle.
+  pre-flight; blocks go to them once one is up (:func:`pool_ready`), never waiting for them.
+  Workers ignore SIGINT: a Ctrl-C to the process group is the parent's to handle (one that
+  reaches the parent while they start is delivered once they are started).
 - **Reuse** by every later check of the same process (same worker count and backend).
 - **Idle stop**: each worker exits after :data:`IDLE_SECONDS` without work (loky's
   ``idle_worker_timeout``); the pool restarts on demand.
 - **Stop** at interpreter exit (``atexit``), on :func:`shutdown_workers`, and at the end of a
   :func:`~gradprobe.evaluate.workers.keep_workers` block.
-- **Never outlive the parent**: each worker runs :func:`_watch_parent` from its initializer, a
-  daemon thread that ends the worker within :data:`PARENT_POLL_SECONDS` once its parent process
-  is gone (exited, raised, killed by SIGTERM or SIGKILL: the worker is re-parented).
+- **Never outlive the parent**: each worker runs :func:`_watch_parent` from its initializer.
+  On Linux the kernel kills the worker when its parent ends, however it ends, even while the
+  worker is stuck in C code that holds the GIL (:mod:`.parent_death`); everywhere a daemon
+  thread also ends it within :data:`PARENT_POLL_SECONDS` once the parent is gone (it needs the
+  GIL). loky starts workers from whichever thread submits work or warms the pool up, or from
+  its executor-manager thread; the kernel's signal follows the starting *thread*, so a worker
+  started by another thread arms it once that thread has ended (a pool outlives the check that
+  started it), and until then has a guard process kill it when the parent ends.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from .parent_death import die_with_parent, start_guard, stop_guard, thread_alive
 
 #: Seconds a worker waits for work before it exits (the pool restarts on demand).
 IDLE_SECONDS = 60.0
@@ -50,17 +59,57 @@ _atexit_registered = False
 _ready: list[Any] = []
 
 
-def _watch_parent(parent: int) -> None:
-    """Worker initializer: end this worker once process ``parent`` is gone (see the module);
+class _Spawner:
+    """The worker initializer's argument: the parent's pid, and which thread started the
+    worker. loky pickles the initializer's arguments in the thread that starts each worker, so
+    :meth:`__reduce__` records that thread then; equal for one parent, so joblib keeps reusing
+    the executor."""
+
+    def __init__(self, pid: int, thread: int = 0, lasting: bool = True) -> None:
+        self.pid = pid
+        self.thread = thread
+        self.lasting = lasting
+
+    def __reduce__(self) -> tuple[Any, tuple[int, int, bool]]:
+        starter = threading.current_thread()
+        lasting = (
+            starter is threading.main_thread()
+            # It runs as long as the executor: its end stops the workers.
+            or type(starter).__name__ == "_ExecutorManagerThread"
+        )
+        return (_Spawner, (os.getpid(), threading.get_native_id(), lasting))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Spawner) and other.pid == self.pid
+
+    def __hash__(self) -> int:
+        return hash(self.pid)
+
+
+def _watch_parent(spawner: _Spawner) -> None:
+    """Worker initializer: end this worker once its parent process is gone (see the module);
     ignore SIGINT (a Ctrl-C to the process group is the parent's to handle: it stops the
     workers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # started with it blocked (_sigint_held)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    parent = spawner.pid
+    # Armed now only when the starting thread lasts: the signal fires when it ends.
+    armed = spawner.lasting and die_with_parent(parent)
+    pending = not armed and not spawner.lasting
+    # Meanwhile a guard process kills this worker if the parent ends (forked now: no thread yet).
+    guard = start_guard(parent) if pending else None
 
     def watch() -> None:
+        nonlocal pending
         while True:
             time.sleep(PARENT_POLL_SECONDS)
             if os.getppid() != parent:
                 os._exit(0)
+            if pending and not thread_alive(parent, spawner.thread):
+                pending = False  # now the child of the parent's main thread
+                if die_with_parent(parent) and guard is not None:
+                    stop_guard(guard)
 
     threading.Thread(target=watch, name="gradprobe-parent-watch", daemon=True).start()
 
@@ -76,7 +125,7 @@ def loky_options() -> dict[str, Any]:
     return {
         "idle_worker_timeout": IDLE_SECONDS,
         "initializer": _watch_parent,
-        "initargs": (os.getpid(),),
+        "initargs": (_Spawner(os.getpid()),),
     }
 
 
@@ -95,6 +144,15 @@ def executor(n_workers: int) -> Any:
         initargs=options["initargs"],
         env=WORKER_ENV,
     )
+
+
+def submit(n_workers: int, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on gradprobe's pool of ``n_workers`` (:func:`executor`); the workers a
+    submit spawns (none running yet) start with SIGINT held back, as in :func:`warm_up`."""
+    if pool_alive():
+        return executor(n_workers).submit(fn, *args)
+    with _sigint_held():
+        return executor(n_workers).submit(fn, *args)
 
 
 def _noop() -> None:
@@ -135,23 +193,34 @@ def pool_alive() -> bool:
 
 @contextlib.contextmanager
 def _sigint_held() -> Iterator[None]:
-    """Hold a Ctrl-C back while workers are spawned (main thread only), then deliver it: the
-    signal is recorded, not ignored (an ignored one would be lost: blocking it in this thread
-    alone does not help, since any of the process's threads, a BLAS thread say, may take it),
-    and raised to this process's own handler when the block ends. Each worker ignores SIGINT
-    from its initializer on (:func:`_watch_parent`): a Ctrl-C to the process group is the
-    parent's to handle, which stops them."""
-    if threading.current_thread() is not threading.main_thread():
+    """Block SIGINT in this thread for the block: processes started in it begin with it
+    blocked (the mask is inherited; the worker's initializer ignores, then unblocks it), so a
+    Ctrl-C sent to the process group reaches the parent alone, which stops them. The parent's
+    own Ctrl-C is not lost: another thread takes it, or it waits for the block's end. (Ignoring
+    SIGINT here lost a Ctrl-C that came meanwhile.) Where masks are missing, SIGINT is ignored
+    for the block (main thread only)."""
+    if hasattr(signal, "pthread_sigmask"):
+        # The resource trackers unblock SIGINT when they start: started first, they are running.
+        from multiprocessing import resource_tracker
+
+        from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+        loky_tracker.ensure_running()
+        resource_tracker.ensure_running()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return
+    if threading.current_thread() is not threading.main_thread():  # pragma: no cover
         yield
         return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # pragma: no cover
+    try:  # pragma: no cover
         yield
-    finally:
+    finally:  # pragma: no cover
         signal.signal(signal.SIGINT, previous)
-        if caught:
-            signal.raise_signal(signal.SIGINT)
 
 
 def warm_up(n_workers: int) -> None:

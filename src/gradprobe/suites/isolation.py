@@ -29,6 +29,7 @@ import signal
 import time
 from typing import Any
 
+from ..evaluate.pool import shutdown_workers
 from .config import CheckSpec
 from .inprocess import Outcome, ProgressFn, interrupted, pack_report, run_here, unpack_report
 from .parent_watch import exit_with_parent
@@ -109,20 +110,24 @@ def _serve(conn: Any) -> None:
     sends SIGTERM to the whole process group, and the parent forwards it as an interrupt."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     exit_with_parent()
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] != "check":
-            leave()  # at once, unless the checks left processes of their own
-            return
-        try:
-            _run_one(conn, msg[1], msg[2])
-        except OSError:  # the parent is gone: nobody to tell
-            return
-        except KeyboardInterrupt:  # a Ctrl-C just as the check ended: the parent sees EOF
-            return
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            if msg[0] != "check":
+                leave()  # at once, unless the checks left processes of their own
+                return
+            try:
+                _run_one(conn, msg[1], msg[2])
+            except OSError:  # the parent is gone: nobody to tell
+                return
+            except KeyboardInterrupt:  # a Ctrl-C just as the check ended: the parent sees EOF
+                return
+    finally:
+        # Now: the exit would first wait out their idle timeout, past the parent's grace.
+        shutdown_workers()
 
 
 def _forward_interrupt(proc: Any) -> None:

@@ -7,7 +7,9 @@ forwards the interrupt to the worker and waits for its report); even where Ctrl-
 (a background job of a script), SIGTERM still stops the run. So a
 terminated run, like an interrupted one, prints and writes what finished; :func:`stop_name`
 says which signal it was and :func:`stop_exit_code` the exit code: 130 for Ctrl-C (128 +
-SIGINT) and 143 for SIGTERM (128 + SIGTERM), as shells report them.
+SIGINT) and 143 for SIGTERM (128 + SIGTERM), as shells report them. Once the run's outputs are
+written (:func:`results_written`), a Ctrl-C or SIGTERM changes nothing: the exit code they
+record is the process's.
 
 For the isolated runner (:mod:`.isolation`): :class:`CtrlC` counts Ctrl-Cs instead of raising,
 so the parent can forward the first to its worker and wait for the partial report, and
@@ -29,6 +31,7 @@ EXIT_TERMINATED = 128 + int(signal.SIGTERM)  # 143
 _received: list[str] = []
 _pending: list[str] = []
 _held: list[bool] = []
+_active: list[bool] = []
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -59,19 +62,38 @@ def held() -> Iterator[None]:
 
 
 @contextmanager
-def terminate_like_interrupt() -> Iterator[None]:
+def terminate_like_interrupt(until_exit: bool = False) -> Iterator[None]:
     """Within the block (in the main thread), SIGTERM acts as Ctrl-C; it forgets a SIGTERM
-    seen before it starts."""
+    seen before it starts. ``until_exit`` (the command line run as the program): once
+    :func:`results_written`, Ctrl-C and SIGTERM stay ignored after the block, through the
+    interpreter's exit that follows."""
     _received.clear()
     _pending.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_int = signal.getsignal(signal.SIGINT)
+    _active.append(False)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        written = _active.pop()
+        if not (written and until_exit):
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def results_written() -> None:
+    """The run's outputs are written and its exit code is decided: until
+    :func:`terminate_like_interrupt` ends (the rest of the run: the verdict line, stopping the
+    workers; with ``until_exit``, until the process exits), Ctrl-C and SIGTERM are ignored, so
+    they cannot turn a finished run into a traceback or an exit code its files do not
+    record."""
+    if _active and threading.current_thread() is threading.main_thread():
+        _active[-1] = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def stop_name() -> str:
