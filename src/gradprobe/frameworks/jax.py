@@ -152,7 +152,7 @@ def _checked(
     """The leaves to check: those of the positions ``argnums``, or every floating-point one."""
     if argnums is None:
         return checked_leaves(
-            inputs, leaves, names, _is_float_array, lambda a: True, "jax or numpy array"
+            leaves, names, _is_float_array, lambda a: True, "jax or numpy array"
         )
     wanted = [argnums] if isinstance(argnums, int) else list(argnums)
     for i in wanted:

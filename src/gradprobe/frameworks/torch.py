@@ -40,6 +40,7 @@ from ..functional.adapted import (
 )
 from ..layout import validate_callable
 from ..report.model import Report
+from ..tree import argument_names
 from .inputs import Checked, checked_leaves, hold_fixed, leaf_names
 
 #: What the report's settings call the vectorized path.
@@ -69,7 +70,9 @@ def check(
     *inputs : tensors, lists of tensors and other arguments
         Passed to ``fn`` in order. The floating-point tensors that require grad are checked
         (all floating-point tensors when none does), at the top level or inside lists and
-        tuples, reported as ``input0``, ``input1[2]``... by position; the other arguments
+        tuples, reported by ``fn``'s argument names (``def f(x, w)``: ``x``, ``w[2]``...),
+        or as ``input0``, ``input1[2]``... by position where it has none (``*args``, a
+        builtin); the other arguments
         (integer and bool tensors included) are passed as they are (tensors as private
         copies). Empty tensors and non-finite entries are held fixed and listed.
     vectorize : True, False or "auto"
@@ -101,9 +104,10 @@ def check(
     validate_callable("fn", fn)
     vectorize = validate_vectorize(vectorize)
     leaves, spec = pytree.tree_flatten(list(inputs))
-    names = leaf_names(inputs, pytree.tree_flatten)
+    prefixes = argument_names(fn, len(inputs), "input")  # def f(x, w): "x", "w"
+    names = leaf_names(inputs, pytree.tree_flatten, prefixes)
     checked = checked_leaves(
-        inputs, leaves, names, _is_float_tensor, _requires_grad, "torch.Tensor"
+        leaves, names, _is_float_tensor, _requires_grad, "torch.Tensor"
     )
     args = [_private(a) for a in leaves]
 
@@ -130,7 +134,8 @@ def check_module(
 
     Like :func:`check` with ``fn = module`` (its ``forward``): every parameter that requires
     grad is checked under its ``named_parameters()`` name, then every floating-point tensor
-    input (``input0``...). Parameters are swapped in by ``torch.func.functional_call`` with
+    input, named after ``forward``'s arguments (``input0``... where it has no names, or they
+    clash with a parameter's). Parameters are swapped in by ``torch.func.functional_call`` with
     private copies of the buffers, so the module's parameters, buffers (batch-norm running
     statistics) and ``.grad`` are unchanged afterwards. Options as for :func:`check`.
     """
@@ -145,7 +150,9 @@ def check_module(
     buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
     positions = [i for i, a in enumerate(inputs) if _is_float_tensor(a)]
     args = [_private(a) for a in inputs]
-    names = [n for n, _ in trainable] + [f"input{i}" for i in positions]
+    taken = [n for n, _ in trainable]
+    prefixes = argument_names(module.forward, len(inputs), "input", taken=taken)
+    names = taken + [prefixes[i] for i in positions]
     if not names:
         raise InvalidInputError(
             "module: expected parameters that require grad or floating-point tensor inputs, "
