@@ -18,7 +18,13 @@ from ..evaluate import Evaluator, one_blas_thread
 from ..numerics.steps import in_dtype
 from ..numerics.tolerances import NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, ecnoise
 
-__all__ = ["MAX_NOISE_SCALINGS", "NOISE_SCALING", "PIECEWISE_CONSTANT", "PIECEWISE_NOTE", "estimate_loss_noise"]
+__all__ = [
+    "MAX_NOISE_SCALINGS",
+    "NOISE_SCALING",
+    "PIECEWISE_CONSTANT",
+    "PIECEWISE_NOTE",
+    "estimate_loss_noise",
+]
 
 
 def estimate_loss_noise(
@@ -45,11 +51,13 @@ def estimate_loss_noise(
     With ``zero_gradient`` (the analytic gradient is zero in every entry) a loss flat at a few
     ulps that changes at a larger step agrees with it: the loss is piecewise constant there
     (round, floor, a step function), not computed coarsely, and the step is not enlarged
-    (status :data:`PIECEWISE_CONSTANT`, ``step_scale`` 1, no noise measured). Enlarged, it would cross many of the loss's jumps, whose
-    staircase reads as a slope that the zero gradient misses; at the parameters' own step an
-    entry's difference is zero, or a jump that does not shrink with the step (classified as
-    such, never as a wrong gradient). A loss computed coarsely whose gradient is wrongly zero
-    still changes at that step (float32's or 1e-9's rounding is far finer than it) and fails.
+    (status :data:`PIECEWISE_CONSTANT`, ``step_scale`` 1, no noise measured). Enlarged, it
+    would cross many of the loss's jumps, whose staircase reads as a slope that the zero
+    gradient misses; at the parameters' own step an entry's difference is zero, or a jump
+    that does not shrink with the step (classified as such, never as a wrong gradient). A
+    loss computed coarsely whose gradient is wrongly zero still changes at that step
+    (float32's or 1e-9's rounding is far finer than it) and fails; one computed in float16
+    does not (its zero gradient passes unverified, and the report's warning says so).
     """
     estimate = NoiseEstimate(0.0, 0, "flat")
     spent, scale = 0, 1.0

@@ -1,11 +1,12 @@
 """Which inputs of a framework function are checked, and what is held fixed (both adapters).
 
 :func:`checked_leaves` picks the floating-point tensors among the inputs' leaves (inside lists
-and tuples too), named by :func:`leaf_names` after the function's arguments (``x``, ``w[2]``)
-or ``input0``, ``input1[2]``... by position; a refusal names each leaf's dtype. :class:`Held` takes
-out what :func:`gradprobe.check` cannot perturb: an empty tensor among others (nothing to
-check there) and non-finite entries (a masked ``-inf``), which are held at their values in
-every call, get a gradient of zero, and are listed in the report as not checked.
+and tuples too), named by :func:`leaf_names` after the function's arguments (``x``,
+``w[2]``) or ``input0``, ``input1[2]``... by position; a refusal names each leaf's dtype.
+:class:`Held` takes out what :func:`gradprobe.check` cannot perturb: an empty tensor among
+others (nothing to check there) and non-finite entries (a masked ``-inf``), which are held at
+their values in every call, get a gradient of zero, and are listed in the report as not
+checked.
 """
 
 from __future__ import annotations

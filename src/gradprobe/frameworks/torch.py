@@ -72,9 +72,9 @@ def check(
         (all floating-point tensors when none does), at the top level or inside lists and
         tuples, reported by ``fn``'s argument names (``def f(x, w)``: ``x``, ``w[2]``...),
         or as ``input0``, ``input1[2]``... by position where it has none (``*args``, a
-        builtin); the other arguments
-        (integer and bool tensors included) are passed as they are (tensors as private
-        copies). Empty tensors and non-finite entries are held fixed and listed.
+        builtin); the other arguments (integer and bool tensors included) are passed as they
+        are (tensors as private copies). Empty tensors and non-finite entries are held fixed
+        and listed.
     vectorize : True, False or "auto"
         Evaluate the perturbed copies with ``torch.func.vmap``, B per call. ``"auto"`` tries
         it once at the inputs and falls back to one call per entry, with a warning, when vmap
