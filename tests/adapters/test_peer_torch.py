@@ -8,8 +8,9 @@ takes gradcheck's float64 verdict as the truth:
 - float64, on every sample gradcheck passes: no false alarm, no refusal (allowed only where
   nothing at all is left to check: every differentiable input or every output empty), no
   internal error;
-- float32 copies of the same samples, judged by the same float64 verdict: no false alarm;
-- planted backward bugs on a set of ops: every one found, on the mutated input.
+- float32 copies of the same samples, judged by the same float64 verdict: no false alarm.
+
+Planted backward bugs on a set of these ops are test_peer_mutants.py's.
 
 Known misses are xfailed one by one (strict, with the cause) and left out of the tallies'
 assertions; ``test_tally`` prints the counts (``pytest -s`` or ``-rP`` shows them).
