@@ -14,7 +14,7 @@ input), and its first sample whose differentiable inputs are all empty, if it ha
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,14 +99,17 @@ def _recompose(inputs: tuple[torch.Tensor, ...], x: Any, i: int) -> tuple[Any, i
     return x, i
 
 
-def opdb_samples() -> Iterator[Sample]:
-    """The fixed subset described in the module docstring (seeded as op_db's tests are)."""
+def opdb_samples(only: Collection[str] | None = None) -> Iterator[Sample]:
+    """The fixed subset described in the module docstring (seeded as op_db's tests are);
+    ``only``: just the ops of these names (``name`` or ``name.variant``)."""
     from torch.testing._internal.common_methods_invocations import op_db
 
     for op in sorted(op_db, key=lambda o: (o.name, o.variant_test_name)):
+        name = f"{op.name}.{op.variant_test_name}" if op.variant_test_name else op.name
+        if only is not None and name not in only:
+            continue
         if not op.supports_autograd or torch.float64 not in op.supported_backward_dtypes("cpu"):
             continue
-        name = f"{op.name}.{op.variant_test_name}" if op.variant_test_name else op.name
         torch.manual_seed(0)
         found, empty = None, None
         with warnings.catch_warnings():

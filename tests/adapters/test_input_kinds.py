@@ -25,10 +25,30 @@ def test_zero_dim_tensors_are_checked():
     assert gt.check(torch.add, _t(3, 2), _t()).passed
 
 
+def test_inputs_are_named_after_fns_arguments():
+    report = gt.check(lambda x, weight: torch.tanh(x * weight), _t(3), _t(3, seed=1))
+    assert report.passed and list(report.params) == ["x", "weight"]
+    # No names to give (*args, a builtin): by position.
+    assert list(gt.check(lambda *xs: xs[0] * xs[1], _t(2), _t(2)).params) == ["input0", "input1"]
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (torch.arange(3), r"found i: Tensor of dtype torch\.int64\."),
+        (torch.ones(3, dtype=torch.bool), r"found i: Tensor of dtype torch\.bool\."),
+        (torch.ones(3, dtype=torch.complex128), r"torch\.complex128.*torch\.view_as_real"),
+    ],
+)
+def test_a_refusal_names_each_inputs_dtype(value, match):
+    with pytest.raises(gradprobe.InvalidInputError, match=match):
+        gt.check(lambda i: i.double() * 2, value)
+
+
 def test_an_empty_input_among_others_is_listed_not_refused():
     report = gt.check(lambda a, b: torch.cat([a, b.reshape(-1)]), _t(4), _t(0, 5))
-    assert report.passed and list(report.params) == ["input0"]
-    assert any("input1 (empty" in n for n in report.measured["not_checked"])
+    assert report.passed and list(report.params) == ["a"]
+    assert any("b (empty" in n for n in report.measured["not_checked"])
     with pytest.raises(gradprobe.InvalidInputError, match="nothing to check"):
         gt.check(torch.sin, _t(0, 3))
 
@@ -46,7 +66,7 @@ def test_tensor_lists_views_and_integer_inputs():
     view = base.t()[1:]  # a non-contiguous view
     index = torch.tensor([2, 0, 1])
     report = gt.check(lambda xs, i: torch.stack(xs)[:, i].sin(), [view, _t(5, 4)], index)
-    assert report.passed and list(report.params) == ["input0[0]", "input0[1]"]
+    assert report.passed and list(report.params) == ["xs[0]", "xs[1]"]
 
 
 def test_zerotensor_gradients_read_as_zeros():

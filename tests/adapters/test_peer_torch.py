@@ -8,8 +8,9 @@ takes gradcheck's float64 verdict as the truth:
 - float64, on every sample gradcheck passes: no false alarm, no refusal (allowed only where
   nothing at all is left to check: every differentiable input or every output empty), no
   internal error;
-- float32 copies of the same samples, judged by the same float64 verdict: no false alarm;
-- planted backward bugs on a set of ops: every one found, on the mutated input.
+- float32 copies of the same samples, judged by the same float64 verdict: no false alarm.
+
+Planted backward bugs on a set of these ops are test_peer_mutants.py's.
 
 Known misses are xfailed one by one (strict, with the cause) and left out of the tallies'
 assertions; ``test_tally`` prints the counts (``pytest -s`` or ``-rP`` shows them).
@@ -35,11 +36,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"
 
 # (op, dtype) -> why gradprobe raises a false alarm there. Each is an xfail(strict) test below.
 KNOWN_FALSE_ALARMS = {
-    ("round.decimals_3", "float64"): "piecewise constant: the jumps are read as a zero "
-    "gradient (the whole loss is piecewise constant: the pre-flight widens the step across "
-    "many jumps, so the jump rule cannot tell)",
-    ("round.decimals_3", "float32"): "piecewise constant: the jumps are read as a zero "
-    "gradient",
+    ("round.decimals_3", "float32"): "piecewise constant: the pre-flight finds it so (flat at "
+    "a few ulps, zero gradient) and keeps the parameters' own step, but float32's default "
+    "step (eps**(1/3) relative: 0.024 at |x| = 5) still spans ~24 jumps of the 0.001 grid, "
+    "whose staircase reads as a slope; needs the step set from that finding (api.py _context)",
 }
 
 

@@ -142,7 +142,7 @@ def test_module_linear_tanh_checks_parameters_and_inputs():
     x = torch.randn(6, 5, dtype=torch.float64)
     report = gt.check_module(model, x)
     assert report.passed, str(report)
-    assert list(report.params) == ["0.weight", "0.bias", "input0"]
+    assert list(report.params) == ["0.weight", "0.bias", "input"]  # Sequential.forward(input)
     assert report.params["0.weight"].shape == (4, 5)
 
 
@@ -158,8 +158,8 @@ def test_module_with_a_wrong_backward_fails_on_its_input():
 
     x = layer_norm_inputs()[0].detach()
     report = gt.check_module(Norm(), x)
-    assert [p.name for p in report.failures] == ["input0"]
-    assert report.params["input0"].bad_indices == (BAD,)
+    assert [p.name for p in report.failures] == ["x"]  # named after forward(self, x)
+    assert report.params["x"].bad_indices == (BAD,)
 
 
 def _state(tensors):
@@ -261,9 +261,9 @@ def test_which_inputs_are_checked_and_output_containers():
         return {"z": z, "rows": (z[index], index), "note": "text"}
 
     report = gt.check(fn, x, y, idx, 2.0)
-    assert report.passed and list(report.params) == ["input0"]
+    assert report.passed and list(report.params) == ["a"]  # fn's argument names
     both = gt.check(fn, x.detach(), y, idx, 2.0)  # none requires grad: every float tensor
-    assert both.passed and list(both.params) == ["input0", "input1"]
+    assert both.passed and list(both.params) == ["a", "b"]
 
 
 def test_float32_with_promote_runs_in_float64():
@@ -275,7 +275,7 @@ def test_float32_with_promote_runs_in_float64():
 
     report = gt.check(fn, *layer_norm_inputs(torch.float32, 4, 8), promote=True, samples=8)
     assert report.passed and set(seen) == {torch.float32, torch.float64}
-    assert report.params["input0"].rtol == pytest.approx(1e-5)
+    assert report.params["x"].rtol == pytest.approx(1e-5)
 
 
 def test_same_seed_same_report():

@@ -557,3 +557,32 @@ def test_promote_checks_float32_inputs_at_float64_tolerances():
         assert report.params["W"].rtol == 1e-5  # float64's, not float32's 2e-3
         # The analytic side is computed in float64 too (float32's would be off by ~1e-7).
         assert max(r.max_rel_error for r in report.params.values()) < 1e-8
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_an_adapters_own_outputs_contract_as_any_others(batched):
+    # The adapters' outputs (private float arrays) skip the copy and layout checks; the loss,
+    # and the rows a non-finite output makes NaN, are those of the general path.
+    from gradprobe.functional.contraction import Contraction, Roles
+    from gradprobe.layout import normalize_params
+
+    rng = np.random.default_rng(0)
+    shapes = [(3, 2), ()] if not batched else [(4, 3, 2), (4,)]
+    out_layout, _ = normalize_params([np.zeros(s[1:] if batched else s) for s in shapes])
+    cotangent = [rng.standard_normal(s) for s in out_layout.shapes]
+
+    def outputs():
+        arrays = [rng.standard_normal(s) for s in shapes]
+        arrays[0].reshape(-1)[5] = np.inf  # row 0 (batched) or the whole value
+        return arrays
+
+    values = outputs()
+    copies = [a.copy() for a in values]
+    losses = [
+        Contraction(lambda _x, v=v: v, {}, out_layout, cotangent, batched, Roles(), private=p)(
+            np.zeros((4, 1)) if batched else None
+        )
+        for v, p in ((values, True), (copies, False))
+    ]
+    np.testing.assert_array_equal(losses[0], losses[1])
+    assert np.isnan(losses[0]).any() and (not batched or np.isfinite(losses[0][1:]).all())

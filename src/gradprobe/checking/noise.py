@@ -21,7 +21,10 @@ from ..numerics.tolerances import NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, 
 
 
 def estimate_loss_noise(
-    evaluator: Evaluator, base_loss: float, rng: np.random.Generator
+    evaluator: Evaluator,
+    base_loss: float,
+    rng: np.random.Generator,
+    zero_gradient: bool = False,
 ) -> NoiseEstimate:
     """Measure the loss's rounding noise along a random direction over every parameter.
 
@@ -37,6 +40,17 @@ def estimate_loss_noise(
     :data:`NOISE_SCALING` until it does, at most :data:`MAX_NOISE_SCALINGS` times and never
     past the relative size float64's largest step has (``NoiseEstimate.step_scale`` says how
     far): float32 parameters get one scaling, float16 none.
+
+    With ``zero_gradient`` (the analytic gradient is zero in every entry) a loss flat at a few
+    ulps that changes at a larger step agrees with it: the loss is piecewise constant there
+    (round, floor, a step function), not computed coarsely, and the step is not enlarged
+    (status :data:`PIECEWISE_CONSTANT`, ``step_scale`` 1, no noise measured). Enlarged, it
+    would cross many of the loss's jumps, whose staircase reads as a slope that the zero
+    gradient misses; at the parameters' own step an entry's difference is zero, or a jump
+    that does not shrink with the step (classified as such, never as a wrong gradient). A
+    loss computed coarsely whose gradient is wrongly zero still changes at that step
+    (float32's or 1e-9's rounding is far finer than it) and fails; one computed in float16
+    does not (its zero gradient passes unverified, and the report's warning says so).
     """
     estimate = NoiseEstimate(0.0, 0, "flat")
     spent, scale = 0, 1.0
@@ -59,8 +73,24 @@ def estimate_loss_noise(
         if scale * NOISE_SCALING * coarsest > largest:
             break
         scale *= NOISE_SCALING
+    if zero_gradient and scale > 1.0 and estimate.status != "flat":
+        # Flat at a few ulps, changing at a larger step: piecewise constant (a loss flat at
+        # every step is constant there, "flat" as before).
+        return NoiseEstimate(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
     return replace(estimate, n_evaluations=spent, step_scale=scale)
 
+
+#: The noise status of a loss flat at a few ulps whose analytic gradient is zero everywhere.
+PIECEWISE_CONSTANT = "piecewise constant"
+#: The report's warning when the noise status is PIECEWISE_CONSTANT.
+PIECEWISE_NOTE = (
+    "the loss does not change when every parameter moves by a few ulps, and the gradient is "
+    "zero everywhere, as for a piecewise constant loss (round, floor, sign, a step function): "
+    "it was checked at the parameters' own step (not at one widened for a loss computed in "
+    "low precision), where a difference of zero agrees with the zero gradient and a jump of "
+    "the loss is listed, not failed. A smooth loss computed in float16 looks the same: its "
+    "zero gradient would pass unverified."
+)
 
 #: When the loss is flat at a few ulps, the noise estimate's step grows by this factor...
 NOISE_SCALING = 256.0

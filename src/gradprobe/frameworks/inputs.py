@@ -1,10 +1,12 @@
 """Which inputs of a framework function are checked, and what is held fixed (both adapters).
 
 :func:`checked_leaves` picks the floating-point tensors among the inputs' leaves (inside lists
-and tuples too) and names them ``input0``, ``input1[2]``... by position. :class:`Held` takes
-out what :func:`gradprobe.check` cannot perturb: an empty tensor among others (nothing to
-check there) and non-finite entries (a masked ``-inf``), which are held at their values in
-every call, get a gradient of zero, and are listed in the report as not checked.
+and tuples too), named by :func:`leaf_names` after the function's arguments (``x``,
+``w[2]``) or ``input0``, ``input1[2]``... by position; a refusal names each leaf's dtype.
+:class:`Held` takes out what :func:`gradprobe.check` cannot perturb: an empty tensor among
+others (nothing to check there) and non-finite entries (a masked ``-inf``), which are held at
+their values in every call, get a gradient of zero, and are listed in the report as not
+checked.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ def leaf_names(
 
 
 def checked_leaves(
-    inputs: Sequence[Any],
     leaves: Sequence[Any],
     names: Sequence[str],
     is_float: Callable[[Any], bool],
@@ -57,13 +58,29 @@ def checked_leaves(
     """The floating-point leaves for which ``wanted`` holds, else every floating-point leaf."""
     floats = [i for i, a in enumerate(leaves) if is_float(a)]
     if not floats:
-        found = [type(a).__name__ for a in inputs]
+        described = (f"{n}: {_describe(a)}" for n, a in zip(names, leaves, strict=True))
+        found = "; ".join(described) or "no inputs"
+        complex_hint = ""
+        if any("complex" in str(getattr(a, "dtype", "")) for a in leaves):
+            complex_hint = (
+                " A complex input is not checked: pass its real and imaginary parts as two "
+                "real inputs (torch.view_as_real, or x.real and x.imag) and rebuild it in fn."
+            )
         raise InvalidInputError(
             f"inputs: expected at least one floating-point {kind} to check, found {found}. Pass "
-            "the arrays fn differentiates, in float32 or float64."
+            "the arrays fn differentiates, in float32 or float64 (an integer or bool one is "
+            f"passed as it is, not checked).{complex_hint}"
         )
     chosen = [i for i in floats if wanted(leaves[i])] or floats
     return Checked(chosen, [names[i] for i in chosen])
+
+
+def _describe(value: Any) -> str:
+    """``Tensor of dtype torch.int64``, ``int``."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and hasattr(value, "shape"):
+        return f"{type(value).__name__} of dtype {dtype}"
+    return type(value).__name__
 
 
 @dataclass

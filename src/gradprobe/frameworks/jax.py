@@ -152,7 +152,7 @@ def _checked(
     """The leaves to check: those of the positions ``argnums``, or every floating-point one."""
     if argnums is None:
         return checked_leaves(
-            inputs, leaves, names, _is_float_array, lambda a: True, "jax or numpy array"
+            leaves, names, _is_float_array, lambda a: True, "jax or numpy array"
         )
     wanted = [argnums] if isinstance(argnums, int) else list(argnums)
     for i in wanted:
@@ -213,18 +213,48 @@ def _float_leaf(leaf: Any) -> bool:
 
 
 def _tangent_free(call: Callable[..., Any], xs: Sequence[Any]) -> list[bool]:
-    """Which outputs of ``call`` at ``xs`` have a tangent that does not depend on the input
-    tangents (``stop_gradient`` only, or constant): read from the jaxpr of the JVP."""
+    """Which outputs of ``call`` at ``xs`` are left out: their tangent does not depend on the
+    input tangents (read from the jaxpr of the JVP), and their value reaches the inputs only
+    through ``stop_gradient`` (or not at all). An output whose value does depend on them with
+    a zero tangent (``round``, ``floor``, ``sign``: piecewise constant) stays in: its zero
+    derivative is what gets checked."""
     tangents = [np.zeros(np.shape(x), np.asarray(x).dtype) for x in xs]
     try:
         closed = jax.make_jaxpr(lambda *t: jax.jvp(call, tuple(xs), tuple(t))[1])(*tangents)
+        primal = jax.make_jaxpr(call)(*xs)
     except Exception:
         return []  # undecided: every float output enters the reduction
     reached = set(closed.jaxpr.invars)
     for eqn in closed.jaxpr.eqns:
         if any(not hasattr(v, "val") and v in reached for v in eqn.invars):
             reached.update(eqn.outvars)
-    return [hasattr(v, "val") or v not in reached for v in closed.jaxpr.outvars]
+    free = [hasattr(v, "val") or v not in reached for v in closed.jaxpr.outvars]
+    valued = _reached(primal.jaxpr, [True] * len(primal.jaxpr.invars))
+    if len(valued) != len(free):
+        return free
+    return [f and not v for f, v in zip(free, valued, strict=True)]
+
+
+def _reached(jaxpr: Any, live: Sequence[bool]) -> list[bool]:
+    """Which outputs of ``jaxpr`` depend on its ``live`` inputs other than through
+    ``stop_gradient`` (nested jit calls followed; other nested bodies taken as reaching)."""
+    reached = {v for v, on in zip(jaxpr.invars, live, strict=True) if on}
+
+    def hit(v: Any) -> bool:
+        return not hasattr(v, "val") and v in reached
+
+    for eqn in jaxpr.eqns:
+        ins = [hit(v) for v in eqn.invars]
+        if not any(ins) or eqn.primitive.name == "stop_gradient":
+            continue
+        inner = eqn.params.get("jaxpr")
+        inner = getattr(inner, "jaxpr", inner)
+        if inner is not None and hasattr(inner, "eqns") and len(inner.invars) == len(ins):
+            outs = _reached(inner, ins)
+            reached.update(v for v, on in zip(eqn.outvars, outs, strict=False) if on)
+        else:
+            reached.update(eqn.outvars)
+    return [hit(v) for v in jaxpr.outvars]
 
 
 def _adapt(
@@ -269,7 +299,9 @@ def _adapt(
         if not _float_leaf(leaf):
             dropped.append(f"output {k} ({np.asarray(leaf).dtype}: not differentiable)")
         elif free and free[k]:
-            dropped.append(f"output {k} (does not depend on the inputs: stop_gradient only)")
+            dropped.append(
+                f"output {k} (does not depend on the inputs, or through stop_gradient only)"
+            )
         elif np.size(leaf) == 0:
             dropped.append(f"output {k} (empty, shape {np.shape(leaf)})")
         else:
@@ -305,6 +337,10 @@ def _adapt(
             raise RuntimeError("fn cannot be traced by jax.jit, so neither by jax.vmap")
 
         def batched(params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            if all(a.shape[0] == 1 for a in params.values()):
+                # One copy (the pre-flight's points): the jitted direct call, compiled for the
+                # value at the inputs already, instead of one more vmap compilation.
+                return [o[np.newaxis] for o in forward_np({n: a[0] for n, a in params.items()})]
             full, mapped = held.arrays(params, batched=True)
             b = max(a.shape[0] for a, m in zip(full, mapped, strict=True) if m)
             padded = _padded(b)

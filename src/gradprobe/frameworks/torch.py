@@ -40,6 +40,7 @@ from ..functional.adapted import (
 )
 from ..layout import validate_callable
 from ..report.model import Report
+from ..tree import argument_names
 from .inputs import Checked, checked_leaves, hold_fixed, leaf_names
 
 #: What the report's settings call the vectorized path.
@@ -69,9 +70,11 @@ def check(
     *inputs : tensors, lists of tensors and other arguments
         Passed to ``fn`` in order. The floating-point tensors that require grad are checked
         (all floating-point tensors when none does), at the top level or inside lists and
-        tuples, reported as ``input0``, ``input1[2]``... by position; the other arguments
-        (integer and bool tensors included) are passed as they are (tensors as private
-        copies). Empty tensors and non-finite entries are held fixed and listed.
+        tuples, reported by ``fn``'s argument names (``def f(x, w)``: ``x``, ``w[2]``...),
+        or as ``input0``, ``input1[2]``... by position where it has none (``*args``, a
+        builtin); the other arguments (integer and bool tensors included) are passed as they
+        are (tensors as private copies). Empty tensors and non-finite entries are held fixed
+        and listed.
     vectorize : True, False or "auto"
         Evaluate the perturbed copies with ``torch.func.vmap``, B per call. ``"auto"`` tries
         it once at the inputs and falls back to one call per entry, with a warning, when vmap
@@ -101,9 +104,10 @@ def check(
     validate_callable("fn", fn)
     vectorize = validate_vectorize(vectorize)
     leaves, spec = pytree.tree_flatten(list(inputs))
-    names = leaf_names(inputs, pytree.tree_flatten)
+    prefixes = argument_names(fn, len(inputs), "input")  # def f(x, w): "x", "w"
+    names = leaf_names(inputs, pytree.tree_flatten, prefixes)
     checked = checked_leaves(
-        inputs, leaves, names, _is_float_tensor, _requires_grad, "torch.Tensor"
+        leaves, names, _is_float_tensor, _requires_grad, "torch.Tensor"
     )
     args = [_private(a) for a in leaves]
 
@@ -130,7 +134,8 @@ def check_module(
 
     Like :func:`check` with ``fn = module`` (its ``forward``): every parameter that requires
     grad is checked under its ``named_parameters()`` name, then every floating-point tensor
-    input (``input0``...). Parameters are swapped in by ``torch.func.functional_call`` with
+    input, named after ``forward``'s arguments (``input0``... where it has no names, or they
+    clash with a parameter's). Parameters are swapped in by ``torch.func.functional_call`` with
     private copies of the buffers, so the module's parameters, buffers (batch-norm running
     statistics) and ``.grad`` are unchanged afterwards. Options as for :func:`check`.
     """
@@ -145,7 +150,9 @@ def check_module(
     buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
     positions = [i for i, a in enumerate(inputs) if _is_float_tensor(a)]
     args = [_private(a) for a in inputs]
-    names = [n for n, _ in trainable] + [f"input{i}" for i in positions]
+    taken = [n for n, _ in trainable]
+    prefixes = argument_names(module.forward, len(inputs), "input", taken=taken)
+    names = taken + [prefixes[i] for i in positions]
     if not names:
         raise InvalidInputError(
             "module: expected parameters that require grad or floating-point tensor inputs, "
@@ -303,6 +310,10 @@ def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Te
 
     def make_batched() -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
         def batched(params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            if all(a.shape[0] == 1 for a in params.values()):
+                # One copy (the pre-flight's and noise estimate's points): the direct call,
+                # as for the value at the inputs; vmap costs ~1 ms a call on its own.
+                return [o[np.newaxis] for o in forward({n: a[0] for n, a in params.items()})]
             xs, mapped = tensors(params, batched=True)
             in_dims = tuple(0 if m else None for m in mapped)
             with torch.no_grad():

@@ -143,7 +143,7 @@ def choose(
         return Vectorization(fn.forward, False, "off (vectorize=False): one call per entry")
     try:
         batched = fn.make_batched()
-        loss = Contraction(batched, {}, setup.out, setup.cotangent, True, roles)
+        loss = Contraction(batched, {}, setup.out, setup.cotangent, True, roles, private=True)
         problem = _vectorization_problem(loss, fn.base, setup)
     except Exception as exc:  # KeyboardInterrupt is not caught
         problem = f"it raised {short_error(exc)}"
@@ -184,7 +184,9 @@ def check_adapted(
         )
     setup = prepare(fn.forward, fn.base, None, None, options, roles, value=fn.value)
     vec = choose(fn, setup, vectorize, vmap_name, roles)
-    loss = Contraction(vec.forward, {}, setup.out, setup.cotangent, vec.batched, roles)
+    loss = Contraction(
+        vec.forward, {}, setup.out, setup.cotangent, vec.batched, roles, private=True
+    )
     grad = Backward(fn.backward, {}, setup.out, setup.cotangent, roles)
     notes = [*fn.warnings, *([] if vec.warning is None else [vec.warning])]
     if fn.not_checked:
