@@ -91,3 +91,20 @@ def test_concurrency_ratio_tells_parallel_calls_from_serialized_ones():
 def test_thread_safe_must_be_a_flag():
     with pytest.raises(gradprobe.InvalidInputError, match="thread_safe: expected True or False"):
         gradprobe.check(_loss, _grad, PARAMS, thread_safe="yes")
+
+
+def test_blas_libraries_are_rediscovered_only_after_new_imports(monkeypatch):
+    """Rediscovery reads the process's memory map (milliseconds): once per new import, not
+    once per check."""
+    calls = []
+    real = threads._blas_controller
+    monkeypatch.setattr(
+        threads, "_blas_controller", lambda refresh=False: calls.append(1) or real(refresh)
+    )
+    threads.refresh_blas_libraries()
+    threads.refresh_blas_libraries()
+    seen = len(calls)
+    assert seen <= 1
+    monkeypatch.setitem(__import__("sys").modules, "a_module_just_imported", object())
+    threads.refresh_blas_libraries()
+    assert len(calls) == seen + 1
