@@ -104,20 +104,10 @@ def check_picklable(loss: Callable[[Any], Any], backend: str) -> None:
         raise unpicklable(backend, exc) from exc
 
 
-def guarded(
-    call: Callable[[], list[Any]],
-    *,
-    backend: str,
-    layout: ParamLayout,
-    tasks: Sequence[ChunkTask],
-    param: int,
-    what: str,
-    rerun: Callable[[ChunkTask], Any],
-    deadline: float | None,
-) -> list[Any]:
+def guarded(call: Callable[[], list[Any]], *, backend: str, **where: Any) -> list[Any]:
     """``call()``'s results, with a loss that cannot be pickled and a worker's death turned
-    into gradprobe's errors (the death localized by re-running ``tasks``:
-    :func:`worker_died_error`); gradprobe's own errors and Ctrl-C pass through."""
+    into gradprobe's errors (the death localized by :func:`worker_died_error`, which takes
+    ``where``); gradprobe's own errors and Ctrl-C pass through."""
     try:
         return call()
     except (GradCheckError, KeyboardInterrupt):
@@ -125,16 +115,7 @@ def guarded(
     except Exception as exc:
         if is_pickling_error(exc):
             raise unpicklable(backend, exc) from exc
-        raise worker_died_error(
-            exc,
-            backend=backend,
-            layout=layout,
-            tasks=tasks,
-            param=param,
-            what=what,
-            rerun=rerun,
-            deadline=deadline,
-        ) from exc
+        raise worker_died_error(exc, backend=backend, **where) from exc
 
 
 # -- crash localization --------------------------------------------------------------------------
