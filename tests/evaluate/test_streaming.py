@@ -171,3 +171,47 @@ def test_a_pool_that_does_not_pay_its_start_is_started_for_the_next_check(monkey
     assert "already running" in second.measured["executor"]
     assert report_core(first) == report_core(serial) == report_core(second)
     pool.shutdown_workers()
+
+
+KILLED = """
+import os, time, numpy as np, gradprobe
+from dataclasses import replace
+from gradprobe.evaluate import parallel
+parallel.DEFAULT_POLICY = replace(
+    parallel.DEFAULT_POLICY, min_dispatch_seconds=0.0, process_start_seconds=0.0
+)
+def loss(w):
+    if w[0] != 0.5:
+        time.sleep(0.05)
+    return float(w @ w)
+print(os.getpid(), flush=True)
+gradprobe.check(loss, lambda w: 2 * w, np.full(200, 0.5), n_jobs=2, samples="all")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="published to /dev/shm on Linux")
+def test_a_killed_check_leaves_no_published_state_behind(tmp_path):
+    """The state published to shared memory is registered with loky's resource tracker,
+    which removes it when the check's process is killed before it could."""
+    import glob
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    pattern = f"/dev/shm/gradprobe-{pid}-*"
+    deadline = time.monotonic() + 60
+    while not glob.glob(pattern) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert glob.glob(pattern), "the check never published its state"
+    os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while glob.glob(pattern) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not glob.glob(pattern)

@@ -10,8 +10,9 @@ copy-on-write, so its working copy costs memory only for the pages a perturbatio
 and it keeps them for the check's later tasks, perturbing in place and restoring the saved
 value after each evaluation (as the in-process loop does).
 
-The folder is removed when the check ends (:meth:`WorkerState.close`) and, for what a killed
-check left, at interpreter exit.
+The folder is removed when the check ends (:meth:`WorkerState.close`), at interpreter exit,
+and, when this process is killed first, by loky's resource tracker (it outlives the process
+and removes what was registered with it, as for joblib's own memory-mapped folders).
 """
 
 from __future__ import annotations
@@ -47,10 +48,28 @@ def _shared_root() -> str:
     return tempfile.gettempdir()
 
 
+def _tracker() -> Any:
+    """loky's resource tracker: a process that removes the folders registered with it when
+    this process dies without removing them (killed, or ended by os._exit), as joblib's own
+    memory-mapped folders are; None without loky."""
+    try:
+        from joblib.externals.loky.backend import resource_tracker
+    except ImportError:  # pragma: no cover
+        return None
+    return resource_tracker
+
+
+def _remove(folder: str) -> None:
+    tracker = _tracker()
+    if tracker is not None:
+        tracker.unregister(folder, "folder")
+    shutil.rmtree(folder, ignore_errors=True)
+    _published.discard(folder)
+
+
 def _remove_leftovers() -> None:
     for folder in list(_published):
-        shutil.rmtree(folder, ignore_errors=True)
-        _published.discard(folder)
+        _remove(folder)
 
 
 atexit.register(_remove_leftovers)
@@ -92,22 +111,23 @@ class WorkerState:
         payload = cloudpickle.dumps((self.loss, self.layout))
         folder = tempfile.mkdtemp(prefix=f"gradprobe-{os.getpid()}-", dir=_shared_root())
         _published.add(folder)
+        tracker = _tracker()
+        if tracker is not None:
+            tracker.register(folder, "folder")
         try:
             with open(os.path.join(folder, "loss.pkl"), "wb") as f:
                 f.write(payload)
             for k, a in enumerate(self.arrays):
                 np.save(os.path.join(folder, f"{k}.npy"), a, allow_pickle=False)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            _published.discard(folder)
+            _remove(folder)
             raise
         self.folder = folder
 
     def close(self) -> None:
         """Remove the published folder (workers that attached keep their mappings)."""
         if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            _published.discard(self.folder)
+            _remove(self.folder)
             self.folder = None
 
     def __reduce__(self) -> tuple[Any, ...]:
