@@ -196,9 +196,9 @@ def _sigint_held() -> Iterator[None]:
     """Block SIGINT in this thread for the block: processes started in it begin with it
     blocked (the mask is inherited; the worker's initializer ignores, then unblocks it), so a
     Ctrl-C sent to the process group reaches the parent alone, which stops them. The parent's
-    own Ctrl-C is not lost: another thread takes it, or it waits for the block's end. (Ignoring
-    SIGINT here lost a Ctrl-C that came meanwhile.) Where masks are missing, SIGINT is ignored
-    for the block (main thread only)."""
+    own Ctrl-C is not lost: it is held back and raised when the block ends. (Ignoring SIGINT
+    here lost a Ctrl-C that came meanwhile.) Where masks are missing, SIGINT is ignored for
+    the block (main thread only)."""
     if hasattr(signal, "pthread_sigmask"):
         # The resource trackers unblock SIGINT when they start: started first, they are running.
         from multiprocessing import resource_tracker
@@ -207,11 +207,22 @@ def _sigint_held() -> Iterator[None]:
 
         loky_tracker.ensure_running()
         resource_tracker.ensure_running()
+        # Another thread (a BLAS thread) may still take a Ctrl-C: recorded here, raised after
+        # the block, so it never interrupts the executor half-built (whose semaphores would
+        # then leak, and loky's resource tracker print about them at exit).
+        caught: list[int] = []
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+                if caught:
+                    signal.raise_signal(signal.SIGINT)
         return
     if threading.current_thread() is not threading.main_thread():  # pragma: no cover
         yield
