@@ -117,10 +117,8 @@ class Feeder:
             self._pump()
             return [s.future.result() for s in slots]
         except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, GradCheckError)) or not isinstance(
-                exc, Exception
-            ):
-                self.stop()
+            if isinstance(exc, GradCheckError) or not isinstance(exc, Exception):
+                self.stop()  # Ctrl-C, the time limit: not a worker's failure
             raise
 
     def collect(

@@ -14,7 +14,6 @@ the same bit for bit.
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import time
@@ -24,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..errors import InvalidInputError
-from .ahead import Feeder, Request, pool_submitter
+from .ahead import Feeder, Request, chunk_bounds, pool_submitter
 from .base import RowRunner
 from .loops import ChunkResult, ChunkTask, raise_chunk_error
 from .policy import DispatchPolicy
-from .pool import loky_options, pool_alive, pool_ready, warm_up
+from .pool import pool_alive, pool_ready, warm_up
 from .threads import one_blas_thread, threads_pay
 from .workers import PROCESS_BACKENDS, check_picklable, guarded
 
@@ -148,14 +147,11 @@ class JoblibWorkers:
                 self.kept_reason = str(exc).split(";")[0]
 
     def _make_parallel(self) -> Any:
-        """A ``joblib.Parallel`` for the configured backend (on loky, the pool's options:
-        :mod:`gradprobe.evaluate.pool`; tasks then go to the pool directly, see :meth:`_call`)."""
+        """A ``joblib.Parallel`` for the configured backend: it names the backend; on loky the
+        tasks go to gradprobe's own pool instead (:meth:`_call`, :mod:`gradprobe.evaluate.pool`)."""
         import joblib
 
-        parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer=self.prefer)
-        if type(parallel._backend).__name__ != "LokyBackend":
-            return parallel
-        return joblib.Parallel(n_jobs=self.n_jobs, prefer="processes", **loky_options())
+        return joblib.Parallel(n_jobs=self.n_jobs, prefer=self.prefer)
 
     def plan(self, ev: Evaluator, n_evaluations: int) -> None:
         """The check's whole plan: ``n_evaluations`` to come. When they pay for the workers
@@ -296,15 +292,10 @@ class JoblibWorkers:
         m = values.shape[0]
         task = self.rows.chunk_task(ev, param, flat_index, values)
         assert task is not None  # entry rows always have a worker task
-        out = np.empty(values.shape)
         where = f"entries 0..{m - 1} of the {m} checked"
         bounds = self._chunks(m)
         results = self._run(ev, [task.part(a, b) for a, b in bounds], param, where)
-        for (a, b), res in zip(bounds, results, strict=True):
-            if res.error is not None:
-                raise_chunk_error(ev, res, param, flat_index[a:b])
-            out[a:b] = res.losses
-        return out
+        return _entry_losses_of(ev, param, flat_index, values.shape, bounds, results)
 
     def _entries_in_process(
         self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
@@ -337,9 +328,7 @@ class JoblibWorkers:
 
     def _chunks(self, m: int) -> list[tuple[int, int]]:
         """Chunk bounds for ``m`` rows: ``chunks_per_worker`` per worker, as even as possible."""
-        n_chunks = min(m, self.n_workers * max(1, int(self.policy.chunks_per_worker)))
-        edges = np.linspace(0, m, n_chunks + 1).round().astype(int)
-        return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
+        return chunk_bounds(m, self.n_workers * max(1, int(self.policy.chunks_per_worker)))
 
     def _call(self, tasks: list[ChunkTask]) -> list[ChunkResult]:
         if self._direct:
@@ -383,13 +372,8 @@ class JoblibWorkers:
             # A worker died while this block was out, perhaps of another block's entry:
             # evaluate it again the ordinary way, which finds the entry if it is this one's.
             return self._dispatch_entries(ev, param, flat_index, values)
-        out = np.empty(values.shape)
-        for (a, b), res in zip(sent[0], results, strict=True):
-            if res.error is not None:
-                raise_chunk_error(ev, res, param, flat_index[a:b])
-            out[a:b] = res.losses
-            self.worker_ids.add(res.worker)
-        return out
+        self.worker_ids.update(res.worker for res in results)
+        return _entry_losses_of(ev, param, flat_index, values.shape, sent[0], results)
 
     def _run(
         self, ev: Evaluator, tasks: list[ChunkTask], param: int, what: str
@@ -435,3 +419,21 @@ class JoblibWorkers:
         if self._entered and self._parallel is not None:
             self._entered = False
             self._parallel.__exit__(None, None, None)
+
+
+def _entry_losses_of(
+    ev: Evaluator,
+    param: int,
+    flat_index: np.ndarray,
+    shape: tuple[int, ...],
+    bounds: list[tuple[int, int]],
+    results: list[ChunkResult],
+) -> np.ndarray:
+    """The losses of entry rows from their chunks' results; a chunk's error raised as the
+    in-process loop raises it."""
+    out = np.empty(shape)
+    for (a, b), res in zip(bounds, results, strict=True):
+        if res.error is not None:
+            raise_chunk_error(ev, res, param, flat_index[a:b])
+        out[a:b] = res.losses
+    return out

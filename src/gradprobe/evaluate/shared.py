@@ -5,7 +5,7 @@ a Dask or multiprocessing worker it travels by value, like any task argument. Fo
 own loky pool it is *published* once (:meth:`WorkerState.publish`): the parameters are written
 to a folder in shared memory (``/dev/shm`` where there is one) and the loss and layout are
 pickled there once; a task then carries only the folder's path and a token. Each worker
-attaches on its first task of the check (:func:`attached`): it maps the parameters
+attaches on its first task of the check (:func:`_by_reference`): it maps the parameters
 copy-on-write, so its working copy costs memory only for the pages a perturbation touches,
 and it keeps them for the check's later tasks, perturbing in place and restoring the saved
 value after each evaluation (as the in-process loop does).
