@@ -12,13 +12,19 @@ def _dispatch_every_parallel_call(monkeypatch):
     In normal use small calls stay in the calling process (``DispatchPolicy``'s
     ``min_dispatch_seconds`` and ``process_start_seconds``); the tests use small, fast losses
     that would otherwise never reach a worker. Evaluators built without an explicit ``policy``
-    use this one.
+    use this one. The check's own process does not take chunks here (it would take them all
+    before a worker is up): tests of that path set ``this_process_evaluates`` themselves.
     """
     from dataclasses import replace
 
     from gradprobe.evaluate import parallel
 
-    policy = replace(parallel.DEFAULT_POLICY, min_dispatch_seconds=0.0, process_start_seconds=0.0)
+    policy = replace(
+        parallel.DEFAULT_POLICY,
+        min_dispatch_seconds=0.0,
+        process_start_seconds=0.0,
+        this_process_evaluates=False,
+    )
     monkeypatch.setattr(parallel, "DEFAULT_POLICY", policy)
 
 

@@ -108,13 +108,13 @@ def test_prefetch_is_collected_by_the_matching_request_only(monkeypatch):
             values = np.stack([base[0].reshape(-1)[idx] + 1e-3, base[0].reshape(-1)[idx]], axis=1)
             other = np.array([1, 2], dtype=np.int64)
             ev.prefetch([(0, idx, values), (0, other, values[:2])])
-            assert len(ev.placement.feeder) == 2
+            assert len(ev.placement.feeder(ev)) == 2
             got = ev.entry_losses(0, idx, values)
-            assert len(ev.placement.feeder) == 1
+            assert len(ev.placement.feeder(ev)) == 1
             again = ev.entry_losses(0, idx, values)  # no longer sent ahead: evaluated anew
             assert np.array_equal(got, again)
             assert got[0, 1] == got[1, 1] == got[2, 1]  # each column 1 is the base point
-        assert len(ev.placement.feeder) == 0
+        assert len(ev.placement.feeder(ev)) == 0
 
 
 def test_a_published_state_travels_as_a_path_and_workers_map_it_copy_on_write():
@@ -181,8 +181,7 @@ parallel.DEFAULT_POLICY = replace(
     parallel.DEFAULT_POLICY, min_dispatch_seconds=0.0, process_start_seconds=0.0
 )
 def loss(w):
-    if w[0] != 0.5:
-        time.sleep(0.05)
+    time.sleep(0.05)  # long enough for a worker to start and take tasks
     return float(w @ w)
 print(os.getpid(), flush=True)
 gradprobe.check(loss, lambda w: 2 * w, np.full(200, 0.5), n_jobs=2, samples="all")

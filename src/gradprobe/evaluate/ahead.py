@@ -8,6 +8,12 @@ tasks per worker in the pool's queue (as joblib's pre-dispatch does: a pool stop
 queued tasks trips loky's manager thread) and tops the queue up whenever this process waits
 for a result; the rest wait in order. A block sent ahead is collected when the check asks for
 the same rows (:meth:`Feeder.take`).
+
+The check's own process is one of the evaluators: while it waits for a result it takes the
+next task that is not in the pool's queue yet and runs it itself (``local``), and it sends
+nothing to the pool before a worker is up (``ready``). So a check never waits for workers to
+start (the process evaluates alone meanwhile), the pool has one worker fewer than the cores,
+and a plan's first and last chunks do not idle a core.
 """
 
 from __future__ import annotations
@@ -77,11 +83,27 @@ class _Slot:
 
 class Feeder:
     """Sends tasks to the pool in order, at most ``n_workers * IN_FLIGHT_PER_WORKER`` queued
-    there at once (see the module); ``submit`` is the pool's ``submit``."""
+    there at once (see the module); ``submit`` is the pool's ``submit``.
 
-    def __init__(self, submit: Callable[[ChunkTask], Any], n_workers: int) -> None:
+    With ``local`` (``local(task)`` runs a task in this process and returns its
+    :class:`ChunkResult`), this process takes the next waiting task whenever it waits, and
+    ``ready()`` says whether a worker is up to take tasks (none are sent before)."""
+
+    def __init__(
+        self,
+        submit: Callable[[ChunkTask], Any],
+        n_workers: int,
+        *,
+        local: Callable[[ChunkTask], ChunkResult] | None = None,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._submit = submit
         self._limit = max(1, n_workers * IN_FLIGHT_PER_WORKER)
+        self.n_workers = max(1, n_workers)
+        self.local = local
+        self._ready = ready
+        #: Tasks this process ran itself.
+        self.ran_here = 0
         self._waiting: deque[_Slot] = deque()
         self._running: list[_Slot] = []
         self._sent: dict[tuple[int, bytes, bytes], tuple[list[tuple[int, int]], list[_Slot]]] = {}
@@ -92,6 +114,8 @@ class Feeder:
 
     def _pump(self) -> None:
         self._running = [s for s in self._running if not s.future.done()]
+        if self.local is not None and self._waiting and not self._ready():
+            return  # no worker up yet: this process takes the tasks meanwhile
         while self._waiting and len(self._running) < self._limit:
             slot = self._waiting.popleft()
             slot.future = self._submit(slot.task)
@@ -111,6 +135,9 @@ class Feeder:
         try:
             while not all(s.done for s in slots):
                 self._pump()
+                if self.local is not None and self._waiting:
+                    self._run_here(self._waiting.popleft())
+                    continue
                 pending = [s.future for s in self._running if not s.future.done()]
                 if pending:
                     concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -118,8 +145,17 @@ class Feeder:
             return [s.future.result() for s in slots]
         except BaseException as exc:
             if isinstance(exc, GradCheckError) or not isinstance(exc, Exception):
-                self.stop()  # Ctrl-C, the time limit: not a worker's failure
+                # Ctrl-C, the time limit (not a worker's failure): the workers stop too,
+                # even idle or starting ones (the user stopped the check).
+                self.stop(workers=True)
             raise
+
+    def _run_here(self, slot: _Slot) -> None:
+        assert self.local is not None
+        future: concurrent.futures.Future[ChunkResult] = concurrent.futures.Future()
+        future.set_result(self.local(slot.task))
+        slot.future = future
+        self.ran_here += 1
 
     def collect(
         self, bounds: list[tuple[int, int]], slots: list[_Slot]
@@ -143,7 +179,7 @@ class Feeder:
     ) -> None:
         """Queue every request, cut in chunks (at least ``min_chunks_per_worker`` per worker
         over the whole plan, each of :data:`CHUNK_SECONDS` of work where there is enough)."""
-        n_workers = self._limit // IN_FLIGHT_PER_WORKER
+        n_workers = self.n_workers + (self.local is not None)
         sizes = [int(v.size) for _, _, v in requests]
         total = max(1, sum(sizes))
         n_chunks = max(
@@ -164,12 +200,12 @@ class Feeder:
         """The chunk bounds and slots of the block sent for exactly these rows (once)."""
         return self._sent.pop(request_key(param, flat_index, values), None)
 
-    def stop(self) -> None:
+    def stop(self, workers: bool = False) -> None:
         """Drop what waits; stop the workers if any task of this feeder is still running
-        (so the next check does not queue behind a stopped one's work)."""
+        (so the next check does not queue behind a stopped one's work), or ``workers``."""
         self._waiting.clear()
         self._sent.clear()
         running = [s for s in self._running if not s.future.done()]
         self._running = []
-        if running:
+        if running or workers:
             shutdown_workers()

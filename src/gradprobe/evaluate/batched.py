@@ -217,6 +217,11 @@ class BatchedCalls:
                     raise ev.wrap_error(exc, param, None) from exc
         return out
 
+    def run_chunk(self, ev: Evaluator, task: ChunkTask) -> ChunkResult:
+        """``task`` run in this process as a worker runs it (not charged: its block was)."""
+        with one_blas_thread():
+            return task.run(task)
+
     def chunk_task(
         self, ev: Evaluator, param: int, flat_index: np.ndarray | None, values: np.ndarray
     ) -> ChunkTask | None:

@@ -212,6 +212,24 @@ def raise_chunk_error(
     raise ev.wrap_error(exc, param, flat) from exc
 
 
+def entry_losses_of(
+    ev: Evaluator,
+    param: int,
+    flat_index: np.ndarray,
+    shape: tuple[int, ...],
+    bounds: list[tuple[int, int]],
+    results: list[ChunkResult],
+) -> np.ndarray:
+    """The losses of entry rows from their chunks' results; a chunk's error raised as the
+    in-process loop raises it."""
+    out = np.empty(shape)
+    for (a, b), res in zip(bounds, results, strict=True):
+        if res.error is not None:
+            raise_chunk_error(ev, res, param, flat_index[a:b])
+        out[a:b] = res.losses
+    return out
+
+
 class EntryLoop:
     """Row runner: one loss call per perturbed row, on working copies perturbed in place.
 
@@ -281,3 +299,29 @@ class EntryLoop:
         """The worker task for entry rows (``flat_index`` given) or replacement vectors."""
         run = vector_chunk if flat_index is None else entry_chunk
         return ChunkTask(run, ev.worker_state, param, str(os.getpid()), values, flat_index)
+
+    def run_chunk(self, ev: Evaluator, task: ChunkTask) -> ChunkResult:
+        """``task`` run in this process as a worker runs it, on this runner's working copies
+        (not charged: its block was)."""
+        work = self._working_copies(ev)
+        param = task.param
+        flat = work[param].reshape(-1)
+        where = f"with {ev.layout.names[param]!r} perturbed"
+        loss, pack = ev.loss, ev.layout.pack
+
+        def call() -> float:
+            return as_scalar_loss(loss(pack(work)), where)
+
+        # Nothing to count, but the time limit holds between evaluations as in the serial loop.
+        on_time = None if ev.deadline is None else lambda: ev.charge(0)
+        with one_blas_thread():
+            if task.flat_index is None:
+                out = np.empty(task.n_rows)
+                base = ev.base[param].reshape(-1)
+                failure = replace_vectors(call, flat, base, task.values, out, on_time)
+            else:
+                out = np.empty(task.values.shape)
+                failure = perturb_entries(call, flat, task.flat_index, task.values, out, on_time)
+        if failure is None:
+            return ChunkResult(out, worker_id(), -1, None)
+        return ChunkResult(out, worker_id(), failure[0], failure[1])

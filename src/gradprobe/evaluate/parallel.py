@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from .ahead import Feeder, Request, chunk_bounds, pool_submitter
 from .base import RowRunner
-from .loops import ChunkResult, ChunkTask, raise_chunk_error
+from .loops import ChunkResult, ChunkTask, entry_losses_of, raise_chunk_error
 from .policy import DispatchPolicy
 from .pool import pool_alive, pool_ready, warm_up
 from .threads import one_blas_thread, threads_pay
@@ -65,6 +65,12 @@ class WorkerRows(RowRunner, Protocol):
     ) -> ChunkTask | None:
         """The worker task for entry rows (``flat_index`` given) or replacement vectors
         (``flat_index`` None); None when such rows always run in this process."""
+        ...
+
+    def run_chunk(self, ev: Evaluator, task: ChunkTask) -> ChunkResult:
+        """One of its worker tasks run in this process, as a worker runs it (one BLAS
+        thread; the loss's failure packed in the result), without charging the evaluations:
+        the block they belong to was charged."""
         ...
 
 
@@ -183,10 +189,10 @@ class JoblibWorkers:
                 return
         if self._direct and not warm and self.prefer != "threads":
             # The pool starts in the background whenever the plan's work pays for dispatching
-            # it: its start-up overlaps this check (which sends blocks only once a worker is
-            # up) and later checks of this process find it running.
+            # it: its start-up overlaps this check (this process evaluates the blocks alone
+            # until a worker is up) and later checks of this process find it running.
             self._warming = True
-            warm_up(self.n_workers)
+            warm_up(self.pool_size)
         processes = self.backend_name in PROCESS_BACKENDS
         self._pays_with_start = not processes or not self.starts_processes or pays(True)
         self.planned = True
@@ -234,10 +240,20 @@ class JoblibWorkers:
         self._calibrated = self._calibrated or n_evaluations >= 2
 
     @property
+    def pool_size(self) -> int:
+        """Worker processes of gradprobe's own pool: this process is one of the
+        ``n_workers`` evaluators (:mod:`gradprobe.evaluate.ahead`) unless the policy says not."""
+        return max(1, self.n_workers - self.policy.this_process_evaluates)
+
+    @property
     def starts_processes(self) -> bool:
-        """Whether a dispatch now would first have to start process workers."""
+        """Whether a dispatch now would first have to start process workers. On gradprobe's
+        own pool a dispatch never waits for them (this process evaluates alone until one is
+        up): a pool starting or running costs nothing more."""
         if self.backend_name not in PROCESS_BACKENDS or self._started_processes:
             return False
+        if self._direct:
+            return not (self._warming or pool_alive())
         return not (self.backend_name == "loky" and pool_ready())
 
     def worth_dispatching(self, n_evaluations: int) -> bool:
@@ -295,7 +311,7 @@ class JoblibWorkers:
         where = f"entries 0..{m - 1} of the {m} checked"
         bounds = self._chunks(m)
         results = self._run(ev, [task.part(a, b) for a, b in bounds], param, where)
-        return _entry_losses_of(ev, param, flat_index, values.shape, bounds, results)
+        return entry_losses_of(ev, param, flat_index, values.shape, bounds, results)
 
     def _entries_in_process(
         self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
@@ -330,19 +346,30 @@ class JoblibWorkers:
         """Chunk bounds for ``m`` rows: ``chunks_per_worker`` per worker, as even as possible."""
         return chunk_bounds(m, self.n_workers * max(1, int(self.policy.chunks_per_worker)))
 
-    def _call(self, tasks: list[ChunkTask]) -> list[ChunkResult]:
+    def _call(self, ev: Evaluator, tasks: list[ChunkTask]) -> list[ChunkResult]:
         if self._direct:
-            feeder = self.feeder
+            feeder = self.feeder(ev)
             return feeder.results(feeder.queue(tasks))
         import joblib
 
         return list(self._parallel([joblib.delayed(t.run)(t) for t in tasks]))
 
-    @property
-    def feeder(self) -> Feeder:
-        """The feeder of gradprobe's loky pool (:mod:`gradprobe.evaluate.ahead`)."""
+    def feeder(self, ev: Evaluator) -> Feeder:
+        """The feeder of gradprobe's loky pool (:mod:`gradprobe.evaluate.ahead`), with this
+        process as one of the evaluators; the pool starts now (in the background) if it is
+        not running."""
         if self._feeder is None:
-            self._feeder = Feeder(pool_submitter(self.n_workers), self.n_workers)
+            warm_up(self.pool_size)
+            self._feeder = Feeder(
+                pool_submitter(self.pool_size),
+                self.pool_size,
+                local=(
+                    (lambda task: self.rows.run_chunk(ev, task))
+                    if self.policy.this_process_evaluates
+                    else None
+                ),
+                ready=pool_ready,
+            )
         return self._feeder
 
     # -- blocks sent ahead ---------------------------------------------------------------------
@@ -357,7 +384,7 @@ class JoblibWorkers:
             return
         self._started_processes = True
         self.dispatched += 1
-        self.feeder.send(
+        self.feeder(ev).send(
             requests,
             min_chunks_per_worker=int(self.policy.chunks_per_worker),
             loss_seconds=self.loss_seconds or 1e-3,
@@ -367,13 +394,13 @@ class JoblibWorkers:
     def _collect_sent(
         self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray, sent: Any
     ) -> np.ndarray:
-        results = self.feeder.collect(*sent)
+        results = self.feeder(ev).collect(*sent)
         if results is None:
             # A worker died while this block was out, perhaps of another block's entry:
             # evaluate it again the ordinary way, which finds the entry if it is this one's.
             return self._dispatch_entries(ev, param, flat_index, values)
         self.worker_ids.update(res.worker for res in results)
-        return _entry_losses_of(ev, param, flat_index, values.shape, sent[0], results)
+        return entry_losses_of(ev, param, flat_index, values.shape, sent[0], results)
 
     def _run(
         self, ev: Evaluator, tasks: list[ChunkTask], param: int, what: str
@@ -383,7 +410,7 @@ class JoblibWorkers:
             self._entered = True
         self.dispatched += 1
         self._started_processes = True
-        return self._guarded(ev, tasks, param, what, lambda: self._call(tasks))
+        return self._guarded(ev, tasks, param, what, lambda: self._call(ev, tasks))
 
     def _guarded(
         self,
@@ -402,7 +429,7 @@ class JoblibWorkers:
                 tasks=tasks,
                 param=param,
                 what=what,
-                rerun=lambda task: self._call([task]),
+                rerun=lambda task: self._call(ev, [task]),
                 deadline=ev.deadline,
             )
         for res in results:
@@ -420,20 +447,3 @@ class JoblibWorkers:
             self._entered = False
             self._parallel.__exit__(None, None, None)
 
-
-def _entry_losses_of(
-    ev: Evaluator,
-    param: int,
-    flat_index: np.ndarray,
-    shape: tuple[int, ...],
-    bounds: list[tuple[int, int]],
-    results: list[ChunkResult],
-) -> np.ndarray:
-    """The losses of entry rows from their chunks' results; a chunk's error raised as the
-    in-process loop raises it."""
-    out = np.empty(shape)
-    for (a, b), res in zip(bounds, results, strict=True):
-        if res.error is not None:
-            raise_chunk_error(ev, res, param, flat_index[a:b])
-        out[a:b] = res.losses
-    return out

@@ -38,6 +38,11 @@ class DispatchPolicy:
         Chunks of entries per worker (and per numba thread): enough to balance uneven chunks
         and to check the deadline between rounds, few enough that per-task overhead stays
         small.
+    this_process_evaluates : bool
+        On gradprobe's own process pool, the check's process is one of the ``n_jobs``
+        evaluators (the pool has one worker fewer): it runs the next chunk whenever it would
+        wait, and every chunk until a worker is up, so a check never waits for workers to
+        start. False: every dispatched chunk goes to a worker (tests of workers use it).
     """
 
     min_dispatch_seconds: float = 0.2
@@ -45,6 +50,7 @@ class DispatchPolicy:
     auto_dispatch_seconds: float = 0.25
     block_dispatch_seconds: float = 0.03
     chunks_per_worker: int = 4
+    this_process_evaluates: bool = True
 
     def plan_pays(
         self,
