@@ -214,3 +214,26 @@ def test_a_killed_check_leaves_no_published_state_behind(tmp_path):
     while glob.glob(pattern) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not glob.glob(pattern)
+
+
+@pytest.mark.parametrize(
+    ("rows", "per_row", "largest", "smallest"),
+    [([256, 256, 128, 10], [2, 2, 2, 2], 72.0, 12.0), ([1000], [1], 50.0, 5.0), ([3, 0, 5], [4, 4, 4], 2.0, 1.0)],
+)
+def test_a_plan_is_cut_in_chunks_that_taper_at_its_end(rows, per_row, largest, smallest):
+    from gradprobe.evaluate.ahead import tapered_bounds
+
+    plan = tapered_bounds(rows, per_row, 2, largest, smallest)
+    sizes = []
+    for m, k, bounds in zip(rows, per_row, plan, strict=True):
+        # Every row once, in order.
+        assert [a for a, _ in bounds] == [0, *(b for _, b in bounds[:-1])][: len(bounds)]
+        assert (bounds[-1][1] if bounds else 0) == m
+        sizes += [(b - a) * k for a, b in bounds]
+    # No chunk above the largest size (but for a sliver merged at a request's end) ...
+    assert max(sizes) <= 1.5 * largest + max(per_row)
+    # ... the first ones at it where the plan is long, the last ones down to the smallest.
+    if sum(sizes) > 8 * largest and largest > 4 * max(per_row):
+        assert sizes[0] >= largest - max(per_row)
+        assert sizes[-1] <= 1.5 * smallest + max(per_row)
+        assert sizes[-1] < sizes[0]

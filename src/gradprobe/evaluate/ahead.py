@@ -67,6 +67,30 @@ def chunk_bounds(m: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
+def tapered_bounds(
+    rows: list[int], per_row: list[int], n_evaluators: int, largest: float, smallest: float
+) -> list[list[tuple[int, int]]]:
+    """Chunk bounds for a plan of requests (``rows[i]`` rows of ``per_row[i]`` evaluations
+    each), in order: chunks of ``largest`` evaluations while much work remains, tapering to
+    ``smallest`` at the end (each a ``1 / (2 * n_evaluators)`` share of what remains, as in
+    guided scheduling), so the evaluators finish together instead of one waiting for another's
+    last big chunk."""
+    remaining = float(sum(m * k for m, k in zip(rows, per_row, strict=True)))
+    smallest = min(smallest, largest)
+    out = []
+    for m, k in zip(rows, per_row, strict=True):
+        bounds, a = [], 0
+        while a < m:
+            evals = min(largest, max(smallest, remaining / (2 * n_evaluators)))
+            step = max(1, round(evals / max(1, k)))
+            b = m if m - (a + step) < step / 2 else a + step  # no sliver at the end
+            bounds.append((a, b))
+            remaining -= (b - a) * k
+            a = b
+        out.append(bounds)
+    return out
+
+
 class _Slot:
     """One task's place in the feeder: its future once submitted."""
 
@@ -177,20 +201,26 @@ class Feeder:
         loss_seconds: float,
         task_for: Callable[[Request], ChunkTask | None],
     ) -> None:
-        """Queue every request, cut in chunks (at least ``min_chunks_per_worker`` per worker
-        over the whole plan, each of :data:`CHUNK_SECONDS` of work where there is enough)."""
+        """Queue every request, cut in chunks: at least ``min_chunks_per_worker`` per worker
+        over the whole plan, at most :data:`MAX_CHUNKS_PER_WORKER` of the largest size, which
+        taper to :data:`CHUNK_SECONDS` of work at the end (:func:`tapered_bounds`)."""
         n_workers = self.n_workers + (self.local is not None)
-        sizes = [int(v.size) for _, _, v in requests]
-        total = max(1, sum(sizes))
+        total = max(1, sum(int(v.size) for _, _, v in requests))
         n_chunks = max(
             n_workers * max(1, min_chunks_per_worker),
             min(int(total * loss_seconds / CHUNK_SECONDS), MAX_CHUNKS_PER_WORKER * n_workers),
         )
-        for request, size in zip(requests, sizes, strict=True):
+        plan = tapered_bounds(
+            [v.shape[0] for _, _, v in requests],
+            [v.shape[1] for _, _, v in requests],
+            n_workers,
+            largest=total / n_chunks,
+            smallest=CHUNK_SECONDS / max(loss_seconds, 1e-9),
+        )
+        for request, bounds in zip(requests, plan, strict=True):
             task = task_for(request)
             if task is None:
                 continue
-            bounds = chunk_bounds(request[2].shape[0], round(n_chunks * size / total))
             slots = self.queue([task.part(a, b) for a, b in bounds])
             self._sent[request_key(*request)] = (bounds, slots)
 
