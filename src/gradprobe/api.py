@@ -16,15 +16,21 @@ import numpy as np
 
 from ._version import __version__
 from .checking.advice import dtype_warnings, precision_warnings
-from .checking.context import ParamCheck
+from .checking.context import ParamCheck, param_context
 from .checking.diagnosis import diagnose
-from .checking.parameter import Evidence, EvidenceSink, first_samples, gather_evidence
+from .checking.parameter import (
+    Evidence,
+    EvidenceSink,
+    first_samples,
+    gather_evidence,
+    send_first_blocks,
+)
 from .checking.plan import plan_for
 from .checking.preflight import analytic_gradient, base_loss, run_preflight
 from .checking.promotion import floor_left, verify_in_float64
 from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError, raised_at_the_call
-from .evaluate import Evaluator, make_evaluator
+from .evaluate import make_evaluator
 from .evaluate.backends import joblib_backend
 from .evaluate.watchdog import hard_deadline
 from .layout import (
@@ -34,8 +40,8 @@ from .layout import (
     promote_to_float64,
     validate_callable,
 )
-from .numerics.steps import default_relative_step
-from .numerics.tolerances import loss_epsilon, tolerance_for
+from .numerics.sampling import Sample
+from .numerics.tolerances import loss_epsilon
 from .options import (
     DEFAULT_PROBES,
     CheckOptions,
@@ -291,6 +297,8 @@ class _Run:
         self.unfinished: tuple[str, EvidenceSink] | None = None
         self.diagnoses: dict[str, Diagnosis] = {}
         self.nonfinite: Mapping[str, np.ndarray] = {}
+        #: Each parameter's generator and first sample (drawn in the pre-flight).
+        self.first: tuple[list[np.random.Generator], list[Sample]] = ([], [])
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else max(1e-3, self.deadline - time.monotonic())
@@ -303,6 +311,14 @@ class _Run:
         # now, while the gradient and the pre-flight run; decided again on the refined timing.
         evaluator.plan(self.planned)
         analytic = analytic_gradient(self.grad, layout, self.base)
+        # The first samples, and their blocks by the parameters' own precision, go to the
+        # workers now: they evaluate while the pre-flight runs here (sent again below, the
+        # stale blocks dropped, where the pre-flight finds the loss's precision coarser).
+        provisional = [
+            param_context(evaluator, p, analytic[p], self.options, self.loss_eps, 0.0)
+            for p in range(len(layout.names))
+        ]
+        self.first = first_samples(provisional, [p.first for p in self.plan.params], self.seeds)
         checked = run_preflight(
             evaluator,
             base_value,
@@ -321,12 +337,13 @@ class _Run:
         self.noise_info.update(loss_noise=noise.sigma, noise=noise.status, loss_precision=precision)
         self.warnings.extend(checked.warnings)
         for p, name in enumerate(layout.names):
-            self.contexts[name] = _context(
+            self.contexts[name] = param_context(
                 evaluator, p, analytic[p], self.options, precision, noise.sigma
             )
         self.warnings.extend(
             precision_warnings(self.contexts, noise.sigma, base_value, self.loss_eps)
         )
+        send_first_blocks([self.contexts[name] for name in layout.names], self.first[1])
         self._announce_cost()
 
     def _announce_cost(self) -> None:
@@ -356,8 +373,7 @@ class _Run:
         # parameter is being checked (the command line's --verbose lines and bar use it).
         announce = getattr(self.options.progress, "parameter", None)
         names = self.layout.names
-        contexts = [self.contexts[name] for name in names]
-        rngs, samples = first_samples(contexts, [p.first for p in self.plan.params], self.seeds)
+        rngs, samples = self.first
         for p, name in enumerate(names):
             if callable(announce):
                 announce(name, p, len(names))
@@ -411,28 +427,6 @@ class _Run:
             incomplete_reason=incomplete,
             version=__version__,
         )
-
-
-def _context(
-    evaluator: Evaluator,
-    p: int,
-    analytic: np.ndarray,
-    options: CheckOptions,
-    precision: float,
-    loss_noise: float,
-) -> ParamCheck:
-    """Parameter ``p``'s context: its pass rule and step, for its dtype, or for the loss's
-    precision when that was measured coarser than every parameter's."""
-    dtype = evaluator.layout.dtypes[p]
-    coarse = precision if precision > loss_epsilon(evaluator.layout.dtypes) else None
-    return ParamCheck(
-        evaluator=evaluator,
-        param=p,
-        analytic_flat=analytic.reshape(-1),
-        tolerance=tolerance_for(dtype, precision, options.rtol, options.atol, loss_noise, coarse),
-        relative_step=options.eps or default_relative_step(dtype, options.method, coarse),
-        method=options.method,
-    )
 
 
 #: A check predicted to take longer than this many seconds says so on stderr (a terminal).

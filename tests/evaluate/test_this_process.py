@@ -211,3 +211,40 @@ def test_the_pool_has_one_worker_fewer_than_the_evaluators():
             make_evaluator(_loss, layout, base, n_jobs=3, policy=policy) as ev,
         ):
             assert ev.placement.n_workers == 3 and ev.placement.pool_size == size
+
+
+MODULE = '''
+import numpy as np
+
+
+def loss(p):
+    return float(np.sum(np.tanh(p["W"] @ p["x"])) + 0.5 * np.sum(p["b"] ** 2))
+'''
+
+
+@pytest.mark.timeout(180)
+def test_auto_goes_on_here_when_workers_cannot_unpickle_the_loss(monkeypatch, tmp_path):
+    """A loss whose module only this process can import (loaded from a file under a name of
+    its own): it pickles here, but a worker cannot unpickle it. "auto" finishes the check in
+    this process, bit for bit, and says so; an explicit ``n_jobs`` raises as documented."""
+    import importlib.util
+    import sys
+
+    path = tmp_path / "only_here.py"
+    path.write_text(MODULE)
+    spec = importlib.util.spec_from_file_location("gradprobe_test_only_here", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "gradprobe_test_only_here", module)
+    params = _params()
+    saved = snapshot(params)
+    serial = gradprobe.check(module.loss, _grad, params, n_jobs=1, seed=6)
+    monkeypatch.setattr(parallel, "DEFAULT_POLICY", replace(HELPING, this_process_evaluates=False))
+    with joblib.parallel_config(backend="loky", n_jobs=2):
+        placed = gradprobe.check(module.loss, _grad, params, seed=6)
+        with pytest.raises(gradprobe.InvalidInputError, match="pickle the loss"):
+            gradprobe.check(module.loss, _grad, params, seed=6, n_jobs=2)
+    assert "could not unpickle the loss" in placed.measured["executor"]
+    assert report_core(placed) == report_core(serial)
+    assert_bitwise_unchanged(params, saved)
+    pool.shutdown_workers()

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..evaluate import Evaluator
-from ..numerics.tolerances import Tolerance
+from ..numerics.steps import default_relative_step
+from ..numerics.tolerances import Tolerance, loss_epsilon, tolerance_for
+from ..options import CheckOptions
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,25 @@ class ParamCheck:
     def base_flat(self) -> np.ndarray:
         """The parameter's values at the base point, flat (never written to)."""
         return self.evaluator.base[self.param].reshape(-1)
+
+
+def param_context(
+    evaluator: Evaluator,
+    p: int,
+    analytic: np.ndarray,
+    options: CheckOptions,
+    precision: float,
+    loss_noise: float,
+) -> ParamCheck:
+    """Parameter ``p``'s context: its pass rule and step, for its dtype, or for the loss's
+    precision when that was measured coarser than every parameter's."""
+    dtype = evaluator.layout.dtypes[p]
+    coarse = precision if precision > loss_epsilon(evaluator.layout.dtypes) else None
+    return ParamCheck(
+        evaluator=evaluator,
+        param=p,
+        analytic_flat=analytic.reshape(-1),
+        tolerance=tolerance_for(dtype, precision, options.rtol, options.atol, loss_noise, coarse),
+        relative_step=options.eps or default_relative_step(dtype, options.method, coarse),
+        method=options.method,
+    )

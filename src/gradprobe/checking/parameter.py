@@ -114,14 +114,21 @@ def first_samples(
 ) -> tuple[list[np.random.Generator], list[Sample]]:
     """Every parameter's first sample (``sizes[p]`` entries), drawn before any is evaluated,
     and each parameter's generator after the draw; the evaluator gets the first blocks at
-    once (:meth:`~gradprobe.evaluate.Evaluator.prefetch`), so a placement with workers streams
-    all parameters through the same workers."""
+    once (:func:`send_first_blocks`)."""
     rngs = [np.random.default_rng(seed) for seed in seeds[: len(contexts)]]
     samples = [draw_sample(ctx, n, rng) for ctx, n, rng in zip(contexts, sizes, rngs, strict=True)]
+    send_first_blocks(contexts, samples)
+    return rngs, samples
+
+
+def send_first_blocks(contexts: Sequence[ParamCheck], samples: Sequence[Sample]) -> None:
+    """The blocks the check will first ask for, all parameters' at once, to the evaluator
+    (:meth:`~gradprobe.evaluate.Evaluator.prefetch`), so a placement with workers streams them
+    all through the same workers. Sent again with other contexts (other steps), the blocks
+    that no longer match are dropped."""
     if contexts:
         requests = [first_request(c, s) for c, s in zip(contexts, samples, strict=True)]
         contexts[0].evaluator.prefetch([r for r in requests if r is not None])
-    return rngs, samples
 
 
 def first_request(ctx: ParamCheck, sample: Sample) -> tuple[int, np.ndarray, np.ndarray] | None:

@@ -224,6 +224,16 @@ class Feeder:
             slots = self.queue([task.part(a, b) for a, b in bounds])
             self._sent[request_key(*request)] = (bounds, slots)
 
+    def retain(self, requests: list[Request]) -> list[Request]:
+        """Keep the blocks sent for ``requests``, drop the others (their tasks not started
+        yet are never run); the requests not sent yet, in order."""
+        keys = [request_key(*r) for r in requests]
+        wanted = set(keys)
+        for key in [k for k in self._sent if k not in wanted]:
+            dropped = {id(slot) for slot in self._sent.pop(key)[1]}
+            self._waiting = deque(s for s in self._waiting if id(s) not in dropped)
+        return [r for r, k in zip(requests, keys, strict=True) if k not in self._sent]
+
     def take(
         self, param: int, flat_index: np.ndarray, values: np.ndarray
     ) -> tuple[list[tuple[int, int]], list[_Slot]] | None:

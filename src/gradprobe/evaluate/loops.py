@@ -16,12 +16,13 @@ import pickle
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..errors import CheckAborted, LossEvaluationError
 from ..layout import ParamLayout, as_scalar_loss
+from .base import RowRunner
 from .shared import WorkerState
 from .threads import one_blas_thread
 
@@ -228,6 +229,28 @@ def entry_losses_of(
             raise_chunk_error(ev, res, param, flat_index[a:b])
         out[a:b] = res.losses
     return out
+
+
+class WorkerRows(RowRunner, Protocol):
+    """A row runner whose blocks can also run on joblib workers."""
+
+    #: What its worker tasks are called in the executor's name ("chunks", "batched chunks").
+    chunk_name: str
+    #: Whether its in-process blocks refine the per-evaluation time (one call per evaluation).
+    times_rows: bool
+
+    def chunk_task(
+        self, ev: Evaluator, param: int, flat_index: np.ndarray | None, values: np.ndarray
+    ) -> ChunkTask | None:
+        """The worker task for entry rows (``flat_index`` given) or replacement vectors
+        (``flat_index`` None); None when such rows always run in this process."""
+        ...
+
+    def run_chunk(self, ev: Evaluator, task: ChunkTask) -> ChunkResult:
+        """One of its worker tasks run in this process, as a worker runs it (one BLAS
+        thread; the loss's failure packed in the result), without charging the evaluations:
+        the block they belong to was charged."""
+        ...
 
 
 class EntryLoop:

@@ -18,18 +18,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
 from .ahead import Feeder, Request, chunk_bounds, pool_submitter
-from .base import RowRunner
-from .loops import ChunkResult, ChunkTask, entry_losses_of, raise_chunk_error
+from .loops import ChunkResult, ChunkTask, WorkerRows, entry_losses_of, raise_chunk_error
 from .policy import DispatchPolicy
 from .pool import pool_alive, pool_ready, warm_up
 from .threads import one_blas_thread, threads_pay
-from .workers import PROCESS_BACKENDS, check_picklable, guarded
+from .workers import PROCESS_BACKENDS, check_picklable, guarded, is_pickling_error
 
 if TYPE_CHECKING:
     from .base import Evaluator
@@ -50,28 +49,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS, Windows
         return os.cpu_count() or 1
-
-
-class WorkerRows(RowRunner, Protocol):
-    """A row runner whose blocks can also run on joblib workers."""
-
-    #: What its worker tasks are called in the executor's name ("chunks", "batched chunks").
-    chunk_name: str
-    #: Whether its in-process blocks refine the per-evaluation time (one call per evaluation).
-    times_rows: bool
-
-    def chunk_task(
-        self, ev: Evaluator, param: int, flat_index: np.ndarray | None, values: np.ndarray
-    ) -> ChunkTask | None:
-        """The worker task for entry rows (``flat_index`` given) or replacement vectors
-        (``flat_index`` None); None when such rows always run in this process."""
-        ...
-
-    def run_chunk(self, ev: Evaluator, task: ChunkTask) -> ChunkResult:
-        """One of its worker tasks run in this process, as a worker runs it (one BLAS
-        thread; the loss's failure packed in the result), without charging the evaluations:
-        the block they belong to was charged."""
-        ...
 
 
 class JoblibWorkers:
@@ -139,7 +116,9 @@ class JoblibWorkers:
         import joblib
 
         self.n_workers = int(joblib.effective_n_jobs(self.n_jobs))
-        self._parallel = self._make_parallel()
+        # It names the backend; on loky the tasks go to gradprobe's own pool instead
+        # (:meth:`_call`, :mod:`gradprobe.evaluate.pool`).
+        self._parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer=self.prefer)
         self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
         self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
         self._direct = self.backend_name == "loky"
@@ -151,13 +130,6 @@ class JoblibWorkers:
                     raise
                 self.n_workers = 1
                 self.kept_reason = str(exc).split(";")[0]
-
-    def _make_parallel(self) -> Any:
-        """A ``joblib.Parallel`` for the configured backend: it names the backend; on loky the
-        tasks go to gradprobe's own pool instead (:meth:`_call`, :mod:`gradprobe.evaluate.pool`)."""
-        import joblib
-
-        return joblib.Parallel(n_jobs=self.n_jobs, prefer=self.prefer)
 
     def plan(self, ev: Evaluator, n_evaluations: int) -> None:
         """The check's whole plan: ``n_evaluations`` to come. When they pay for the workers
@@ -228,7 +200,8 @@ class JoblibWorkers:
         if self.auto:
             if self.dispatched == 0:
                 return f"auto (serial: {self.kept_reason})" if self.kept_reason else "auto (serial)"
-            why = "".join(f"; {r}" for r in (self.threads_reason, self.plan_reason) if r)
+            reasons = (self.threads_reason, self.plan_reason, self.kept_reason)
+            why = "".join(f"; {r}" for r in reasons if r)
             return f"auto (serial + {text}{why})"
         return text
 
@@ -377,8 +350,14 @@ class JoblibWorkers:
         """Send the entry blocks ``requests`` (``(param, flat_index, values)``, as the check
         will ask for them) to the workers now, all parameters at once, when their work pays
         (:mod:`gradprobe.evaluate.ahead`); :meth:`entry_losses` collects a block when the
-        check asks for it."""
-        if not self._direct or not requests or self._parallel is None:
+        check asks for it. Blocks sent by an earlier call and not among ``requests`` are
+        dropped (the check sends its first blocks before the pre-flight, by the parameters'
+        own precision, and again after it)."""
+        if not self._direct or self._parallel is None:
+            return
+        if self._feeder is not None:
+            requests = self._feeder.retain(requests)
+        if not requests:
             return
         if not self.worth_dispatching(sum(int(v.size) for _, _, v in requests)):
             return
@@ -422,16 +401,27 @@ class JoblibWorkers:
     ) -> list[ChunkResult]:
         """``call()``'s results, errors as gradprobe's (:func:`guarded`)."""
         with one_blas_thread():  # covers thread backends; workers limit themselves
-            results = guarded(
-                call,
-                backend=self.backend_name,
-                layout=ev.layout,
-                tasks=tasks,
-                param=param,
-                what=what,
-                rerun=lambda task: self._call(ev, [task]),
-                deadline=ev.deadline,
-            )
+            try:
+                results = guarded(
+                    call,
+                    backend=self.backend_name,
+                    layout=ev.layout,
+                    tasks=tasks,
+                    param=param,
+                    what=what,
+                    rerun=lambda task: self._call(ev, [task]),
+                    deadline=ev.deadline,
+                )
+            except InvalidInputError as exc:
+                if not (self.auto and is_pickling_error(exc)):
+                    raise
+                # "auto": a worker could not receive the loss (its module may be importable
+                # here only); the check goes on in this process.
+                self.n_workers = 1
+                self.kept_reason = "the workers could not unpickle the loss: ran here"
+                if self._feeder is not None:
+                    self._feeder.stop()
+                results = [self.rows.run_chunk(ev, task) for task in tasks]
         for res in results:
             self.worker_ids.add(res.worker)
         return results
