@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gradprobe
-from gradprobe.evaluate import parallel
+from gradprobe.evaluate import ahead, parallel
 from gradprobe.evaluate.shared import WorkerState, _by_reference
 from gradprobe.layout import normalize_params
 
@@ -176,7 +176,7 @@ def test_a_pool_that_does_not_pay_its_start_is_started_for_the_next_check(monkey
 KILLED = """
 import os, time, numpy as np, gradprobe
 from dataclasses import replace
-from gradprobe.evaluate import parallel
+from gradprobe.evaluate import ahead, parallel
 parallel.DEFAULT_POLICY = replace(
     parallel.DEFAULT_POLICY, min_dispatch_seconds=0.0, process_start_seconds=0.0
 )
@@ -237,3 +237,42 @@ def test_a_plan_is_cut_in_chunks_that_taper_at_its_end(rows, per_row, largest, s
         assert sizes[0] >= largest - max(per_row)
         assert sizes[-1] <= 1.5 * smallest + max(per_row)
         assert sizes[-1] < sizes[0]
+
+
+def _float32_loss(p):
+    return float(np.sum(np.tanh(p["W"].astype(np.float32) @ p["x"].astype(np.float32))))
+
+
+def _tanh_grad(p):
+    t = 1.0 - np.tanh(p["W"] @ p["x"]) ** 2
+    return {"W": np.outer(t, p["x"]), "x": p["W"].T @ t}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("loss", "resent"), [(_float32_loss, 2), (_loss, 0)])
+def test_blocks_sent_before_the_preflight_are_replaced_when_it_coarsens_the_step(
+    monkeypatch, loss, resent
+):
+    """The first blocks go out before the pre-flight, by the parameters' own precision; a
+    loss computed in float32 on float64 parameters has a coarser one (a larger step): those
+    blocks are dropped and the right ones sent. The report is the serial one either way."""
+    rng = np.random.default_rng(0)
+    params = {"W": rng.standard_normal((30, 20)), "x": rng.standard_normal(20)}
+    if loss is _loss:
+        params |= {"b": rng.standard_normal(5), "c": rng.standard_normal((2, 2))}
+    grad = _tanh_grad if loss is _float32_loss else _grad
+    serial = gradprobe.check(loss, grad, params, n_jobs=1, seed=1)
+    monkeypatch.setattr(parallel, "DEFAULT_POLICY", EAGER)
+    new = []
+    retain = ahead.Feeder.retain
+
+    def spy(self, requests):
+        out = retain(self, requests)
+        new.append(len(out))
+        return out
+
+    monkeypatch.setattr(ahead.Feeder, "retain", spy)
+    with joblib.parallel_config(backend="loky"):
+        placed = gradprobe.check(loss, grad, params, n_jobs=2, seed=1)
+    assert new == [resent]  # after the pre-flight: every block again, or none
+    assert report_core(placed) == report_core(serial)
