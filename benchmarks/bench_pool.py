@@ -17,12 +17,16 @@ Tables (markdown):
 4. *Engine cost per evaluation*: a tiny loss (``x @ x``, 2,000 entries, every entry): wall
    per evaluation beyond the loss's own time, and its share of the check.
 5. *Scaling model*: from the measured round trip of one chunk on a warm pool (``t_d``) and one
-   evaluation (``t``): the check's ``N`` evaluations are streamed to ``W`` workers at once in
-   ``c`` chunks per worker (at least 4, each ~10 ms of work), so they take ``N t / W + c t_d``
-   (start-up excluded: the pool is warm); the check's serial part (pre-flight, sampling,
-   verdicts: the serial check's wall minus ``N t``) adds to both sides for the whole check.
-   Assumptions: one core per worker, evaluations independent of each other, no memory-bandwidth
-   limit, the parent submits faster than the workers finish; predicted for 2 to 16 workers.
+   evaluation (``t``): the check's ``N`` evaluations are streamed to ``W`` evaluators (the
+   check's own process and ``W - 1`` workers) in ``c`` chunks each (at least 4, at most 16),
+   so they take ``N t / W + c t_d`` (start-up excluded: the pool is warm). For the whole
+   check, the check's own work beside evaluating (``S``: the serial check's wall minus
+   ``N t``) splits into the prefix before the first blocks are sent (``P``: base point,
+   gradient, first samples; measured), which is serial, and the rest (pre-flight, verdicts),
+   done by the check's process while the workers evaluate:
+   ``P + (N t + S - P) / W + c t_d``. Assumptions: one core per evaluator, evaluations
+   independent of each other, no memory-bandwidth limit, the parent submits faster than the
+   workers finish; predicted for 2 to 16 evaluators.
 6. *Peak memory* beyond the caller's data, in multiples of the parameters' size: a default
    check of one 5,000,000-entry float64 vector (``dot(w, w)``) and of a model of 100
    parameters of 50,000 entries, serial and ``n_jobs=2`` (parent's peak resident set from
@@ -66,11 +70,26 @@ def _checks(task: dict) -> dict:
     loss = m.batched_loss if kw.get("batched") else m.loss
     backend = task.get("backend")
     walls, r = [], None
+    # When the first blocks are handed to the evaluator: the check's serial prefix (base
+    # point, gradient, first samples), before which no worker has anything to do.
+    from gradprobe.evaluate import Evaluator
+
+    prefetch, sent = Evaluator.prefetch, []
+
+    def timed_prefetch(self: Any, requests: Any) -> None:
+        sent.append(time.perf_counter())
+        prefetch(self, requests)
+
+    Evaluator.prefetch = timed_prefetch  # type: ignore[method-assign]
+    prefixes = []
     with joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext():
         for _ in range(task["runs"]):
+            sent.clear()
             t = time.perf_counter()
             r = gradprobe.check(loss, m.grad, m.params, seed=0, **kw)
             walls.append(time.perf_counter() - t)
+            if sent:
+                prefixes.append(sent[0] - t)
     assert r is not None
     return {
         "first": walls[0],
@@ -78,6 +97,7 @@ def _checks(task: dict) -> dict:
         "n_evaluations": int(r.n_evaluations),
         "entries": int(sum(p.n_checked for p in r.params.values())),
         "passed": bool(r.passed),
+        "prefix": statistics.median(prefixes[1:] or prefixes) if prefixes else None,
         "executor": _executor(r),
         "file": gradprobe.__file__,
     }
@@ -357,21 +377,27 @@ def report(R: dict, notes: list[str], cores: int, samples: int) -> None:
         )
     d, serial = R["dispatch"], R["path-serial"]["after"]
     if "error" not in d and t_fwd and serial.get("second"):
-        # The whole plan is streamed (evaluate/ahead.py): N evaluations in chunks of at least
-        # CHUNK_SECONDS, at least chunks_per_worker per worker; each worker pays t_d per chunk.
+        # The whole plan is streamed (evaluate/ahead.py): N evaluations in chunks (at most 16
+        # per evaluator, tapering to ~10 ms), each paying t_d. The check's own process is one
+        # of the W evaluators: only the prefix before the first blocks are sent (base point,
+        # gradient, first samples) is serial; the rest of its own work (pre-flight, verdicts)
+        # shares the evaluators' time with the evaluations.
         n = serial["n_evaluations"]
         work = n * t_fwd
-        rest = max(0.0, serial["second"] - work)  # the check's serial part (pre-flight...)
+        rest = max(0.0, serial["second"] - work)  # the check's own work beside evaluating
+        prefix = min(rest, serial.get("prefix") or rest)
         print(
             f"\n### Scaling model (t_d {d['t_d'] * 1e3:.2f} ms per chunk, t {t_fwd * 1e3:.2f} ms, "
-            f"{n} evaluations streamed, serial part {rest:.3f} s)\n"
+            f"{n} evaluations streamed; the check's own work {rest:.3f} s, of which "
+            f"{prefix:.3f} s before any block is sent)\n"
         )
-        print("| workers | chunks per worker | evaluations: predicted speed-up | whole check |")
+        print("| evaluators | chunks each | evaluations: predicted speed-up | whole check |")
         print("|---|---|---|---|")
         for w in (2, 4, 8, 16):
             c = max(4, min(int(work / 0.01), 16 * w) / w)
             wall = work / w + c * d["t_d"]
-            print(f"| {w} | {c:.1f} | {work / wall:.1f}x | {(rest + work) / (rest + wall):.1f}x |")
+            whole = prefix + (work + rest - prefix) / w + c * d["t_d"]
+            print(f"| {w} | {c:.1f} | {work / wall:.1f}x | {(rest + work) / whole:.1f}x |")
     print("\n### Peak memory beyond the caller's data (x the parameters' size)\n")
     print("| model | n_jobs | before | after | after, largest worker |")
     print("|---|---|---|---|---|")
