@@ -181,7 +181,12 @@ def _dispatch(task: dict) -> dict:
 
     x = np.linspace(-1, 1, 64)
     layout, base = normalize_params(x)
+    # Every chunk to a worker (a true round trip: this process takes none of them).
     policy = DispatchPolicy(min_dispatch_seconds=0.0, process_start_seconds=0.0)
+    if "this_process_evaluates" in DispatchPolicy.__dataclass_fields__:
+        policy = DispatchPolicy(
+            min_dispatch_seconds=0.0, process_start_seconds=0.0, this_process_evaluates=False
+        )
     with joblib.parallel_config(backend="loky"):
         ev = ParallelEvaluator(lambda v: float(v @ v), layout, base, n_jobs=2, policy=policy)
         with ev:
