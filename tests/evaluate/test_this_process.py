@@ -248,3 +248,60 @@ def test_auto_goes_on_here_when_workers_cannot_unpickle_the_loss(monkeypatch, tm
     assert report_core(placed) == report_core(serial)
     assert_bitwise_unchanged(params, saved)
     pool.shutdown_workers()
+
+
+FRESH = """
+import sys, time
+import numpy as np
+import gradprobe
+from gradprobe.evaluate import parallel, pool
+
+starts = []
+background = parallel.warm_up_in_background
+
+
+def spy(n):
+    starts.append("joblib" in sys.modules)
+    background(n)
+
+
+parallel.warm_up_in_background = spy
+
+
+def loss(w):
+    time.sleep(0.002)
+    return float(w @ w)
+
+
+x = np.linspace(-1.0, 1.0, 200)
+first = gradprobe.check(loss, lambda w: 2 * w, x, samples="all", probes=0)
+second = gradprobe.check(loss, lambda w: 2 * w, x, samples="all", probes=0)
+print(starts, first.passed, second.passed, pool.pool_alive(), flush=True)
+print(first.measured["executor"], flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_fresh_process_imports_joblib_and_starts_the_pool_from_another_thread(tmp_path):
+    """Before joblib is imported no backend can have been configured: the first check whose
+    plan pays starts gradprobe's pool from a thread of its own (which imports joblib), goes on
+    meanwhile, and sends blocks once a worker is up; the next check finds the pool running."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "fresh.py"
+    script.write_text(FRESH)
+    src = str(Path(gradprobe.__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env={**os.environ, "PYTHONPATH": src},
+    )
+    assert out.returncode == 0, out.stderr
+    facts, executor = out.stdout.strip().splitlines()
+    assert facts == "[False] True True True", facts
+    assert "auto (serial + joblib chunks (loky" in executor, executor

@@ -26,7 +26,7 @@ from ..errors import InvalidInputError
 from .ahead import Feeder, Request, chunk_bounds, pool_submitter
 from .loops import ChunkResult, ChunkTask, WorkerRows, entry_losses_of, raise_chunk_error
 from .policy import DispatchPolicy
-from .pool import pool_alive, pool_ready, warm_up
+from .pool import pool_alive, pool_ready, warm_up, warm_up_in_background
 from .threads import one_blas_thread, threads_pay
 from .workers import PROCESS_BACKENDS, check_picklable, guarded, is_pickling_error
 
@@ -155,7 +155,13 @@ class JoblibWorkers:
         if not pays(False):
             self.planned, self.plan_reason = False, ""  # decided again on a refined timing
             return
-        if self._parallel is None:
+        if self._parallel is None and "joblib" not in sys.modules and self.prefer != "threads":
+            # No joblib backend can be configured before joblib is imported: gradprobe's loky
+            # pool it is. Another thread imports joblib and starts it; this one goes on, and
+            # connects when it first sends blocks.
+            self._warming = True
+            warm_up_in_background(self.pool_size)
+        elif self._parallel is None:
             self._connect()  # the backend may have fewer workers, or the loss not pickle
             if self.n_workers < 2:
                 return
@@ -165,7 +171,7 @@ class JoblibWorkers:
             # until a worker is up) and later checks of this process find it running.
             self._warming = True
             warm_up(self.pool_size)
-        processes = self.backend_name in PROCESS_BACKENDS
+        processes = self.backend_name in PROCESS_BACKENDS and not self._warming
         self._pays_with_start = not processes or not self.starts_processes or pays(True)
         self.planned = True
         self.plan_reason = (
@@ -353,6 +359,8 @@ class JoblibWorkers:
         check asks for it. Blocks sent by an earlier call and not among ``requests`` are
         dropped (the check sends its first blocks before the pre-flight, by the parameters'
         own precision, and again after it)."""
+        if self._parallel is None and self.planned:
+            self._connect()
         if not self._direct or self._parallel is None:
             return
         if self._feeder is not None:
