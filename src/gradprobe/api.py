@@ -118,10 +118,10 @@ def check(
         non-differentiable point and the analytic value lies between them.
     n_jobs : int or "auto"
         Parallel workers (joblib conventions: 1 serial, -1 every core; the backend follows
-        ``joblib.parallel_config``, processes by default). ``"auto"`` (the default) times the
-        loss and sends a call to workers on every core only when the time they save pays for
-        starting them. Every evaluation runs with one BLAS thread, so the report is the same
-        for every value.
+        ``joblib.parallel_config``, processes by default, where this process is one of the
+        ``n_jobs``). ``"auto"`` (the default) times the loss and uses every core only when the
+        time saved pays for dispatching; the check never waits for workers to start. Every
+        evaluation runs with one BLAS thread, so the report is the same for every value.
     batched : bool
         The loss takes every parameter with one extra leading axis (size B for the parameter
         being perturbed, size 1 for the others) and returns B losses, shape ``(B,)``: B
