@@ -9,6 +9,7 @@ the precision the loss is really computed in (``NoiseEstimate.step_scale``, ``re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -51,6 +52,12 @@ def estimate_loss_noise(
     loss computed coarsely whose gradient is wrongly zero still changes at that step
     (float32's or 1e-9's rounding is far finer than it) and fails; one computed in float16
     does not (its zero gradient passes unverified, and the report's warning says so).
+
+    A piecewise constant loss whose jumps lie closer than a few ulps of the parameters apart
+    in all (float32's ulps of 20 entries near 5 cross ``round(x, 3)``'s 0.001 grid) is not
+    flat there: it jumps at one or two of the points. With ``zero_gradient``, values that
+    stay exactly equal at most points and change far above their rounding at the others
+    (:func:`crosses_jumps`) are piecewise constant too, with no noise measured from the jumps.
     """
     estimate = NoiseEstimate(0.0, 0, "flat")
     spent, scale = 0, 1.0
@@ -64,6 +71,8 @@ def estimate_loss_noise(
     for _ in range(MAX_NOISE_SCALINGS + 1):
         estimate, values = _noise_at(evaluator, base_loss, rng, scale)
         spent += 2 * NOISE_HALF_POINTS
+        if zero_gradient and scale == 1.0 and crosses_jumps(values, coarsest):
+            return NoiseEstimate(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
         # Quantized: equal to the last bit, or mostly so with no consistent noise order (a
         # coarse rounding grid crossed at one or two of the points).
         unchanged = int(np.count_nonzero(np.diff(values) == 0.0))
@@ -91,6 +100,62 @@ PIECEWISE_NOTE = (
     "the loss is listed, not failed. A smooth loss computed in float16 looks the same: its "
     "zero gradient would pass unverified."
 )
+
+#: The report's warning when the noise status is PIECEWISE_CONSTANT found from jumps crossed
+#: at a few ulps (:func:`crosses_jumps`).
+JUMPS_NOTE = (
+    "the loss jumps when every parameter moves by a few ulps (it stays exactly equal between "
+    "the jumps, which stand far above its rounding), and the gradient is zero everywhere, as "
+    "for a piecewise constant loss (round, floor, sign, a step function): no noise was "
+    "measured from the jumps, and an entry whose step spans several of them is judged by the "
+    "loss at steps finer than their grid, where it is flat (listed as a jump, not failed)."
+)
+
+
+def piecewise_note(estimate: NoiseEstimate) -> str:
+    """The warning for a PIECEWISE_CONSTANT estimate: flat at a few ulps (the step grew before
+    the loss changed) or jumps crossed there (found at the first step)."""
+    return JUMPS_NOTE if estimate.n_evaluations <= 2 * NOISE_HALF_POINTS else PIECEWISE_NOTE
+
+
+#: A change of the loss between neighbouring points of the noise estimate at least this many
+#: times its rounding (one epsilon of its largest value) is a jump, not rounding.
+JUMP_UNITS = 16.0
+
+
+def crosses_jumps(values: Sequence[float], eps: float) -> bool:
+    """The values are a staircase: at least half of the differences between neighbours are
+    exactly zero and every other one exceeds :data:`JUMP_UNITS` times the values' rounding.
+
+    A smooth loss changes by about the same amount between any two neighbouring points (its
+    curvature is negligible at a few ulps): a difference of exactly zero beside one many
+    roundings high is a jump. The rounding is ``eps`` (the parameters' coarsest) relative, or
+    the grid of the values themselves when they carry fewer significant bits (a loss computed
+    in float32 or float16 and returned as float64 changes in steps of its own ulp: rounding,
+    not jumps).
+    """
+    d = np.diff(np.asarray(values, dtype=np.float64))
+    zero = d == 0.0
+    if not np.all(np.isfinite(d)) or np.all(zero) or 2 * np.count_nonzero(zero) < d.size:
+        return False
+    unit = max(eps, value_grid(values)) * float(np.max(np.abs(values)))
+    return bool(np.min(np.abs(d[~zero])) > JUMP_UNITS * unit)
+
+
+def value_grid(values: Sequence[float] | np.ndarray) -> float:
+    """The relative spacing of the grid the values lie on: ``2**(1 - b)`` for the most
+    significant bits ``b`` any of them carries (float64's epsilon for full mantissas, float32's
+    for float32 values; 0 when every value is 0)."""
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    v = v[(v > 0) & np.isfinite(v)]
+    if v.size == 0:
+        return 0.0
+    m, _ = np.frexp(v)  # in [0.5, 1): m * 2**53 is an integer
+    bits = 0
+    while bits < 53 and np.any(m != np.floor(m)):  # exact: scaling by 2 never rounds
+        m, bits = m * 2.0, bits + 1
+    return float(2.0 ** (1 - bits))
+
 
 #: When the loss is flat at a few ulps, the noise estimate's step grows by this factor...
 NOISE_SCALING = 256.0
