@@ -68,7 +68,7 @@ from .context import ParamCheck
 from .fits import clipped_fit, linear_fits, partial_factor_fit, unused_fit, zero_fit
 from .kinks import flat, flat_steps
 from .measured import describe
-from .noise import value_grid
+from .noise import resolution
 from .patterns import confined_pattern, shifted_pattern, swapped_pattern, transpose_pattern
 from .results import EntryResults
 
@@ -314,9 +314,10 @@ def finer_jumps(ctx: ParamCheck, e: EntryResults) -> np.ndarray:
     x = ctx.base_flat[e.flat_index[pos]]
     xf = x.astype(np.float64)
     base = ctx.evaluator.base_loss()
-    fine, coarse, usable = flat_steps(
-        e.numeric[pos], xf, _rounding(ctx, [base]), ctx.relative_step
-    )
+    # The steps by the loss's own epsilon: the grid one value lies on says little (its last
+    # bits may be zeros by chance); that of all the values the flatness is judged on does.
+    rounding = ctx.tolerance.loss_eps * abs(base) + ctx.tolerance.loss_noise
+    fine, coarse, usable = flat_steps(e.numeric[pos], xf, rounding, ctx.relative_step)
     if not np.any(usable):
         return none
     pos, x, xf, fine, coarse = pos[usable], x[usable], xf[usable], fine[usable], coarse[usable]
@@ -335,8 +336,8 @@ def _rounding(ctx: ParamCheck, values: Sequence[float]) -> float:
     """The loss's rounding near ``values``: an epsilon of their largest (the loss's, or the
     coarser grid they lie on: a loss computed in float16 changes in its steps), plus its
     measured noise."""
-    grid = max(ctx.tolerance.loss_eps, value_grid(values))
-    return grid * float(np.max(np.abs(values))) + ctx.tolerance.loss_noise
+    eps = resolution(values, ctx.tolerance.loss_eps)
+    return eps * float(np.max(np.abs(values))) + ctx.tolerance.loss_noise
 
 
 def with_jumps(e: EntryResults, flat_index: np.ndarray) -> EntryResults:

@@ -178,12 +178,13 @@ def classify(
 
 
 
-#: A failing entry of zero gradient is tried at a coarse and a fine step this factor apart ...
+
+#: A failing entry of zero gradient is tried at a fine and a coarse step this factor apart ...
 FLAT_RATIO = 4.0
 
-#: ... the coarse one where a slope as large as the entry's numeric derivative changes the loss
-#: by this many of its roundings ...
-FLAT_UNITS = 8.0
+#: ... where a slope as large as the entry's numeric derivative changes the loss by this many
+#: of its roundings across the fine central step (and twice that one-sided at the coarse one)
+FLAT_UNITS = 4.0
 
 #: ... and the fine one never below float64's relative central step: a stretch where the loss
 #: is flat that is shorter than float64's step is no evidence (a float64 check would see the
@@ -197,33 +198,39 @@ def flat_steps(
     """The fine and coarse steps at which entries of numeric derivative ``numeric`` at ``x``
     are tried for flatness, and whether they are finer than the check's smaller step
     (``relative_step * max(1, |x|) / RETRY_FACTOR``). ``rounding`` is the loss's rounding (an
-    absolute change); the coarse step aims a quarter above :data:`FLAT_UNITS` of it, so that
-    the steps as taken in the parameter's dtype still reach it."""
+    absolute change); the steps aim a quarter above :data:`FLAT_UNITS` of it, so that as
+    taken in the parameter's dtype they still reach it."""
     scale = np.maximum(1.0, np.abs(x))
     with np.errstate(divide="ignore", over="ignore"):
-        coarse = np.maximum(
-            1.25 * FLAT_UNITS * rounding / np.abs(numeric), FLAT_RATIO * FLAT_MIN_STEP * scale
+        fine = np.maximum(
+            1.25 * FLAT_UNITS * rounding / (2.0 * np.abs(numeric)), FLAT_MIN_STEP * scale
         )
+    coarse = FLAT_RATIO * fine
     usable = np.isfinite(coarse) & (coarse <= relative_step * scale / RETRY_FACTOR)
-    return coarse / FLAT_RATIO, coarse, usable
+    return fine, coarse, usable
 
 
 def flat(
     losses: np.ndarray, taken: np.ndarray, numeric: np.ndarray, rounding: float
 ) -> np.ndarray:
-    """Entries where the loss is flat on one side at both steps.
+    """Entries where the loss is flat: on both sides at the fine step, or on one side at both.
 
     ``losses`` holds ``L(x)``, ``L(x + fine)``, ``L(x + coarse)``, ``L(x - fine)``,
     ``L(x - coarse)`` in its columns (``L(x)`` evaluated beside them, so that all five come
     from the same computation) and ``taken`` the four steps as taken in the parameter's dtype.
-    A side is flat when its two losses equal ``L(x)`` exactly, where a slope of ``numeric``
-    would change the loss by :data:`FLAT_UNITS` roundings at the coarse step: a smooth loss
-    changes there, and no curvature cancels its change at both steps.
+    Flat is equal to ``L(x)`` exactly, where a slope of ``numeric`` would change the loss by
+    :data:`FLAT_UNITS` roundings at least: across the fine central step (a smooth loss's
+    central difference there is its slope, whatever its curvature), or one-sided at the coarse
+    step, and by a quarter of that at the fine one (no curvature cancels a smooth loss's
+    change at both).
     """
     f0 = losses[:, 0]
-    enough = np.abs(numeric) * np.minimum(taken[:, 1], taken[:, 3]) >= FLAT_UNITS * rounding
+    same = losses[:, 1:] == f0[:, None]
+    slope = np.abs(numeric)
     ordered = (taken[:, 1] > taken[:, 0]) & (taken[:, 3] > taken[:, 2])
     ordered &= (taken[:, 0] > 0) & (taken[:, 2] > 0)
-    plus = (losses[:, 1] == f0) & (losses[:, 2] == f0)
-    minus = (losses[:, 3] == f0) & (losses[:, 4] == f0)
-    return np.asarray(enough & ordered & (plus | minus) & np.isfinite(f0))
+    across = same[:, 0] & same[:, 2]
+    across &= slope * (taken[:, 0] + taken[:, 2]) >= FLAT_UNITS * rounding
+    side = (same[:, 0] & same[:, 1]) | (same[:, 2] & same[:, 3])
+    side &= slope * np.minimum(taken[:, 1], taken[:, 3]) >= 2.0 * FLAT_UNITS * rounding
+    return np.asarray(ordered & (across | side) & np.isfinite(f0))

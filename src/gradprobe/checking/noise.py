@@ -125,11 +125,12 @@ JUMP_UNITS = 16.0
 
 def crosses_jumps(values: Sequence[float], eps: float) -> bool:
     """The values are a staircase: at least half of the differences between neighbours are
-    exactly zero and every other one exceeds :data:`JUMP_UNITS` times the values' rounding.
+    exactly zero and one exceeds :data:`JUMP_UNITS` times the values' rounding.
 
     A smooth loss changes by about the same amount between any two neighbouring points (its
-    curvature is negligible at a few ulps): a difference of exactly zero beside one many
-    roundings high is a jump. The rounding is ``eps`` (the parameters' coarsest) relative, or
+    curvature is negligible at a few ulps): differences of exactly zero beside one many
+    roundings high are a jump (two entries crossing jumps of opposite sides at once leave a
+    rounding-sized difference beside it). The rounding is ``eps`` (the parameters' coarsest) relative, or
     the grid of the values themselves when they carry fewer significant bits (a loss computed
     in float32 or float16 and returned as float64 changes in steps of its own ulp: rounding,
     not jumps).
@@ -138,8 +139,21 @@ def crosses_jumps(values: Sequence[float], eps: float) -> bool:
     zero = d == 0.0
     if not np.all(np.isfinite(d)) or np.all(zero) or 2 * np.count_nonzero(zero) < d.size:
         return False
-    unit = max(eps, value_grid(values)) * float(np.max(np.abs(values)))
-    return bool(np.min(np.abs(d[~zero])) > JUMP_UNITS * unit)
+    unit = resolution(values, eps) * float(np.max(np.abs(values)))
+    return bool(np.max(np.abs(d)) > JUMP_UNITS * unit)
+
+
+#: Values whose grid is this many times coarser than the parameters' epsilon are computed in
+#: a coarser precision (8 trailing zero bits in every value are rare by chance).
+COARSE_GRID = 256.0
+
+
+def resolution(values: Sequence[float] | np.ndarray, eps: float) -> float:
+    """The relative rounding of the loss's values: ``eps``, or the grid they lie on where that
+    is :data:`COARSE_GRID` times coarser (a loss computed in float32 or float16 and returned
+    as float64 changes in steps of its own ulp)."""
+    grid = value_grid(values)
+    return grid if grid >= COARSE_GRID * eps else eps
 
 
 def value_grid(values: Sequence[float] | np.ndarray) -> float:
