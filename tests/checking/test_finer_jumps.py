@@ -11,7 +11,16 @@ import pytest
 
 import gradprobe
 from gradprobe.checking.kinks import flat, flat_steps
-from gradprobe.checking.noise import crosses_jumps, resolution, value_grid
+from gradprobe.checking.noise import (
+    PIECEWISE_CONSTANT,
+    crosses_jumps,
+    estimate_loss_noise,
+    resolution,
+    value_grid,
+)
+from gradprobe.evaluate import SerialEvaluator
+from gradprobe.layout import normalize_params
+from gradprobe.numerics.tolerances import NOISE_HALF_POINTS
 
 FINER = "piecewise constant on a grid finer than the step"
 
@@ -52,7 +61,7 @@ def test_numpy_staircases_pass_in_float32_and_float64(dtype, kind, seed):
 def test_float32_staircase_report_says_piecewise_and_lists_the_jumps():
     r = gradprobe.check(STAIRCASES["round"](None), _zero, {"x": _x(0, np.float32)})
     assert r.passed, str(r)
-    assert any("the loss jumps when every parameter moves by a few ulps" in w for w in r.warnings)
+    assert any("stays exactly equal but for jumps far above its rounding" in w for w in r.warnings)
     statement = r.params["x"].coverage.statement
     assert FINER in statement and "jumps, not failures" in statement
     assert r.params["x"].n_failed == 0 and r.params["x"].bad_indices == ()
@@ -142,6 +151,23 @@ def test_staircase_entries_and_a_wrong_entry_in_one_parameter():
     assert jumps and all(j < 10 for j in jumps)
     assert FINER in rep.coverage.statement
     assert rep.diagnosis.kind == "scale", str(r)
+
+
+@pytest.mark.parametrize("n", [20, 400, 3000])
+def test_noise_estimate_finds_a_float32_staircase_of_any_size(n):
+    # Over 400 entries every point of the noise estimate crosses a jump somewhere: along a
+    # few entries the loss is flat or a staircase (8 evaluations more, zero gradient only).
+    x, g = _x(n, np.float32, n), _g(n, np.float32, n)
+    layout, base = normalize_params(x)
+    ev = SerialEvaluator(lambda v: float(np.sum(g * np.round(v, 3))), layout, base)
+    est = estimate_loss_noise(ev, ev.base_loss(), np.random.default_rng(0), zero_gradient=True)
+    assert est.status == PIECEWISE_CONSTANT and est.sigma == 0.0
+    assert est.n_evaluations <= 4 * NOISE_HALF_POINTS
+    # With a gradient that is not zero everywhere nothing is called piecewise constant.
+    assert estimate_loss_noise(ev, ev.base_loss(), np.random.default_rng(0)).status in (
+        "measured",
+        "inconclusive",
+    )
 
 
 # -- the rules alone ---------------------------------------------------------------------------

@@ -45,6 +45,12 @@ point at one classic backprop mistake; the first that holds is the diagnosis:
     where to start looking: the failing parameter with the largest relative error ``||a - n|| / ||n||`` over its checked entries (not kinks; within
     1% of the largest counts as a tie, taken closest to the loss).
 
+Before any hypothesis, failing entries of zero analytic value are tried at steps finer than
+the check's (:func:`finer_jumps`, five evaluations each, float32 and coarser parameters only):
+where the loss is flat there, it is piecewise constant on a grid finer than the step, and the
+entry is a jump (``evidence["jumps"]``; the verdict lists it as such, not as a failure). The
+hypotheses then read the entries left failing.
+
 A value fit is the cause only when it explains every checked entry within that entry's
 error allowance (:func:`gradprobe.checking.fits.explained`); two fits that both do are both
 listed. Where nothing holds, ``mismatch`` names no cause and states what was measured instead
@@ -352,8 +358,9 @@ def _jumps_only(name: str, shape: tuple[int, ...], flat_index: np.ndarray) -> Di
     where = [[int(i) for i in np.unravel_index(int(f), shape)] for f in flat_index[:5]]
     return Diagnosis(
         "jumps",
-        f"every entry of {name} that failed is a jump: the loss is piecewise constant there "
-        f"on a grid finer than the step (first at {where}), not a wrong gradient",
+        f"every entry of {name} that failed one by one is a jump: the loss is piecewise "
+        f"constant there on a grid finer than the step (first at {where}), not a wrong "
+        "gradient; what fails is the random-direction probes, whose step spans jumps too",
         1.0,
         {"jumps": flat_index.tolist()},
     )

@@ -10,7 +10,7 @@ the precision the loss is really computed in (``NoiseEstimate.step_scale``, ``re
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def estimate_loss_noise(
         estimate, values = _noise_at(evaluator, base_loss, rng, scale)
         spent += 2 * NOISE_HALF_POINTS
         if zero_gradient and scale == 1.0 and crosses_jumps(values, coarsest):
-            return NoiseEstimate(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
+            return Staircase(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
         # Quantized: equal to the last bit, or mostly so with no consistent noise order (a
         # coarse rounding grid crossed at one or two of the points).
         unchanged = int(np.count_nonzero(np.diff(values) == 0.0))
@@ -86,7 +86,25 @@ def estimate_loss_noise(
         # Flat at a few ulps, changing at a larger step: piecewise constant (a loss flat at
         # every step is constant there, "flat" as before).
         return NoiseEstimate(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
+    if zero_gradient and scale == 1.0 and estimate.status != "flat":
+        # Changing at a few ulps though the gradient is zero everywhere: a wrong gradient, or
+        # a staircase whose jumps the step crosses at most points among many entries. Along a
+        # few entries the jumps are rare: flat there, or a staircase, it is piecewise constant.
+        _, few = _noise_at(evaluator, base_loss, rng, scale, FEW_ENTRIES)
+        spent += 2 * NOISE_HALF_POINTS
+        if len(set(few)) == 1 or crosses_jumps(few, coarsest):
+            return Staircase(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
     return replace(estimate, n_evaluations=spent, step_scale=scale)
+
+
+@dataclass(frozen=True)
+class Staircase(NoiseEstimate):
+    """A :data:`PIECEWISE_CONSTANT` estimate found from jumps crossed at a few ulps, or from a
+    loss flat along a few entries that changes along all (not flat along all)."""
+
+
+#: The entries the second direction moves when the first crossed jumps at most points.
+FEW_ENTRIES = 16
 
 
 #: The noise status of a loss flat at a few ulps whose analytic gradient is zero everywhere.
@@ -104,18 +122,19 @@ PIECEWISE_NOTE = (
 #: The report's warning when the noise status is PIECEWISE_CONSTANT found from jumps crossed
 #: at a few ulps (:func:`crosses_jumps`).
 JUMPS_NOTE = (
-    "the loss jumps when every parameter moves by a few ulps (it stays exactly equal between "
-    "the jumps, which stand far above its rounding), and the gradient is zero everywhere, as "
-    "for a piecewise constant loss (round, floor, sign, a step function): no noise was "
-    "measured from the jumps, and an entry whose step spans several of them is judged by the "
-    "loss at steps finer than their grid, where it is flat (listed as a jump, not failed)."
+    "the gradient is zero everywhere, and the loss, when the parameters move by a few ulps, "
+    "stays exactly equal but for jumps far above its rounding (or stays equal when a few of "
+    "them move): piecewise constant, with jumps closer together than the check's step (round, "
+    "floor, sign, a step function). No noise was measured from the jumps, and an entry whose "
+    "step spans several of them was judged by the loss at steps finer than their grid, where "
+    "a flat loss is listed as a jump, not failed."
 )
 
 
 def piecewise_note(estimate: NoiseEstimate) -> str:
     """The warning for a PIECEWISE_CONSTANT estimate: flat at a few ulps (the step grew before
     the loss changed) or jumps crossed there (found at the first step)."""
-    return JUMPS_NOTE if estimate.n_evaluations <= 2 * NOISE_HALF_POINTS else PIECEWISE_NOTE
+    return JUMPS_NOTE if isinstance(estimate, Staircase) else PIECEWISE_NOTE
 
 
 #: A change of the loss between neighbouring points of the noise estimate at least this many
@@ -178,13 +197,24 @@ MAX_NOISE_SCALINGS = 5
 
 
 def _noise_at(
-    evaluator: Evaluator, base_loss: float, rng: np.random.Generator, scale: float
+    evaluator: Evaluator,
+    base_loss: float,
+    rng: np.random.Generator,
+    scale: float,
+    few: int | None = None,
 ) -> tuple[NoiseEstimate, list[float]]:
-    """ECnoise on ``L(x + i * delta * v)`` with ``delta`` ``scale`` times the ulp-sized step."""
+    """ECnoise on ``L(x + i * delta * v)`` with ``delta`` ``scale`` times the ulp-sized step;
+    ``few``: ``v`` moves that many entries drawn at random (each by as much as when all move)."""
     layout = evaluator.layout
     base = [b.astype(np.float64, copy=False) for b in evaluator.base]
     n = sum(b.size for b in base)
     v = [rng.standard_normal(b.shape) for b in base]
+    if few is not None and few < n:
+        keep = np.zeros(n, dtype=bool)
+        keep[rng.choice(n, size=few, replace=False)] = True
+        parts = np.split(keep, np.cumsum([b.size for b in base])[:-1])
+        v = [x * k.reshape(x.shape) for x, k in zip(v, parts, strict=True)]
+        n = few
     norm = float(np.sqrt(sum(float(np.sum(x * x)) for x in v)))
     steps = [
         scale
