@@ -35,12 +35,9 @@ from .opdb_samples import Sample, gradcheck_passes, opdb_samples  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 # (op, dtype) -> why gradprobe raises a false alarm there. Each is an xfail(strict) test below.
-KNOWN_FALSE_ALARMS = {
-    ("round.decimals_3", "float32"): "piecewise constant, but in float32 the pre-flight's "
-    "noise estimate does not find it so (it measures a noise where the enlarged steps cross "
-    "jumps), and float32's default step (eps**(1/3) relative: 0.024 at |x| = 5) spans ~24 "
-    "jumps of the 0.001 grid, whose staircase reads as a slope",
-}
+# (None at present: float32 round.decimals_3, whose step spans ~24 jumps of the 0.001 grid,
+# passes since its entries are found flat at steps finer than the grid.)
+KNOWN_FALSE_ALARMS: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture(autouse=True)

@@ -45,6 +45,12 @@ point at one classic backprop mistake; the first that holds is the diagnosis:
     where to start looking: the failing parameter with the largest relative error ``||a - n|| / ||n||`` over its checked entries (not kinks; within
     1% of the largest counts as a tie, taken closest to the loss).
 
+Before any hypothesis, failing entries of zero analytic value are tried at steps finer than
+the check's (:func:`finer_jumps`, five evaluations each, float32 and coarser parameters only):
+where the loss is flat there, it is piecewise constant on a grid finer than the step, and the
+entry is a jump (``evidence["jumps"]``; the verdict lists it as such, not as a failure). The
+hypotheses then read the entries left failing.
+
 A value fit is the cause only when it explains every checked entry within that entry's
 error allowance (:func:`gradprobe.checking.fits.explained`); two fits that both do are both
 listed. Where nothing holds, ``mismatch`` names no cause and states what was measured instead
@@ -61,11 +67,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..numerics.steps import in_dtype
 from ..report.model import Diagnosis
 from .calibration import calibrated
 from .context import ParamCheck
 from .fits import clipped_fit, linear_fits, partial_factor_fit, unused_fit, zero_fit
+from .kinks import flat, flat_steps
 from .measured import describe
+from .noise import resolution
 from .patterns import confined_pattern, shifted_pattern, swapped_pattern, transpose_pattern
 from .results import EntryResults
 
@@ -279,11 +288,79 @@ def diagnose(
     hypothesis, up to ``MAX_SWAP_CANDIDATES`` parameters at that many each for a swap.
     """
     nonfinite = nonfinite or {}
+    finer = {n: finer_jumps(contexts[n], entries[n]) for n in failing if n in entries}
+    finer = {n: f for n, f in finer.items() if f.size}
+    entries = {**entries, **{n: with_jumps(entries[n], f) for n, f in finer.items()}}
     start, errors = rank_failing(entries, failing)
-    return {
-        name: diagnose_parameter(
-            contexts[name], contexts, entries, nonfinite.get(name), start, errors
-        )
-        for name in failing
-        if name in entries or name in nonfinite
-    }
+    found = {}
+    for name in failing:
+        if name not in entries and name not in nonfinite:
+            continue
+        if name in finer and not np.any(entries[name].failed) and name not in nonfinite:
+            found[name] = _jumps_only(name, contexts[name].shape, finer[name])
+            continue
+        d = diagnose_parameter(contexts[name], contexts, entries, nonfinite.get(name), start, errors)
+        if name in finer:
+            d = dataclasses.replace(d, evidence={**d.evidence, "jumps": finer[name].tolist()})
+        found[name] = d
+    return found
+
+
+def finer_jumps(ctx: ParamCheck, e: EntryResults) -> np.ndarray:
+    """Flat indices of failing entries of zero analytic value where the loss is flat at steps
+    finer than the check's (:func:`gradprobe.checking.kinks.flat`): piecewise constant on a
+    grid finer than the step, a jump rather than a wrong gradient. Five evaluations each
+    (none for entries where no such step is finer than the check's: float64 parameters)."""
+    none = np.empty(0, dtype=np.int64)
+    if ctx.method == "complex-step":
+        return none
+    pos = np.flatnonzero(e.failed & (e.analytic == 0.0) & np.isfinite(e.numeric) & (e.numeric != 0))
+    if pos.size == 0:
+        return none
+    x = ctx.base_flat[e.flat_index[pos]]
+    xf = x.astype(np.float64)
+    base = ctx.evaluator.base_loss()
+    # The steps by the loss's own epsilon: the grid one value lies on says little (its last
+    # bits may be zeros by chance); that of all the values the flatness is judged on does.
+    rounding = ctx.tolerance.loss_eps * abs(base) + ctx.tolerance.loss_noise
+    fine, coarse, usable = flat_steps(e.numeric[pos], xf, rounding, ctx.relative_step)
+    if not np.any(usable):
+        return none
+    pos, x, xf, fine, coarse = pos[usable], x[usable], xf[usable], fine[usable], coarse[usable]
+    cols = np.stack(
+        [x] + [in_dtype(xf + t, x.dtype) for t in (fine, coarse, -fine, -coarse)], axis=1
+    )
+    losses = np.asarray(
+        ctx.evaluator.entry_losses(ctx.param, e.flat_index[pos], cols), dtype=np.float64
+    )
+    taken = np.abs(cols[:, 1:].astype(np.float64) - xf[:, None])
+    keep = flat(losses, taken, e.numeric[pos], _rounding(ctx, [base, *losses.reshape(-1)]))
+    return e.flat_index[pos[keep]]
+
+
+def _rounding(ctx: ParamCheck, values: Sequence[float]) -> float:
+    """The loss's rounding near ``values``: an epsilon of their largest (the loss's, or the
+    coarser grid they lie on: a loss computed in float16 changes in its steps), plus its
+    measured noise."""
+    eps = resolution(values, ctx.tolerance.loss_eps)
+    return eps * float(np.max(np.abs(values))) + ctx.tolerance.loss_noise
+
+
+def with_jumps(e: EntryResults, flat_index: np.ndarray) -> EntryResults:
+    """``e`` with the entries ``flat_index`` marked as jumps (kinks: not failures)."""
+    at = np.isin(e.flat_index, flat_index)
+    jump = at if e.jump is None else e.jump | at
+    crossed = at if e.crossed is None else e.crossed | at
+    return dataclasses.replace(e, kink=e.kink | at, jump=jump, crossed=crossed)
+
+
+def _jumps_only(name: str, shape: tuple[int, ...], flat_index: np.ndarray) -> Diagnosis:
+    where = [[int(i) for i in np.unravel_index(int(f), shape)] for f in flat_index[:5]]
+    return Diagnosis(
+        "jumps",
+        f"every entry of {name} that failed one by one is a jump: the loss is piecewise "
+        f"constant there on a grid finer than the step (first at {where}), not a wrong "
+        "gradient; what fails is the random-direction probes, whose step spans jumps too",
+        1.0,
+        {"jumps": flat_index.tolist()},
+    )

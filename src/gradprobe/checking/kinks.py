@@ -26,6 +26,14 @@ an entry, a loss difference for a probe) and hand it here scaled to the *first* 
 - where the smaller step's one-sided round-off floor exceeds the first gap (float32 at an 8x
   smaller step) its one-sided values say nothing: the entry is judged from the first step's
   interval alone, with the allowance as margin.
+
+A loss piecewise constant on a grid finer than the step (float32's ``round(x, 3)``: its step
+spans many jumps) is a staircase whose jumps read as a slope at every step the check takes. An
+entry whose analytic value is zero and that still fails is tried at two finer steps
+(:func:`flat_steps`): where the loss does not change at all on one side at both (:func:`flat`)
+while a slope as large as the numeric one would have changed it by many roundings, the loss
+is flat there, and the zero gradient is that side's derivative (as near a kink). A smooth loss
+cannot be flat at both: its change grows with the step at the rate of its slope.
 """
 
 from __future__ import annotations
@@ -167,3 +175,62 @@ def classify(
     # valid subgradient.
     kink = (split & one_side) | ((split & at_point | grew) & inside) | blind
     return KinkVerdict(crossed=crossed, kink=kink)
+
+
+
+
+#: A failing entry of zero gradient is tried at a fine and a coarse step this factor apart ...
+FLAT_RATIO = 4.0
+
+#: ... where a slope as large as the entry's numeric derivative changes the loss by this many
+#: of its roundings across the fine central step (and twice that one-sided at the coarse one)
+FLAT_UNITS = 4.0
+
+#: ... and the fine one never below float64's relative central step: a stretch where the loss
+#: is flat that is shorter than float64's step is no evidence (a float64 check would see the
+#: staircase too, and float64 parameters are never tried).
+FLAT_MIN_STEP = float(np.finfo(np.float64).eps) ** (1.0 / 3.0)
+
+
+def flat_steps(
+    numeric: np.ndarray, x: np.ndarray, rounding: float, relative_step: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fine and coarse steps at which entries of numeric derivative ``numeric`` at ``x``
+    are tried for flatness, and whether they are finer than the check's smaller step
+    (``relative_step * max(1, |x|) / RETRY_FACTOR``). ``rounding`` is the loss's rounding (an
+    absolute change); the steps aim a quarter above :data:`FLAT_UNITS` of it, so that as
+    taken in the parameter's dtype they still reach it."""
+    scale = np.maximum(1.0, np.abs(x))
+    with np.errstate(divide="ignore", over="ignore"):
+        fine = np.maximum(
+            1.25 * FLAT_UNITS * rounding / (2.0 * np.abs(numeric)), FLAT_MIN_STEP * scale
+        )
+    coarse = FLAT_RATIO * fine
+    usable = np.isfinite(coarse) & (coarse <= relative_step * scale / RETRY_FACTOR)
+    return fine, coarse, usable
+
+
+def flat(
+    losses: np.ndarray, taken: np.ndarray, numeric: np.ndarray, rounding: float
+) -> np.ndarray:
+    """Entries where the loss is flat: on both sides at the fine step, or on one side at both.
+
+    ``losses`` holds ``L(x)``, ``L(x + fine)``, ``L(x + coarse)``, ``L(x - fine)``,
+    ``L(x - coarse)`` in its columns (``L(x)`` evaluated beside them, so that all five come
+    from the same computation) and ``taken`` the four steps as taken in the parameter's dtype.
+    Flat is equal to ``L(x)`` exactly, where a slope of ``numeric`` would change the loss by
+    :data:`FLAT_UNITS` roundings at least: across the fine central step (a smooth loss's
+    central difference there is its slope, whatever its curvature), or one-sided at the coarse
+    step, and by a quarter of that at the fine one (no curvature cancels a smooth loss's
+    change at both).
+    """
+    f0 = losses[:, 0]
+    same = losses[:, 1:] == f0[:, None]
+    slope = np.abs(numeric)
+    ordered = (taken[:, 1] > taken[:, 0]) & (taken[:, 3] > taken[:, 2])
+    ordered &= (taken[:, 0] > 0) & (taken[:, 2] > 0)
+    across = same[:, 0] & same[:, 2]
+    across &= slope * (taken[:, 0] + taken[:, 2]) >= FLAT_UNITS * rounding
+    side = (same[:, 0] & same[:, 1]) | (same[:, 2] & same[:, 3])
+    side &= slope * np.minimum(taken[:, 1], taken[:, 3]) >= 2.0 * FLAT_UNITS * rounding
+    return np.asarray(ordered & (across | side) & np.isfinite(f0))

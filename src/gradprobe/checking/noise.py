@@ -9,7 +9,8 @@ the precision the loss is really computed in (``NoiseEstimate.step_scale``, ``re
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -51,6 +52,12 @@ def estimate_loss_noise(
     loss computed coarsely whose gradient is wrongly zero still changes at that step
     (float32's or 1e-9's rounding is far finer than it) and fails; one computed in float16
     does not (its zero gradient passes unverified, and the report's warning says so).
+
+    A piecewise constant loss whose jumps lie closer than a few ulps of the parameters apart
+    in all (float32's ulps of 20 entries near 5 cross ``round(x, 3)``'s 0.001 grid) is not
+    flat there: it jumps at one or two of the points. With ``zero_gradient``, values that
+    stay exactly equal at most points and change far above their rounding at the others
+    (:func:`crosses_jumps`) are piecewise constant too, with no noise measured from the jumps.
     """
     estimate = NoiseEstimate(0.0, 0, "flat")
     spent, scale = 0, 1.0
@@ -64,6 +71,8 @@ def estimate_loss_noise(
     for _ in range(MAX_NOISE_SCALINGS + 1):
         estimate, values = _noise_at(evaluator, base_loss, rng, scale)
         spent += 2 * NOISE_HALF_POINTS
+        if zero_gradient and scale == 1.0 and crosses_jumps(values, coarsest):
+            return Staircase(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
         # Quantized: equal to the last bit, or mostly so with no consistent noise order (a
         # coarse rounding grid crossed at one or two of the points).
         unchanged = int(np.count_nonzero(np.diff(values) == 0.0))
@@ -77,7 +86,25 @@ def estimate_loss_noise(
         # Flat at a few ulps, changing at a larger step: piecewise constant (a loss flat at
         # every step is constant there, "flat" as before).
         return NoiseEstimate(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
+    if zero_gradient and scale == 1.0 and estimate.status != "flat":
+        # Changing at a few ulps though the gradient is zero everywhere: a wrong gradient, or
+        # a staircase whose jumps the step crosses at most points among many entries. Along a
+        # few entries the jumps are rare: flat there, or a staircase, it is piecewise constant.
+        _, few = _noise_at(evaluator, base_loss, rng, scale, FEW_ENTRIES)
+        spent += 2 * NOISE_HALF_POINTS
+        if len(set(few)) == 1 or crosses_jumps(few, coarsest):
+            return Staircase(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
     return replace(estimate, n_evaluations=spent, step_scale=scale)
+
+
+@dataclass(frozen=True)
+class Staircase(NoiseEstimate):
+    """A :data:`PIECEWISE_CONSTANT` estimate found from jumps crossed at a few ulps, or from a
+    loss flat along a few entries that changes along all (not flat along all)."""
+
+
+#: The entries the second direction moves when the first crossed jumps at most points.
+FEW_ENTRIES = 16
 
 
 #: The noise status of a loss flat at a few ulps whose analytic gradient is zero everywhere.
@@ -92,6 +119,77 @@ PIECEWISE_NOTE = (
     "zero gradient would pass unverified."
 )
 
+#: The report's warning when the noise status is PIECEWISE_CONSTANT found from jumps crossed
+#: at a few ulps (:func:`crosses_jumps`).
+JUMPS_NOTE = (
+    "the gradient is zero everywhere, and the loss, when the parameters move by a few ulps, "
+    "stays exactly equal but for jumps far above its rounding (or stays equal when a few of "
+    "them move): piecewise constant, with jumps closer together than the check's step (round, "
+    "floor, sign, a step function). No noise was measured from the jumps, and an entry whose "
+    "step spans several of them was judged by the loss at steps finer than their grid, where "
+    "a flat loss is listed as a jump, not failed."
+)
+
+
+def piecewise_note(estimate: NoiseEstimate) -> str:
+    """The warning for a PIECEWISE_CONSTANT estimate: flat at a few ulps (the step grew before
+    the loss changed) or jumps crossed there (found at the first step)."""
+    return JUMPS_NOTE if isinstance(estimate, Staircase) else PIECEWISE_NOTE
+
+
+#: A change of the loss between neighbouring points of the noise estimate at least this many
+#: times its rounding (one epsilon of its largest value) is a jump, not rounding.
+JUMP_UNITS = 16.0
+
+
+def crosses_jumps(values: Sequence[float], eps: float) -> bool:
+    """The values are a staircase: at least half of the differences between neighbours are
+    exactly zero and one exceeds :data:`JUMP_UNITS` times the values' rounding.
+
+    A smooth loss changes by about the same amount between any two neighbouring points (its
+    curvature is negligible at a few ulps): differences of exactly zero beside one many
+    roundings high are a jump (two entries crossing jumps of opposite sides at once leave a
+    rounding-sized difference beside it). The rounding is ``eps`` (the parameters' coarsest) relative, or
+    the grid of the values themselves when they carry fewer significant bits (a loss computed
+    in float32 or float16 and returned as float64 changes in steps of its own ulp: rounding,
+    not jumps).
+    """
+    d = np.diff(np.asarray(values, dtype=np.float64))
+    zero = d == 0.0
+    if not np.all(np.isfinite(d)) or np.all(zero) or 2 * np.count_nonzero(zero) < d.size:
+        return False
+    unit = resolution(values, eps) * float(np.max(np.abs(values)))
+    return bool(np.max(np.abs(d)) > JUMP_UNITS * unit)
+
+
+#: Values whose grid is this many times coarser than the parameters' epsilon are computed in
+#: a coarser precision (8 trailing zero bits in every value are rare by chance).
+COARSE_GRID = 256.0
+
+
+def resolution(values: Sequence[float] | np.ndarray, eps: float) -> float:
+    """The relative rounding of the loss's values: ``eps``, or the grid they lie on where that
+    is :data:`COARSE_GRID` times coarser (a loss computed in float32 or float16 and returned
+    as float64 changes in steps of its own ulp)."""
+    grid = value_grid(values)
+    return grid if grid >= COARSE_GRID * eps else eps
+
+
+def value_grid(values: Sequence[float] | np.ndarray) -> float:
+    """The relative spacing of the grid the values lie on: ``2**(1 - b)`` for the most
+    significant bits ``b`` any of them carries (float64's epsilon for full mantissas, float32's
+    for float32 values; 0 when every value is 0)."""
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    v = v[(v > 0) & np.isfinite(v)]
+    if v.size == 0:
+        return 0.0
+    m, _ = np.frexp(v)  # in [0.5, 1): m * 2**53 is an integer
+    bits = 0
+    while bits < 53 and np.any(m != np.floor(m)):  # exact: scaling by 2 never rounds
+        m, bits = m * 2.0, bits + 1
+    return float(2.0 ** (1 - bits))
+
+
 #: When the loss is flat at a few ulps, the noise estimate's step grows by this factor...
 NOISE_SCALING = 256.0
 #: ... at most this many times (steps up to ~1e-5 relative in float64; 8 evaluations each).
@@ -99,13 +197,24 @@ MAX_NOISE_SCALINGS = 5
 
 
 def _noise_at(
-    evaluator: Evaluator, base_loss: float, rng: np.random.Generator, scale: float
+    evaluator: Evaluator,
+    base_loss: float,
+    rng: np.random.Generator,
+    scale: float,
+    few: int | None = None,
 ) -> tuple[NoiseEstimate, list[float]]:
-    """ECnoise on ``L(x + i * delta * v)`` with ``delta`` ``scale`` times the ulp-sized step."""
+    """ECnoise on ``L(x + i * delta * v)`` with ``delta`` ``scale`` times the ulp-sized step;
+    ``few``: ``v`` moves that many entries drawn at random (each by as much as when all move)."""
     layout = evaluator.layout
     base = [b.astype(np.float64, copy=False) for b in evaluator.base]
     n = sum(b.size for b in base)
     v = [rng.standard_normal(b.shape) for b in base]
+    if few is not None and few < n:
+        keep = np.zeros(n, dtype=bool)
+        keep[rng.choice(n, size=few, replace=False)] = True
+        parts = np.split(keep, np.cumsum([b.size for b in base])[:-1])
+        v = [x * k.reshape(x.shape) for x, k in zip(v, parts, strict=True)]
+        n = few
     norm = float(np.sqrt(sum(float(np.sum(x * x)) for x in v)))
     steps = [
         scale

@@ -44,7 +44,7 @@ from ..numerics.tolerances import (
     NoiseEstimate,
 )
 from ..validators import DEFAULT_NONDET_TOL
-from .noise import PIECEWISE_CONSTANT, PIECEWISE_NOTE, estimate_loss_noise
+from .noise import PIECEWISE_CONSTANT, estimate_loss_noise, piecewise_note
 
 _NOT_MEASURED = NoiseEstimate(0.0, 0, "not measured")
 
@@ -425,7 +425,7 @@ def run_preflight(
         zero = all(not np.any(g) for g in analytic)  # NaN counts as nonzero
         noise = estimate_loss_noise(evaluator, base_loss, noise_rng, zero_gradient=zero)
         if noise.status == PIECEWISE_CONSTANT:
-            warnings.append(PIECEWISE_NOTE)
+            warnings.append(piecewise_note(noise))
     if abs(base_loss - second) > noise.sigma:  # a noise sample too: the floor covers it
         noise = replace(noise, sigma=abs(base_loss - second), status="jitter")
     if nondet_tol is None:

@@ -7,6 +7,7 @@ written here, so the table, the failure block and the coverage line read the sam
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -23,6 +24,7 @@ from ..report.model import (
     ParamReport,
 )
 from .context import ParamCheck
+from .diagnosis import with_jumps
 from .parameter import Evidence
 from .probes import ProbeOutcome
 
@@ -74,7 +76,23 @@ def _bad_indices(ctx: ParamCheck, evidence: Evidence) -> tuple[tuple[int, ...], 
 def build_report(
     ctx: ParamCheck, evidence: Evidence, diagnosis: Diagnosis | None = None
 ) -> ParamReport:
-    """The parameter's report, built once from its evidence and diagnosis."""
+    """The parameter's report, built once from its evidence and diagnosis.
+
+    Entries the diagnosis found to be jumps on a grid finer than the step (its evidence's
+    ``"jumps"``: :func:`~gradprobe.checking.diagnosis.finer_jumps`) are jumps here, not
+    failures; a parameter they leave passing has no diagnosis.
+    """
+    finer = np.asarray((diagnosis.evidence if diagnosis else {}).get("jumps", ()), np.int64)
+    if finer.size:
+        entries = with_jumps(evidence.entries, finer)
+        in_sample = np.isin(entries.flat_index, evidence.sample.flat_index)
+        evidence = dataclasses.replace(
+            evidence,
+            entries=entries,
+            n_failed_sampled=int(np.count_nonzero(entries.failed & in_sample)),
+        )
+        if passes(evidence):
+            diagnosis = None
     entries, outcome, sample = evidence.entries, evidence.outcome, evidence.sample
     order = entries.worst_order()
     worst = tuple(
@@ -102,7 +120,7 @@ def build_report(
         n_probe_kinks=outcome.n_kinks if outcome is not None else 0,
         n_unverified=int(np.count_nonzero(~resolved & ~entries.kink & ~entries.failed)),
         unfinished=not evidence.finished,
-        jump_note=jump_note(entries, ctx.shape),
+        jump_note=jump_note(entries, ctx.shape, finer),
         passed=passes(evidence),
         probe_note=(
             probe_note(outcome, ctx.shape)
@@ -147,18 +165,33 @@ def _jumps(entries) -> np.ndarray:
     return np.zeros(entries.size, dtype=bool) if entries.jump is None else entries.jump
 
 
-def jump_note(entries, shape: tuple[int, ...]) -> str:
-    """Where the loss jumps, in words ('' where it does not)."""
+def jump_note(entries, shape: tuple[int, ...], finer: np.ndarray | None = None) -> str:
+    """Where the loss jumps, in words ('' where it does not); ``finer``: the entries found
+    flat at steps finer than the check's (a staircase finer than the step)."""
     jumps = entries.flat_index[_jumps(entries)]
-    if jumps.size == 0:
-        return ""
-    where = ", ".join(str(list(unravel(f, shape))) for f in jumps[:5])
-    more = f" and {jumps.size - 5} more" if jumps.size > 5 else ""
-    return (
-        f"the loss jumps at {jumps.size} {'entry' if jumps.size == 1 else 'entries'} ({where}"
-        f"{more}): its change across the step does not shrink with the step, so the function is "
-        "piecewise constant or discontinuous there; no derivative to check, not a failure"
-    )
+    finer = np.empty(0, np.int64) if finer is None else finer
+    at_step = jumps[~np.isin(jumps, finer)]
+    notes = []
+    if at_step.size:
+        notes.append(
+            f"the loss jumps at {_where(at_step, shape)}: its change across the step does not "
+            "shrink with the step, so the function is piecewise constant or discontinuous "
+            "there; no derivative to check, not a failure"
+        )
+    if finer.size:
+        notes.append(
+            f"the loss is piecewise constant on a grid finer than the step at "
+            f"{_where(finer, shape)}: the step spans several of its jumps, whose staircase "
+            "reads as a slope, while at steps finer than the grid the loss does not change at "
+            "all on one side, as the zero gradient says; jumps, not failures"
+        )
+    return "; ".join(notes)
+
+
+def _where(flat: np.ndarray, shape: tuple[int, ...]) -> str:
+    where = ", ".join(str(list(unravel(f, shape))) for f in flat[:5])
+    more = f" and {flat.size - 5} more" if flat.size > 5 else ""
+    return f"{flat.size} {'entry' if flat.size == 1 else 'entries'} ({where}{more})"
 
 
 def _pct(p: float) -> str:
