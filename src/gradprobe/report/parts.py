@@ -94,7 +94,8 @@ class Diagnosis:
         One of ``"nonfinite"``, ``"zero"``, ``"unused"``, ``"missing-term"``, ``"sign"``,
         ``"scale"``, ``"transpose"``, ``"swapped"``, ``"shifted"``, ``"partial-factor"``,
         ``"confined"``, ``"mismatch"`` (:mod:`gradprobe.checking.diagnosis` tries them in
-        that order).
+        that order, after looking for ``"jumps"``: failing entries of a zero gradient where
+        the loss is piecewise constant on a grid finer than the step).
     detail : str
         One line a person can act on.
     confidence : float
