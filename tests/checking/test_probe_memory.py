@@ -13,6 +13,7 @@ import pytest
 
 import gradprobe
 import gradprobe.checking.probes as probes_module
+import gradprobe.numerics.directions as directions_module
 from gradprobe.checking.context import ParamCheck
 from gradprobe.checking.noise import estimate_loss_noise
 from gradprobe.checking.probes import run_probes
@@ -24,15 +25,22 @@ from gradprobe.numerics.tolerances import loss_epsilon, tolerance_for
 
 from ..numerics.test_directions import stored_directions
 
-N = 300_000
+#: Large enough that directions are drawn again, not stored (numerics.directions.STORE_BYTES).
+N = 600_000
 
 
 class StoredDirections:
     """The reference: the directions as the probes stored them before (a (k, n) array)."""
 
+    stored = True
+    leaf = 2**62  # whole ranges at once (one np.sum each), as the probes computed them before
+
     def __init__(self, rng: np.random.Generator, k: int, n: int) -> None:
         self.k, self.n = k, n
         self.v = stored_directions(rng, k, n)
+
+    def spans(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        return [(lo, hi)]
 
     def values(self, j: int, lo: int, hi: int) -> np.ndarray:
         return self.v[j, lo:hi]
@@ -63,10 +71,13 @@ def test_reports_with_probes_are_those_of_stored_directions(monkeypatch):
         g["v"][19_000] += 1e-2  # localized by bisection
         return g
 
-    streamed = _report(loss, grad, x, probes=3, slice_probes=True)
+    kept = _report(loss, grad, x, probes=3, slice_probes=True)  # small: directions kept
+    monkeypatch.setattr(directions_module, "STORE_BYTES", 0)
+    streamed = _report(loss, grad, x, probes=3, slice_probes=True)  # drawn again
     monkeypatch.setattr(probes_module, "Directions", StoredDirections)
-    stored = _report(loss, grad, x, probes=3, slice_probes=True)
+    stored = _report(loss, grad, x, probes=3, slice_probes=True)  # as before issue 20
     assert streamed == stored
+    assert kept == stored
     v = next(p for p in streamed["params"] if p["name"] == "v")
     assert v["bad_indices"] == [[19_000]]  # bisection localized the wrong entry
 

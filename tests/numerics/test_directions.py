@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import gradprobe.numerics.directions as directions_module
 from gradprobe.evaluate.base import ComputedRows
 from gradprobe.numerics.directions import Directions, Normals, pairwise
 
@@ -33,11 +34,20 @@ def test_pairwise_is_numpy_sum(n: int, leaf: int) -> None:
     assert pairwise(lo, n, lambda x, y: np.sum(a[x:y]), leaf) == np.sum(a[lo:])
 
 
+@pytest.fixture(params=["drawn again", "stored"])
+def stored(request, monkeypatch) -> bool:
+    """Both ways of reading draws: drawn again in pieces (forced) and kept (small draws)."""
+    if request.param == "drawn again":
+        monkeypatch.setattr(directions_module, "STORE_BYTES", 0)
+    return request.param == "stored"
+
+
 @pytest.mark.parametrize(("k", "n"), [(1, 1), (2, 5), (3, 8193), (2, 70_001)])
-def test_directions_match_stored(k: int, n: int) -> None:
+def test_directions_match_stored(k: int, n: int, stored: bool) -> None:
     ref_rng, rng = np.random.default_rng([k, n]), np.random.default_rng([k, n])
     ref = stored_directions(ref_rng, k, n)
     d = Directions(rng, k, n, leaf=1024)
+    assert d.stored == stored
     for j in range(k):
         assert np.array_equal(d.row(j), ref[j])
         for lo, hi in [(0, n), (n // 3, n // 2 + 1), (n - 1, n), (n // 2, n)]:
@@ -47,7 +57,7 @@ def test_directions_match_stored(k: int, n: int) -> None:
     assert np.array_equal(rng.standard_normal(4), ref_rng.standard_normal(4))
 
 
-def test_normals_segments_match_draws_and_squares() -> None:
+def test_normals_segments_match_draws_and_squares(stored: bool) -> None:
     sizes = [3, 10_000, 0, 5]
     ref_rng, rng = np.random.default_rng(5), np.random.default_rng(5)
     ref = [ref_rng.standard_normal(m) for m in sizes]
@@ -55,12 +65,13 @@ def test_normals_segments_match_draws_and_squares() -> None:
     for s, r in enumerate(ref):
         assert np.array_equal(z.row(s), r)
         assert z.squares[s] == np.sum(r * r)
-        got = np.concatenate([z.values(s, a, b) for a, b in z.pieces(s)] or [np.empty(0)])
+        got = np.concatenate([z.values(s, a, b) for a, b in z.spans(0, r.size)] or [np.empty(0)])
         assert np.array_equal(got, r)
     assert rng.random() == ref_rng.random()
 
 
-def test_directions_read_from_threads() -> None:
+def test_directions_read_from_threads(monkeypatch) -> None:
+    monkeypatch.setattr(directions_module, "STORE_BYTES", 0)
     ref = stored_directions(np.random.default_rng(1), 2, 30_000)
     d = Directions(np.random.default_rng(1), 2, 30_000, leaf=1000)
     bad: list[Any] = []

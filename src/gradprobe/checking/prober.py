@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..evaluate.base import ComputedRows
-from ..numerics.directions import LEAF, Directions, pairwise
+from ..numerics.directions import Directions, pairwise
 from ..numerics.steps import in_dtype
 from ..numerics.tolerances import NOISE_FACTOR
 from .context import ParamCheck
@@ -135,7 +135,7 @@ class Prober:
         self._at = step
 
     def _side(self, j: int, lo: int, hi: int, sign: float, at: float | None = None) -> np.ndarray:
-        """Entries ``lo:hi`` (at most :data:`LEAF` of them) of ``x + sign * s`` (``s`` the step
+        """Entries ``lo:hi`` (a span of :meth:`Directions.spans`) of ``x + sign * s`` (``s`` the step
         ``at``, default the current one, along direction ``j``) in the parameter's dtype.
 
         Computed when needed rather than stored, a piece at a time: a (directions, n) array
@@ -157,8 +157,7 @@ class Prober:
         sign = 1.0 if r % 2 == 0 else -1.0
         out[:lo] = self.base[:lo]
         out[hi:] = self.base[hi:]
-        for a in range(lo, hi, LEAF):
-            b = min(hi, a + LEAF)
+        for a, b in self.directions.spans(lo, hi):
             out[a:b] = self._side(j, a, b, sign, at)
 
     def _sums(self, j: int, lo: int, hi: int) -> tuple[float, float, float, float, float]:
@@ -171,7 +170,7 @@ class Prober:
         float64 arrays per direction and step would multiply the check's memory for a large
         parameter.
         """
-        sums = pairwise(lo, hi, lambda a, b: self._piece_sums(j, a, b))
+        sums = pairwise(lo, hi, lambda a, b: self._piece_sums(j, a, b), self.directions.leaf)
         return (float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3]), float(sums[4]))
 
     def _piece_sums(self, j: int, lo: int, hi: int) -> np.ndarray:
@@ -342,7 +341,7 @@ def choose_step(ctx: ParamCheck, directions: Directions) -> tuple[float, float]:
     def x(a: int, b: int) -> np.ndarray:
         return base[a:b].astype(np.float64, copy=False)
 
-    pieces = [(a, min(n, a + LEAF)) for a in range(0, n, LEAF)]
+    pieces = directions.spans(0, n)
     big = max((float(np.max(np.abs(x(a, b)))) for a, b in pieces), default=0.0)
     if big > 0:  # an rms by scaled squares: no overflow
         squares = pairwise(0, n, lambda a, b: np.sum((x(a, b) / big) ** 2))
@@ -359,22 +358,28 @@ def choose_step(ctx: ParamCheck, directions: Directions) -> tuple[float, float]:
             v += x(a, b)
             return in_dtype(v, dtype, overwrite=True)
 
-    def pair(mult: float) -> tuple[np.ndarray, float]:
-        """``L(x + m h d)``, ``L(x - m h d)`` and ``g .`` the step taken between them."""
+    def pair(mult: float) -> np.ndarray:
+        """``L(x + m h d)``, ``L(x - m h d)``."""
 
         def fill(r: int, out: np.ndarray) -> None:
             for a, b in pieces:
                 out[a:b] = side((mult, -mult)[r], a, b)
 
-        losses = ctx.evaluator.vector_losses(ctx.param, ComputedRows(2, n, dtype, fill))
+        return ctx.evaluator.vector_losses(ctx.param, ComputedRows(2, n, dtype, fill))
+
+    def analytic(mult: float) -> float:
+        """``g .`` the step taken between ``x + m h d`` and ``x - m h d``."""
         taken = np.empty(n)
         for a, b in pieces:
             np.subtract(side(mult, a, b), side(-mult, a, b), out=taken[a:b], dtype=np.float64)
-        return losses, float(g @ taken)  # one step taken at a time: never two such vectors
+        return float(g @ taken)
 
-    first, gd1 = pair(1.0)
-    second, gd2 = pair(2.0)
-    losses = np.concatenate([first, second])
+    # The two pairs' losses, then each step taken and its dot product in turn: one such
+    # vector at a time, and the evaluations (one BLAS thread) are not interleaved with the
+    # dot products (every BLAS thread), whose threads would wake between them.
+    losses = np.concatenate([pair(1.0), pair(2.0)])
+    gd1 = analytic(1.0)
+    gd2 = analytic(2.0)
     r1 = (losses[0] - losses[1]) - gd1
     r2 = (losses[2] - losses[3]) - gd2
     cubic = abs(r2 - 2.0 * r1) / 6.0  # truncation at h_pilot

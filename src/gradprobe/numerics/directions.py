@@ -25,8 +25,14 @@ from typing import Any
 
 import numpy as np
 
-#: Entries per piece: pieces of a few float64 temporaries stay far below a large parameter.
-LEAF = 8192
+#: Entries per piece: a piece's float64 temporaries stay far below a large parameter, and
+#: below the 128 KiB from which the C allocator maps memory afresh (page faults at each use).
+LEAF = 16000
+
+#: Draws of at most this many bytes in all are kept rather than drawn again: drawing costs
+#: about as much as the arithmetic of a pass over them, and a small parameter's copies do not
+#: weigh on memory (a large one's would).
+STORE_BYTES = 4 * 2**20
 
 
 def pairwise(lo: int, hi: int, leaf_sums: Callable[[int, int], Any], leaf: int = LEAF) -> Any:
@@ -62,37 +68,47 @@ class Normals:
     other (``[rng.standard_normal(m) for m in sizes]``, which leaves ``rng`` where that leaves
     it), drawn again in pieces when read (:meth:`values`) rather than stored.
 
-    ``squares[s]`` is ``np.sum(z * z)`` over segment ``s`` (to the bit). Reading is
-    thread-safe (each thread draws with its own generator).
+    ``squares[s]`` is ``np.sum(z * z)`` over segment ``s`` (to the bit). Draws of at most
+    :data:`STORE_BYTES` in all are kept instead (:attr:`stored`; :meth:`values` is then a
+    view). Reading is thread-safe (each thread draws with
+    its own generator).
     """
 
     def __init__(self, rng: np.random.Generator, sizes: Sequence[int], leaf: int = LEAF) -> None:
         self.sizes, self.leaf = [int(m) for m in sizes], leaf
+        self.stored = 8 * sum(self.sizes) <= STORE_BYTES
         self._pieces = [pairwise_nodes(m, leaf) if m else [] for m in self.sizes]
         self._starts = [[a for a, _ in p] for p in self._pieces]
         self._kind = type(rng.bit_generator)
         self._states: list[list[dict[str, Any]]] = []
+        self._rows: list[np.ndarray] = []  # the draws, when stored
         self.squares: list[np.float64] = []
         bits = rng.bit_generator
         for m in self.sizes:
             states: list[dict[str, Any]] = []
+            row = np.empty(m if self.stored else 0)
 
-            def squares(a: int, b: int, states: list[dict[str, Any]] = states) -> np.float64:
+            def squares(
+                a: int, b: int, states: list[dict[str, Any]] = states, row: np.ndarray = row
+            ) -> np.float64:
                 states.append(bits.state)  # the tree's nodes come left to right: in draw order
                 z = rng.standard_normal(b - a)
+                if self.stored:
+                    row[a:b] = z
                 return np.sum(z * z)
 
             self.squares.append(pairwise(0, m, squares, leaf) if m else np.float64(0.0))
             self._states.append(states)
+            self._rows.append(row)
         self._local = threading.local()
         self._last: tuple[int, int, np.ndarray] | None = None
 
     def _scaled(self, s: int, z: np.ndarray) -> np.ndarray:
-        """A piece of segment ``s`` as :meth:`values` returns it (here: as drawn)."""
+        """Draws of segment ``s`` as :meth:`values` returns them, in place (here: as drawn)."""
         return z
 
     def _piece(self, s: int, i: int) -> np.ndarray:
-        """Piece ``i`` of segment ``s`` (a fresh array, never written)."""
+        """Piece ``i`` of segment ``s`` drawn again (a fresh array, never written)."""
         last = self._last  # one tuple read: safe while another thread replaces it
         if last is not None and last[0] == s and last[1] == i:
             return last[2]
@@ -107,6 +123,8 @@ class Normals:
 
     def values(self, s: int, lo: int, hi: int) -> np.ndarray:
         """Entries ``lo:hi`` of segment ``s`` (float64; read only: it may be shared)."""
+        if self.stored:
+            return self._rows[s][lo:hi]
         pieces = self._pieces[s]
         i = bisect.bisect_right(self._starts[s], lo) - 1
         parts = []
@@ -119,13 +137,16 @@ class Normals:
             return parts[0]
         return np.concatenate(parts) if parts else np.empty(0)
 
-    def pieces(self, s: int) -> list[tuple[int, int]]:
-        """The pieces of segment ``s``, left to right (reading piece by piece draws each
-        once)."""
-        return self._pieces[s]
+    def spans(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """``lo:hi`` cut into the ranges to compute at a time, of at most ``leaf`` entries:
+        temporaries stay small (below the size that the C allocator maps afresh, and faults
+        in, each time), even where the draws are stored."""
+        return [(a, min(hi, a + self.leaf)) for a in range(lo, hi, self.leaf)]
 
     def row(self, s: int) -> np.ndarray:
         """Segment ``s`` in full (a new array)."""
+        if self.stored:
+            return self._rows[s].copy()
         out = np.empty(self.sizes[s])
         for i, (a, b) in enumerate(self._pieces[s]):
             out[a:b] = self._piece(s, i)
@@ -135,12 +156,14 @@ class Normals:
 class Directions(Normals):
     """``k`` random unit directions over ``n`` entries: ``v = rng.standard_normal((k, n))``
     with each row divided by ``np.sqrt(np.sum(row * row))``, drawn again in pieces when read
-    (:meth:`values`, :meth:`row`)."""
+    (:meth:`values`, :meth:`row`) unless small enough to be stored."""
 
     def __init__(self, rng: np.random.Generator, k: int, n: int, leaf: int = LEAF) -> None:
         super().__init__(rng, [n] * k, leaf)
         self.k, self.n = k, n
         self.norms = [np.sqrt(q) for q in self.squares]
+        for row, norm in zip(self._rows, self.norms, strict=True):
+            row /= norm  # stored rows (empty otherwise), as pieces drawn again are
 
     def _scaled(self, s: int, z: np.ndarray) -> np.ndarray:
         z /= self.norms[s]
