@@ -39,7 +39,7 @@ class StoredDirections:
         self.k, self.n = k, n
         self.v = stored_directions(rng, k, n)
 
-    def spans(self, lo: int, hi: int) -> list[tuple[int, int]]:
+    def spans(self, j: int, lo: int, hi: int) -> list[tuple[int, int]]:
         return [(lo, hi)]
 
     def values(self, j: int, lo: int, hi: int) -> np.ndarray:

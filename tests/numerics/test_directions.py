@@ -65,7 +65,7 @@ def test_normals_segments_match_draws_and_squares(stored: bool) -> None:
     for s, r in enumerate(ref):
         assert np.array_equal(z.row(s), r)
         assert z.squares[s] == np.sum(r * r)
-        got = np.concatenate([z.values(s, a, b) for a, b in z.spans(0, r.size)] or [np.empty(0)])
+        got = np.concatenate([z.values(s, a, b) for a, b in z.spans(s, 0, r.size)] or [np.empty(0)])
         assert np.array_equal(got, r)
     assert rng.random() == ref_rng.random()
 

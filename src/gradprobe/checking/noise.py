@@ -155,7 +155,7 @@ def _shifted(
     out = np.empty(base.shape, dtype=dtype)
     flat, x = out.reshape(-1), base.reshape(-1)
     with np.errstate(over="ignore"):
-        for a, b in normals.spans(0, base.size):
+        for a, b in normals.spans(p, 0, base.size):
             piece = np.multiply(normals.values(p, a, b), scale)
             piece += x[a:b]  # in float64, as the sum of float64 arrays
             flat[a:b] = in_dtype(piece, dtype, overwrite=True)

@@ -157,7 +157,7 @@ class Prober:
         sign = 1.0 if r % 2 == 0 else -1.0
         out[:lo] = self.base[:lo]
         out[hi:] = self.base[hi:]
-        for a, b in self.directions.spans(lo, hi):
+        for a, b in self.directions.spans(j, lo, hi):
             out[a:b] = self._side(j, a, b, sign, at)
 
     def _sums(self, j: int, lo: int, hi: int) -> tuple[float, float, float, float, float]:
@@ -341,7 +341,7 @@ def choose_step(ctx: ParamCheck, directions: Directions) -> tuple[float, float]:
     def x(a: int, b: int) -> np.ndarray:
         return base[a:b].astype(np.float64, copy=False)
 
-    pieces = directions.spans(0, n)
+    pieces = directions.spans(0, 0, n)
     big = max((float(np.max(np.abs(x(a, b)))) for a, b in pieces), default=0.0)
     if big > 0:  # an rms by scaled squares: no overflow
         squares = pairwise(0, n, lambda a, b: np.sum((x(a, b) / big) ** 2))

@@ -137,11 +137,19 @@ class Normals:
             return parts[0]
         return np.concatenate(parts) if parts else np.empty(0)
 
-    def spans(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        """``lo:hi`` cut into the ranges to compute at a time, of at most ``leaf`` entries:
-        temporaries stay small (below the size that the C allocator maps afresh, and faults
-        in, each time), even where the draws are stored."""
-        return [(a, min(hi, a + self.leaf)) for a in range(lo, hi, self.leaf)]
+    def spans(self, s: int, lo: int, hi: int) -> list[tuple[int, int]]:
+        """``lo:hi`` of segment ``s`` cut at its pieces' bounds: the ranges to compute at a
+        time. Each is within one piece (drawn again once for all that reads it) of at most
+        ``leaf`` entries, so temporaries stay small (below the size that the C allocator maps
+        afresh, and faults in, at each use), even where the draws are stored."""
+        pieces = self._pieces[s]
+        i = bisect.bisect_right(self._starts[s], lo) - 1
+        out = []
+        while lo < hi:
+            stop = min(pieces[i][1], hi)
+            out.append((lo, stop))
+            lo, i = stop, i + 1
+        return out
 
     def row(self, s: int) -> np.ndarray:
         """Segment ``s`` in full (a new array)."""
