@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import GradCheckError, LossEvaluationError
 from ..evaluate import Evaluator
 from ..evaluate.threads import one_blas_thread
+from ..numerics.directions import Normals
 from ..numerics.steps import in_dtype
 from ..numerics.tolerances import NOISE_HALF_POINTS, NOISE_ULPS, NoiseEstimate, ecnoise
 
@@ -206,24 +207,20 @@ def _noise_at(
     """ECnoise on ``L(x + i * delta * v)`` with ``delta`` ``scale`` times the ulp-sized step;
     ``few``: ``v`` moves that many entries drawn at random (each by as much as when all move)."""
     layout = evaluator.layout
-    base = [b.astype(np.float64, copy=False) for b in evaluator.base]
+    base = evaluator.base
     n = sum(b.size for b in base)
-    v = [rng.standard_normal(b.shape) for b in base]
+    # The direction is drawn again piece by piece at each point rather than stored: as large
+    # as the parameters, it would add their size to the check's peak memory.
+    v: Normals | _Held = Normals(rng, [b.size for b in base])
     if few is not None and few < n:
         keep = np.zeros(n, dtype=bool)
         keep[rng.choice(n, size=few, replace=False)] = True
         parts = np.split(keep, np.cumsum([b.size for b in base])[:-1])
-        v = [x * k.reshape(x.shape) for x, k in zip(v, parts, strict=True)]
+        v = _Held([v.row(p) * k for p, k in enumerate(parts)])  # rare: kept whole
         n = few
-    norm = float(np.sqrt(sum(float(np.sum(x * x)) for x in v)))
+    norm = float(np.sqrt(sum(float(q) for q in v.squares)))
     steps = [
-        scale
-        * NOISE_ULPS
-        * float(np.finfo(dt).eps)
-        * np.sqrt(n)
-        # einsum's own loop, not BLAS: the sum must not depend on the BLAS thread count.
-        * max(1.0, float(np.sqrt(np.einsum("i,i->", b.reshape(-1), b.reshape(-1)) / b.size)))
-        / norm
+        scale * NOISE_ULPS * float(np.finfo(dt).eps) * np.sqrt(n) * max(1.0, _rms(b)) / norm
         for b, dt in zip(base, layout.dtypes, strict=True)
     ]
     k = NOISE_HALF_POINTS
@@ -232,9 +229,10 @@ def _noise_at(
         if i == 0:
             values.append(base_loss)
             continue
+        arrays = None  # the previous point's, freed before this one's are made
         arrays = [
-            _shifted(b, i * h, x, dt)
-            for b, h, x, dt in zip(base, steps, v, layout.dtypes, strict=True)
+            _shifted(b, i * h, v, p, dt)
+            for p, (b, h, dt) in enumerate(zip(base, steps, layout.dtypes, strict=True))
         ]
         evaluator.charge(1)
         try:
@@ -250,10 +248,39 @@ def _noise_at(
     return ecnoise(values), values
 
 
-def _shifted(base: np.ndarray, scale: float, direction: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``(base + scale * direction).astype(dtype)`` with one temporary instead of three, kept
-    inside the dtype's range (never an inf from finite parameters)."""
+class _Held:
+    """A direction held whole (the few-entries one, drawn only for a zero gradient), read as
+    :class:`Normals` is."""
+
+    def __init__(self, rows: list[np.ndarray]) -> None:
+        self.rows = rows
+        self.squares = [np.sum(x * x) for x in rows]
+
+    def spans(self, s: int, lo: int, hi: int) -> list[tuple[int, int]]:
+        return [(lo, hi)]
+
+    def values(self, s: int, lo: int, hi: int) -> np.ndarray:
+        return self.rows[s][lo:hi]
+
+
+def _rms(b: np.ndarray) -> float:
+    """The root mean square of ``b``'s entries (in float64)."""
+    b = b.astype(np.float64, copy=False).reshape(-1)
+    # einsum's own loop, not BLAS: the sum must not depend on the BLAS thread count.
+    return float(np.sqrt(np.einsum("i,i->", b, b) / b.size))
+
+
+def _shifted(
+    base: np.ndarray, scale: float, normals: Normals | _Held, p: int, dtype: np.dtype
+) -> np.ndarray:
+    """``(base + scale * direction).astype(dtype)`` (the direction: segment ``p`` of
+    ``normals``) piece by piece, kept inside the dtype's range (never an inf from finite
+    parameters)."""
+    out = np.empty(base.shape, dtype=dtype)
+    flat, x = out.reshape(-1), base.reshape(-1)
     with np.errstate(over="ignore"):
-        out = np.multiply(direction, scale)
-        out += base
-    return in_dtype(out, dtype)
+        for a, b in normals.spans(p, 0, base.size):
+            piece = np.multiply(normals.values(p, a, b), scale)
+            piece += x[a:b]  # in float64, as the sum of float64 arrays
+            flat[a:b] = in_dtype(piece, dtype, overwrite=True)
+    return out

@@ -5,11 +5,14 @@ its judgement by the kink rule (see :mod:`gradprobe.checking.probes` for what pr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..evaluate.base import ComputedRows
+from ..numerics.directions import Directions, pairwise
 from ..numerics.steps import in_dtype
 from ..numerics.tolerances import NOISE_FACTOR
 from .context import ParamCheck
@@ -113,7 +116,7 @@ class Prober:
     """Builds perturbed vectors for ranges of one direction and turns losses into probes."""
 
     def __init__(
-        self, ctx: ParamCheck, directions: np.ndarray, step: float, truncation: float
+        self, ctx: ParamCheck, directions: Directions, step: float, truncation: float
     ) -> None:
         self.evaluator = ctx.evaluator
         self.param = ctx.param
@@ -131,13 +134,15 @@ class Prober:
         #: The step the perturbed values are computed at (the first, or the retry's).
         self._at = step
 
-    def _side(self, j: int, lo: int, hi: int, sign: float) -> np.ndarray:
-        """Entries ``lo:hi`` of ``x + sign * step * d_j`` in the parameter's dtype, computed
-        when needed rather than stored: a (directions, n) array per side and step would
-        multiply the check's memory for a large parameter (elementwise, so a range computed
-        alone is bit for bit the same range of the whole vector)."""
+    def _side(self, j: int, lo: int, hi: int, sign: float, at: float | None = None) -> np.ndarray:
+        """Entries ``lo:hi`` (a span of :meth:`Directions.spans`) of ``x + sign * s`` (``s`` the step
+        ``at``, default the current one, along direction ``j``) in the parameter's dtype.
+
+        Computed when needed rather than stored, a piece at a time: a (directions, n) array
+        per side and step would multiply the check's memory for a large parameter
+        (elementwise, so a piece computed alone is bit for bit that piece of the whole)."""
         x = self.base[lo:hi].astype(np.float64, copy=False)
-        v = self._at * self.directions[j, lo:hi]  # s, then x + s or x - s in its place
+        v = (self._at if at is None else at) * self.directions.values(j, lo, hi)
         with np.errstate(over="ignore"):  # kept inside the dtype's range (issue 26)
             if sign > 0:
                 v += x
@@ -145,14 +150,31 @@ class Prober:
                 np.subtract(x, v, out=v)
             return in_dtype(v, self.dtype, overwrite=True)
 
+    def _fill(self, ranges: list[tuple[int, int, int]], at: float, r: int, out: np.ndarray) -> None:
+        """Vector ``r`` of :meth:`run`'s call: ``x + s`` (even ``r``) or ``x - s`` (odd) over
+        range ``r // 2``, the base elsewhere, written into ``out`` piece by piece."""
+        lo, hi, j = ranges[r // 2]
+        sign = 1.0 if r % 2 == 0 else -1.0
+        out[:lo] = self.base[:lo]
+        out[hi:] = self.base[hi:]
+        for a, b in self.directions.spans(j, lo, hi):
+            out[a:b] = self._side(j, a, b, sign, at)
+
     def _sums(self, j: int, lo: int, hi: int) -> tuple[float, float, float, float, float]:
         """Over entries ``lo:hi`` of direction ``j`` at the current step: ``g . d``, its
         forward part ``g . ((x + s) - x)``, ``|g| . |d|``, ``|d|**2`` and ``sum |d|`` (``d`` the
         step taken).
 
-        Computed per range rather than stored for every entry: four float64 arrays per
-        direction and step would multiply the check's memory for a large parameter.
+        Computed per range, piece by piece (numpy's pairwise sums reproduced to the bit by
+        :func:`~gradprobe.numerics.directions.pairwise`), rather than stored for every entry:
+        float64 arrays per direction and step would multiply the check's memory for a large
+        parameter.
         """
+        sums = pairwise(lo, hi, lambda a, b: self._piece_sums(j, a, b), self.directions.leaf)
+        return (float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3]), float(sums[4]))
+
+    def _piece_sums(self, j: int, lo: int, hi: int) -> np.ndarray:
+        """:meth:`_sums`'s five ``np.sum`` over one piece, in that order."""
         x = self.base[lo:hi].astype(np.float64, copy=False)
         g = self.g[lo:hi]
         up = self._side(j, lo, hi, 1.0).astype(np.float64, copy=False)  # a fresh array
@@ -161,12 +183,12 @@ class Prober:
         np.subtract(x, taken, out=taken)
         taken += up
         tmp = g * taken  # g . d, then |g| . |d|, then sum |d|: one scratch array for the three
-        gd_sum = float(tmp.sum())
-        abs_gd_sum = float(np.abs(tmp, out=tmp).sum())
+        gd_sum = tmp.sum()
+        abs_gd_sum = np.abs(tmp, out=tmp).sum()
         up *= g
-        abs_d_sum = float(np.abs(taken, out=tmp).sum())
+        abs_d_sum = np.abs(taken, out=tmp).sum()
         taken *= taken
-        return gd_sum, float(up.sum()), abs_gd_sum, float(taken.sum()), abs_d_sum
+        return np.array([gd_sum, up.sum(), abs_gd_sum, taken.sum(), abs_d_sum])
 
     @property
     def f0(self) -> float:
@@ -234,14 +256,14 @@ class Prober:
         pairs = max(1, min(CHUNK // 2, VECTOR_BYTES // max(1, 2 * self.base.nbytes)))
         for start in range(0, len(ranges), pairs):
             chunk = ranges[start : start + pairs]
-            vectors = np.empty((2 * len(chunk), self.base.size), dtype=self.dtype)
-            for r, (lo, hi, j) in enumerate(chunk):
-                vectors[2 * r] = self.base
-                vectors[2 * r, lo:hi] = self._side(j, lo, hi, 1.0)
-                vectors[2 * r + 1] = self.base
-                vectors[2 * r + 1, lo:hi] = self._side(j, lo, hi, -1.0)
+            # Computed into the evaluator's working copy as each is evaluated, never stored.
+            vectors = ComputedRows(
+                2 * len(chunk),
+                self.base.size,
+                self.dtype,
+                functools.partial(self._fill, chunk, self._at),
+            )
             losses = self.evaluator.vector_losses(self.param, vectors)
-            del vectors  # before the sums below need their own scratch
             for r, (lo, hi, j) in enumerate(chunk):
                 out.append(self._probe(lo, hi, j, depth, losses[2 * r], losses[2 * r + 1]))
         self.n_probes += len(ranges)
@@ -300,49 +322,66 @@ class Prober:
         return (2.0 * rtol * abs_gd + self.tolerance.atol * abs_d) / (1.0 - rtol)
 
 
-def random_directions(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
-    v = rng.standard_normal((k, n))
-    for row in v:  # row by row: no (k, n) temporary; a plain sum, not BLAS (thread-independent)
-        row /= np.sqrt(np.sum(row * row))
-    return v
-
-
-def choose_step(ctx: ParamCheck, direction: np.ndarray) -> tuple[float, float]:
-    """Pilot along ``direction`` at ``s`` and ``2 s``: the probe step and its truncation.
+def choose_step(ctx: ParamCheck, directions: Directions) -> tuple[float, float]:
+    """Pilot along the first of ``directions`` at ``s`` and ``2 s``: the probe step and its
+    truncation.
 
     With ``N(s) = L(x + s) - L(x - s) = g . d + T(s) + O(s^5)`` and ``T(2 s) = 8 T(s)``, the
     cubic term is ``T(s) = ((N(2s) - g . d2) - 2 (N(s) - g . d1)) / 6`` (a wrong gradient cancels
     out of this combination). The probe step then puts ``T`` at ``TRUNCATION_TARGET`` of the
     round-off floor, within ``[h_min, 2 h_pilot]``, ``h_pilot = h_min * n**(1/3)``.
+
+    Everything over the parameter's entries goes piece by piece (sums as numpy's, to the bit),
+    so that only the step taken, for ``g . d``, is ever as large as the parameter.
     """
     base = ctx.base_flat
     n = base.size
-    x = base.astype(np.float64, copy=False)
-    big = float(np.max(np.abs(x))) if n else 0.0  # an rms by scaled squares: no overflow
-    scale = max(1.0, big * float(np.sqrt(np.mean((x / big) ** 2))) if big > 0 else 1.0)
+    dtype = base.dtype
+
+    def x(a: int, b: int) -> np.ndarray:
+        return base[a:b].astype(np.float64, copy=False)
+
+    pieces = directions.spans(0, 0, n)
+    big = max((float(np.max(np.abs(x(a, b)))) for a, b in pieces), default=0.0)
+    if big > 0:  # an rms by scaled squares: no overflow
+        squares = pairwise(0, n, lambda a, b: np.sum((x(a, b) / big) ** 2))
+        scale = max(1.0, big * float(np.sqrt(squares / n)))
+    else:
+        scale = 1.0
     h_min = ctx.relative_step * scale
     h_pilot = h_min * n ** (1.0 / 3.0)
     g = np.asarray(ctx.analytic_flat, dtype=np.float64)
 
-    def pair(mult: float) -> tuple[np.ndarray, np.ndarray]:
-        """``L(x + m h d)``, ``L(x - m h d)`` and the step taken between them."""
-        vectors = np.empty((2, n), dtype=base.dtype)
-        for r, sign in enumerate((mult, -mult)):
-            v = sign * h_pilot * direction  # then x + v in its place: one scratch vector
-            with np.errstate(over="ignore"):  # kept inside the dtype's range (issue 26)
-                v += x
-                vectors[r] = in_dtype(v, base.dtype, overwrite=True)
-            del v
-        taken = vectors[0].astype(np.float64)
-        taken -= vectors[1]
-        return ctx.evaluator.vector_losses(ctx.param, vectors), taken
+    def side(sign: float, a: int, b: int) -> np.ndarray:
+        v = sign * h_pilot * directions.values(0, a, b)  # then x + v in its place
+        with np.errstate(over="ignore"):  # kept inside the dtype's range (issue 26)
+            v += x(a, b)
+            return in_dtype(v, dtype, overwrite=True)
 
-    # Two calls of two vectors: four copies of a large parameter never coexist.
-    first, d1 = pair(1.0)
-    second, d2 = pair(2.0)
-    losses = np.concatenate([first, second])
-    r1 = (losses[0] - losses[1]) - float(g @ d1)
-    r2 = (losses[2] - losses[3]) - float(g @ d2)
+    def pair(mult: float) -> np.ndarray:
+        """``L(x + m h d)``, ``L(x - m h d)``."""
+
+        def fill(r: int, out: np.ndarray) -> None:
+            for a, b in pieces:
+                out[a:b] = side((mult, -mult)[r], a, b)
+
+        return ctx.evaluator.vector_losses(ctx.param, ComputedRows(2, n, dtype, fill))
+
+    def analytic(mult: float) -> float:
+        """``g .`` the step taken between ``x + m h d`` and ``x - m h d``."""
+        taken = np.empty(n)
+        for a, b in pieces:
+            np.subtract(side(mult, a, b), side(-mult, a, b), out=taken[a:b], dtype=np.float64)
+        return float(g @ taken)
+
+    # The two pairs' losses, then each step taken and its dot product in turn: one such
+    # vector at a time, and the evaluations (one BLAS thread) are not interleaved with the
+    # dot products (every BLAS thread), whose threads would wake between them.
+    losses = np.concatenate([pair(1.0), pair(2.0)])
+    gd1 = analytic(1.0)
+    gd2 = analytic(2.0)
+    r1 = (losses[0] - losses[1]) - gd1
+    r2 = (losses[2] - losses[3]) - gd2
     cubic = abs(r2 - 2.0 * r1) / 6.0  # truncation at h_pilot
     noise = float(ctx.tolerance.difference_floor(losses[0], losses[1]))
     if not (np.isfinite(cubic) and np.isfinite(noise)):

@@ -40,12 +40,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..numerics.directions import Directions
 from ..options import DEFAULT_PROBES
 from ..report.model import MAX_BAD_INDICES
 from .context import ParamCheck
 from .entries import evaluate_entries
 from .plan import slice_rows
-from .prober import Probe, Prober, choose_step, random_directions
+from .prober import Probe, Prober, choose_step
 from .results import EntryResults, merge_entry_results
 
 #: Bisection levels after which "every half fails" asks whether most entries are wrong.
@@ -157,11 +158,12 @@ def run_probes(
     n0 = evaluator.n_evaluations
     shape = ctx.shape
     n = ctx.size
-    directions = random_directions(rng, max(1, n_directions), n)
-    step, truncation = choose_step(ctx, directions[0])
+    # Drawn again piece by piece when needed: never a (directions, n) array.
+    directions = Directions(rng, max(1, n_directions), n)
+    step, truncation = choose_step(ctx, directions)
     prober = Prober(ctx, directions, step, truncation)
     prober.n_probes = 2  # the pilot: steps s and 2 s
-    ranges = [(0, n, j) for j in range(directions.shape[0])]
+    ranges = [(0, n, j) for j in range(directions.k)]
     rows = slice_rows(shape) if slice_probes else 0  # the plan counts the same rows
     if rows:
         row = n // rows

@@ -239,9 +239,13 @@ class Evaluator:
         """
         return self.placement.entry_losses(self, param, flat_index, values)
 
-    def vector_losses(self, param: int, vectors: np.ndarray) -> np.ndarray:
-        """Losses with parameter ``param`` replaced by each row of ``vectors`` (flat, its dtype)."""
-        return self.placement.vector_losses(self, param, vectors)
+    def vector_losses(self, param: int, vectors: np.ndarray | ComputedRows) -> np.ndarray:
+        """Losses with parameter ``param`` replaced by each row of ``vectors`` (flat, its dtype):
+        stored rows, or :class:`ComputedRows` that a row runner able to (``fills_rows``)
+        computes straight into its working copy, and others receive stored."""
+        if isinstance(vectors, ComputedRows) and not getattr(self.rows, "fills_rows", False):
+            vectors = np.asarray(vectors)
+        return self.placement.vector_losses(self, param, vectors)  # type: ignore[arg-type]
 
     def prefetch(self, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
         """The entry blocks the check will ask for next, ``(param, flat_index, values)`` each
@@ -303,6 +307,63 @@ class Evaluator:
         if isinstance(exc, (CheckAborted, LossEvaluationError)):
             raise exc
         raise self.wrap_error(exc, param, flat) from exc
+
+
+class ComputedRows:
+    """Replacement vectors computed when a loop needs them rather than stored: row ``r`` is
+    written by ``fill(r, out)`` into ``out`` (flat, the parameter's dtype), which may be the
+    working copy it replaces, so a large parameter's vectors never exist apart from it.
+
+    It slices (``rows[a:b]``, for chunks of rows), reads one row (``rows[r]``) and converts
+    (``np.asarray(rows)``) like a stored ``(n_rows, size)`` array; pickled (for workers in
+    another process) it becomes one, computed then.
+    """
+
+    def __init__(
+        self,
+        n_rows: int,
+        size: int,
+        dtype: np.dtype,
+        fill: Callable[[int, np.ndarray], None],
+        start: int = 0,
+    ) -> None:
+        self.shape = (n_rows, size)
+        self.dtype = np.dtype(dtype)
+        self._fill, self._start = fill, start
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def fill(self, r: int, out: np.ndarray) -> None:
+        """Write row ``r`` (every entry) into ``out``."""
+        self._fill(self._start + r, out)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: int | slice) -> Any:
+        n_rows, size = self.shape
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n_rows)
+            if step != 1:
+                raise IndexError("ComputedRows: only contiguous slices of rows")
+            return ComputedRows(
+                max(0, stop - start), size, self.dtype, self._fill, self._start + start
+            )
+        r = range(n_rows)[key]  # an int, negative or not; IndexError beyond the rows
+        row = np.empty(size, dtype=self.dtype)
+        self.fill(r, row)
+        return row
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.shape, dtype=self.dtype)
+        for r in range(self.shape[0]):
+            self.fill(r, out[r])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (np.asarray, (np.asarray(self),))
 
 
 class InProcess:

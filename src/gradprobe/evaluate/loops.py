@@ -72,12 +72,19 @@ def replace_vectors(
     out: np.ndarray,
     before_each: Callable[[], None] | None = None,
 ) -> tuple[int, Exception] | None:
-    """Like :func:`perturb_entries` for whole replacement vectors, restoring ``base``."""
+    """Like :func:`perturb_entries` for whole replacement vectors, restoring ``base``.
+
+    ``vectors``: stored rows, or rows computed straight into ``flat`` (its ``fill(r, flat)``,
+    :class:`~gradprobe.evaluate.base.ComputedRows`)."""
+    fill = None if isinstance(vectors, np.ndarray) else vectors.fill
     for r in range(vectors.shape[0]):
         try:
             if before_each is not None:
                 before_each()
-            flat[:] = vectors[r]
+            if fill is not None:
+                fill(r, flat)
+            else:
+                flat[:] = vectors[r]
             out[r] = call()
         except Exception as exc:
             return r, exc
@@ -265,6 +272,8 @@ class EntryLoop:
     chunk_name = "chunks"
     #: Its in-process blocks time one evaluation each: they refine the dispatch cost model.
     times_rows = True
+    #: Its vector rows may be computed into the working copy (ComputedRows), never stored.
+    fills_rows = True
     compile_seconds = 0.0
 
     def __init__(self) -> None:

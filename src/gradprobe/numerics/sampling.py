@@ -168,25 +168,28 @@ def stratified_sample(
         return Sample(idx, {"all": n_total}, n_total, n_rows, n_cols, n_rows, n_cols)
     n_sample = max(0, min(int(n_sample), n_total - n_excluded))
     pick = _Picker(n_total, n_sample, exclude)
-    mag = np.abs(np.asarray(analytic, dtype=np.float64).reshape(-1))
+    # One array as large as the parameter where possible (a large parameter's sample must
+    # not cost several times its size): |analytic| with NaN ranked as the largest magnitude
+    # (a NaN gradient is the first thing to show), which is zero exactly where |analytic| is.
+    ranked = np.abs(np.asarray(analytic, dtype=np.float64).reshape(-1))
+    np.copyto(ranked, np.inf, where=np.isnan(ranked))
 
     pick.add("edges", np.array([0, n_total - 1], dtype=np.int64))
-    # NaN ranks as the largest magnitude: a NaN gradient is the first thing to show.
-    ranked = np.where(np.isnan(mag), np.inf, mag)
     pick.add("extremes", np.array([np.argmax(ranked), np.argmin(ranked)], dtype=np.int64))
 
-    zeros = np.flatnonzero(mag == 0.0)
+    zeros = np.flatnonzero(ranked == 0.0)
     if zeros.size:
         pick.add("zero gradient", rng.permutation(zeros), limit=max(1, n_sample // 16))
-
-    nonzero = np.flatnonzero(mag != 0.0)
-    if nonzero.size:
+    # Without zeros the nonzero entries are all of them: no index array, no copy.
+    nonzero = np.flatnonzero(ranked != 0.0) if zeros.size else None
+    n_nonzero = n_total if nonzero is None else nonzero.size
+    if n_nonzero:
         mag_budget = pick.left // 2
-        n_bins = min(MAGNITUDE_BINS, nonzero.size)
+        n_bins = min(MAGNITUDE_BINS, n_nonzero)
         # Bins of the nonzero entries ranked by |analytic| (ties by position), as
         # np.array_split cuts them; a few random ranks from each (rng.choice on the bin's
         # size picks the same positions as on its members), found by selection, not a sort.
-        size, extra = divmod(nonzero.size, n_bins)
+        size, extra = divmod(n_nonzero, n_bins)
         starts = np.arange(n_bins + 1) * size + np.minimum(np.arange(n_bins + 1), extra)
         quotas = np.full(n_bins, mag_budget // n_bins)
         quotas[: mag_budget % n_bins] += 1
@@ -196,7 +199,11 @@ def stratified_sample(
             if quota
         ]
         if chosen:
-            found = nonzero[_entries_at_ranks(ranked[nonzero], np.concatenate(chosen))]
+            ranks = np.concatenate(chosen)
+            if nonzero is None:
+                found = _entries_at_ranks(ranked, ranks)
+            else:
+                found = nonzero[_entries_at_ranks(ranked[nonzero], ranks)]
             for part in np.split(found, np.cumsum([c.size for c in chosen])[:-1]):
                 pick.add("magnitude", part)
 
