@@ -331,8 +331,8 @@ def choose_step(ctx: ParamCheck, directions: Directions) -> tuple[float, float]:
     out of this combination). The probe step then puts ``T`` at ``TRUNCATION_TARGET`` of the
     round-off floor, within ``[h_min, 2 h_pilot]``, ``h_pilot = h_min * n**(1/3)``.
 
-    Everything over the parameter's entries goes piece by piece (sums as numpy's, to the bit),
-    so that only the step taken, for ``g . d``, is ever as large as the parameter.
+    Everything over the parameter's entries goes piece by piece (sums as numpy's, to the bit,
+    whatever the BLAS thread count), so nothing as large as the parameter is held.
     """
     base = ctx.base_flat
     n = base.size
@@ -368,15 +368,17 @@ def choose_step(ctx: ParamCheck, directions: Directions) -> tuple[float, float]:
         return ctx.evaluator.vector_losses(ctx.param, ComputedRows(2, n, dtype, fill))
 
     def analytic(mult: float) -> float:
-        """``g .`` the step taken between ``x + m h d`` and ``x - m h d``."""
-        taken = np.empty(n)
-        for a, b in pieces:
-            np.subtract(side(mult, a, b), side(-mult, a, b), out=taken[a:b], dtype=np.float64)
-        return float(g @ taken)
+        """``g .`` the step taken between ``x + m h d`` and ``x - m h d``: a sum as numpy's,
+        piece by piece (a BLAS dot product splits the sum by its thread count, and the probe
+        step would depend on the machine's)."""
 
-    # The two pairs' losses, then each step taken and its dot product in turn: one such
-    # vector at a time, and the evaluations (one BLAS thread) are not interleaved with the
-    # dot products (every BLAS thread), whose threads would wake between them.
+        def dots(a: int, b: int) -> np.float64:
+            taken = np.subtract(side(mult, a, b), side(-mult, a, b), dtype=np.float64)
+            return np.sum(g[a:b] * taken)
+
+        return float(pairwise(0, n, dots))
+
+    # The two pairs' losses, then each step taken and its dot product in turn.
     losses = np.concatenate([pair(1.0), pair(2.0)])
     gd1 = analytic(1.0)
     gd2 = analytic(2.0)
