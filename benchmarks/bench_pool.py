@@ -74,13 +74,14 @@ def _checks(task: dict) -> dict:
     # point, gradient, first samples), before which no worker has anything to do.
     from gradprobe.evaluate import Evaluator
 
-    prefetch, sent = Evaluator.prefetch, []
+    prefetch, sent = getattr(Evaluator, "prefetch", None), []  # None before it existed
 
     def timed_prefetch(self: Any, requests: Any) -> None:
         sent.append(time.perf_counter())
         prefetch(self, requests)
 
-    Evaluator.prefetch = timed_prefetch  # type: ignore[method-assign]
+    if prefetch is not None:
+        Evaluator.prefetch = timed_prefetch  # type: ignore[method-assign]
     prefixes = []
     with joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext():
         for _ in range(task["runs"]):

@@ -193,3 +193,36 @@ def test_no_worker_outlives_its_parent(tmp_path, mode):
         if proc.poll() is None:
             proc.kill()
 
+
+
+def test_a_plan_is_judged_on_a_cold_first_call_as_a_quarter_of_it(monkeypatch):
+    """The base point's call is often several times slower than later ones (imports, caches):
+    before any other timing, the plan assumes a quarter of it; once more calls are timed,
+    their fastest decides. With the pool running, a plan must save running_plan_seconds."""
+    from gradprobe.evaluate import make_evaluator
+    from gradprobe.layout import normalize_params
+
+    policy = parallel.DEFAULT_POLICY
+    started = []
+    monkeypatch.setattr(parallel, "warm_up", started.append)
+    monkeypatch.setattr(parallel, "warm_up_in_background", started.append)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    layout, base = normalize_params(np.zeros(3))
+    with joblib.parallel_config(backend="loky"):
+        ev = make_evaluator(_sum_sin, layout, base, n_jobs="auto")
+        workers = ev.placement
+        # 1,000 evaluations of 1 ms: 0.5 s saved on 2 workers, over the 0.25 s threshold; of
+        # 0.25 ms (a quarter), 0.125 s: under it.
+        workers.observe(1e-3, 1)
+        ev.plan(1000)
+        assert not workers.planned and not started
+        workers.observe(1e-3, 1)  # a second call as slow: the cost is real
+        ev.plan(1000)
+        assert workers.planned and started
+        ev.close()
+    saved = 0.08 * (1 - 1 / 2)  # the tiny MLP's plan of ~80 ms, pool running
+    assert saved < policy.running_plan_seconds
+    assert not policy.plan_pays(
+        1684, loss_seconds=0.08 / 1684, n_workers=2, start_processes=False, running=True
+    )
+    assert policy.plan_pays(2324, loss_seconds=8e-4, n_workers=2, start_processes=False, running=True)

@@ -28,6 +28,7 @@ EAGER = replace(
     auto_dispatch_seconds=0.0,
     process_start_seconds=0.0,
     block_dispatch_seconds=0.0,
+    running_plan_seconds=0.0,
 )
 
 
@@ -151,6 +152,7 @@ def test_a_pool_that_does_not_pay_its_start_is_started_for_the_next_check(monkey
         parallel.DEFAULT_POLICY,
         auto_dispatch_seconds=0.0,
         block_dispatch_seconds=0.0,
+        running_plan_seconds=0.0,
         process_start_seconds=1e6,
     )
     monkeypatch.setattr(parallel, "DEFAULT_POLICY", policy)

@@ -26,6 +26,7 @@ HELPING = replace(
     auto_dispatch_seconds=0.0,
     process_start_seconds=0.0,
     block_dispatch_seconds=0.0,
+    running_plan_seconds=0.0,
     this_process_evaluates=True,
 )
 

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .base import Evaluator
 
 
+#: Before any other call, a check plans with the base point's timing over this.
+COLD_FIRST_CALL = 4.0
 #: The policy evaluators use unless given one (tests replace it with monkeypatch.setattr).
 DEFAULT_POLICY = DispatchPolicy()
 
@@ -56,8 +58,7 @@ class JoblibWorkers:
 
     ``auto=True`` is ``n_jobs="auto"``: every core, the policy's ``auto_dispatch_seconds``
     threshold, and a loss that process workers cannot pickle keeps everything in this thread
-    (with a warning in the report) instead of failing; without ``auto`` such a loss raises
-    :class:`InvalidInputError` at construction.
+    (said in the report) instead of raising :class:`InvalidInputError`.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class JoblibWorkers:
         self.auto = auto
         self.loss_seconds: float | None = None
         self._calibrated = False  # loss_seconds measured on more than the first evaluation
+        self._observed = 0  # timings seen (the first, the base point's, is often cold)
         self.dispatched = 0  # joblib calls made
         self.in_process = 0  # calls kept in this process
         self.worker_ids: set[str] = set()
@@ -132,18 +134,19 @@ class JoblibWorkers:
                 self.kept_reason = str(exc).split(";")[0]
 
     def plan(self, ev: Evaluator, n_evaluations: int) -> None:
-        """The check's whole plan: ``n_evaluations`` to come. When they pay for the workers
-        (by the measured cost of one evaluation), later blocks go to the workers as soon as
-        each saves more than its dispatch costs, and process workers start now, in the
-        background, so their start-up overlaps the rest of the pre-flight. A loss declared
-        thread-safe runs on threads instead where the pre-flight measures that they pay."""
+        """The check's whole plan: ``n_evaluations`` to come. When it pays for the workers
+        (by the measured cost of one evaluation), process workers start now, in the background,
+        and later blocks go to them when each saves more than its dispatch costs. A loss
+        declared thread-safe runs on threads where the pre-flight measures that they pay."""
         if self.loss_seconds is None or self.n_workers < 2:
             return
+        # A first call is often cold (imports, caches): several times a later one.
+        seconds = self.loss_seconds / (1.0 if self._observed > 1 else COLD_FIRST_CALL)
 
         def pays(start: bool) -> bool:
             return self.policy.plan_pays(
                 n_evaluations,
-                loss_seconds=self.loss_seconds or 0.0,
+                loss_seconds=seconds,
                 n_workers=self.n_workers,
                 start_processes=start,
                 running=self._direct and pool_ready(),
@@ -216,6 +219,7 @@ class JoblibWorkers:
         """Refine the per-evaluation time (the fastest seen: the first call is often cold)."""
         per = seconds / max(1, n_evaluations)
         self.loss_seconds = per if self.loss_seconds is None else min(self.loss_seconds, per)
+        self._observed += 1
         self._calibrated = self._calibrated or n_evaluations >= 2
 
     @property
@@ -226,9 +230,8 @@ class JoblibWorkers:
 
     @property
     def starts_processes(self) -> bool:
-        """Whether a dispatch now would first have to start process workers. On gradprobe's
-        own pool a dispatch never waits for them (this process evaluates alone until one is
-        up): a pool starting or running costs nothing more."""
+        """Whether a dispatch now would first have to start process workers (on gradprobe's
+        own pool, never waited for: a pool starting or running costs nothing more)."""
         if self.backend_name not in PROCESS_BACKENDS or self._started_processes:
             return False
         if self._direct:

@@ -31,9 +31,15 @@ class DispatchPolicy:
         For ``n_jobs="auto"`` (the default): the time a call must save on the workers (its
         serial time times ``1 - 1/workers``), beyond starting them, to be dispatched.
     block_dispatch_seconds : float
-        Once the check's whole plan pays for the workers (or they run already), a block goes
-        to them when the time it saves exceeds this: a round trip to a warm loky pool costs
-        ~5-20 ms (measured on 2 cores).
+        Once the check's whole plan pays for the workers, a block goes to them when the time
+        it saves exceeds this: a round trip to a warm loky pool costs ~5-20 ms (measured on 2
+        cores).
+    running_plan_seconds : float
+        With gradprobe's pool running already, a check's whole plan goes to it when it saves
+        more than this: publishing the check's state, the workers attaching to it and the
+        chunks' round trips cost ~10-30 ms, and a loss of tens of microseconds runs slower
+        beside a worker (measured on 2 cores: the tiny example MLP's 80 ms plan took 100 ms
+        with the pool, 75 ms without).
     chunks_per_worker : int
         Chunks of entries per worker (and per numba thread): enough to balance uneven chunks
         and to check the deadline between rounds, few enough that per-task overhead stays
@@ -49,6 +55,7 @@ class DispatchPolicy:
     process_start_seconds: float = 0.5
     auto_dispatch_seconds: float = 0.25
     block_dispatch_seconds: float = 0.03
+    running_plan_seconds: float = 0.1
     chunks_per_worker: int = 4
     this_process_evaluates: bool = True
 
@@ -63,13 +70,12 @@ class DispatchPolicy:
     ) -> bool:
         """Whether a check's whole plan of ``n_evaluations`` saves more on ``n_workers``
         workers than dispatching costs, and, when ``start_processes``, starting them.
-        ``running``: gradprobe's own pool is up, and its round trips cost only a block's
-        (``block_dispatch_seconds``)."""
+        ``running``: gradprobe's own pool is up (no start-up: ``running_plan_seconds``)."""
         if n_workers < 2:
             return False
         saved = loss_seconds * n_evaluations * (1.0 - 1.0 / n_workers)
         if running:
-            return saved >= self.block_dispatch_seconds
+            return saved >= self.running_plan_seconds
         startup = self.process_start_seconds if start_processes else 0.0
         return saved >= self.auto_dispatch_seconds + startup
 
