@@ -9,7 +9,8 @@ is needed. Normal draws take a variable number of bits each, so a piece cannot b
 without its saved state.
 
 Reproducing ``np.sum`` piece by piece: numpy sums a contiguous float array pairwise, halving
-it (each half a multiple of 8 long) down to blocks of at most 128 entries. :func:`pairwise`
+it (each half a multiple of 8 long) down to blocks of at most 128 entries (numpy 2.2 first
+cuts a long array in blocks of its buffer size, 8192 entries, summed one after another). :func:`pairwise`
 walks the same tree down to nodes of at most ``leaf`` entries, sums each with ``np.sum`` (the
 same subtree) and adds the nodes up the tree in numpy's order, so the result is ``np.sum`` of
 the whole range to the last bit (tests/numerics/test_directions.py checks it against
@@ -40,15 +41,42 @@ def pairwise(lo: int, hi: int, leaf_sums: Callable[[int, int], Any], leaf: int =
     than ``leaf`` (left to right), added up the tree in numpy's order.
 
     ``leaf_sums`` returns ``np.sum`` of its node's values (or an array of several such sums,
-    added elementwise): the total is then ``np.sum`` over ``lo:hi`` bit for bit.
+    added elementwise): the total is then ``np.sum`` over ``lo:hi`` bit for bit. (Older numpy,
+    2.2 for one, sums a long array in blocks of its buffer size, one tree each, added one after
+    another: :data:`NUMPY_BLOCK`, found at import.)
     """
+    if NUMPY_BLOCK is None or hi - lo <= NUMPY_BLOCK:
+        return _tree(lo, hi, leaf_sums, leaf)
+    total = _tree(lo, lo + NUMPY_BLOCK, leaf_sums, leaf)
+    for a in range(lo + NUMPY_BLOCK, hi, NUMPY_BLOCK):
+        total = total + _tree(a, min(hi, a + NUMPY_BLOCK), leaf_sums, leaf)
+    return total
+
+
+def _tree(lo: int, hi: int, leaf_sums: Callable[[int, int], Any], leaf: int) -> Any:
     m = hi - lo
     if m <= leaf:
         return leaf_sums(lo, hi)
     half = m // 2
     half -= half % 8
-    left = pairwise(lo, lo + half, leaf_sums, leaf)
-    return left + pairwise(lo + half, hi, leaf_sums, leaf)
+    left = _tree(lo, lo + half, leaf_sums, leaf)
+    return left + _tree(lo + half, hi, leaf_sums, leaf)
+
+
+def _numpy_block() -> int | None:
+    """How this numpy sums a long contiguous float64 array: one pairwise tree (None), or one
+    tree per block of its buffer size, added one after another (the block's size)."""
+    block = int(np.getbufsize())
+    rng = np.random.default_rng(0)
+    for n in (2 * block + 3627, 4 * block + 1011, 12 * block + 7):
+        a = rng.standard_normal(n) * 1e3
+        if _tree(0, n, lambda x, y, a=a: np.sum(a[x:y]), 128) != np.sum(a):
+            return block
+    return None
+
+
+#: The block this numpy sums a long array in (None: the whole array is one pairwise tree).
+NUMPY_BLOCK = _numpy_block()
 
 
 def pairwise_nodes(n: int, leaf: int = LEAF) -> list[tuple[int, int]]:
