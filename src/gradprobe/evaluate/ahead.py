@@ -126,8 +126,6 @@ class Feeder:
         self.n_workers = max(1, n_workers)
         self.local = local
         self._ready = ready
-        #: Tasks this process ran itself.
-        self.ran_here = 0
         self._waiting: deque[_Slot] = deque()
         self._running: list[_Slot] = []
         self._sent: dict[tuple[int, bytes, bytes], tuple[list[tuple[int, int]], list[_Slot]]] = {}
@@ -179,7 +177,6 @@ class Feeder:
         future: concurrent.futures.Future[ChunkResult] = concurrent.futures.Future()
         future.set_result(self.local(slot.task))
         slot.future = future
-        self.ran_here += 1
 
     def collect(
         self, bounds: list[tuple[int, int]], slots: list[_Slot]

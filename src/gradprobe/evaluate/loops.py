@@ -287,40 +287,43 @@ class EntryLoop:
     def call_loss(self, ev: Evaluator, arrays: Sequence[np.ndarray], where: str) -> float:
         return as_scalar_loss(ev.loss(ev.layout.pack(arrays)), where)
 
+    def _loop(
+        self,
+        ev: Evaluator,
+        param: int,
+        flat_index: np.ndarray | None,
+        values: Any,
+        before_each: Callable[[], None] | None,
+    ) -> tuple[np.ndarray, tuple[int, Exception] | None]:
+        """Entry rows (``flat_index`` given) or replacement vectors on this runner's working
+        copies, one BLAS thread: the losses and the loop's failure."""
+        work = self._working_copies(ev)
+        flat = work[param].reshape(-1)
+        where = f"with {ev.layout.names[param]!r} perturbed"
+        loss, pack = ev.loss, ev.layout.pack
+
+        def call() -> float:
+            return as_scalar_loss(loss(pack(work)), where)
+
+        with one_blas_thread():
+            if flat_index is None:
+                out = np.empty(values.shape[0])
+                base = ev.base[param].reshape(-1)
+                return out, replace_vectors(call, flat, base, values, out, before_each)
+            out = np.empty(values.shape)
+            return out, perturb_entries(call, flat, flat_index, values, out, before_each)
+
     def entry_losses(
         self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
     ) -> np.ndarray:
-        work = self._working_copies(ev)
-        out = np.empty(values.shape)
-        where = f"with {ev.layout.names[param]!r} perturbed"
-        loss, pack = ev.loss, ev.layout.pack
-        with one_blas_thread():
-            failure = perturb_entries(
-                lambda: as_scalar_loss(loss(pack(work)), where),
-                work[param].reshape(-1),
-                flat_index,
-                values,
-                out,
-                before_each=lambda: ev.charge(1),
-            )
+        out, failure = self._loop(ev, param, flat_index, values, lambda: ev.charge(1))
         if failure is not None:
             row, exc = failure
             ev.raise_loss_error(exc, param, int(flat_index[row]))
         return out
 
     def vector_losses(self, ev: Evaluator, param: int, vectors: np.ndarray) -> np.ndarray:
-        work = self._working_copies(ev)
-        out = np.empty(vectors.shape[0])
-        where = f"with {ev.layout.names[param]!r} perturbed"
-        with one_blas_thread():
-            failure = replace_vectors(
-                lambda: self.call_loss(ev, work, where),
-                work[param].reshape(-1),
-                ev.base[param].reshape(-1),
-                vectors,
-                out,
-                before_each=lambda: ev.charge(1),
-            )
+        out, failure = self._loop(ev, param, None, vectors, lambda: ev.charge(1))
         if failure is not None:
             ev.raise_loss_error(failure[1], param, None)
         return out
@@ -335,25 +338,9 @@ class EntryLoop:
     def run_chunk(self, ev: Evaluator, task: ChunkTask) -> ChunkResult:
         """``task`` run in this process as a worker runs it, on this runner's working copies
         (not charged: its block was)."""
-        work = self._working_copies(ev)
-        param = task.param
-        flat = work[param].reshape(-1)
-        where = f"with {ev.layout.names[param]!r} perturbed"
-        loss, pack = ev.loss, ev.layout.pack
-
-        def call() -> float:
-            return as_scalar_loss(loss(pack(work)), where)
-
         # Nothing to count, but the time limit holds between evaluations as in the serial loop.
         on_time = None if ev.deadline is None else lambda: ev.charge(0)
-        with one_blas_thread():
-            if task.flat_index is None:
-                out = np.empty(task.n_rows)
-                base = ev.base[param].reshape(-1)
-                failure = replace_vectors(call, flat, base, task.values, out, on_time)
-            else:
-                out = np.empty(task.values.shape)
-                failure = perturb_entries(call, flat, task.flat_index, task.values, out, on_time)
+        out, failure = self._loop(ev, task.param, task.flat_index, task.values, on_time)
         if failure is None:
             return ChunkResult(out, worker_id(), -1, None)
         return ChunkResult(out, worker_id(), failure[0], failure[1])

@@ -94,8 +94,6 @@ class JoblibWorkers:
         self.planned = False
         self.plan_reason = ""
         self._warming = False
-        #: Whether the plan pays for starting the workers too (then blocks wait for them).
-        self._pays_with_start = False
         self._entered = False
         #: Whether this placement sent work to joblib workers (and so may have started processes).
         self._started_processes = False
@@ -143,19 +141,19 @@ class JoblibWorkers:
         # A first call is often cold (imports, caches): several times a later one.
         seconds = self.loss_seconds / (1.0 if self._observed > 1 else COLD_FIRST_CALL)
 
-        def pays(start: bool) -> bool:
+        def pays() -> bool:  # starting the pool is never waited for: it costs this plan nothing
             return self.policy.plan_pays(
                 n_evaluations,
                 loss_seconds=seconds,
                 n_workers=self.n_workers,
-                start_processes=start,
+                start_processes=False,
                 running=self._direct and pool_ready(),
             )
 
-        if self.auto and self.thread_safe and not self._threads_measured and pays(False):
+        if self.auto and self.thread_safe and not self._threads_measured and pays():
             self._choose_threads(ev)
         warm = self._started_processes or self._warming or pool_alive()
-        if not pays(False):
+        if not pays():
             self.planned, self.plan_reason = False, ""  # decided again on a refined timing
             return
         if self._parallel is None and "joblib" not in sys.modules and self.prefer != "threads":
@@ -174,15 +172,12 @@ class JoblibWorkers:
             # until a worker is up) and later checks of this process find it running.
             self._warming = True
             warm_up(self.pool_size)
-        processes = self.backend_name in PROCESS_BACKENDS and not self._warming
-        self._pays_with_start = not processes or not self.starts_processes or pays(True)
         self.planned = True
         self.plan_reason = (
             f"the plan, {n_evaluations:,} evaluations of ~{self.loss_seconds * 1e3:.3g} ms "
             f"(~{self.loss_seconds * n_evaluations:.2g} s serial), pays for {self.n_workers} "
             "workers"
             + (" already running" if warm and not self._warming else "")
-            + ("" if self._pays_with_start else " (started in the background for later checks)")
         )
 
     def _choose_threads(self, ev: Evaluator) -> None:
@@ -242,15 +237,11 @@ class JoblibWorkers:
         """The policy's decision for ``n_evaluations`` now (measured cost, workers running)."""
 
         def decide() -> bool:
-            starting = self.starts_processes
-            if self.auto and self.planned and starting and self._warming:
-                if not self._pays_with_start:
-                    return False  # started in the background for later: never wait for it
             return self.policy.dispatches(
                 n_evaluations,
                 loss_seconds=self.loss_seconds,
                 n_workers=self.n_workers,
-                start_processes=starting,
+                start_processes=self.starts_processes,
                 auto=self.auto,
                 planned=self.planned,
             )
