@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import GradCheckError, LossEvaluationError
+from ..errors import CheckAborted, GradCheckError, LossEvaluationError
 from ..evaluate import Evaluator
 from ..evaluate.threads import one_blas_thread
 from ..numerics.directions import Normals
@@ -61,7 +61,7 @@ def estimate_loss_noise(
     (:func:`crosses_jumps`) are piecewise constant too, with no noise measured from the jumps.
     """
     estimate = NoiseEstimate(0.0, 0, "flat")
-    spent, scale = 0, 1.0
+    before, scale = evaluator.n_evaluations, 1.0
     # The largest step is the same relative size in every dtype (float64's after all its
     # scalings): a float32 or float16 loss flat there is flat as in float64, and the step
     # never grows towards the dtype's range.
@@ -71,7 +71,7 @@ def estimate_loss_noise(
     # their ulps: enlarge the step until it changes, and measure the noise there.
     for _ in range(MAX_NOISE_SCALINGS + 1):
         estimate, values = _noise_at(evaluator, base_loss, rng, scale)
-        spent += 2 * NOISE_HALF_POINTS
+        spent = evaluator.n_evaluations - before
         if zero_gradient and scale == 1.0 and crosses_jumps(values, coarsest):
             return Staircase(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
         # Quantized: equal to the last bit, or mostly so with no consistent noise order (a
@@ -92,7 +92,7 @@ def estimate_loss_noise(
         # a staircase whose jumps the step crosses at most points among many entries. Along a
         # few entries the jumps are rare: flat there, or a staircase, it is piecewise constant.
         _, few = _noise_at(evaluator, base_loss, rng, scale, FEW_ENTRIES)
-        spent += 2 * NOISE_HALF_POINTS
+        spent = evaluator.n_evaluations - before
         if len(set(few)) == 1 or crosses_jumps(few, coarsest):
             return Staircase(0.0, 0, PIECEWISE_CONSTANT, n_evaluations=spent)
     return replace(estimate, n_evaluations=spent, step_scale=scale)
@@ -224,6 +224,15 @@ def _noise_at(
         for b, dt in zip(base, layout.dtypes, strict=True)
     ]
     k = NOISE_HALF_POINTS
+
+    if evaluator.stacks_points(2 * k + 1):
+        points = [
+            _shifted(b, np.array([i * h for i in range(-k, k + 1)]), v, p, dt)
+            for p, (b, h, dt) in enumerate(zip(base, steps, layout.dtypes, strict=True))
+        ]
+        stacked = _stacked_values(evaluator, base_loss, points)
+        if stacked is not None:
+            return ecnoise(stacked), stacked
     values = []
     for i in range(-k, k + 1):
         if i == 0:
@@ -246,6 +255,30 @@ def _noise_at(
                 f"estimate; the base point itself succeeded): {exc}"
             ) from exc
     return ecnoise(values), values
+
+
+def _stacked_values(
+    evaluator: Evaluator, base_loss: float, points: list[np.ndarray]
+) -> list[float] | None:
+    """The losses at ``points`` (every parameter's rows stacked along a leading axis, the
+    centre in the middle) from one stacked call, or None where
+    that call raised or disagrees with the direct one at the centre by more than round-off
+    (``sqrt(eps)`` relative): then the points are evaluated one by one, as for any loss.
+
+    The centre is evaluated again in the same call so that every value the estimate reads
+    comes from one computation (vmap may sum in another order than the direct call)."""
+    try:
+        values = evaluator.point_losses(points, "at every parameter (noise estimate)")
+    except CheckAborted:
+        raise
+    except Exception:  # the point-by-point calls raise it again, with where it happened
+        return None
+    centre = float(values[len(values) // 2])
+    eps = max(float(np.finfo(dt).eps) for dt in evaluator.layout.dtypes)
+    allowed = np.sqrt(eps) * max(abs(base_loss), np.finfo(np.float64).tiny)
+    if not np.all(np.isfinite(values)) or not abs(centre - base_loss) <= allowed:
+        return None
+    return [float(x) for x in values]
 
 
 class _Held:
@@ -271,16 +304,21 @@ def _rms(b: np.ndarray) -> float:
 
 
 def _shifted(
-    base: np.ndarray, scale: float, normals: Normals | _Held, p: int, dtype: np.dtype
+    base: np.ndarray,
+    scale: float | np.ndarray,
+    normals: Normals | _Held,
+    p: int,
+    dtype: np.dtype,
 ) -> np.ndarray:
     """``(base + scale * direction).astype(dtype)`` (the direction: segment ``p`` of
     ``normals``) piece by piece, kept inside the dtype's range (never an inf from finite
-    parameters)."""
-    out = np.empty(base.shape, dtype=dtype)
-    flat, x = out.reshape(-1), base.reshape(-1)
+    parameters); one row per scale, stacked along a leading axis, for an array ``scale``."""
+    rows = np.shape(scale)
+    out = np.empty((*rows, *base.shape), dtype=dtype)
+    flat, x = out.reshape(*rows, -1), base.reshape(-1)
     with np.errstate(over="ignore"):
         for a, b in normals.spans(p, 0, base.size):
-            piece = np.multiply(normals.values(p, a, b), scale)
+            piece = np.multiply.outer(scale, normals.values(p, a, b))
             piece += x[a:b]  # in float64, as the sum of float64 arrays
-            flat[a:b] = in_dtype(piece, dtype, overwrite=True)
+            flat[..., a:b] = in_dtype(piece, dtype, overwrite=True)
     return out

@@ -126,7 +126,7 @@ def send_first_blocks(contexts: Sequence[ParamCheck], samples: Sequence[Sample])
     (:meth:`~gradprobe.evaluate.Evaluator.prefetch`), so a placement with workers streams them
     all through the same workers. Sent again with other contexts (other steps), the blocks
     that no longer match are dropped."""
-    if contexts:
+    if contexts and contexts[0].evaluator.sends_ahead:
         requests = [first_request(c, s) for c, s in zip(contexts, samples, strict=True)]
         contexts[0].evaluator.prefetch([r for r in requests if r is not None])
 

@@ -25,6 +25,10 @@ from ..layout import ParamLayout
 from .shared import WorkerState
 from .threads import one_blas_thread
 
+#: Bytes of copies one stacked call (:meth:`Evaluator.point_losses`) may hold: what stays in a
+#: core's cache; larger parameters are evaluated point by point, holding one copy at a time.
+STACKED_BYTES = 2**20
+
 
 class RowRunner(Protocol):
     """How a block of perturbed rows is evaluated in this process (loop, batched call, kernel).
@@ -58,6 +62,9 @@ class Placement(Protocol):
     """Where the blocks of a :class:`RowRunner` run: in this process or on workers."""
 
     rows: RowRunner
+    #: Whether :meth:`prefetch` sends blocks anywhere (workers); False: the caller need not
+    #: compute them ahead.
+    sends_ahead: bool
 
     @property
     def executor(self) -> str:
@@ -206,6 +213,23 @@ class Evaluator:
             self.placement.observe(seconds, 1)
         return value
 
+    def stacks_points(self, n_points: int) -> bool:
+        """Whether :meth:`point_losses` can evaluate ``n_points`` whole points in one call: a
+        batched loss that takes every parameter stacked (its ``stacks_points``, an adapter's
+        vmap), the copies within :data:`STACKED_BYTES`."""
+        return (
+            getattr(self.rows, "stacked_losses", None) is not None
+            and getattr(self.loss, "stacks_points", False)
+            and n_points * sum(b.nbytes for b in self.base) <= STACKED_BYTES
+        )
+
+    def point_losses(self, points: Sequence[np.ndarray], where: str) -> np.ndarray:
+        """Losses at whole points in one batched call: ``points[q]`` holds parameter ``q``'s
+        value at each point, stacked along a leading axis (only where :meth:`stacks_points`)."""
+        self.charge(len(points[0]))
+        with one_blas_thread():
+            return self.rows.stacked_losses(self, points, where)  # type: ignore[attr-defined]
+
     def plan(self, n_evaluations: int) -> None:
         """Tell the placement the check's whole plan: ``n_evaluations`` to come. It decides
         on that whole plan (not block by block) whether workers pay, and may start them now,
@@ -246,6 +270,11 @@ class Evaluator:
         if isinstance(vectors, ComputedRows) and not getattr(self.rows, "fills_rows", False):
             vectors = np.asarray(vectors)
         return self.placement.vector_losses(self, param, vectors)  # type: ignore[arg-type]
+
+    @property
+    def sends_ahead(self) -> bool:
+        """Whether :meth:`prefetch` sends blocks to workers (else it need not be called)."""
+        return self.placement.sends_ahead
 
     def prefetch(self, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
         """The entry blocks the check will ask for next, ``(param, flat_index, values)`` each
@@ -368,6 +397,8 @@ class ComputedRows:
 
 class InProcess:
     """Placement: every block runs in this thread, through the row runner."""
+
+    sends_ahead = False
 
     def __init__(self, rows: RowRunner) -> None:
         self.rows = rows

@@ -176,6 +176,10 @@ class BatchedCalls:
             )
         return as_scalar_loss(arr, where)
 
+    def stacked_losses(self, ev: Evaluator, points: Sequence[np.ndarray], where: str) -> np.ndarray:
+        """Losses at whole points in one call (see :meth:`Evaluator.point_losses`)."""
+        return as_batched_losses(ev.loss(ev.layout.pack(list(points))), len(points[0]), where)
+
     def entry_losses(
         self, ev: Evaluator, param: int, flat_index: np.ndarray, values: np.ndarray
     ) -> np.ndarray:

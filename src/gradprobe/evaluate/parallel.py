@@ -61,6 +61,8 @@ class JoblibWorkers:
     (said in the report) instead of raising :class:`InvalidInputError`.
     """
 
+    sends_ahead = True
+
     def __init__(
         self,
         rows: WorkerRows,

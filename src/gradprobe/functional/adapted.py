@@ -39,6 +39,9 @@ class Adapted:
     ``backward(p, G)`` is the framework's VJP ``G^T J`` by name (zeros where the outputs do not
     depend on an input). ``settings`` (framework, device) and ``warnings`` go into the report;
     ``not_checked`` lists the inputs and outputs left out of the reduction, and why.
+    ``stacks_points``: the vmapped forward also takes every input with the same leading axis
+    at no extra cost (torch's vmap; jax would compile it once more), so points that move every
+    input at once are evaluated in one call.
     """
 
     base: dict[str, np.ndarray]
@@ -51,6 +54,7 @@ class Adapted:
     not_checked: list[str] = field(default_factory=list)
     #: Advice the report's warnings give, mapped to the form that works in the framework.
     advice: dict[str, str] = field(default_factory=dict)
+    stacks_points: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,7 @@ def check_adapted(
     loss = Contraction(
         vec.forward, {}, setup.out, setup.cotangent, vec.batched, roles, private=True
     )
+    loss.stacks_points = vec.batched and fn.stacks_points
     grad = Backward(fn.backward, {}, setup.out, setup.cotangent, roles)
     notes = [*fn.warnings, *([] if vec.warning is None else [vec.warning])]
     if fn.not_checked:

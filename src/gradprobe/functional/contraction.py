@@ -220,7 +220,12 @@ class Contraction:
     converts the framework's outputs to fresh arrays), laid out as ``out``: they are used as
     they are, without the copy and layout checks a user's function gets (~0.3 ms a call, as
     much as a tiny op itself).
+
+    ``stacks_points`` (set by an adapter): a batched call may give every input the same
+    leading axis of ``B`` copies, not only the perturbed one.
     """
+
+    stacks_points = False
 
     def __init__(
         self,

@@ -1,0 +1,76 @@
+"""The noise estimate's points in one stacked call, where the loss takes every parameter with
+the same leading axis (an adapter's vmap): the same values as point by point, and the
+point-by-point calls wherever the stacked call cannot stand in for them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradprobe.checking.noise import estimate_loss_noise
+from gradprobe.evaluate import BatchedEvaluator
+from gradprobe.evaluate.base import STACKED_BYTES
+from gradprobe.layout import normalize_params
+from gradprobe.numerics.tolerances import NOISE_HALF_POINTS
+
+POINTS = 2 * NOISE_HALF_POINTS
+
+
+class RowLoss:
+    """``sum(w**3) - sum(b**3)`` per row (a cancelling loss with measurable noise), each row
+    computed alone, so stacked and point-by-point calls give the same bits."""
+
+    def __init__(self, stacks_points: bool, lie_at_centre: bool = False, refuse: bool = False):
+        self.stacks_points = stacks_points
+        self.lie_at_centre, self.refuse = lie_at_centre, refuse
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, p):
+        w, b = p["w"], p["b"]
+        rows = max(w.shape[0], b.shape[0])
+        self.calls.append((w.shape[0], b.shape[0]))
+        if self.refuse and w.shape[0] > 1 and b.shape[0] > 1:
+            raise RuntimeError("both inputs mapped")
+        out = np.array(
+            [np.sum(w[min(r, len(w) - 1)] ** 3) - np.sum(b[min(r, len(b) - 1)] ** 3)
+             for r in range(rows)]
+        )
+        if self.lie_at_centre and rows == POINTS + 1:
+            out[rows // 2] += 1.0
+        return out
+
+
+def _estimate(loss, size=300):
+    rng = np.random.default_rng(3)
+    layout, base = normalize_params(
+        {"w": rng.standard_normal(size), "b": rng.standard_normal((size // 3, 3))}
+    )
+    ev = BatchedEvaluator(loss, layout, base)
+    f0 = ev.base_loss()
+    return estimate_loss_noise(ev, f0, np.random.default_rng(0)), ev
+
+
+def test_one_stacked_call_gives_the_point_by_point_estimate():
+    stacked, ev = _estimate(RowLoss(stacks_points=True))
+    alone, ev_alone = _estimate(RowLoss(stacks_points=False))
+    assert stacked.status == "measured"
+    assert (stacked.sigma, stacked.status) == (alone.sigma, alone.status)
+    # One call of 9 rows (the centre again among them) instead of 8 calls of one.
+    assert ev.loss.calls[1:] == [(POINTS + 1, POINTS + 1)]
+    assert ev_alone.loss.calls[1:] == [(1, 1)] * POINTS
+    assert stacked.n_evaluations == POINTS + 1 and ev.n_evaluations == 1 + POINTS + 1
+
+
+@pytest.mark.parametrize("fault", ["refuse", "lie_at_centre"])
+def test_a_stacked_call_that_raises_or_disagrees_falls_back_point_by_point(fault):
+    est, ev = _estimate(RowLoss(stacks_points=True, **{fault: True}))
+    alone, _ = _estimate(RowLoss(stacks_points=False))
+    assert ev.loss.calls[1:] == [(POINTS + 1, POINTS + 1)] + [(1, 1)] * POINTS
+    assert (est.sigma, est.status) == (alone.sigma, alone.status)
+    assert est.n_evaluations == 2 * POINTS + 1  # every evaluation that ran is counted
+
+
+def test_parameters_too_large_to_stack_are_evaluated_point_by_point():
+    size = STACKED_BYTES // (8 * (POINTS + 1)) + 3  # w alone is over the bound when stacked
+    _, ev = _estimate(RowLoss(stacks_points=True), size=size)
+    assert ev.loss.calls[1:] == [(1, 1)] * POINTS
