@@ -74,3 +74,48 @@ def test_parameters_too_large_to_stack_are_evaluated_point_by_point():
     size = STACKED_BYTES // (8 * (POINTS + 1)) + 3  # w alone is over the bound when stacked
     _, ev = _estimate(RowLoss(stacks_points=True), size=size)
     assert ev.loss.calls[1:] == [(1, 1)] * POINTS
+
+
+def _requests(base):
+    rng = np.random.default_rng(5)
+    out = []
+    for p, b in enumerate(base):
+        idx = rng.choice(b.size, size=4, replace=False)
+        vals = b.reshape(-1)[idx][:, None] + np.array([[1e-3, -1e-3]])
+        out.append((p, idx, vals.astype(b.dtype)))
+    return out
+
+
+@pytest.mark.parametrize("verified", [True, False])
+def test_every_parameters_first_blocks_in_one_stacked_call_once_verified(verified):
+    rng = np.random.default_rng(3)
+    params = {"w": rng.standard_normal(30), "b": rng.standard_normal((10, 3))}
+    layout, base = normalize_params(params)
+    ev = BatchedEvaluator(RowLoss(stacks_points=True), layout, base)
+    plain = BatchedEvaluator(RowLoss(stacks_points=False), layout, base)
+    ev.stacking = verified  # the noise estimate's stacked call agreed at the centre (or not)
+    requests = _requests(base)
+    assert ev.sends_ahead is verified
+    ev.prefetch(requests)
+    got = [ev.entry_losses(*r) for r in requests]
+    want = [plain.entry_losses(*r) for r in requests]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    if verified:  # one call of every block's 16 rows, all parameters stacked
+        assert ev.loss.calls == [(16, 16)]
+    else:
+        assert len(ev.loss.calls) == 2 and all(1 in c for c in ev.loss.calls)
+    assert ev.n_evaluations == plain.n_evaluations == 16
+
+
+def test_a_stacked_block_call_that_raises_leaves_the_blocks_to_their_own_calls():
+    rng = np.random.default_rng(3)
+    layout, base = normalize_params({"w": rng.standard_normal(30), "b": rng.standard_normal(9)})
+    ev = BatchedEvaluator(RowLoss(stacks_points=True, refuse=True), layout, base)
+    ev.stacking = True
+    requests = _requests(base)
+    ev.prefetch(requests)
+    assert ev.stacking is False
+    plain = BatchedEvaluator(RowLoss(stacks_points=False), layout, base)
+    for r in requests:
+        np.testing.assert_array_equal(ev.entry_losses(*r), plain.entry_losses(*r))

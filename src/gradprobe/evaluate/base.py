@@ -145,6 +145,11 @@ class Evaluator:
         #: Seconds one evaluation takes in this process: the fastest of the base point's and
         #: the later unperturbed calls (pre-flight, noise estimate); None before any ran.
         self.base_seconds: float | None = None
+        #: Whether a stacked call (:meth:`point_losses`) stood in for direct calls at the base
+        #: point (the noise estimate's check); None until tried.
+        self.stacking: bool | None = None
+        #: Entry blocks evaluated ahead in this process, by (param, flat_index, values).
+        self._ahead: dict[tuple[int, bytes, bytes], np.ndarray] = {}
 
     @property
     def rows(self) -> RowRunner:
@@ -261,6 +266,10 @@ class Evaluator:
         parameter ``param`` set to ``values[r, c]`` (values in the parameter's dtype) and every
         other entry at its base value.
         """
+        if self._ahead:
+            ready = self._ahead.pop(_block_key(param, flat_index, values), None)
+            if ready is not None:
+                return ready
         return self.placement.entry_losses(self, param, flat_index, values)
 
     def vector_losses(self, param: int, vectors: np.ndarray | ComputedRows) -> np.ndarray:
@@ -273,15 +282,48 @@ class Evaluator:
 
     @property
     def sends_ahead(self) -> bool:
-        """Whether :meth:`prefetch` sends blocks to workers (else it need not be called)."""
-        return self.placement.sends_ahead
+        """Whether :meth:`prefetch` does anything (else its blocks need not be computed)."""
+        return self.placement.sends_ahead or bool(self.stacking)
 
     def prefetch(self, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
         """The entry blocks the check will ask for next, ``(param, flat_index, values)`` each
         as :meth:`entry_losses` will receive it: a placement with workers sends them all now
         (every parameter's chunks through the same workers) and answers the later calls
-        from them. Nothing is charged until a block is asked for; results are the same."""
-        self.placement.prefetch(self, requests)
+        from them; nothing is charged until a block is asked for. In this process, a loss
+        whose stacked calls stood in for direct ones (:attr:`stacking`) evaluates every
+        parameter's blocks at once in one stacked call, when they fit :data:`STACKED_BYTES`
+        (a model of a few small inputs: one call instead of one per input)."""
+        if self.placement.sends_ahead:
+            self.placement.prefetch(self, requests)
+        elif self.stacking and requests:
+            self._stack_ahead(requests)
+
+    def _stack_ahead(self, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        rows = sum(values.size for _, _, values in requests)
+        if rows * sum(b.nbytes for b in self.base) > STACKED_BYTES:
+            return
+        stacked = [np.repeat(b.reshape(1, -1), rows, axis=0) for b in self.base]
+        start = 0
+        for param, flat_index, values in requests:
+            m, k = values.shape
+            which = start + np.arange(m * k)
+            stacked[param][which, np.repeat(flat_index, k)] = values.reshape(-1)
+            start += m * k
+        points = [a.reshape(rows, *b.shape) for a, b in zip(stacked, self.base, strict=True)]
+        try:
+            losses = self.point_losses(points, "at perturbed entries (every parameter at once)")
+        except CheckAborted:
+            raise
+        except Exception:  # each block is evaluated again when asked for, its error located
+            self.stacking = False
+            return
+        start = 0
+        for param, flat_index, values in requests:
+            m, k = values.shape
+            self._ahead[_block_key(param, flat_index, values)] = losses[
+                start : start + m * k
+            ].reshape(m, k)
+            start += m * k
 
     # -- complex step (method="complex-step"; always serial, in this process) ------------------
     def complex_entry_losses(
@@ -393,6 +435,10 @@ class ComputedRows:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (np.asarray, (np.asarray(self),))
+
+
+def _block_key(param: int, flat_index: np.ndarray, values: np.ndarray) -> tuple[int, bytes, bytes]:
+    return param, np.ascontiguousarray(flat_index).tobytes(), np.ascontiguousarray(values).tobytes()
 
 
 class InProcess:
