@@ -234,9 +234,13 @@ def test_fallback_when_vmap_raises():
 
     report = gt.check(with_item, *layer_norm_inputs())
     assert report.passed, str(report)
-    assert report.measured["vectorization"].startswith("per entry")
+    # vmap maps w or b alone (x.item() is then unmapped), never x: found in the check's calls.
+    assert report.measured["vectorization"].endswith(
+        "one call per copy over every input at once and 'x'"
+    ), report.measured["vectorization"]
     assert report.warnings[0].startswith("vectorize: torch.func.vmap could not be used")
     assert ".item()" in report.warnings[0]
+    assert report.params["x"].passed and report.params["w"].passed
     with pytest.raises(InvalidInputError, match="vectorize=True"):
         gt.check(with_item, *layer_norm_inputs(), vectorize=True)
 

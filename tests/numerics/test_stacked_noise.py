@@ -32,8 +32,10 @@ class RowLoss:
         if self.refuse and w.shape[0] > 1 and b.shape[0] > 1:
             raise RuntimeError("both inputs mapped")
         out = np.array(
-            [np.sum(w[min(r, len(w) - 1)] ** 3) - np.sum(b[min(r, len(b) - 1)] ** 3)
-             for r in range(rows)]
+            [
+                np.sum(w[min(r, len(w) - 1)] ** 3) - np.sum(b[min(r, len(b) - 1)] ** 3)
+                for r in range(rows)
+            ]
         )
         if self.lie_at_centre and rows == POINTS + 1:
             out[rows // 2] += 1.0

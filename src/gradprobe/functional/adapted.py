@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GradCheckError, InvalidInputError
+from ..evaluate.backends import workers_for
 from ..report.model import Report
 from .contraction import Backward, Contraction, Roles
 from .reduction import Setup, prepare, run
@@ -65,6 +66,8 @@ class Vectorization:
     batched: bool
     setting: str
     warning: str | None = None
+    #: Every input may be stacked in one call (the pattern verified up front).
+    stacks: bool = False
 
 
 def framework_roles(api: str, backward: str, grad: str) -> Roles:
@@ -138,13 +141,113 @@ def _vectorization_problem(loss: Contraction, base: Arrays, setup: Setup) -> str
     return None
 
 
+class CheckedVmap:
+    """The vmapped forward of an adapter whose vmap takes any inputs stacked, each pattern of
+    mapped inputs verified at its first call, in that call: one more row, at the base point,
+    whose loss must equal the direct one within round-off (as :func:`_vectorization_problem`
+    requires), at no extra call. Where vmap fails (raises or disagrees) for a pattern, its
+    rows run one direct call each from then on (``failed``: why, by the inputs mapped, for
+    the report's warning)."""
+
+    def __init__(self, batched: Callable, forward: Callable, setup: Setup, base: Arrays) -> None:
+        self.batched, self.forward, self.setup, self.base = batched, forward, setup, base
+        self.cotangent = [np.asarray(g, np.float64).reshape(-1) for g in setup.cotangent]
+        self.verified: set[frozenset[str]] = set()
+        self.failed: dict[frozenset[str], str] = {}
+
+    def report_failures(self, report: Report, vmap_name: str, at: int) -> Report:
+        """``report`` saying where vmap failed (its vectorization setting, and a warning
+        inserted at ``at``, after the adapter's own); unchanged where it never did."""
+        if not self.failed:
+            return report
+        if len(self.failed) == len(self.verified):
+            setting = f"per entry ({vmap_name} failed)"
+            instead = "the check ran one call per perturbed entry"
+        else:
+            over = " and ".join(self._inputs(k) for k in self.failed)
+            setting = f"{report.measured['vectorization']}; one call per copy over {over}"
+            instead = f"over {over} the check ran one call per perturbed copy"
+        problem = next(iter(self.failed.values()))
+        warnings = list(report.warnings)
+        warnings.insert(at, _fallback_warning(vmap_name, problem, instead))
+        return replace(
+            report,
+            settings={**report.settings, "vectorization": setting},
+            warnings=tuple(warnings),
+        )
+
+    def _inputs(self, mapped: frozenset[str]) -> str:
+        if len(mapped) == len(self.base) > 1:
+            return "every input at once"
+        return ", ".join(repr(n) for n in self.base if n in mapped)
+
+    def __call__(self, params: Arrays) -> list[np.ndarray]:
+        b = max(a.shape[0] for a in params.values())
+        if b == 1:
+            return self.batched(params)
+        mapped = tuple(n for n, a in params.items() if a.shape[0] == b)
+        key = frozenset(mapped)
+        if key not in self.verified:
+            self.verified.add(key)
+            extended = {
+                n: np.concatenate([a, self.base[n][np.newaxis]]) if n in mapped else a
+                for n, a in params.items()
+            }
+            try:
+                outs = self.batched(extended)
+                problem = self._problem(outs, self._inputs(key))
+            except GradCheckError:  # a time limit, gradprobe's own refusal: not vmap's doing
+                self.verified.discard(key)
+                raise
+            except Exception as exc:  # KeyboardInterrupt is not caught
+                problem = f"it raised {short_error(exc)}"
+            if problem is None:
+                return [o[:-1] for o in outs]
+            self.failed[key] = problem
+        if key in self.failed:
+            rows = [
+                self.forward({n: a[r] if a.shape[0] == b else a[0] for n, a in params.items()})
+                for r in range(b)
+            ]
+            return [np.stack(outs) for outs in zip(*rows, strict=True)]
+        return self.batched(params)
+
+    def _problem(self, outs: Sequence[np.ndarray], over: str) -> str | None:
+        setup = self.setup
+        value = sum(
+            float(np.asarray(o[-1], np.float64).reshape(-1) @ g)
+            for o, g in zip(outs, self.cotangent, strict=True)
+        )
+        allowed = float(np.sqrt(setup.eps)) * max(setup.magnitude, np.finfo(np.float64).tiny)
+        if abs(value - setup.value_loss) <= allowed:
+            return None
+        return (
+            f"vmap over {over} gave {value!r} at the inputs where the direct call gives "
+            f"{setup.value_loss!r} (allowed difference {allowed:.3g})"
+        )
+
+
 def choose(
     fn: Adapted, setup: Setup, vectorize: bool | str, vmap_name: str, roles: Roles
 ) -> Vectorization:
     """The vmapped forward when ``vectorize`` allows and it works at the base point, else the
-    per-entry one (``vectorize="auto"``: with a warning that says why; ``True``: an error)."""
+    per-entry one (``vectorize="auto"``: with a warning that says why; ``True``: an error).
+
+    An adapter whose vmap takes any inputs stacked (``stacks_points``), under
+    ``vectorize="auto"`` in this process, is verified in its calls, each pattern of mapped
+    inputs at its first (:class:`CheckedVmap`: no call of its own); otherwise every input
+    alone is verified now, one call each (``vectorize=True`` fails here, not mid-check)."""
     if vectorize is False:
         return Vectorization(fn.forward, False, "off (vectorize=False): one call per entry")
+    if fn.stacks_points and vectorize == "auto" and _in_process(setup):
+        try:
+            checked = CheckedVmap(fn.make_batched(), fn.forward, setup, fn.base)
+        except Exception:  # KeyboardInterrupt is not caught
+            pass  # verified below, which says why
+        else:
+            return Vectorization(
+                checked, True, f"{vmap_name}: B perturbed copies per call", stacks=True
+            )
     try:
         batched = fn.make_batched()
         loss = Contraction(batched, {}, setup.out, setup.cotangent, True, roles, private=True)
@@ -164,10 +267,22 @@ def choose(
         fn.forward,
         False,
         f"per entry ({vmap_name} failed)",
-        f"vectorize: {vmap_name} could not be used ({problem}); the check ran one call per "
-        "perturbed entry instead, which is slower but checks the same. Pass vectorize=False "
-        "to skip the attempt.",
+        _fallback_warning(vmap_name, problem, "the check ran one call per perturbed entry"),
     )
+
+
+def _fallback_warning(vmap_name: str, problem: str, instead: str) -> str:
+    return (
+        f"vectorize: {vmap_name} could not be used ({problem}); {instead} instead, which is "
+        "slower but checks the same. Pass vectorize=False to skip the attempt."
+    )
+
+
+def _in_process(setup: Setup) -> bool:
+    """Whether the check's batched calls all run in this process (workers would verify a
+    pattern each, out of the report's sight)."""
+    n_jobs = setup.options.n_jobs
+    return n_jobs == "auto" or workers_for(n_jobs) < 2
 
 
 def check_adapted(
@@ -191,7 +306,7 @@ def check_adapted(
     loss = Contraction(
         vec.forward, {}, setup.out, setup.cotangent, vec.batched, roles, private=True
     )
-    loss.stacks_points = vec.batched and fn.stacks_points
+    loss.stacks_points = vec.stacks
     grad = Backward(fn.backward, {}, setup.out, setup.cotangent, roles)
     notes = [*fn.warnings, *([] if vec.warning is None else [vec.warning])]
     if fn.not_checked:
@@ -210,6 +325,9 @@ def check_adapted(
             "not_checked": list(fn.not_checked),
         },
         warnings=notes,
+        found=None if not isinstance(vec.forward, CheckedVmap) else (
+            lambda report: vec.forward.report_failures(report, vmap_name, len(fn.warnings))
+        ),
     )
     for said, works in fn.advice.items():  # e.g. JAX: the x64 switch before promote=True
         report = replace(report, warnings=tuple(w.replace(said, works) for w in report.warnings))

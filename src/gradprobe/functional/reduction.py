@@ -202,12 +202,15 @@ def run(
     settings: Mapping[str, Any] | None = None,
     timings: Mapping[str, float] | None = None,
     warnings: Sequence[str] = (),
+    found: Callable[[Report], Report] | None = None,
 ) -> Report:
     """``check(loss, grad, inputs, **options)``, amended by :func:`amend` whichever way it
-    ends; errors get a line saying what loss and grad stand for."""
+    ends, then by ``found`` (what the run itself found out, e.g. an input vmap could not
+    map); errors get a line saying what loss and grad stand for."""
 
     def finish(report: Report) -> Report:
-        return amend(report, setup, settings, timings, warnings)
+        report = amend(report, setup, settings, timings, warnings)
+        return report if found is None else found(report)
 
     try:
         report = check(loss, grad, inputs, **options)
