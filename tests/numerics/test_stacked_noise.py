@@ -37,8 +37,8 @@ class RowLoss:
                 for r in range(rows)
             ]
         )
-        if self.lie_at_centre and rows == POINTS + 1:
-            out[rows // 2] += 1.0
+        if self.lie_at_centre and rows >= POINTS + 1:  # the noise estimate's centre
+            out[POINTS // 2] += 1.0
         return out
 
 
@@ -121,3 +121,27 @@ def test_a_stacked_block_call_that_raises_leaves_the_blocks_to_their_own_calls()
     plain = BatchedEvaluator(RowLoss(stacks_points=False), layout, base)
     for r in requests:
         np.testing.assert_array_equal(ev.entry_losses(*r), plain.entry_losses(*r))
+
+
+@pytest.mark.parametrize("centre_agrees", [True, False])
+def test_blocks_sent_before_the_noise_estimate_go_in_its_call(centre_agrees):
+    rng = np.random.default_rng(3)
+    layout, base = normalize_params({"w": rng.standard_normal(30), "b": rng.standard_normal(9)})
+    ev = BatchedEvaluator(
+        RowLoss(stacks_points=True, lie_at_centre=not centre_agrees), layout, base
+    )
+    plain = BatchedEvaluator(RowLoss(stacks_points=False), layout, base)
+    f0 = ev.base_loss()
+    requests = _requests(base)
+    assert ev.sends_ahead  # not verified yet: the blocks wait for the first stacked call
+    ev.prefetch(requests)
+    assert ev.loss.calls == [(1, 1)]
+    estimate_loss_noise(ev, f0, np.random.default_rng(0))
+    assert ev.loss.calls[1] == (POINTS + 1 + 16, POINTS + 1 + 16)
+    calls = len(ev.loss.calls)
+    for r in requests:
+        np.testing.assert_array_equal(ev.entry_losses(*r), plain.entry_losses(*r))
+    if centre_agrees:  # answered from that call
+        assert len(ev.loss.calls) == calls and ev.stacking is True
+    else:  # dropped with the stacked call: each block in its own call
+        assert len(ev.loss.calls) == calls + 2 and ev.stacking is False

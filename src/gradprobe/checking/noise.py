@@ -272,13 +272,16 @@ def _stacked_values(
     except CheckAborted:
         raise
     except Exception:  # the point-by-point calls raise it again, with where it happened
-        evaluator.stacking = False
+        evaluator.refuse_stacking()
         return None
     centre = float(values[len(values) // 2])
     eps = max(float(np.finfo(dt).eps) for dt in evaluator.layout.dtypes)
     allowed = np.sqrt(eps) * max(abs(base_loss), np.finfo(np.float64).tiny)
-    evaluator.stacking = bool(np.all(np.isfinite(values)) and abs(centre - base_loss) <= allowed)
-    return [float(x) for x in values] if evaluator.stacking else None
+    if not np.all(np.isfinite(values)) or not abs(centre - base_loss) <= allowed:
+        evaluator.refuse_stacking()
+        return None
+    evaluator.stacking = True
+    return [float(x) for x in values]
 
 
 class _Held:

@@ -148,8 +148,10 @@ class Evaluator:
         #: Whether a stacked call (:meth:`point_losses`) stood in for direct calls at the base
         #: point (the noise estimate's check); None until tried.
         self.stacking: bool | None = None
-        #: Entry blocks evaluated ahead in this process, by (param, flat_index, values).
+        #: Entry blocks evaluated ahead in this process, by (param, flat_index, values), and
+        #: those waiting for the next stacked call (:meth:`prefetch`).
         self._ahead: dict[tuple[int, bytes, bytes], np.ndarray] = {}
+        self._pending: list[tuple[int, np.ndarray, np.ndarray]] = []
 
     @property
     def rows(self) -> RowRunner:
@@ -230,10 +232,27 @@ class Evaluator:
 
     def point_losses(self, points: Sequence[np.ndarray], where: str) -> np.ndarray:
         """Losses at whole points in one batched call: ``points[q]`` holds parameter ``q``'s
-        value at each point, stacked along a leading axis (only where :meth:`stacks_points`)."""
+        value at each point, stacked along a leading axis (only where :meth:`stacks_points`).
+        Entry blocks :meth:`prefetch` left waiting go in the same call, where they fit."""
+        n = len(points[0])
+        pending, self._pending = self._pending, []
+        rows = sum(values.size for _, _, values in pending)
+        if pending and self.stacks_points(n + rows):
+            blocks = self._block_points(pending, rows)
+            points = [np.concatenate([p, b]) for p, b in zip(points, blocks, strict=True)]
+        else:
+            pending = []
         self.charge(len(points[0]))
         with one_blas_thread():
-            return self.rows.stacked_losses(self, points, where)  # type: ignore[attr-defined]
+            losses = self.rows.stacked_losses(self, points, where)  # type: ignore[attr-defined]
+        self._keep_ahead(pending, losses[n:])
+        return losses[:n]
+
+    def refuse_stacking(self) -> None:
+        """A stacked call could not stand in for direct ones: none is made from now on, and the
+        blocks one evaluated ahead are dropped (each is evaluated when asked for)."""
+        self.stacking = False
+        self._ahead.clear()
 
     def plan(self, n_evaluations: int) -> None:
         """Tell the placement the check's whole plan: ``n_evaluations`` to come. It decides
@@ -283,25 +302,41 @@ class Evaluator:
     @property
     def sends_ahead(self) -> bool:
         """Whether :meth:`prefetch` does anything (else its blocks need not be computed)."""
-        return self.placement.sends_ahead or bool(self.stacking)
+        return self.placement.sends_ahead or (self.stacking is not False and self.stacks_points(1))
 
     def prefetch(self, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
         """The entry blocks the check will ask for next, ``(param, flat_index, values)`` each
         as :meth:`entry_losses` will receive it: a placement with workers sends them all now
         (every parameter's chunks through the same workers) and answers the later calls
-        from them; nothing is charged until a block is asked for. In this process, a loss
-        whose stacked calls stood in for direct ones (:attr:`stacking`) evaluates every
-        parameter's blocks at once in one stacked call, when they fit :data:`STACKED_BYTES`
-        (a model of a few small inputs: one call instead of one per input)."""
+        from them; nothing is charged until a block is asked for.
+
+        In this process, a loss that takes every parameter stacked (:meth:`stacks_points`)
+        evaluates every parameter's blocks at once, where they fit :data:`STACKED_BYTES`: in
+        the first stacked call (the noise estimate's) when sent before it, else in one call of
+        their own once that call stood in for direct ones (:attr:`stacking`). A model of a few
+        small inputs takes one call for all, not one per input."""
         if self.placement.sends_ahead:
             self.placement.prefetch(self, requests)
-        elif self.stacking and requests:
-            self._stack_ahead(requests)
+        elif self.stacking is None and self.stacks_points(1):
+            self._pending = list(requests)
+        elif self.stacking:
+            new = [r for r in requests if _block_key(*r) not in self._ahead]
+            rows = sum(values.size for _, _, values in new)
+            if new and self.stacks_points(rows):
+                try:
+                    points = self._block_points(new, rows)
+                    self._keep_ahead(new, self.point_losses(points, "at perturbed entries"))
+                except CheckAborted:
+                    raise
+                except Exception:  # each block is evaluated again when asked for, its error
+                    self.refuse_stacking()  # located
 
-    def _stack_ahead(self, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
-        rows = sum(values.size for _, _, values in requests)
-        if rows * sum(b.nbytes for b in self.base) > STACKED_BYTES:
-            return
+    def _block_points(
+        self, requests: list[tuple[int, np.ndarray, np.ndarray]], rows: int
+    ) -> list[np.ndarray]:
+        """Every parameter at each row of the blocks ``requests``, stacked: one entry of one
+        parameter perturbed per row, all else at the base point. Kept as the blocks the next
+        stacked call answers: :meth:`_keep_ahead` files the losses by block."""
         stacked = [np.repeat(b.reshape(1, -1), rows, axis=0) for b in self.base]
         start = 0
         for param, flat_index, values in requests:
@@ -309,14 +344,11 @@ class Evaluator:
             which = start + np.arange(m * k)
             stacked[param][which, np.repeat(flat_index, k)] = values.reshape(-1)
             start += m * k
-        points = [a.reshape(rows, *b.shape) for a, b in zip(stacked, self.base, strict=True)]
-        try:
-            losses = self.point_losses(points, "at perturbed entries (every parameter at once)")
-        except CheckAborted:
-            raise
-        except Exception:  # each block is evaluated again when asked for, its error located
-            self.stacking = False
-            return
+        return [a.reshape(rows, *b.shape) for a, b in zip(stacked, self.base, strict=True)]
+
+    def _keep_ahead(
+        self, requests: list[tuple[int, np.ndarray, np.ndarray]], losses: np.ndarray
+    ) -> None:
         start = 0
         for param, flat_index, values in requests:
             m, k = values.shape
