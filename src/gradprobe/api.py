@@ -32,6 +32,7 @@ from .checking.verdict import build_report, floor_warnings, passes
 from .errors import CheckAborted, GradCheckError, InvalidInputError, raised_at_the_call
 from .evaluate import make_evaluator
 from .evaluate.backends import joblib_backend
+from .evaluate.threads import one_blas_thread
 from .evaluate.watchdog import hard_deadline
 from .layout import (
     ParamLayout,
@@ -226,7 +227,10 @@ def check(
 
 def _checked(run: _Run, options: CheckOptions) -> Report:
     try:
-        with run.evaluator, hard_deadline(run.time_left()):
+        # One BLAS thread from the base point to the diagnosis (the gradient's calls too: their
+        # last bits then no more depend on the machine's BLAS threads than the loss's do), set
+        # once here instead of per evaluation.
+        with run.evaluator, hard_deadline(run.time_left()), one_blas_thread():
             run.preflight()
             run.gather_evidence()
             run.diagnose()

@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 
 from gradprobe.evaluate import SerialEvaluator
-from gradprobe.evaluate.base import ComputedRows
 from gradprobe.evaluate.loops import vector_chunk
+from gradprobe.evaluate.rows import ComputedRows
 from gradprobe.layout import normalize_params
 
 

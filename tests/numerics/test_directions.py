@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gradprobe.numerics.directions as directions_module
-from gradprobe.evaluate.base import ComputedRows
+from gradprobe.evaluate.rows import ComputedRows
 from gradprobe.numerics.directions import Directions, Normals, pairwise
 
 

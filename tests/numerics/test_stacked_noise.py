@@ -9,7 +9,7 @@ import pytest
 
 from gradprobe.checking.noise import estimate_loss_noise
 from gradprobe.evaluate import BatchedEvaluator
-from gradprobe.evaluate.base import STACKED_BYTES
+from gradprobe.evaluate.stacked import STACKED_BYTES
 from gradprobe.layout import normalize_params
 from gradprobe.numerics.tolerances import NOISE_HALF_POINTS
 

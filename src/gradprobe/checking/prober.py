@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluate.base import ComputedRows
+from ..evaluate.rows import ComputedRows
 from ..numerics.directions import Directions, pairwise
 from ..numerics.steps import in_dtype
 from ..numerics.tolerances import NOISE_FACTOR

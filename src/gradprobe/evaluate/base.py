@@ -22,12 +22,10 @@ import numpy as np
 
 from ..errors import CheckAborted, InvalidInputError, LossEvaluationError
 from ..layout import ParamLayout
+from .rows import ComputedRows
 from .shared import WorkerState
+from .stacked import StackedPoints
 from .threads import one_blas_thread
-
-#: Bytes of copies one stacked call (:meth:`Evaluator.point_losses`) may hold: what stays in a
-#: core's cache; larger parameters are evaluated point by point, holding one copy at a time.
-STACKED_BYTES = 2**20
 
 
 class RowRunner(Protocol):
@@ -145,13 +143,8 @@ class Evaluator:
         #: Seconds one evaluation takes in this process: the fastest of the base point's and
         #: the later unperturbed calls (pre-flight, noise estimate); None before any ran.
         self.base_seconds: float | None = None
-        #: Whether a stacked call (:meth:`point_losses`) stood in for direct calls at the base
-        #: point (the noise estimate's check); None until tried.
-        self.stacking: bool | None = None
-        #: Entry blocks evaluated ahead in this process, by (param, flat_index, values), and
-        #: those waiting for the next stacked call (:meth:`prefetch`).
-        self._ahead: dict[tuple[int, bytes, bytes], np.ndarray] = {}
-        self._pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+        #: Stacked calls (whole points, every parameter at once) and the blocks they answered.
+        self.stacked = StackedPoints()
 
     @property
     def rows(self) -> RowRunner:
@@ -223,36 +216,29 @@ class Evaluator:
     def stacks_points(self, n_points: int) -> bool:
         """Whether :meth:`point_losses` can evaluate ``n_points`` whole points in one call: a
         batched loss that takes every parameter stacked (its ``stacks_points``, an adapter's
-        vmap), the copies within :data:`STACKED_BYTES`."""
-        return (
-            getattr(self.rows, "stacked_losses", None) is not None
-            and getattr(self.loss, "stacks_points", False)
-            and n_points * sum(b.nbytes for b in self.base) <= STACKED_BYTES
-        )
+        vmap), the copies within :data:`~gradprobe.evaluate.stacked.STACKED_BYTES`."""
+        return self.stacked.possible(self, n_points)
 
     def point_losses(self, points: Sequence[np.ndarray], where: str) -> np.ndarray:
         """Losses at whole points in one batched call: ``points[q]`` holds parameter ``q``'s
         value at each point, stacked along a leading axis (only where :meth:`stacks_points`).
         Entry blocks :meth:`prefetch` left waiting go in the same call, where they fit."""
-        n = len(points[0])
-        pending, self._pending = self._pending, []
-        rows = sum(values.size for _, _, values in pending)
-        if pending and self.stacks_points(n + rows):
-            blocks = self._block_points(pending, rows)
-            points = [np.concatenate([p, b]) for p, b in zip(points, blocks, strict=True)]
-        else:
-            pending = []
-        self.charge(len(points[0]))
-        with one_blas_thread():
-            losses = self.rows.stacked_losses(self, points, where)  # type: ignore[attr-defined]
-        self._keep_ahead(pending, losses[n:])
-        return losses[:n]
+        return self.stacked.losses(self, points, where)
+
+    @property
+    def stacking(self) -> bool | None:
+        """Whether a stacked call stood in for direct ones at the base point (the noise
+        estimate's check at its centre); None until tried."""
+        return self.stacked.verified
+
+    @stacking.setter
+    def stacking(self, verified: bool) -> None:
+        self.stacked.verified = verified
 
     def refuse_stacking(self) -> None:
         """A stacked call could not stand in for direct ones: none is made from now on, and the
         blocks one evaluated ahead are dropped (each is evaluated when asked for)."""
-        self.stacking = False
-        self._ahead.clear()
+        self.stacked.refuse()
 
     def plan(self, n_evaluations: int) -> None:
         """Tell the placement the check's whole plan: ``n_evaluations`` to come. It decides
@@ -285,10 +271,9 @@ class Evaluator:
         parameter ``param`` set to ``values[r, c]`` (values in the parameter's dtype) and every
         other entry at its base value.
         """
-        if self._ahead:
-            ready = self._ahead.pop(_block_key(param, flat_index, values), None)
-            if ready is not None:
-                return ready
+        ready = self.stacked.take(param, flat_index, values)
+        if ready is not None:
+            return ready
         return self.placement.entry_losses(self, param, flat_index, values)
 
     def vector_losses(self, param: int, vectors: np.ndarray | ComputedRows) -> np.ndarray:
@@ -302,7 +287,7 @@ class Evaluator:
     @property
     def sends_ahead(self) -> bool:
         """Whether :meth:`prefetch` does anything (else its blocks need not be computed)."""
-        return self.placement.sends_ahead or (self.stacking is not False and self.stacks_points(1))
+        return self.placement.sends_ahead or self.stacked.wanted(self)
 
     def prefetch(self, requests: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
         """The entry blocks the check will ask for next, ``(param, flat_index, values)`` each
@@ -311,51 +296,14 @@ class Evaluator:
         from them; nothing is charged until a block is asked for.
 
         In this process, a loss that takes every parameter stacked (:meth:`stacks_points`)
-        evaluates every parameter's blocks at once, where they fit :data:`STACKED_BYTES`: in
-        the first stacked call (the noise estimate's) when sent before it, else in one call of
-        their own once that call stood in for direct ones (:attr:`stacking`). A model of a few
-        small inputs takes one call for all, not one per input."""
+        evaluates every parameter's blocks at once, where they fit: in the first stacked call
+        (the noise estimate's) when sent before it, else in one call of their own once that
+        call stood in for direct ones (:attr:`stacking`). A model of a few small inputs takes
+        one call for all, not one per input."""
         if self.placement.sends_ahead:
             self.placement.prefetch(self, requests)
-        elif self.stacking is None and self.stacks_points(1):
-            self._pending = list(requests)
-        elif self.stacking:
-            new = [r for r in requests if _block_key(*r) not in self._ahead]
-            rows = sum(values.size for _, _, values in new)
-            if new and self.stacks_points(rows):
-                try:
-                    points = self._block_points(new, rows)
-                    self._keep_ahead(new, self.point_losses(points, "at perturbed entries"))
-                except CheckAborted:
-                    raise
-                except Exception:  # each block is evaluated again when asked for, its error
-                    self.refuse_stacking()  # located
-
-    def _block_points(
-        self, requests: list[tuple[int, np.ndarray, np.ndarray]], rows: int
-    ) -> list[np.ndarray]:
-        """Every parameter at each row of the blocks ``requests``, stacked: one entry of one
-        parameter perturbed per row, all else at the base point. Kept as the blocks the next
-        stacked call answers: :meth:`_keep_ahead` files the losses by block."""
-        stacked = [np.repeat(b.reshape(1, -1), rows, axis=0) for b in self.base]
-        start = 0
-        for param, flat_index, values in requests:
-            m, k = values.shape
-            which = start + np.arange(m * k)
-            stacked[param][which, np.repeat(flat_index, k)] = values.reshape(-1)
-            start += m * k
-        return [a.reshape(rows, *b.shape) for a, b in zip(stacked, self.base, strict=True)]
-
-    def _keep_ahead(
-        self, requests: list[tuple[int, np.ndarray, np.ndarray]], losses: np.ndarray
-    ) -> None:
-        start = 0
-        for param, flat_index, values in requests:
-            m, k = values.shape
-            self._ahead[_block_key(param, flat_index, values)] = losses[
-                start : start + m * k
-            ].reshape(m, k)
-            start += m * k
+        elif self.stacked.wanted(self):
+            self.stacked.prefetch(self, requests)
 
     # -- complex step (method="complex-step"; always serial, in this process) ------------------
     def complex_entry_losses(
@@ -410,67 +358,6 @@ class Evaluator:
         if isinstance(exc, (CheckAborted, LossEvaluationError)):
             raise exc
         raise self.wrap_error(exc, param, flat) from exc
-
-
-class ComputedRows:
-    """Replacement vectors computed when a loop needs them rather than stored: row ``r`` is
-    written by ``fill(r, out)`` into ``out`` (flat, the parameter's dtype), which may be the
-    working copy it replaces, so a large parameter's vectors never exist apart from it.
-
-    It slices (``rows[a:b]``, for chunks of rows), reads one row (``rows[r]``) and converts
-    (``np.asarray(rows)``) like a stored ``(n_rows, size)`` array; pickled (for workers in
-    another process) it becomes one, computed then.
-    """
-
-    def __init__(
-        self,
-        n_rows: int,
-        size: int,
-        dtype: np.dtype,
-        fill: Callable[[int, np.ndarray], None],
-        start: int = 0,
-    ) -> None:
-        self.shape = (n_rows, size)
-        self.dtype = np.dtype(dtype)
-        self._fill, self._start = fill, start
-
-    @property
-    def size(self) -> int:
-        return self.shape[0] * self.shape[1]
-
-    def fill(self, r: int, out: np.ndarray) -> None:
-        """Write row ``r`` (every entry) into ``out``."""
-        self._fill(self._start + r, out)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: int | slice) -> Any:
-        n_rows, size = self.shape
-        if isinstance(key, slice):
-            start, stop, step = key.indices(n_rows)
-            if step != 1:
-                raise IndexError("ComputedRows: only contiguous slices of rows")
-            return ComputedRows(
-                max(0, stop - start), size, self.dtype, self._fill, self._start + start
-            )
-        r = range(n_rows)[key]  # an int, negative or not; IndexError beyond the rows
-        row = np.empty(size, dtype=self.dtype)
-        self.fill(r, row)
-        return row
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = np.empty(self.shape, dtype=self.dtype)
-        for r in range(self.shape[0]):
-            self.fill(r, out[r])
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (np.asarray, (np.asarray(self),))
-
-
-def _block_key(param: int, flat_index: np.ndarray, values: np.ndarray) -> tuple[int, bytes, bytes]:
-    return param, np.ascontiguousarray(flat_index).tobytes(), np.ascontiguousarray(values).tobytes()
 
 
 class InProcess:
