@@ -88,3 +88,56 @@ def test_ordinary_loss_floor_is_unchanged():
     report = gradprobe.check(m.loss, m.grad, m.params, probes=0)
     loss = m.loss(m.params)
     assert 0.0 < report.measured["loss_noise"] < 16 * np.finfo(np.float64).eps * abs(loss)
+
+
+def _ecnoise_in_numpy(values):
+    """The numpy formulation ecnoise had, kept as the reference its Python floats must match."""
+    import math
+
+    from gradprobe.numerics.tolerances import NoiseEstimate
+
+    d = np.asarray(values, dtype=np.float64)
+    if d.size < 4 or not np.all(np.isfinite(d)):
+        return NoiseEstimate(0.0, 0, "inconclusive")
+    scale = math.ldexp(0.5, math.frexp(float(np.max(np.abs(d))))[1]) if np.any(d) else 1.0
+    d = d / scale
+    levels, sign_change, gamma = [], [], 1.0
+    for j in range(1, d.size):
+        d = np.diff(d)
+        if j == 1 and not np.any(d):
+            return NoiseEstimate(0.0, 0, "flat")
+        gamma *= 0.5 * j / (2 * j - 1)
+        levels.append(scale * math.sqrt(gamma * float(np.mean(d * d))))
+        sign_change.append(bool(d.min() < 0.0 < d.max()))
+    for k in range(len(levels) - 2):
+        window = levels[k : k + 3]
+        if max(window) <= 4.0 * min(window) and sign_change[k]:
+            return NoiseEstimate(levels[k], k + 1, "measured")
+    return NoiseEstimate(0.0, 0, "inconclusive")
+
+
+def test_ecnoise_in_python_floats_is_the_numpy_formula_to_the_bit():
+    rng = np.random.default_rng(0)
+    for trial in range(4000):
+        n = int(rng.integers(4, 14))
+        t = np.arange(n) - n // 2
+        kind = trial % 4
+        if kind == 0:  # smooth plus noise of any size
+            v = 1.0 + 3e-7 * t + rng.normal(0, 10 ** rng.uniform(-16, -8), n)
+        elif kind == 1:  # a staircase
+            v = np.round(rng.normal(size=n), int(rng.integers(0, 3)))
+        elif kind == 2:  # any magnitude
+            v = rng.normal(size=n) * 10 ** rng.uniform(-300, 300)
+        else:  # flat but one
+            v = np.full(n, rng.normal())
+            v[rng.integers(n)] += rng.normal() * 1e-12
+        assert ecnoise(list(v)) == _ecnoise_in_numpy(v), (trial, v.tolist())
+
+
+def test_numpy_sum_in_python_is_np_sum_to_the_bit():
+    from gradprobe.numerics.tolerances import numpy_sum
+
+    rng = np.random.default_rng(1)
+    for n in range(0, 300):
+        x = rng.normal(size=n) * 10 ** rng.uniform(-5, 5, n)
+        assert numpy_sum(list(x)) == float(np.sum(x)), n

@@ -33,6 +33,7 @@ or no order is consistent, ``sigma`` is 0 and the ``EPS`` floor alone applies.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -188,33 +189,63 @@ def ecnoise(values: Sequence[float]) -> NoiseEstimate:
     NoiseEstimate
         ``n_evaluations`` is left at 0 (the caller knows what it spent).
     """
-    d = np.asarray(values, dtype=np.float64)
-    nf = d.size
-    if nf < 4 or not np.all(np.isfinite(d)):
+    # In Python floats: a dozen values, where numpy's per-call cost (~40 calls) would be most
+    # of a small check's noise estimate. Every operation is numpy's, to the bit.
+    d = [float(v) for v in values]
+    nf = len(d)
+    if nf < 4 or not all(math.isfinite(v) for v in d):
         return NoiseEstimate(0.0, 0, "inconclusive")
     # Differences of values scaled to [-2, 2] (exactly, by a power of two): those of a loss
     # near 1e300 would overflow.
-    scale = math.ldexp(0.5, math.frexp(float(np.max(np.abs(d))))[1]) if np.any(d) else 1.0
-    d = d / scale
+    top = max(abs(v) for v in d)
+    scale = math.ldexp(0.5, math.frexp(top)[1]) if top else 1.0
+    d = [v / scale for v in d]
     levels: list[float] = []
     sign_change: list[bool] = []
     gamma = 1.0
     for j in range(1, nf):
-        d = np.diff(d)
+        d = [b - a for a, b in itertools.pairwise(d)]
         # Moré and Wild call the step too small when half the first differences are 0; here
         # the step is fixed at a few ulps and a rounding grid coarser than the smooth change
         # (a cancelling sum) leaves some of them 0 while the noise is real, so only values
         # equal to the last bit count as flat.
-        if j == 1 and not np.any(d):
+        if j == 1 and not any(d):
             return NoiseEstimate(0.0, 0, "flat")
         gamma *= 0.5 * j / (2 * j - 1)  # (j!)**2 / (2j)!
-        levels.append(scale * math.sqrt(gamma * float(np.mean(d * d))))
-        sign_change.append(bool(d.min() < 0.0 < d.max()))
+        levels.append(scale * math.sqrt(gamma * (numpy_sum([v * v for v in d]) / len(d))))
+        sign_change.append(min(d) < 0.0 < max(d))
     for k in range(nf - 3):
         window = levels[k : k + 3]
         if max(window) <= 4.0 * min(window) and sign_change[k]:
             return NoiseEstimate(levels[k], k + 1, "measured")
     return NoiseEstimate(0.0, 0, "inconclusive")
+
+
+#: Up to this many values numpy sums in one pairwise block (its PW_BLOCKSIZE).
+_NUMPY_BLOCK = 128
+
+
+def numpy_sum(values: Sequence[float]) -> float:
+    """``np.sum`` of a short float64 sequence, to the bit, in Python: one after another below
+    8 values, else 8 running sums joined as a tree, the rest added after (numpy's pairwise
+    summation within one block); ``np.sum`` itself beyond a block."""
+    n = len(values)
+    if n > _NUMPY_BLOCK:
+        return float(np.sum(np.asarray(values, dtype=np.float64)))
+    if n < 8:
+        total = 0.0
+        for v in values:
+            total += v
+        return total
+    r = list(values[:8])
+    full = n - n % 8
+    for i in range(8, full, 8):
+        for k in range(8):
+            r[k] += values[i + k]
+    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for v in values[full:]:
+        total += v
+    return total
 
 
 def loss_epsilon(dtypes: Iterable[np.dtype]) -> float:
