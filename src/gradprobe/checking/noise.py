@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import CheckAborted, GradCheckError, LossEvaluationError
 from ..evaluate import Evaluator
+from ..evaluate.stacked import STACKED_BYTES
 from ..evaluate.threads import one_blas_thread
 from ..numerics.directions import Normals
 from ..numerics.steps import in_dtype
@@ -234,15 +235,27 @@ def _noise_at(
         if stacked is not None:
             return ecnoise(stacked), stacked
     values = []
+    # Small parameters: every point's arrays at once (one pass per parameter, not 2k); large
+    # ones one point at a time, freed before the next is made.
+    rows = None
+    if 2 * k * sum(b.nbytes for b in base) <= STACKED_BYTES:
+        rows = [
+            _shifted(b, np.array([i * h for i in range(-k, k + 1)]), v, p, dt)
+            for p, (b, h, dt) in enumerate(zip(base, steps, layout.dtypes, strict=True))
+        ]
     for i in range(-k, k + 1):
         if i == 0:
             values.append(base_loss)
             continue
-        arrays = None  # the previous point's, freed before this one's are made
-        arrays = [
-            _shifted(b, i * h, v, p, dt)
-            for p, (b, h, dt) in enumerate(zip(base, steps, layout.dtypes, strict=True))
-        ]
+        arrays = None
+        arrays = (
+            [r[i + k] for r in rows]
+            if rows is not None
+            else [
+                _shifted(b, i * h, v, p, dt)
+                for p, (b, h, dt) in enumerate(zip(base, steps, layout.dtypes, strict=True))
+            ]
+        )
         evaluator.charge(1)
         try:
             with one_blas_thread():

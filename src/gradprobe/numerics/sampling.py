@@ -114,11 +114,19 @@ def _row_col_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return shape[0], math.prod(shape[1:-1]), shape[-1]
 
 
+#: Parameters of fewer entries find their ranks by a stable sort (measured: faster up to a
+#: few thousand entries, slower beyond).
+SORT_BELOW = 6000
+
+
 def _entries_at_ranks(values: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     """Positions in ``values`` of the entries at ``ranks`` of its stable ascending order
     (ties in position order), as ``np.argsort(values, kind="stable")[ranks]`` gives them, by
     selection: a partition at the ranks, then each rank's tie group (a sort of a large
-    parameter's gradient dominated the sample's cost)."""
+    parameter's gradient dominated the sample's cost); below :data:`SORT_BELOW` entries the
+    sort itself, faster than a pass over the values per rank."""
+    if values.size < SORT_BELOW:
+        return np.argsort(values, kind="stable")[ranks]
     at = np.partition(values, np.unique(ranks))[ranks]
     out = np.empty(ranks.size, dtype=np.int64)
     for k, (r, v) in enumerate(zip(ranks, at, strict=True)):
@@ -204,8 +212,7 @@ def stratified_sample(
                 found = _entries_at_ranks(ranked, ranks)
             else:
                 found = nonzero[_entries_at_ranks(ranked[nonzero], ranks)]
-            for part in np.split(found, np.cumsum([c.size for c in chosen])[:-1]):
-                pick.add("magnitude", part)
+            pick.add("magnitude", found)  # as bin after bin: first occurrences, in order
 
     if pick.left > 0:
         m = pick.left
