@@ -333,8 +333,10 @@ def normalize_params(
     return layout, arrays
 
 
-def normalize_gradient(layout: ParamLayout, grad: Any) -> list[np.ndarray]:
-    """Validate a gradient container against ``layout``; return float64 copies in order.
+def normalize_gradient(layout: ParamLayout, grad: Any, *, copy: bool = True) -> list[np.ndarray]:
+    """Validate a gradient container against ``layout``; return float64 copies in order
+    (``copy=False``: the arrays themselves where they are C-contiguous float64 already, for a
+    gradient only compared and dropped).
 
     The gradient has the structure of the parameters, or one with the same paths (a mapping
     keyed by the parameter names will do); leaves held fixed may be left out.
@@ -364,7 +366,7 @@ def normalize_gradient(layout: ParamLayout, grad: Any) -> list[np.ndarray]:
                 f"gradient of {name!r}: expected shape {shape} (the parameter's shape), found "
                 f"{arr.shape}{hint}."
             )
-        result.append(np.array(arr, dtype=np.float64, order="C", copy=True))
+        result.append(np.array(arr, dtype=np.float64, order="C", copy=True if copy else None))
     return result
 
 

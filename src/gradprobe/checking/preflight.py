@@ -156,8 +156,8 @@ def _repeat(evaluator: Evaluator, nth: str, grad: Callable[[Any], Any] | None = 
     layout, who = evaluator.layout, "loss" if grad is None else "grad"
     given = [a.copy() for a in evaluator.base]
     try:
-        if grad is not None:
-            value = normalize_gradient(layout, grad(layout.pack(given)))
+        if grad is not None:  # compared with the first and dropped: not copied again
+            value = normalize_gradient(layout, grad(layout.pack(given)), copy=False)
         else:
             evaluator.charge(1)
             with one_blas_thread():
@@ -408,6 +408,7 @@ def run_preflight(
         if beyond:
             raise _stateful_grad_error(beyond)
         grad_jitter = max(changes, key=lambda c: c.relative, default=None)
+        del again  # as large as the parameters: not held through the noise estimate
     nonfinite: dict[str, np.ndarray] = {}
     warnings: list[str] = []
     for name, g in zip(layout.names, analytic, strict=True):
