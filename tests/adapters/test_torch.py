@@ -352,3 +352,20 @@ def test_numpy_check_rejects_a_tensor_gradient():
     params = {"w": np.ones(3)}
     with pytest.raises(InvalidInputError, match=r"gradient of 'w'.*gradprobe\.torch\.check"):
         gradprobe.check(lambda p: float(p["w"].sum()), {"w": torch.ones(3)}, params)
+
+
+def test_the_same_report_in_this_process_and_with_workers():
+    """Stacked calls (the noise estimate's points, every input's first blocks) run in this
+    process whatever n_jobs: linear's vmap over every input at once sums in another order than
+    over one (a different report if only one placement stacked them)."""
+    g = torch.Generator().manual_seed(0)
+    inputs = [
+        torch.randn(3, 8, dtype=torch.float64, generator=g, requires_grad=True),
+        torch.randn(4, 8, dtype=torch.float64, generator=g, requires_grad=True),
+        torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True),
+    ]
+    here = gt.check(torch.nn.functional.linear, *inputs, n_jobs=1)
+    workers = gt.check(torch.nn.functional.linear, *inputs, n_jobs=2)
+    drop = ("n_jobs", "executor", "vectorization")
+    assert report_core(here, drop=drop) == report_core(workers, drop=drop)
+    assert here.passed and here.n_evaluations == workers.n_evaluations

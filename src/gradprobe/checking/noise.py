@@ -33,7 +33,9 @@ def estimate_loss_noise(
 
     Evaluates ``L(x + i * delta * v)`` for ``i = -k..k``, ``i != 0`` (``k =``
     :data:`~gradprobe.numerics.tolerances.NOISE_HALF_POINTS`; the centre is ``base_loss``), ``v`` a unit
-    vector over all entries drawn from ``rng``, and hands the values to
+    vector over all entries drawn from ``rng`` (in one stacked call, the centre again among
+    them, where the loss takes every parameter stacked: an adapter's vmap, and the copies
+    are small; :meth:`~gradprobe.evaluate.Evaluator.point_losses`), and hands the values to
     :func:`~gradprobe.numerics.tolerances.ecnoise`. Parameter ``p``'s part of the step is
     ``NOISE_ULPS * EPS_p * sqrt(n) * max(1, rms(x_p))`` (``n`` entries in all): an entry of
     typical size moves by about ``NOISE_ULPS`` ulps, so the points differ in their last bits
@@ -194,7 +196,8 @@ def value_grid(values: Sequence[float] | np.ndarray) -> float:
 
 #: When the loss is flat at a few ulps, the noise estimate's step grows by this factor...
 NOISE_SCALING = 256.0
-#: ... at most this many times (steps up to ~1e-5 relative in float64; 8 evaluations each).
+#: ... at most this many times (steps up to ~1e-5 relative in float64; 8 evaluations each, or
+#: one stacked call of 9).
 MAX_NOISE_SCALINGS = 5
 
 
@@ -225,37 +228,32 @@ def _noise_at(
         for b, dt in zip(base, layout.dtypes, strict=True)
     ]
     k = NOISE_HALF_POINTS
-
-    if evaluator.stacks_points(2 * k + 1):
-        points = [
-            _shifted(b, np.array([i * h for i in range(-k, k + 1)]), v, p, dt)
-            for p, (b, h, dt) in enumerate(zip(base, steps, layout.dtypes, strict=True))
-        ]
-        stacked = _stacked_values(evaluator, base_loss, points)
-        if stacked is not None:
-            return ecnoise(stacked), stacked
-    values = []
-    # Small parameters: every point's arrays at once (one pass per parameter, not 2k); large
-    # ones one point at a time, freed before the next is made.
+    # Small parameters: every point's arrays in one pass per parameter, the centre's too (for
+    # one stacked call, or the calls one by one); large ones a point at a time, each freed
+    # before the next is made.
     rows = None
-    if 2 * k * sum(b.nbytes for b in base) <= STACKED_BYTES:
+    if (2 * k + 1) * sum(b.nbytes for b in base) <= STACKED_BYTES:
         rows = [
             _shifted(b, np.array([i * h for i in range(-k, k + 1)]), v, p, dt)
             for p, (b, h, dt) in enumerate(zip(base, steps, layout.dtypes, strict=True))
         ]
+        if evaluator.stacks_points(2 * k + 1):
+            stacked = _stacked_values(evaluator, base_loss, rows)
+            if stacked is not None:
+                return ecnoise(stacked), stacked
+    values = []
     for i in range(-k, k + 1):
         if i == 0:
             values.append(base_loss)
             continue
-        arrays = None
-        arrays = (
-            [r[i + k] for r in rows]
-            if rows is not None
-            else [
+        arrays = None  # the previous point's, freed before this one's are made
+        if rows is not None:
+            arrays = [r[i + k] for r in rows]
+        else:
+            arrays = [
                 _shifted(b, i * h, v, p, dt)
                 for p, (b, h, dt) in enumerate(zip(base, steps, layout.dtypes, strict=True))
             ]
-        )
         evaluator.charge(1)
         try:
             with one_blas_thread():
@@ -274,9 +272,9 @@ def _stacked_values(
     evaluator: Evaluator, base_loss: float, points: list[np.ndarray]
 ) -> list[float] | None:
     """The losses at ``points`` (every parameter's rows stacked along a leading axis, the
-    centre in the middle) from one stacked call, or None where
-    that call raised or disagrees with the direct one at the centre by more than round-off
-    (``sqrt(eps)`` relative): then the points are evaluated one by one, as for any loss.
+    centre in the middle) from one stacked call; None where that call raised or disagrees
+    with the direct one at the centre by more than round-off (``sqrt(eps)`` relative): then
+    the points are evaluated one by one, as for any loss, and no stacked call is made again.
 
     The centre is evaluated again in the same call so that every value the estimate reads
     comes from one computation (vmap may sum in another order than the direct call)."""

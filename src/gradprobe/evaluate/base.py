@@ -295,15 +295,16 @@ class Evaluator:
         (every parameter's chunks through the same workers) and answers the later calls
         from them; nothing is charged until a block is asked for.
 
-        In this process, a loss that takes every parameter stacked (:meth:`stacks_points`)
-        evaluates every parameter's blocks at once, where they fit: in the first stacked call
-        (the noise estimate's) when sent before it, else in one call of their own once that
-        call stood in for direct ones (:attr:`stacking`). A model of a few small inputs takes
-        one call for all, not one per input."""
-        if self.placement.sends_ahead:
-            self.placement.prefetch(self, requests)
-        elif self.stacked.wanted(self):
+        A loss that takes every parameter stacked (:meth:`stacks_points`) evaluates every
+        parameter's blocks at once in this process instead, where they fit, whatever the
+        placement (the same numbers with workers or without): in the first stacked call (the
+        noise estimate's) when sent before it, else in one call of their own once that call
+        stood in for direct ones (:attr:`stacking`). A model of a few small inputs takes one
+        call for all, not one per input."""
+        if self.stacked.wanted(self):
             self.stacked.prefetch(self, requests)
+        elif self.placement.sends_ahead:
+            self.placement.prefetch(self, requests)
 
     # -- complex step (method="complex-step"; always serial, in this process) ------------------
     def complex_entry_losses(

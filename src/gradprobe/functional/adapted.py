@@ -66,8 +66,6 @@ class Vectorization:
     batched: bool
     setting: str
     warning: str | None = None
-    #: Every input may be stacked in one call (the pattern verified up front).
-    stacks: bool = False
 
 
 def framework_roles(api: str, backward: str, grad: str) -> Roles:
@@ -245,9 +243,7 @@ def choose(
         except Exception:  # KeyboardInterrupt is not caught
             pass  # verified below, which says why
         else:
-            return Vectorization(
-                checked, True, f"{vmap_name}: B perturbed copies per call", stacks=True
-            )
+            return Vectorization(checked, True, f"{vmap_name}: B perturbed copies per call")
     try:
         batched = fn.make_batched()
         loss = Contraction(batched, {}, setup.out, setup.cotangent, True, roles, private=True)
@@ -306,7 +302,9 @@ def check_adapted(
     loss = Contraction(
         vec.forward, {}, setup.out, setup.cotangent, vec.batched, roles, private=True
     )
-    loss.stacks_points = vec.stacks
+    # Stacked calls (the noise estimate's points, every input's first blocks) in every
+    # placement alike, so that the report is the same whatever n_jobs.
+    loss.stacks_points = vec.batched and fn.stacks_points
     grad = Backward(fn.backward, {}, setup.out, setup.cotangent, roles)
     notes = [*fn.warnings, *([] if vec.warning is None else [vec.warning])]
     if fn.not_checked:
