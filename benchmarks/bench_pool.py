@@ -70,17 +70,30 @@ def _checks(task: dict) -> dict:
     loss = m.batched_loss if kw.get("batched") else m.loss
     backend = task.get("backend")
     walls, r = [], None
-    # When the first blocks are handed to the evaluator: the check's serial prefix (base
-    # point, gradient, first samples), before which no worker has anything to do.
+    # When the first samples are drawn and their blocks could go to workers: the check's
+    # serial prefix (base point, gradient, first samples), before which no worker has
+    # anything to do. Timed where api draws them (in-process placements no longer hand the
+    # blocks over), else at the evaluator's prefetch; neither exists before 6c2d79d.
+    import gradprobe.api as api
     from gradprobe.evaluate import Evaluator
 
-    prefetch, sent = getattr(Evaluator, "prefetch", None), []  # None before it existed
+    sent: list[float] = []
+    draw = getattr(api, "first_samples", None)
+    prefetch = getattr(Evaluator, "prefetch", None)
+    if draw is not None:
 
-    def timed_prefetch(self: Any, requests: Any) -> None:
-        sent.append(time.perf_counter())
-        prefetch(self, requests)
+        def timed_draw(*a: Any, **k: Any) -> Any:
+            out = draw(*a, **k)
+            sent.append(time.perf_counter())
+            return out
 
-    if prefetch is not None:
+        api.first_samples = timed_draw  # type: ignore[attr-defined]
+    elif prefetch is not None:
+
+        def timed_prefetch(self: Any, requests: Any) -> None:
+            sent.append(time.perf_counter())
+            prefetch(self, requests)
+
         Evaluator.prefetch = timed_prefetch  # type: ignore[method-assign]
     prefixes = []
     with joblib.parallel_config(backend=backend) if backend else contextlib.nullcontext():
