@@ -21,7 +21,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -62,25 +61,14 @@ def _child(every: int, reps: int) -> None:
     print(json.dumps({"file": gt.__file__, "rows": rows}))
 
 
-def _tree(rev: str) -> Path:
-    full = subprocess.run(
-        ["git", "-C", str(HERE), "rev-parse", rev], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    root = Path(tempfile.gettempdir()) / f"gradprobe-before-{full[:12]}"
-    if not (root / "src" / "gradprobe").is_dir():
-        root.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "-C", str(HERE), "archive", full, "src"], capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
-    return root / "src"
-
-
 def _run(src: Path, every: int, reps: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run(
         [sys.executable, __file__, "--child", "--every", str(every), "--reps", str(reps)],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -114,21 +102,30 @@ def main() -> None:
     import numpy
     import torch
 
-    trees = {"before": _tree(args.before), "after": HERE / "src"}
+    sys.path.insert(0, str(HERE / "benchmarks"))
+    from bench_speed import extract_src
+
+    before, note = extract_src(HERE, args.before)
+    trees = {"before": before, "after": HERE / "src"}
     results = {name: _run(src, args.every, args.reps) for name, src in trees.items()}
     print(
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"Python {platform.python_version()}, numpy {numpy.__version__}, torch {torch.__version__}"
     )
-    print(f"- before: {trees['before']} (git archive {args.before} src); after: {trees['after']}")
-    print("\n| tree | samples | gradprobe median (ms) | gradcheck median (ms) | ratio of medians "
-          "| median of ratios | " + " | ".join(f"ratio, {lo}-{hi} entries" for lo, hi in BUCKETS)
-          + " |")
+    print(f"- before: {before} ({note}); after: {trees['after']}")
+    print(
+        "\n| tree | samples | gradprobe median (ms) | gradcheck median (ms) | ratio of medians "
+        "| median of ratios | "
+        + " | ".join(f"ratio, {lo}-{hi} entries" for lo, hi in BUCKETS)
+        + " |"
+    )
     print("|---" * (6 + len(BUCKETS)) + "|")
     summaries = {}
     for name, res in results.items():
         s = summaries[name] = _summary(res["rows"])
-        buckets = " | ".join(f"{s[f'{lo}-{hi}'][1]:.2f} ({s[f'{lo}-{hi}'][0]})" for lo, hi in BUCKETS)
+        buckets = " | ".join(
+            f"{s[f'{lo}-{hi}'][1]:.2f} ({s[f'{lo}-{hi}'][0]})" for lo, hi in BUCKETS
+        )
         print(
             f"| {name} | {s['samples']} | {s['gradprobe_ms']:.2f} | {s['gradcheck_ms']:.2f} | "
             f"{s['ratio_of_medians']:.2f}x | {s['median_of_ratios']:.2f}x | {buckets} |"

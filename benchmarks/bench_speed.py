@@ -312,6 +312,21 @@ def _git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def extract_src(repo: Path, rev: str) -> tuple[Path, str]:
+    """``rev``'s ``src`` under the temporary folder (``git archive``, reused once there), and
+    a note saying which."""
+    full = _git(repo, "rev-parse", rev)
+    root = Path(tempfile.gettempdir()) / f"gradprobe-before-{full[:12]}"
+    if (root / "src" / "gradprobe").is_dir():
+        return root / "src", f"git archive {full[:12]} src, reused"
+    root.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", full, "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root / "src", f"extracted now: git archive {full[:12]} src"
+
+
 def resolve_trees(args: argparse.Namespace) -> tuple[dict[str, Path], list[str]]:
     """The two ``src`` directories, and lines saying where each came from."""
     here = Path(__file__).resolve().parents[1]
@@ -325,18 +340,8 @@ def resolve_trees(args: argparse.Namespace) -> tuple[dict[str, Path], list[str]]
         before = src_of(Path(args.before).resolve())
         notes.append(f"before: {before} (given)")
     else:
-        full = _git(here, "rev-parse", BEFORE_COMMIT)
-        root = Path(tempfile.gettempdir()) / f"gradprobe-before-{full[:12]}"
-        if not (root / "src" / "gradprobe").is_dir():
-            root.mkdir(parents=True, exist_ok=True)
-            archive = subprocess.run(
-                ["git", "-C", str(here), "archive", full, "src"], capture_output=True, check=True
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
-            notes.append(f"before: {root / 'src'} (extracted now: git archive {full[:12]} src)")
-        else:
-            notes.append(f"before: {root / 'src'} (git archive {full[:12]} src, reused)")
-        before = root / "src"
+        before, note = extract_src(here, BEFORE_COMMIT)
+        notes.append(f"before: {before} ({note})")
     for name, src in (("before", before), ("after", after)):
         if not (src / "gradprobe" / "__init__.py").is_file():
             raise SystemExit(f"--{name}: no gradprobe package under {src}")
