@@ -145,3 +145,20 @@ def test_blocks_sent_before_the_noise_estimate_go_in_its_call(centre_agrees):
         assert len(ev.loss.calls) == calls and ev.stacking is True
     else:  # dropped with the stacked call: each block in its own call
         assert len(ev.loss.calls) == calls + 2 and ev.stacking is False
+
+
+def test_blocks_that_do_not_fit_beside_the_first_stacked_call_are_left_to_the_placement():
+    from gradprobe.evaluate.stacked import FIRST_CALL_ROOM
+
+    # w fits 16 stacked rows and more, but not beside 16 rows of blocks: they are not held.
+    size = STACKED_BYTES // (8 * (FIRST_CALL_ROOM + 20))
+    rng = np.random.default_rng(3)
+    layout, base = normalize_params({"w": rng.standard_normal(size), "b": rng.standard_normal(4)})
+    ev = BatchedEvaluator(RowLoss(stacks_points=True), layout, base)
+    f0 = ev.base_loss()
+    small = [(0, np.arange(4), base[0][:4, None] + np.array([[1e-3, -1e-3]]))]
+    large = [(0, np.arange(12), base[0][:12, None] + np.array([[1e-3, -1e-3]]))]
+    assert ev.stacked.prefetch(ev, small) and ev.stacked.pending == small
+    assert not ev.stacked.prefetch(ev, large)  # 24 rows + the room: over the bound
+    estimate_loss_noise(ev, f0, np.random.default_rng(0))
+    assert ev.loss.calls[1] == (POINTS + 1 + 8, POINTS + 1 + 8)  # the small blocks went along

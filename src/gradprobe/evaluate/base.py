@@ -301,9 +301,9 @@ class Evaluator:
         noise estimate's) when sent before it, else in one call of their own once that call
         stood in for direct ones (:attr:`stacking`). A model of a few small inputs takes one
         call for all, not one per input."""
-        if self.stacked.wanted(self):
-            self.stacked.prefetch(self, requests)
-        elif self.placement.sends_ahead:
+        if self.stacked.wanted(self) and self.stacked.prefetch(self, requests):
+            return
+        if self.placement.sends_ahead:
             self.placement.prefetch(self, requests)
 
     # -- complex step (method="complex-step"; always serial, in this process) ------------------

@@ -30,9 +30,14 @@ class Evaluator(Protocol):
 
     def charge(self, n: int) -> None: ...
 
+
 #: Bytes of copies one stacked call may hold: what stays in a core's cache; larger parameters
 #: are evaluated point by point, holding one copy at a time.
 STACKED_BYTES = 2**20
+
+#: Rows the first stacked call keeps for its own points (the noise estimate's 9) beside the
+#: blocks that wait for it.
+FIRST_CALL_ROOM = 16
 
 Request = tuple[int, np.ndarray, np.ndarray]
 
@@ -103,18 +108,24 @@ class StackedPoints:
         """Whether blocks sent ahead may go in a stacked call."""
         return self.verified is not False and self.possible(ev, 1)
 
-    def prefetch(self, ev: Evaluator, requests: Sequence[Request]) -> None:
-        """Before the first stacked call (the noise estimate's), the blocks wait to go with
-        it; once one stood in for direct calls, those not answered yet go in one of their own."""
-        if self.verified is None:
-            self.pending = list(requests)
-            return
-        if not self.verified:
-            return
+    def prefetch(self, ev: Evaluator, requests: Sequence[Request]) -> bool:
+        """Take the blocks ``requests`` (True) or leave them to the placement (False).
+
+        Before the first stacked call (the noise estimate's) they wait to go with it, where
+        they fit beside its points (:data:`FIRST_CALL_ROOM`); once one stood in for direct
+        calls, those not answered yet go in one of their own, where they fit. The decision
+        depends on sizes alone, never on the placement, so the numbers do not either."""
         new = [r for r in requests if block_key(*r) not in self.ready]
         rows = sum(values.size for _, _, values in new)
-        if not new or not self.possible(ev, rows):
-            return
+        if self.verified is None:
+            if not self.possible(ev, rows + FIRST_CALL_ROOM):
+                return False
+            self.pending = new
+            return True
+        if not self.verified or not self.possible(ev, rows):
+            return False
+        if not new:
+            return True
         try:
             self._keep(
                 new, self.losses(ev, block_points(ev.base, new, rows), "at perturbed entries")
@@ -123,6 +134,7 @@ class StackedPoints:
             raise
         except Exception:  # each block is evaluated again when asked for, its error located
             self.refuse()
+        return True
 
     def take(self, param: int, flat_index: np.ndarray, values: np.ndarray) -> np.ndarray | None:
         """The losses of a block answered ahead (once), or None."""
