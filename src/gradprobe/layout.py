@@ -366,7 +366,10 @@ def normalize_gradient(layout: ParamLayout, grad: Any, *, copy: bool = True) -> 
                 f"gradient of {name!r}: expected shape {shape} (the parameter's shape), found "
                 f"{arr.shape}{hint}."
             )
-        result.append(np.array(arr, dtype=np.float64, order="C", copy=True if copy else None))
+        if copy:
+            result.append(np.array(arr, dtype=np.float64, order="C", copy=True))
+        else:
+            result.append(np.asarray(arr, dtype=np.float64, order="C"))
     return result
 
 
