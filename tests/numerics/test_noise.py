@@ -135,7 +135,7 @@ def test_ecnoise_in_python_floats_is_the_numpy_formula_to_the_bit():
 
 
 def test_numpy_sum_in_python_is_np_sum_to_the_bit():
-    from gradprobe.numerics.tolerances import numpy_sum
+    from gradprobe.numerics.directions import numpy_sum
 
     rng = np.random.default_rng(1)
     for n in range(0, 300):

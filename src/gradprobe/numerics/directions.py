@@ -14,7 +14,8 @@ cuts a long array in blocks of its buffer size, 8192 entries, summed one after a
 walks the same tree down to nodes of at most ``leaf`` entries, sums each with ``np.sum`` (the
 same subtree) and adds the nodes up the tree in numpy's order, so the result is ``np.sum`` of
 the whole range to the last bit (tests/numerics/test_directions.py checks it against
-numpy's).
+numpy's). :func:`numpy_sum` is the same for a short list of Python floats, in Python (a
+dozen values, where numpy's per-call cost would dominate).
 """
 
 from __future__ import annotations
@@ -34,6 +35,33 @@ LEAF = 16000
 #: about as much as the arithmetic of a pass over them, and a small parameter's copies do not
 #: weigh on memory (a large one's would).
 STORE_BYTES = 4 * 2**20
+
+
+#: Up to this many values numpy sums in one pairwise block (its PW_BLOCKSIZE).
+_NUMPY_BLOCK = 128
+
+
+def numpy_sum(values: Sequence[float]) -> float:
+    """``np.sum`` of a short float64 sequence, to the bit, in Python: one after another below
+    8 values, else 8 running sums joined as a tree, the rest added after (numpy's pairwise
+    summation within one block); ``np.sum`` itself beyond a block."""
+    n = len(values)
+    if n > _NUMPY_BLOCK:
+        return float(np.sum(np.asarray(values, dtype=np.float64)))
+    if n < 8:
+        total = 0.0
+        for v in values:
+            total += v
+        return total
+    r = list(values[:8])
+    full = n - n % 8
+    for i in range(8, full, 8):
+        for k in range(8):
+            r[k] += values[i + k]
+    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for v in values[full:]:
+        total += v
+    return total
 
 
 def pairwise(lo: int, hi: int, leaf_sums: Callable[[int, int], Any], leaf: int = LEAF) -> Any:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import differences
+from .directions import numpy_sum
 from .steps import MAX_LOSS_EPS
 
 # Relative tolerance on |a - n| / (|a| + |n|) per dtype. Central differences with the default
@@ -219,33 +220,6 @@ def ecnoise(values: Sequence[float]) -> NoiseEstimate:
         if max(window) <= 4.0 * min(window) and sign_change[k]:
             return NoiseEstimate(levels[k], k + 1, "measured")
     return NoiseEstimate(0.0, 0, "inconclusive")
-
-
-#: Up to this many values numpy sums in one pairwise block (its PW_BLOCKSIZE).
-_NUMPY_BLOCK = 128
-
-
-def numpy_sum(values: Sequence[float]) -> float:
-    """``np.sum`` of a short float64 sequence, to the bit, in Python: one after another below
-    8 values, else 8 running sums joined as a tree, the rest added after (numpy's pairwise
-    summation within one block); ``np.sum`` itself beyond a block."""
-    n = len(values)
-    if n > _NUMPY_BLOCK:
-        return float(np.sum(np.asarray(values, dtype=np.float64)))
-    if n < 8:
-        total = 0.0
-        for v in values:
-            total += v
-        return total
-    r = list(values[:8])
-    full = n - n % 8
-    for i in range(8, full, 8):
-        for k in range(8):
-            r[k] += values[i + k]
-    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-    for v in values[full:]:
-        total += v
-    return total
 
 
 def loss_epsilon(dtypes: Iterable[np.dtype]) -> float:
