@@ -119,9 +119,12 @@ def test_an_extended_sample_never_exceeds_the_entries_left():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_entries_at_ranks_are_the_stable_sorts_without_sorting(seed):
+def test_entries_at_ranks_are_the_stable_sorts_without_sorting(seed, monkeypatch):
+    from gradprobe.numerics import sampling
     from gradprobe.numerics.sampling import _entries_at_ranks
 
+    # The selection path itself, at every size (below SORT_BELOW it would be the sort).
+    monkeypatch.setattr(sampling, "SORT_BELOW", 0)
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 3000))
     values = np.round(np.abs(rng.standard_normal(n)), int(rng.integers(0, 3)))  # many ties
