@@ -65,7 +65,7 @@ def _loop(m, p, samples: dict[str, np.ndarray]) -> None:
 
 def phases(m, grad) -> dict[str, float]:
     """Seconds per phase, running the check's pieces directly on each parameter."""
-    layout, base = normalize_params(m.params)
+    layout, base, _ = normalize_params(m.params)
     analytic = grad(m.params)
     loss_eps = loss_epsilon(layout.dtypes)
     seeds = np.random.SeedSequence(0).spawn(len(layout.names))

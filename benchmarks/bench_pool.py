@@ -194,7 +194,7 @@ def _dispatch(task: dict) -> dict:
     from gradprobe.layout import normalize_params
 
     x = np.linspace(-1, 1, 64)
-    layout, base = normalize_params(x)
+    layout, base, _ = normalize_params(x)
     # Every chunk to a worker (a true round trip: this process takes none of them).
     policy = DispatchPolicy(min_dispatch_seconds=0.0, process_start_seconds=0.0)
     if "this_process_evaluates" in DispatchPolicy.__dataclass_fields__:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -193,7 +193,7 @@ def check(
     """
     start = time.perf_counter()
     validate_callable("loss", loss)
-    layout, base = normalize_params(params, loss)
+    layout, base, sources = normalize_params(params, loss)
     options = validate_options(
         layout.names,
         seed=seed,
@@ -215,7 +215,7 @@ def check(
         thread_safe=thread_safe,
     )
     with joblib_backend(options.backend):  # where the workers come from (docs/scaling.md)
-        report = _checked(_Run(loss, grad, layout, base, options, start), options)
+        report = _checked(_Run(loss, grad, layout, base, options, start, sources), options)
     if options.promote == "auto" and floor_left(report):  # recheck in float64
         kw = dict(seed=seed, samples=samples, eps=eps, rtol=rtol, atol=atol, method=method,
                   n_jobs=n_jobs, batched=batched, budget=budget, progress=progress, probes=probes,
@@ -258,8 +258,11 @@ class _Run:
         base: list[np.ndarray],
         options: CheckOptions,
         start: float,
+        sources: Sequence[np.ndarray | None] = (),
     ) -> None:
         self.grad, self.options, self.start = grad, options, start
+        #: The caller's arrays the base copies were made from (None: converted).
+        self.sources = list(sources)
         promoted: list[str] = []
         if options.promote is True:
             layout, base, promoted = promote_to_float64(layout, base)
@@ -331,6 +334,7 @@ class _Run:
             self.loss_eps,
             noise_rng=np.random.default_rng(self.seeds[-1]),
             nondet_tol=self.options.nondet_tol,
+            sources=self.sources,
         )
         self.nonfinite = checked.nonfinite
         evaluator.plan(self.planned)

@@ -251,8 +251,10 @@ MAX_LISTED = 10
 
 def normalize_params(
     params: Any, named_by: Callable[..., Any] | None = None
-) -> tuple[ParamLayout, list[np.ndarray]]:
-    """Validate ``params`` and return its layout and private C-contiguous copies.
+) -> tuple[ParamLayout, list[np.ndarray], list[np.ndarray | None]]:
+    """Validate ``params`` and return its layout, private C-contiguous copies and, for each
+    copy, the caller's array it was made from (None where the leaf was converted: a scalar, a
+    list).
 
     ``params`` is one array or a tree (mappings, sequences, NamedTuples, dataclasses) whose
     float-array leaves are the parameters; other leaves (ints, strings, None, integer or bool
@@ -289,7 +291,7 @@ def normalize_params(
     flat = flatten(params, _is_param, names)
     if not flat.params:
         raise _no_parameter_error(flat.held)
-    arrays = []
+    arrays, sources = [], []
     originals: list[tuple[str, np.ndarray]] = []
     for name, value in flat.params:
         if any(name == other for other, _ in originals):
@@ -315,6 +317,7 @@ def normalize_params(
             )
         _check_magnitude(name, arr)
         arrays.append(np.array(arr, dtype=arr.dtype, order="C", copy=True))
+        sources.append(arr if arr is value else None)
     layout = ParamLayout(
         names=tuple(name for name, _ in flat.params),
         kind=kind,
@@ -330,7 +333,7 @@ def normalize_params(
             if isinstance(v, np.ndarray) and not v.dtype.hasobject
         ),
     )
-    return layout, arrays
+    return layout, arrays, sources
 
 
 def normalize_gradient(layout: ParamLayout, grad: Any, *, copy: bool = True) -> list[np.ndarray]:

@@ -200,7 +200,7 @@ def sweep(
         loss evaluations.
     """
     validate_callable("loss", loss)
-    layout, base = normalize_params(params)
+    layout, base, _ = normalize_params(params)
     method = check_option("method", method)
     if isinstance(entries, bool) or not isinstance(entries, (int, np.integer)) or entries < 1:
         raise InvalidInputError(f"entries: expected an int >= 1, found {entries!r}.")

@@ -286,16 +286,20 @@ def _match(node: TreeDef, other: Any, path: str, what: str, out: list[Any]) -> N
 
 def check_held_by_path(treedef: TreeDef, by_path: Mapping[str, Any], what: str = "grad") -> None:
     """:func:`match`'s rule for held float scalars, for a gradient keyed by full paths."""
-
-    def walk(node: TreeDef) -> None:
-        for path, child in zip(node.paths, node.children, strict=True):
+    # A stack, not a recursive closure: that would be a reference cycle holding the gradient
+    # (as large as the parameters) until the garbage collector runs.
+    if treedef.kind in ("held", "param"):
+        return
+    stack = [iter(zip(treedef.paths, treedef.children, strict=True))]
+    while stack:  # depth first, children in order
+        for path, child in stack[-1]:
             if child.kind == "held" and path in by_path:
                 _check_held_gradient(child.value, by_path[path], path, what)
             elif child.kind not in ("held", "param"):
-                walk(child)
-
-    if treedef.kind not in ("held", "param"):
-        walk(treedef)
+                stack.append(iter(zip(child.paths, child.children, strict=True)))
+                break
+        else:
+            stack.pop()
 
 
 def _check_held_gradient(held: Any, other: Any, path: str, what: str) -> None:

@@ -158,7 +158,7 @@ def test_noise_estimate_finds_a_float32_staircase_of_any_size(n):
     # Over 400 entries every point of the noise estimate crosses a jump somewhere: along a
     # few entries the loss is flat or a staircase (8 evaluations more, zero gradient only).
     x, g = _x(n, np.float32, n), _g(n, np.float32, n)
-    layout, base = normalize_params(x)
+    layout, base, _ = normalize_params(x)
     ev = SerialEvaluator(lambda v: float(np.sum(g * np.round(v, 3))), layout, base)
     est = estimate_loss_noise(ev, ev.base_loss(), np.random.default_rng(0), zero_gradient=True)
     assert est.status == PIECEWISE_CONSTANT and est.sigma == 0.0

@@ -29,7 +29,7 @@ def test_the_probe_step_is_the_same_on_one_and_two_blas_threads():
     steps = {1: [], 2: []}
     for seed in range(6):
         w = np.random.default_rng(seed).standard_normal(200_000)
-        layout, base = normalize_params(w)
+        layout, base, _ = normalize_params(w)
         tol = tolerance_for(layout.dtypes[0], loss_epsilon(layout.dtypes))
         for threads in (1, 2):
             ev = SerialEvaluator(_loss, layout, base)

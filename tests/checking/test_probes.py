@@ -39,7 +39,7 @@ def _smooth_problem(n: int, seed: int = 0):
 
 
 def _probe(loss, params, analytic, name, seed=0, checked_entries=None, **kw):
-    layout, base = normalize_params(params)
+    layout, base, _ = normalize_params(params)
     p = layout.names.index(name)
     tol = tolerance_for(layout.dtypes[p], loss_epsilon(layout.dtypes))
     ev = SerialEvaluator(loss, layout, base)

@@ -36,7 +36,7 @@ def test_batched_check_finds_the_same_failures(bug):
 
 def test_memory_budget_chunks_give_identical_losses():
     m = make_mlp(sizes=(8, 6, 3), batch=5)
-    layout, base = normalize_params(m.params)
+    layout, base, _ = normalize_params(m.params)
     flat = base[0].reshape(-1)
     idx = np.arange(flat.size)
     values = np.stack([flat + 1e-4, flat - 1e-4], axis=1)

@@ -28,7 +28,7 @@ def _rows(base: np.ndarray) -> tuple[ComputedRows, np.ndarray]:
 
 def test_computed_rows_give_the_losses_of_stored_rows():
     rng = np.random.default_rng(0)
-    layout, base = normalize_params({"w": rng.standard_normal(50), "b": rng.standard_normal(3)})
+    layout, base, _ = normalize_params({"w": rng.standard_normal(50), "b": rng.standard_normal(3)})
     ev = SerialEvaluator(_loss, layout, base)
     before = [b.copy() for b in base]
     rows, stored = _rows(base[0].reshape(-1))

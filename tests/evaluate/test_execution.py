@@ -51,7 +51,7 @@ def test_joblib_backends_match_serial_bit_for_bit(backend):
 @pytest.mark.timeout(60)
 def test_chunking_does_not_change_losses():
     m = make_mlp(sizes=(64, 32, 10), batch=16)
-    layout, base = normalize_params(m.params)
+    layout, base, _ = normalize_params(m.params)
     ref = _losses(SerialEvaluator(m.loss, layout, base))
     with joblib.parallel_config(backend="threading"):
         for chunks in (1, 3, 7):
@@ -107,7 +107,7 @@ def test_unpicklable_loss_for_processes_says_use_threads():
 @pytest.mark.timeout(120)
 def test_all_cores_starts_no_more_workers_than_cores():
     m = _small_model()
-    layout, base = normalize_params(m.params)
+    layout, base, _ = normalize_params(m.params)
     with ParallelEvaluator(m.loss, layout, base, n_jobs=-1) as ev:
         _losses(ev)
         workers = ev.placement
@@ -136,7 +136,7 @@ def test_auto_stays_serial_for_a_cheap_loss_and_matches():
 @pytest.mark.timeout(60)
 def test_make_evaluator_choices():
     m = _small_model()
-    layout, base = normalize_params(m.params)
+    layout, base, _ = normalize_params(m.params)
     assert make_evaluator(m.loss, layout, base).executor == "serial"
     with joblib.parallel_config(backend="threading"):
         ev = make_evaluator(m.loss, layout, base, n_jobs=2)
@@ -176,7 +176,7 @@ def test_small_calls_stay_in_process_large_ones_dispatch():
         _time.sleep(0.01)
         return float(np.sum(np.tanh(v)))
 
-    layout, base = normalize_params(x)
+    layout, base, _ = normalize_params(x)
     with joblib.parallel_config(backend="threading"):
         with ParallelEvaluator(cheap, layout, base, n_jobs=2, policy=policy) as ev:
             ev.base_loss()
@@ -194,7 +194,7 @@ def test_small_calls_stay_in_process_large_ones_dispatch():
 def test_process_workers_start_only_for_work_that_pays_for_them():
     policy = DispatchPolicy(min_dispatch_seconds=0.2, process_start_seconds=0.5)
     x = np.linspace(-1.0, 1.0, 12)
-    layout, base = normalize_params(x)
+    layout, base, _ = normalize_params(x)
     with (
         joblib.parallel_config(backend="loky"),
         make_evaluator(_tanh_sum, layout, base, n_jobs=2, policy=policy) as ev,

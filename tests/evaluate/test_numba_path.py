@@ -25,7 +25,7 @@ def jitted():
 
 @pytest.mark.timeout(120)
 def test_kernel_losses_equal_python_calls_of_the_same_loss(jitted):
-    layout, base = normalize_params(jitted.params)
+    layout, base, _ = normalize_params(jitted.params)
     x = base[0]
     idx = np.arange(x.size, dtype=np.int64)
     values = np.stack([x + 1e-4, x - 1e-4, x + 2e-4], axis=1)

@@ -207,7 +207,7 @@ def test_a_plan_is_judged_on_a_cold_first_call_as_a_quarter_of_it(monkeypatch):
     monkeypatch.setattr(parallel, "warm_up", started.append)
     monkeypatch.setattr(parallel, "warm_up_in_background", started.append)
     monkeypatch.setattr(parallel, "available_cores", lambda: 2)
-    layout, base = normalize_params(np.zeros(3))
+    layout, base, _ = normalize_params(np.zeros(3))
     with joblib.parallel_config(backend="loky"):
         ev = make_evaluator(_sum_sin, layout, base, n_jobs="auto")
         workers = ev.placement

@@ -100,7 +100,7 @@ def test_prefetch_is_collected_by_the_matching_request_only(monkeypatch):
 
     monkeypatch.setattr(parallel, "DEFAULT_POLICY", EAGER)
     params = _params()
-    layout, base = normalize_params(params)
+    layout, base, _ = normalize_params(params)
     with joblib.parallel_config(backend="loky"):
         ev = make_evaluator(_loss, layout, [b.copy() for b in base], n_jobs=2)
         with ev:
@@ -120,7 +120,7 @@ def test_prefetch_is_collected_by_the_matching_request_only(monkeypatch):
 
 def test_a_published_state_travels_as_a_path_and_workers_map_it_copy_on_write():
     params = _params()
-    layout, base = normalize_params(params)
+    layout, base, _ = normalize_params(params)
     arrays = [b.copy() for b in base]
     state = WorkerState(_loss, layout, arrays)
     by_value = pickle.dumps(state)

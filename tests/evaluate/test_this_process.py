@@ -204,7 +204,7 @@ def test_the_pool_has_one_worker_fewer_than_the_evaluators():
     from gradprobe.evaluate import make_evaluator
     from gradprobe.layout import normalize_params
 
-    layout, base = normalize_params(layout_params)
+    layout, base, _ = normalize_params(layout_params)
     for evaluates, size in [(True, 2), (False, 3)]:
         policy = replace(HELPING, this_process_evaluates=evaluates)
         with (

@@ -568,7 +568,7 @@ def test_an_adapters_own_outputs_contract_as_any_others(batched):
 
     rng = np.random.default_rng(0)
     shapes = [(3, 2), ()] if not batched else [(4, 3, 2), (4,)]
-    out_layout, _ = normalize_params([np.zeros(s[1:] if batched else s) for s in shapes])
+    out_layout, _, _ = normalize_params([np.zeros(s[1:] if batched else s) for s in shapes])
     cotangent = [rng.standard_normal(s) for s in out_layout.shapes]
 
     def outputs():

@@ -42,7 +42,7 @@ def test_ecnoise_flat_and_smooth_values_give_no_estimate():
 
 
 def test_cancelling_loss_noise_is_far_above_eps_times_loss():
-    layout, base = normalize_params(X)
+    layout, base, _ = normalize_params(X)
     ev = SerialEvaluator(cubic, layout, base)
     f0 = ev.base_loss()
     est = estimate_loss_noise(ev, f0, np.random.default_rng(0))

@@ -44,7 +44,7 @@ class RowLoss:
 
 def _estimate(loss, size=300):
     rng = np.random.default_rng(3)
-    layout, base = normalize_params(
+    layout, base, _ = normalize_params(
         {"w": rng.standard_normal(size), "b": rng.standard_normal((size // 3, 3))}
     )
     ev = BatchedEvaluator(loss, layout, base)
@@ -92,7 +92,7 @@ def _requests(base):
 def test_every_parameters_first_blocks_in_one_stacked_call_once_verified(verified):
     rng = np.random.default_rng(3)
     params = {"w": rng.standard_normal(30), "b": rng.standard_normal((10, 3))}
-    layout, base = normalize_params(params)
+    layout, base, _ = normalize_params(params)
     ev = BatchedEvaluator(RowLoss(stacks_points=True), layout, base)
     plain = BatchedEvaluator(RowLoss(stacks_points=False), layout, base)
     ev.stacking = verified  # the noise estimate's stacked call agreed at the centre (or not)
@@ -112,7 +112,7 @@ def test_every_parameters_first_blocks_in_one_stacked_call_once_verified(verifie
 
 def test_a_stacked_block_call_that_raises_leaves_the_blocks_to_their_own_calls():
     rng = np.random.default_rng(3)
-    layout, base = normalize_params({"w": rng.standard_normal(30), "b": rng.standard_normal(9)})
+    layout, base, _ = normalize_params({"w": rng.standard_normal(30), "b": rng.standard_normal(9)})
     ev = BatchedEvaluator(RowLoss(stacks_points=True, refuse=True), layout, base)
     ev.stacking = True
     requests = _requests(base)
@@ -126,7 +126,7 @@ def test_a_stacked_block_call_that_raises_leaves_the_blocks_to_their_own_calls()
 @pytest.mark.parametrize("centre_agrees", [True, False])
 def test_blocks_sent_before_the_noise_estimate_go_in_its_call(centre_agrees):
     rng = np.random.default_rng(3)
-    layout, base = normalize_params({"w": rng.standard_normal(30), "b": rng.standard_normal(9)})
+    layout, base, _ = normalize_params({"w": rng.standard_normal(30), "b": rng.standard_normal(9)})
     ev = BatchedEvaluator(
         RowLoss(stacks_points=True, lie_at_centre=not centre_agrees), layout, base
     )
@@ -153,7 +153,7 @@ def test_blocks_that_do_not_fit_beside_the_first_stacked_call_are_left_to_the_pl
     # w fits 16 stacked rows and more, but not beside 16 rows of blocks: they are not held.
     size = STACKED_BYTES // (8 * (FIRST_CALL_ROOM + 20))
     rng = np.random.default_rng(3)
-    layout, base = normalize_params({"w": rng.standard_normal(size), "b": rng.standard_normal(4)})
+    layout, base, _ = normalize_params({"w": rng.standard_normal(size), "b": rng.standard_normal(4)})
     ev = BatchedEvaluator(RowLoss(stacks_points=True), layout, base)
     f0 = ev.base_loss()
     small = [(0, np.arange(4), base[0][:4, None] + np.array([[1e-3, -1e-3]]))]

@@ -555,7 +555,7 @@ def test_unpacked_names_needs_the_count_of_the_params():
 
 def test_a_flat_tuple_is_named_as_the_loss_unpacks_it():
     params = (np.ones((2, 1)), np.zeros(1))
-    layout, _ = normalize_params(params, _unpacking_loss)
+    layout, _, _ = normalize_params(params, _unpacking_loss)
     assert layout.names == ("W", "b")
     assert layout.pack([np.ones((2, 1)), np.zeros(1)])[1].shape == (1,)  # still a tuple
     assert normalize_params(list(params), _unpacking_loss)[0].names == ("W", "b")

@@ -44,6 +44,7 @@ from ..numerics.tolerances import (
     NoiseEstimate,
 )
 from ..validators import DEFAULT_NONDET_TOL
+from .mutation import arrays_equal, mutated, mutation_error
 from .noise import PIECEWISE_CONSTANT, estimate_loss_noise, piecewise_note
 
 _NOT_MEASURED = NoiseEstimate(0.0, 0, "not measured")
@@ -117,26 +118,6 @@ def base_loss(evaluator: Evaluator) -> float:
     return value
 
 
-def _mutated(
-    layout: ParamLayout, given: Sequence[np.ndarray], base: Sequence[np.ndarray]
-) -> list[str]:
-    return [
-        name
-        for name, g, b in zip(layout.names, given, base, strict=True)
-        if not np.array_equal(g, b)  # parameters are finite (validated): no NaN to equate
-    ] + layout.changed_fixed()  # held-fixed leaves are the caller's own arrays
-
-
-def _mutation_error(who: str, names: list[str]) -> InvalidInputError:
-    return InvalidInputError(
-        f"{who}: expected it to leave the parameters it is given unchanged, found {names} "
-        f"modified after one call (an in-place update such as p[name] -= ..., p[name] *= ..., "
-        f"np.clip(..., out=...) or a normalization in place). gradprobe calls the {who} many "
-        "times on the same arrays, so every later result would be wrong. Fix: work on a copy "
-        "(p[name].copy()) or use out-of-place operations."
-    )
-
-
 def jitter_bar(nondet_tol: float | None, loss_eps: float) -> float:
     """The relative difference between two evaluations at the same parameters accepted as
     run-to-run jitter: ``nondet_tol`` (None: :data:`~gradprobe.options.DEFAULT_NONDET_TOL`),
@@ -150,11 +131,29 @@ def _relative(x: float, y: float) -> float:
     return abs(x - y) / max(abs(x), abs(y)) if x != y else 0.0
 
 
-def _repeat(evaluator: Evaluator, nth: str, grad: Callable[[Any], Any] | None = None) -> Any:
+def _repeat(
+    evaluator: Evaluator,
+    nth: str,
+    grad: Callable[[Any], Any] | None = None,
+    sources: Sequence[np.ndarray | None] | None = None,
+) -> Any:
     """The loss (``grad`` None; under one BLAS thread, as the base loss) or ``grad`` at the base
-    point once more, on fresh copies; refused if it writes into them."""
+    point once more; refused if it writes into the arrays it is given.
+
+    The loss gets fresh copies. grad gets the base copies themselves where every parameter's
+    caller array is at hand (``sources``), and they are compared with those after the call:
+    the analytic gradient is held meanwhile, so one more copy would be the fourth copy of the
+    parameters at the check's peak. Nothing else reads the base copies during the pre-flight
+    (blocks sent ahead reach workers through files written by this thread, before or after).
+    """
     layout, who = evaluator.layout, "loss" if grad is None else "grad"
-    given = [a.copy() for a in evaluator.base]
+    in_place = (
+        grad is not None
+        and sources is not None
+        and len(sources) == len(evaluator.base)
+        and all(s is not None for s in sources)
+    )
+    given = list(evaluator.base) if in_place else [a.copy() for a in evaluator.base]
     try:
         if grad is not None:  # compared with the first and dropped: not copied again
             value = normalize_gradient(layout, grad(layout.pack(given)), copy=False)
@@ -169,9 +168,9 @@ def _repeat(evaluator: Evaluator, nth: str, grad: Callable[[Any], Any] | None = 
             f"{who} raised {type(exc).__name__} at the base point on its {nth} call (the first "
             f"succeeded): {exc}"
         ) from exc
-    mutated = _mutated(layout, given, evaluator.base)
-    if mutated:
-        raise _mutation_error(who, mutated)
+    changed = mutated(layout, given, sources if in_place else evaluator.base)  # type: ignore[arg-type]
+    if changed:
+        raise mutation_error(who, changed)
     return value
 
 
@@ -243,7 +242,7 @@ class _GradChange:
 
 
 def _grad_change(name: str, g1: np.ndarray, g2: np.ndarray, loss_eps: float) -> _GradChange | None:
-    if np.array_equal(g1, g2):  # the usual case, without the temporaries
+    if arrays_equal(g1, g2):  # the usual case, without the temporaries
         return None
     shape, g1, g2 = g1.shape, g1.reshape(-1), g2.reshape(-1)
     with np.errstate(invalid="ignore"):
@@ -355,6 +354,7 @@ def run_preflight(
     *,
     noise_rng: np.random.Generator | None = None,
     nondet_tol: float | None = None,
+    sources: Sequence[np.ndarray | None] | None = None,
 ) -> PreflightResult:
     """Run the pre-flight checks after the base loss and analytic gradient are known.
 
@@ -366,7 +366,8 @@ def run_preflight(
     base_loss : float
         The loss's first value at the base point.
     grad : callable or container
-        The user's gradient function (called once more with fresh copies) or precomputed
+        The user's gradient function (called once more: on the base copies themselves where
+        ``sources`` holds every parameter's array, else on fresh copies) or precomputed
         gradient (not called).
     analytic : list of ndarray
         The normalized analytic gradient from the first call.
@@ -380,6 +381,8 @@ def run_preflight(
         each parameter's largest entry) accepted as run-to-run jitter (:func:`jitter_bar`).
         None: :data:`~gradprobe.options.DEFAULT_NONDET_TOL`, and accepted jitter is reported
         in ``warnings``. The loss's difference is folded into ``noise`` either way.
+    sources : sequence of ndarray or None, optional
+        The caller's arrays the base copies were made from (None for a converted leaf).
 
     Raises
     ------
@@ -398,7 +401,7 @@ def run_preflight(
         raise _loss_change_error(evaluator, grad, base_loss, second, bar, loss_eps)
     grad_jitter = None
     if callable(grad):
-        again = _repeat(evaluator, "second", grad)
+        again = _repeat(evaluator, "second", grad, sources)
         changes = [
             c
             for n, g1, g2 in zip(layout.names, analytic, again, strict=True)

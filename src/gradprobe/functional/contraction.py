@@ -102,7 +102,7 @@ def flatten(value: Any, who: str, where: str, batched: bool) -> Flat:
     """``value`` (what ``who`` returned ``where``) as :func:`normalize_params` lays it out."""
     bad: list[np.ndarray] = []
     try:
-        layout, arrays = normalize_params(unshared(value, bad, batched))
+        layout, arrays, _ = normalize_params(unshared(value, bad, batched))
     except InvalidInputError as exc:
         raise InvalidInputError(
             f"{who} {where}: expected float arrays (an array, or a tuple, list or dict of "

@@ -113,7 +113,7 @@ def prepare(
     inputs, without the batch axis; called once here when not handed on) and draw the
     cotangent from its seed."""
     validate_callable(roles.f, f)
-    layout, base = normalize_params(inputs)
+    layout, base, _ = normalize_params(inputs)
     checked = validate_options(layout.names, **options)
     refuse_complex_step(checked.method, roles.api)
     frozen = freeze_static(static)

@@ -20,8 +20,9 @@ The sample is built in this order, each stratum skipping entries already taken:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -95,10 +96,17 @@ class _Picker:
         if limit <= 0 or candidates.size == 0:
             return
         candidates = np.asarray(candidates, dtype=np.int64)
-        # First occurrence of each candidate, in order, then drop those already taken.
-        _, first = np.unique(candidates, return_index=True)
-        fresh = candidates[np.sort(first)]
-        fresh = fresh[~self.taken[fresh]][:limit]
+        # First occurrence of each candidate, in order, then drop those already taken; on a
+        # growing prefix (the same first ``limit``), not on all of a parameter-sized list.
+        size = 4 * limit + 64
+        while True:
+            part = candidates[:size]
+            _, first = np.unique(part, return_index=True)
+            fresh = part[np.sort(first)]
+            fresh = fresh[~self.taken[fresh]][:limit]
+            if fresh.size == limit or size >= candidates.size:
+                break
+            size *= 4
         self.taken[fresh] = True
         self.order.append(fresh)
         self.counts[stratum] += int(fresh.size)
@@ -119,15 +127,33 @@ def _row_col_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
 SORT_BELOW = 6000
 
 
-def _entries_at_ranks(values: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+def _magnitudes(analytic: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``|analytic|`` flat in float64 (into ``out`` when given), NaN ranked as the largest
+    magnitude (a NaN gradient is the first thing to show); zero exactly where it is."""
+    ranked = np.abs(analytic.reshape(-1), out=out, dtype=np.float64)
+    np.copyto(ranked, np.inf, where=np.isnan(ranked))
+    return ranked
+
+
+def _entries_at_ranks(
+    values: np.ndarray, ranks: np.ndarray, refill: Callable[[np.ndarray], Any] | None = None
+) -> np.ndarray:
     """Positions in ``values`` of the entries at ``ranks`` of its stable ascending order
     (ties in position order), as ``np.argsort(values, kind="stable")[ranks]`` gives them, by
     selection: a partition at the ranks, then each rank's tie group (a sort of a large
     parameter's gradient dominated the sample's cost); below :data:`SORT_BELOW` entries the
-    sort itself, faster than a pass over the values per rank."""
+    sort itself, faster than a pass over the values per rank.
+
+    With ``refill`` (``refill(values)`` writes them again), ``values`` is scratch: partitioned
+    in place and refilled, instead of partitioning a copy as large as the parameter."""
     if values.size < SORT_BELOW:
         return np.argsort(values, kind="stable")[ranks]
-    at = np.partition(values, np.unique(ranks))[ranks]
+    if refill is None:
+        at = np.partition(values, np.unique(ranks))[ranks]
+    else:
+        values.partition(np.unique(ranks))
+        at = values[ranks]
+        refill(values)
     out = np.empty(ranks.size, dtype=np.int64)
     for k, (r, v) in enumerate(zip(ranks, at, strict=True)):
         below = int(np.count_nonzero(values < v))
@@ -176,11 +202,9 @@ def stratified_sample(
         return Sample(idx, {"all": n_total}, n_total, n_rows, n_cols, n_rows, n_cols)
     n_sample = max(0, min(int(n_sample), n_total - n_excluded))
     pick = _Picker(n_total, n_sample, exclude)
-    # One array as large as the parameter where possible (a large parameter's sample must
-    # not cost several times its size): |analytic| with NaN ranked as the largest magnitude
-    # (a NaN gradient is the first thing to show), which is zero exactly where |analytic| is.
-    ranked = np.abs(np.asarray(analytic, dtype=np.float64).reshape(-1))
-    np.copyto(ranked, np.inf, where=np.isnan(ranked))
+    # One array as large as the parameter (a large parameter's sample must not cost several
+    # times its size): the magnitudes, partitioned in place below and refilled.
+    ranked = _magnitudes(np.asarray(analytic))
 
     pick.add("edges", np.array([0, n_total - 1], dtype=np.int64))
     pick.add("extremes", np.array([np.argmax(ranked), np.argmin(ranked)], dtype=np.int64))
@@ -188,9 +212,9 @@ def stratified_sample(
     zeros = np.flatnonzero(ranked == 0.0)
     if zeros.size:
         pick.add("zero gradient", rng.permutation(zeros), limit=max(1, n_sample // 16))
-    # Without zeros the nonzero entries are all of them: no index array, no copy.
-    nonzero = np.flatnonzero(ranked != 0.0) if zeros.size else None
-    n_nonzero = n_total if nonzero is None else nonzero.size
+    n_zeros = zeros.size
+    del zeros
+    n_nonzero = n_total - n_zeros
     if n_nonzero:
         mag_budget = pick.left // 2
         n_bins = min(MAGNITUDE_BINS, n_nonzero)
@@ -207,11 +231,14 @@ def stratified_sample(
             if quota
         ]
         if chosen:
-            ranks = np.concatenate(chosen)
-            if nonzero is None:
-                found = _entries_at_ranks(ranked, ranks)
-            else:
-                found = nonzero[_entries_at_ranks(ranked[nonzero], ranks)]
+            # Zeros come first in the stable ascending order: the nonzero entry of rank r
+            # is the entry of rank n_zeros + r (no index array, no compacted copy).
+            found = _entries_at_ranks(
+                ranked,
+                np.concatenate(chosen) + n_zeros,
+                refill=lambda out: _magnitudes(np.asarray(analytic), out),
+            )
+            del ranked
             pick.add("magnitude", found)  # as bin after bin: first occurrences, in order
 
     if pick.left > 0:
