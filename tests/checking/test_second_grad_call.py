@@ -1,6 +1,7 @@
-"""Issue 20 (memory): grad's second pre-flight call gets the check's base copies themselves,
-compared with the caller's arrays after the call, so the check holds one copy of the
-parameters less at its peak; what grad writes into them is still refused."""
+"""Issue 20 (memory): grad's second pre-flight call gets the check's base copies themselves
+where the parameters are large, compared with the caller's arrays after the call, so the
+check holds one copy of the parameters less at its peak; what grad writes into them is still
+refused. Small parameters are copied as before."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import gradprobe
+import gradprobe.checking.preflight as preflight_module
 from gradprobe.checking.mutation import COMPARE_BLOCK, arrays_equal
 from gradprobe.checking.preflight import analytic_gradient, run_preflight
 from gradprobe.evaluate import SerialEvaluator
@@ -19,6 +21,12 @@ from gradprobe.layout import normalize_gradient, normalize_params
 from gradprobe.numerics.tolerances import loss_epsilon
 
 N = 400_000
+
+
+@pytest.fixture
+def in_place(monkeypatch):
+    """Every size of parameters counts as large (given to grad's second call as they are)."""
+    monkeypatch.setattr(preflight_module, "IN_PLACE_BYTES", 0)
 
 
 def _loss(v):
@@ -47,17 +55,42 @@ def _preflight_peak(x, sources):
         tracemalloc.stop()
 
 
-def test_second_grad_call_takes_no_copy_of_the_parameters_where_the_callers_are_at_hand():
+def test_second_grad_call_takes_no_copy_of_large_parameters_whose_arrays_are_at_hand(
+    monkeypatch,
+):
     x = np.random.default_rng(0).standard_normal(N)
+    monkeypatch.setattr(preflight_module, "IN_PLACE_BYTES", x.nbytes)
     with_sources = _preflight_peak(x, [x])
     without = _preflight_peak(x, None)  # a converted leaf: fresh copies, as before
+    monkeypatch.setattr(preflight_module, "IN_PLACE_BYTES", x.nbytes + 1)
+    small = _preflight_peak(x, [x])  # below the size: fresh copies
     # grad's output is the one parameter-sized array left (the loss's repeat copies only
     # once grad is done); fresh copies for grad add one more.
     assert with_sources <= 1.2 * x.nbytes, with_sources / x.nbytes
     assert without >= 1.9 * x.nbytes, without / x.nbytes
+    assert small >= 1.9 * x.nbytes, small / x.nbytes
 
 
-def test_grad_writing_into_its_arrays_on_the_second_call_only_is_refused():
+def test_a_reference_grad_keeps_to_small_parameters_never_reaches_the_check():
+    """grad keeps its arrays and the loss later writes into them (a cache reused as scratch):
+    on copies, as small parameters are given, the check's base point is never touched."""
+    x = np.random.default_rng(5).standard_normal(30)
+    kept = []
+
+    def loss(v):
+        if kept:
+            np.multiply(v, 0.0, out=kept[-1])  # scratch: grad's array from an earlier call
+        return float(np.sum(np.sin(v)))
+
+    def grad(v):
+        kept.append(v)
+        return np.cos(v)
+
+    report = gradprobe.check(loss, grad, x, seed=0)
+    assert report.passed, str(report)
+
+
+def test_grad_writing_into_its_arrays_on_the_second_call_only_is_refused(in_place):
     x = np.random.default_rng(1).standard_normal(50)
     saved = x.copy()
     calls = []
@@ -74,7 +107,7 @@ def test_grad_writing_into_its_arrays_on_the_second_call_only_is_refused():
     assert np.array_equal(x, saved)
 
 
-def test_grad_that_perturbs_its_arrays_and_restores_them_passes():
+def test_grad_that_perturbs_its_arrays_and_restores_them_passes(in_place):
     """A numerical gradient (perturb an entry, evaluate, restore) writes into its arrays and
     leaves them as they were: accepted, as it was on copies."""
     x = np.random.default_rng(2).standard_normal(20)
@@ -109,7 +142,7 @@ class _ArrayLike:
 
 
 @pytest.mark.parametrize("how", ["promoted float32", "converted leaf"])
-def test_second_grad_call_refuses_writes_whatever_the_callers_array(how):
+def test_second_grad_call_refuses_writes_whatever_the_callers_array(how, in_place):
     """Promoted parameters are compared with the caller's float32 array as float64; a leaf
     that was converted has no caller array: grad gets fresh copies."""
     rng = np.random.default_rng(3)

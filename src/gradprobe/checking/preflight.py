@@ -48,6 +48,9 @@ from .mutation import arrays_equal, mutated, mutation_error
 from .noise import PIECEWISE_CONSTANT, estimate_loss_noise, piecewise_note
 
 _NOT_MEASURED = NoiseEstimate(0.0, 0, "not measured")
+#: Parameters of this many bytes or more are given to grad's second call as they are, not
+#: copied (:func:`_repeat`): at that size the copy is what the check's peak memory is made of.
+IN_PLACE_BYTES = 1 << 22
 
 _NONDETERMINISM_FIX = (
     "Usual causes: dropout or other random layers left in training mode, sampling without a "
@@ -140,11 +143,13 @@ def _repeat(
     """The loss (``grad`` None; under one BLAS thread, as the base loss) or ``grad`` at the base
     point once more; refused if it writes into the arrays it is given.
 
-    The loss gets fresh copies. grad gets the base copies themselves where every parameter's
-    caller array is at hand (``sources``), and they are compared with those after the call:
-    the analytic gradient is held meanwhile, so one more copy would be the fourth copy of the
-    parameters at the check's peak. Nothing else reads the base copies during the pre-flight
-    (blocks sent ahead reach workers through files written by this thread, before or after).
+    The loss gets fresh copies. grad gets the base copies themselves where the parameters
+    take :data:`IN_PLACE_BYTES` or more and every one's caller array is at hand
+    (``sources``), and they are compared with those after the call: the analytic gradient is
+    held meanwhile, so one more copy would be the fourth copy of the parameters at the check's
+    peak. Nothing else reads the base copies during the pre-flight (blocks sent ahead reach
+    workers through files this thread writes, before or after). Below that size the copies
+    are cheap, and a reference grad keeps to its arrays can never reach the base copies.
     """
     layout, who = evaluator.layout, "loss" if grad is None else "grad"
     in_place = (
@@ -152,6 +157,7 @@ def _repeat(
         and sources is not None
         and len(sources) == len(evaluator.base)
         and all(s is not None for s in sources)
+        and sum(b.nbytes for b in evaluator.base) >= IN_PLACE_BYTES
     )
     given = list(evaluator.base) if in_place else [a.copy() for a in evaluator.base]
     try:
