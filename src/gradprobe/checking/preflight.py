@@ -147,9 +147,10 @@ def _repeat(
     take :data:`IN_PLACE_BYTES` or more and every one's caller array is at hand
     (``sources``), and they are compared with those after the call: the analytic gradient is
     held meanwhile, so one more copy would be the fourth copy of the parameters at the check's
-    peak. Nothing else reads the base copies during the pre-flight (blocks sent ahead reach
-    workers through files this thread writes, before or after). Below that size the copies
-    are cheap, and a reference grad keeps to its arrays can never reach the base copies.
+    peak; not while tasks in threads may read them (:attr:`Evaluator.base_in_use`: blocks
+    sent ahead to process workers travel through files this thread writes, before or after).
+    Below that size the copies are cheap, and a reference grad keeps to its arrays can never
+    reach the base copies.
     """
     layout, who = evaluator.layout, "loss" if grad is None else "grad"
     in_place = (
@@ -158,6 +159,7 @@ def _repeat(
         and len(sources) == len(evaluator.base)
         and all(s is not None for s in sources)
         and sum(b.nbytes for b in evaluator.base) >= IN_PLACE_BYTES
+        and not evaluator.base_in_use
     )
     given = list(evaluator.base) if in_place else [a.copy() for a in evaluator.base]
     try:

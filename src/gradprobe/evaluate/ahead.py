@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import GradCheckError
 from .loops import ChunkResult, ChunkTask
 from .pool import shutdown_workers, submit
+from .threads import thread_submit
 
 #: A request: the rows of one parameter the check will ask for, as it will ask.
 Request = tuple[int, np.ndarray, np.ndarray]
@@ -59,6 +60,12 @@ def pool_submitter(n_workers: int) -> Callable[[ChunkTask], Any]:
         return submit(n_workers, task.run, task)
 
     return send
+
+
+def thread_submitter(n_threads: int) -> Callable[[ChunkTask], Any]:
+    """``submit(task)`` to gradprobe's pool of ``n_threads`` threads (threading backend):
+    the task's state travels by reference, each task copying the parameters it perturbs."""
+    return lambda task: thread_submit(n_threads, task.run, task)
 
 
 def chunk_bounds(m: int, parts: int) -> list[tuple[int, int]]:
@@ -111,7 +118,9 @@ class Feeder:
 
     With ``local`` (``local(task)`` runs a task in this process and returns its
     :class:`ChunkResult`), this process takes the next waiting task whenever it waits, and
-    ``ready()`` says whether a worker is up to take tasks (none are sent before)."""
+    ``ready()`` says whether a worker is up to take tasks (none are sent before).
+    ``stop_workers()`` stops the workers when a stop finds tasks running (None: threads,
+    which cannot be stopped: each finishes its chunk)."""
 
     def __init__(
         self,
@@ -120,8 +129,11 @@ class Feeder:
         *,
         local: Callable[[ChunkTask], ChunkResult] | None = None,
         ready: Callable[[], bool] = lambda: True,
+        stop_workers: Callable[[], None] | None = shutdown_workers,
     ) -> None:
         self._submit = submit
+        #: Stops the workers (None: threads, which finish their task and stay).
+        self._stop_workers = stop_workers
         self._limit = max(1, n_workers * IN_FLIGHT_PER_WORKER)
         self.n_workers = max(1, n_workers)
         self.local = local
@@ -244,5 +256,5 @@ class Feeder:
         self._sent.clear()
         running = [s for s in self._running if not s.future.done()]
         self._running = []
-        if running or workers:
-            shutdown_workers()
+        if (running or workers) and self._stop_workers is not None:
+            self._stop_workers()

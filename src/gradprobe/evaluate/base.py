@@ -285,6 +285,12 @@ class Evaluator:
         return self.placement.vector_losses(self, param, vectors)  # type: ignore[arg-type]
 
     @property
+    def base_in_use(self) -> bool:
+        """Whether something besides this thread may be reading :attr:`base` now (tasks in
+        threads of this process): then nothing may write into it, even to restore it."""
+        return bool(getattr(self.placement, "reads_base_in_threads", False))
+
+    @property
     def sends_ahead(self) -> bool:
         """Whether :meth:`prefetch` does anything (else its blocks need not be computed)."""
         return self.placement.sends_ahead or self.stacked.wanted(self)

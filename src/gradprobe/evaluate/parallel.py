@@ -5,8 +5,8 @@
 with a saved-value restore and returns the losses. On gradprobe's own loky pool the tasks go
 to the pool directly as futures, the check's loss and parameters travel once per check
 (:mod:`gradprobe.evaluate.shared`) and every parameter's first sample can be sent ahead at once
-(:mod:`gradprobe.evaluate.ahead`); other backends (threads, a Dask cluster) get one
-``joblib.Parallel`` call per block. Whether a call is worth dispatching is the
+(:mod:`gradprobe.evaluate.ahead`); on the threading backend they go the same way to a pool of
+threads; other backends (a Dask cluster) get one ``joblib.Parallel`` call per block. Whether a call is worth dispatching is the
 :class:`DispatchPolicy`'s decision, on the check's whole plan first, by the measured cost of
 one evaluation. Every evaluation runs with one BLAS thread wherever it runs, so results are
 the same bit for bit.
@@ -14,7 +14,6 @@ the same bit for bit.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InvalidInputError
-from .ahead import Feeder, Request, chunk_bounds, pool_submitter
+from .ahead import Feeder, Request, chunk_bounds, pool_submitter, thread_submitter
 from .loops import ChunkResult, ChunkTask, WorkerRows, entry_losses_of, raise_chunk_error
-from .policy import DispatchPolicy
-from .pool import pool_alive, pool_ready, warm_up, warm_up_in_background
+from .policy import DispatchPolicy, available_cores
+from .pool import pool_alive, pool_ready, shutdown_workers, warm_up, warm_up_in_background
 from .threads import one_blas_thread, threads_pay
 from .workers import PROCESS_BACKENDS, check_picklable, guarded, is_pickling_error
 
@@ -36,6 +35,8 @@ if TYPE_CHECKING:
 
 #: Before any other call, a check plans with the base point's timing over this.
 COLD_FIRST_CALL = 4.0
+#: Backends whose tasks stream to gradprobe's own pools (processes, threads), blocks ahead.
+DIRECT_BACKENDS = ("loky", "threading")
 #: The policy evaluators use unless given one (tests replace it with monkeypatch.setattr).
 DEFAULT_POLICY = DispatchPolicy()
 
@@ -43,14 +44,6 @@ DEFAULT_POLICY = DispatchPolicy()
 def default_policy() -> DispatchPolicy:
     """The current :data:`DEFAULT_POLICY` (looked up at each call, so it can be replaced)."""
     return DEFAULT_POLICY
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
 
 
 class JoblibWorkers:
@@ -123,7 +116,7 @@ class JoblibWorkers:
         self._parallel = joblib.Parallel(n_jobs=self.n_jobs, prefer=self.prefer)
         self.backend_name = type(self._parallel._backend).__name__.replace("Backend", "").lower()
         self.uses_threads = bool(getattr(self._parallel._backend, "uses_threads", False))
-        self._direct = self.backend_name == "loky"
+        self._direct = self.backend_name in DIRECT_BACKENDS
         if not self.uses_threads and self.n_workers >= 2:
             try:
                 check_picklable(self.loss, self.backend_name)
@@ -149,7 +142,7 @@ class JoblibWorkers:
                 loss_seconds=seconds,
                 n_workers=self.n_workers,
                 start_processes=False,
-                running=self._direct and pool_ready(),
+                running=self._on_own_pool and pool_ready(),
             )
 
         if self.auto and self.thread_safe and not self._threads_measured and pays():
@@ -168,7 +161,7 @@ class JoblibWorkers:
             self._connect()  # the backend may have fewer workers, or the loss not pickle
             if self.n_workers < 2:
                 return
-        if self._direct and not warm and self.prefer != "threads":
+        if self._on_own_pool and not warm:
             # The pool starts in the background whenever the plan's work pays for dispatching
             # it: its start-up overlaps this check (this process evaluates the blocks alone
             # until a worker is up) and later checks of this process find it running.
@@ -329,21 +322,35 @@ class JoblibWorkers:
 
         return list(self._parallel([joblib.delayed(t.run)(t) for t in tasks]))
 
+    @property
+    def reads_base_in_threads(self) -> bool:
+        """Whether tasks may run in threads of this process (reading the base copies)."""
+        return self.uses_threads and self._feeder is not None
+
+    @property
+    def _on_own_pool(self) -> bool:
+        """Tasks go to gradprobe's own loky pool of processes."""
+        return self._direct and self.backend_name == "loky"
+
     def feeder(self, ev: Evaluator) -> Feeder:
-        """The feeder of gradprobe's loky pool (:mod:`gradprobe.evaluate.ahead`), with this
-        process as one of the evaluators; the pool starts now (in the background) if it is
-        not running."""
+        """The feeder of gradprobe's loky pool, or of its thread pool on the threading
+        backend (:mod:`gradprobe.evaluate.ahead`), with this process (this thread) as one of
+        the evaluators; the process pool starts now (in the background) if it is not
+        running."""
         if self._feeder is None:
-            warm_up(self.pool_size)
+            own = self._on_own_pool
+            if own:
+                warm_up(self.pool_size)
             self._feeder = Feeder(
-                pool_submitter(self.pool_size),
+                (pool_submitter if own else thread_submitter)(self.pool_size),
                 self.pool_size,
                 local=(
                     (lambda task: self.rows.run_chunk(ev, task))
                     if self.policy.this_process_evaluates
                     else None
                 ),
-                ready=pool_ready,
+                ready=pool_ready if own else (lambda: True),
+                stop_workers=shutdown_workers if own else None,
             )
         return self._feeder
 

@@ -8,6 +8,7 @@ under ``n_jobs="auto"`` the decision is first taken on the check's whole plan
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -108,3 +109,11 @@ class DispatchPolicy:
             saved = serial * (1.0 - 1.0 / n_workers)
             return saved >= self.auto_dispatch_seconds + startup
         return serial >= self.min_dispatch_seconds + startup
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1

@@ -19,7 +19,10 @@ included (set once, not per evaluation). Without threadpoolctl nothing is limite
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import os
+import queue
 import sys
 import threading
 import time
@@ -149,3 +152,41 @@ def threads_pay(
         + ("" if fast else " (it holds the GIL)")
     )
     return fast, reason
+
+
+class _DaemonThreads:
+    """``n`` daemon threads taking ``(future, fn, args)`` from a queue, forever."""
+
+    def __init__(self, n: int) -> None:
+        self.tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for k in range(n):
+            threading.Thread(target=self._work, name=f"gradprobe-{k}", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self.tasks.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # KeyboardInterrupt from a loss too: the caller's
+                future.set_exception(exc)
+
+
+_thread_pools: dict[tuple[int, int], _DaemonThreads] = {}
+_thread_pools_lock = threading.Lock()
+
+
+def thread_submit(n_threads: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a pool of ``n_threads`` threads kept for the next check (threads cost
+    nothing idle); a ``concurrent.futures.Future``. The threads are daemons, as joblib's
+    threading backend's: a loss that never returns (a check stopped by its time limit) must
+    not keep the interpreter from exiting."""
+    key = (os.getpid(), n_threads)  # a forked child has the pool but not its threads
+    with _thread_pools_lock:
+        pool = _thread_pools.get(key)
+        if pool is None:
+            pool = _thread_pools[key] = _DaemonThreads(n_threads)
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    pool.tasks.put((future, fn, args))
+    return future

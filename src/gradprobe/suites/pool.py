@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import InvalidInputError
+from ..evaluate.policy import available_cores
 from .config import CheckSpec
 from .isolation import IsolatedWorker
 from .runner import CheckOutcome, run_check
@@ -50,14 +51,6 @@ def validate_jobs(value: Any, where: str = "--jobs") -> int:
             f"--jobs 2 or [run] jobs = 2."
         )
     return value
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
 
 
 @contextmanager
