@@ -132,3 +132,29 @@ def test_entries_at_ranks_are_the_stable_sorts_without_sorting(seed, monkeypatch
     ranks = rng.choice(n, size=min(n, 25), replace=False)
     expected = np.argsort(values, kind="stable")[ranks]
     assert np.array_equal(_entries_at_ranks(values, ranks), expected)
+    # Partitioned in place and refilled (the sampler's scratch): the same entries, and the
+    # values as they were.
+    scratch = values.copy()
+    found = _entries_at_ranks(scratch, ranks, refill=lambda out: np.copyto(out, values))
+    assert np.array_equal(found, expected) and np.array_equal(scratch, values)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_stratum_takes_the_first_fresh_candidates_from_a_prefix(seed):
+    """``_Picker.add`` reads a growing prefix of a long candidate list: the same entries as
+    deduplicating all of it (repeats and entries already taken skipped, in order)."""
+    from gradprobe.numerics.sampling import _Picker
+
+    rng = np.random.default_rng(seed)
+    n = 50_000
+    candidates = rng.integers(0, n, size=40_000)  # many repeats
+    exclude = rng.choice(n, size=int(rng.integers(0, 45_000)), replace=False)
+    limit = int(rng.integers(1, 500))
+    pick = _Picker(n, 10_000, exclude.astype(np.int64))
+    pick.add("zero gradient", candidates, limit=limit)
+    taken = np.zeros(n, dtype=bool)
+    taken[exclude] = True
+    _, first = np.unique(candidates, return_index=True)
+    fresh = candidates[np.sort(first)]
+    expected = fresh[~taken[fresh]][:limit]
+    assert np.array_equal(pick.order[0], expected)

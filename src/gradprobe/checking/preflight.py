@@ -149,8 +149,8 @@ def _repeat(
     held meanwhile, so one more copy would be the fourth copy of the parameters at the check's
     peak; not while tasks in threads may read them (:attr:`Evaluator.base_in_use`: blocks
     sent ahead to process workers travel through files this thread writes, before or after).
-    Below that size the copies are cheap, and a reference grad keeps to its arrays can never
-    reach the base copies.
+    Below that size the copies are cheap, and nothing grad keeps of its arrays can reach the
+    base copies.
     """
     layout, who = evaluator.layout, "loss" if grad is None else "grad"
     in_place = (
@@ -176,7 +176,10 @@ def _repeat(
             f"{who} raised {type(exc).__name__} at the base point on its {nth} call (the first "
             f"succeeded): {exc}"
         ) from exc
-    changed = mutated(layout, given, sources if in_place else evaluator.base)  # type: ignore[arg-type]
+    reference: Sequence[np.ndarray] = evaluator.base
+    if in_place and sources is not None:
+        reference = [s for s in sources if s is not None]
+    changed = mutated(layout, given, reference)
     if changed:
         raise mutation_error(who, changed)
     return value

@@ -6,9 +6,9 @@ with a saved-value restore and returns the losses. On gradprobe's own loky pool 
 to the pool directly as futures, the check's loss and parameters travel once per check
 (:mod:`gradprobe.evaluate.shared`) and every parameter's first sample can be sent ahead at once
 (:mod:`gradprobe.evaluate.ahead`); on the threading backend they go the same way to a pool of
-threads; other backends (a Dask cluster) get one ``joblib.Parallel`` call per block. Whether a call is worth dispatching is the
-:class:`DispatchPolicy`'s decision, on the check's whole plan first, by the measured cost of
-one evaluation. Every evaluation runs with one BLAS thread wherever it runs, so results are
+threads; other backends (a Dask cluster) get one ``joblib.Parallel`` call per block. Whether
+a call is worth dispatching is the :class:`DispatchPolicy`'s decision, on the check's whole
+plan first, by the measured cost of one evaluation. Every evaluation runs with one BLAS thread wherever it runs, so results are
 the same bit for bit.
 """
 
