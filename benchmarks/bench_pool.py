@@ -11,6 +11,8 @@ Tables (markdown):
 
 1. *Default check vs the classic loop*, same entries (``samples=N, probes=0``), mid and tiny
    MLP: the first check in a fresh process and the second one; the loop uses every BLAS thread.
+   Then the loop and the check in turn in one process (after its first check), the ratio
+   pair by pair: the two under the same load, which the separate processes are not.
 2. *n_jobs=2 vs n_jobs=1* on the mid MLP, from the second check of a process.
 3. *Efficiency per path* ``E = 2 * entries * T_forward / (cores * wall)`` (second check):
    serial, threads, processes, batched, numba (the jitted example MLP).
@@ -152,6 +154,38 @@ def _loop(task: dict) -> dict:
     }
 
 
+def _pairs(task: dict) -> dict:
+    """The classic loop and the default check in turn in one process, from the second check
+    on (the first starts the pool): the ratio pair by pair, both under the same load."""
+    import numpy as np
+
+    import gradprobe
+
+    m = bench_speed._model(task["workload"])
+    params = {k: np.array(v, copy=True) for k, v in m.params.items()}
+    entries = bench_speed._entries(params, task["samples"], None)
+    kw = {"samples": task["samples"], "probes": 0}
+    gradprobe.check(m.loss, m.grad, m.params, seed=0, **kw)
+    bench_speed._per_entry_loop(m.loss, params, entries)
+    loops, checks = [], []
+    for _ in range(task["pairs"]):
+        t = time.perf_counter()
+        bench_speed._per_entry_loop(m.loss, params, entries)
+        loops.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        gradprobe.check(m.loss, m.grad, m.params, seed=0, **kw)
+        checks.append(time.perf_counter() - t)
+    ratios = [a / b for a, b in zip(loops, checks, strict=True)]
+    return {
+        "loop": statistics.median(loops),
+        "check": statistics.median(checks),
+        "ratio": statistics.median(ratios),
+        "low": min(ratios),
+        "high": max(ratios),
+        "file": gradprobe.__file__,
+    }
+
+
 def _engine(task: dict) -> dict:
     """Engine cost per evaluation on a tiny loss: check wall minus the loss's own time."""
     import numpy as np
@@ -267,6 +301,7 @@ def child_main() -> None:
         "engine": _engine,
         "dispatch": _dispatch,
         "memory": _memory,
+        "pairs": _pairs,
     }
     try:
         result = kinds[task["kind"]](task)
@@ -320,6 +355,10 @@ def main() -> None:
         R[f"loop-{w}"] = runner.child(
             "after", {"kind": "loop", "workload": w, **same, "repeats": repeats}
         )
+    for w in ("mid", "tiny"):
+        R[f"pairs-{w}"] = runner.child(
+            "after", {"kind": "pairs", "workload": w, **same, "pairs": 2 if args.quick else 5}
+        )
     for n in (1, 2):
         both(
             f"jobs{n}",
@@ -366,6 +405,13 @@ def report(R: dict, notes: list[str], cores: int, samples: int) -> None:
             f"{_f(a, 'first')} / {_f(a, 'second')} | {_ratio(lw, a.get('first'))} / "
             f"{_ratio(lw, a.get('second'))} | {a.get('executor', '')[:90]} |"
         )
+    print("\n### The same, the loop and the check in turn in one process (after the first check)\n")
+    print("| model | loop median (s) | check median (s) | loop / check, pair by pair: median (range) |")
+    print("|---|---|---|---|")
+    for w in ("mid", "tiny"):
+        p = R[f"pairs-{w}"]
+        rng = "-" if "error" in p else f"{p['ratio']:.2f}x ({p['low']:.2f}-{p['high']:.2f})"
+        print(f"| {w} | {_f(p, 'loop')} | {_f(p, 'check')} | {rng} |")
     print("\n### n_jobs=2 vs n_jobs=1, mid MLP, second check of a process\n")
     print("| version | n_jobs=1 (s) | n_jobs=2 (s) | speed-up |")
     print("|---|---|---|---|")
