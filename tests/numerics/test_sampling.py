@@ -119,16 +119,22 @@ def test_an_extended_sample_never_exceeds_the_entries_left():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_entries_at_ranks_are_the_stable_sorts_without_sorting(seed, monkeypatch):
+@pytest.mark.parametrize("block, buckets", [(1 << 15, 1 << 16), (7, 4)])
+def test_entries_at_ranks_are_the_stable_sorts_without_sorting(seed, block, buckets, monkeypatch):
     from gradprobe.numerics import sampling
     from gradprobe.numerics.sampling import _entries_at_ranks
 
-    # The selection path itself, at every size (below SORT_BELOW it would be the sort).
+    # The selection path itself, at every size (below SORT_BELOW it would be the sort); with
+    # tiny blocks and a tiny hash table, most screened entries are collisions and every match
+    # may sit on a block's edge.
     monkeypatch.setattr(sampling, "SORT_BELOW", 0)
+    monkeypatch.setattr(sampling, "LOCATE_BLOCK", block)
+    monkeypatch.setattr(sampling, "LOCATE_BUCKETS", buckets)
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 3000))
     values = np.round(np.abs(rng.standard_normal(n)), int(rng.integers(0, 3)))  # many ties
     values[rng.random(n) < 0.05] = np.inf
+    values[rng.random(n) < 0.05] = -0.0  # equal to 0.0, other bits
     ranks = rng.choice(n, size=min(n, 25), replace=False)
     expected = np.argsort(values, kind="stable")[ranks]
     assert np.array_equal(_entries_at_ranks(values, ranks), expected)

@@ -138,11 +138,11 @@ def _magnitudes(analytic: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
 def _entries_at_ranks(
     values: np.ndarray, ranks: np.ndarray, refill: Callable[[np.ndarray], Any] | None = None
 ) -> np.ndarray:
-    """Positions in ``values`` of the entries at ``ranks`` of its stable ascending order
-    (ties in position order), as ``np.argsort(values, kind="stable")[ranks]`` gives them, by
-    selection: a partition at the ranks, then each rank's tie group (a sort of a large
-    parameter's gradient dominated the sample's cost); below :data:`SORT_BELOW` entries the
-    sort itself, faster than a pass over the values per rank.
+    """Positions in ``values`` (no NaN) of the entries at ``ranks`` of its stable ascending
+    order (ties in position order), as ``np.argsort(values, kind="stable")[ranks]`` gives them,
+    by selection: a partition at the ranks gives their values, one pass over ``values`` finds
+    the entries holding them (a sort of a large parameter's gradient dominated the sample's
+    cost); below :data:`SORT_BELOW` entries the sort itself.
 
     With ``refill`` (``refill(values)`` writes them again), ``values`` is scratch: partitioned
     in place and refilled, instead of partitioning a copy as large as the parameter."""
@@ -154,11 +154,50 @@ def _entries_at_ranks(
         values.partition(np.unique(ranks))
         at = values[ranks]
         refill(values)
-    out = np.empty(ranks.size, dtype=np.int64)
-    for k, (r, v) in enumerate(zip(ranks, at, strict=True)):
-        below = int(np.count_nonzero(values < v))
-        out[k] = np.flatnonzero(values == v)[int(r) - below]
-    return out
+    targets = np.unique(at)
+    which = np.searchsorted(targets, at)
+    positions, slot = _locate(values, targets)
+    equal = np.bincount(slot, minlength=targets.size)
+    # Entries below each target value: its rank where it is held once; counted where tied.
+    below = np.empty(targets.size, dtype=np.int64)
+    below[which] = ranks
+    for t in np.flatnonzero(equal > 1):
+        below[t] = np.count_nonzero(values < targets[t])
+    grouped = positions[np.argsort(slot, kind="stable")]  # by target, each in position order
+    return grouped[(np.cumsum(equal) - equal)[which] + ranks - below[which]]
+
+
+#: Entries hashed per pass while locating values (bounds the scratch memory) and the hash
+#: table's size (a few candidates per block beside the true matches).
+LOCATE_BLOCK = 1 << 15
+LOCATE_BUCKETS = 1 << 16
+
+
+def _buckets(x: np.ndarray) -> np.ndarray:
+    """A hash of contiguous float64 values into :data:`LOCATE_BUCKETS` by their bits, the
+    high half folded in (values with round mantissas differ there only). -0.0 (the sign bit
+    alone) lands where 0.0 does, which it equals."""
+    bits = x.view(np.uint64)
+    return (bits ^ (bits >> np.uint64(32))) & np.uint64(LOCATE_BUCKETS - 1)
+
+
+def _locate(values: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flat positions, ascending, of the entries of ``values`` equal to one of
+    ``targets`` (sorted, distinct), and the index in ``targets`` of the value each holds:
+    a hash table of the targets screens each block, an exact comparison confirms."""
+    values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    targets = np.asarray(targets, dtype=np.float64)
+    table = np.zeros(LOCATE_BUCKETS, dtype=bool)
+    table[_buckets(targets)] = True
+    positions, slots = [], []
+    for start in range(0, values.size, LOCATE_BLOCK):
+        block = values[start : start + LOCATE_BLOCK]
+        maybe = np.flatnonzero(table[_buckets(block)])
+        slot = np.minimum(np.searchsorted(targets, block[maybe]), targets.size - 1)
+        hit = targets[slot] == block[maybe]
+        positions.append(maybe[hit] + start)
+        slots.append(slot[hit])
+    return np.concatenate(positions), np.concatenate(slots)
 
 
 def _cycled_permutations(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
