@@ -193,8 +193,9 @@ def _locate(values: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.nda
     for start in range(0, values.size, LOCATE_BLOCK):
         block = values[start : start + LOCATE_BLOCK]
         maybe = np.flatnonzero(table[_buckets(block)])
-        slot = np.minimum(np.searchsorted(targets, block[maybe]), targets.size - 1)
-        hit = targets[slot] == block[maybe]
+        screened = block[maybe]
+        slot = np.minimum(np.searchsorted(targets, screened), targets.size - 1)
+        hit = targets[slot] == screened
         positions.append(maybe[hit] + start)
         slots.append(slot[hit])
     return np.concatenate(positions), np.concatenate(slots)
