@@ -12,7 +12,8 @@ Tables (markdown):
 1. *Default check vs the classic loop*, same entries (``samples=N, probes=0``), mid and tiny
    MLP: the first check in a fresh process and the second one; the loop uses every BLAS thread.
    Then the loop and the check in turn in one process (after its first check), the ratio
-   pair by pair: the two under the same load, which the separate processes are not.
+   pair by pair: the two under the same load, which the separate processes are not; the tiny
+   MLP also after a mid MLP check, which leaves the pool running (a suite's later checks).
 2. *n_jobs=2 vs n_jobs=1* on the mid MLP, from the second check of a process.
 3. *Efficiency per path* ``E = 2 * entries * T_forward / (cores * wall)`` (second check):
    serial, threads, processes, batched, numba (the jitted example MLP).
@@ -156,7 +157,8 @@ def _loop(task: dict) -> dict:
 
 def _pairs(task: dict) -> dict:
     """The classic loop and the default check in turn in one process, from the second check
-    on (the first starts the pool): the ratio pair by pair, both under the same load."""
+    on (the first starts the pool): the ratio pair by pair, both under the same load.
+    ``after_mid``: a mid MLP check first, which starts the pool (a suite's later checks)."""
     import numpy as np
 
     import gradprobe
@@ -165,7 +167,10 @@ def _pairs(task: dict) -> dict:
     params = {k: np.array(v, copy=True) for k, v in m.params.items()}
     entries = bench_speed._entries(params, task["samples"], None)
     kw = {"samples": task["samples"], "probes": 0}
-    gradprobe.check(m.loss, m.grad, m.params, seed=0, **kw)
+    if task.get("after_mid"):
+        mid = bench_speed._model("mid")
+        gradprobe.check(mid.loss, mid.grad, mid.params, seed=0, **kw)
+    report = gradprobe.check(m.loss, m.grad, m.params, seed=0, **kw)
     bench_speed._per_entry_loop(m.loss, params, entries)
     loops, checks = [], []
     for _ in range(task["pairs"]):
@@ -173,10 +178,11 @@ def _pairs(task: dict) -> dict:
         bench_speed._per_entry_loop(m.loss, params, entries)
         loops.append(time.perf_counter() - t)
         t = time.perf_counter()
-        gradprobe.check(m.loss, m.grad, m.params, seed=0, **kw)
+        report = gradprobe.check(m.loss, m.grad, m.params, seed=0, **kw)
         checks.append(time.perf_counter() - t)
     ratios = [a / b for a, b in zip(loops, checks, strict=True)]
     return {
+        "executor": _executor(report),
         "loop": statistics.median(loops),
         "check": statistics.median(checks),
         "ratio": statistics.median(ratios),
@@ -355,9 +361,16 @@ def main() -> None:
         R[f"loop-{w}"] = runner.child(
             "after", {"kind": "loop", "workload": w, **same, "repeats": repeats}
         )
-    for w in ("mid", "tiny"):
+    for w in ("mid", "tiny", "tiny-warm"):
         R[f"pairs-{w}"] = runner.child(
-            "after", {"kind": "pairs", "workload": w, **same, "pairs": 2 if args.quick else 5}
+            "after",
+            {
+                "kind": "pairs",
+                "workload": w.split("-")[0],
+                "after_mid": w.endswith("warm"),
+                **same,
+                "pairs": 2 if args.quick else 5,
+            },
         )
     for n in (1, 2):
         both(
@@ -406,12 +419,19 @@ def report(R: dict, notes: list[str], cores: int, samples: int) -> None:
             f"{_ratio(lw, a.get('second'))} | {a.get('executor', '')[:90]} |"
         )
     print("\n### The same, the loop and the check in turn in one process (after the first check)\n")
-    print("| model | loop median (s) | check median (s) | loop / check, pair by pair: median (range) |")
-    print("|---|---|---|---|")
-    for w in ("mid", "tiny"):
+    print(
+        "| model | loop median (s) | check median (s) | loop / check, pair by pair: median "
+        "(range) | executor |"
+    )
+    print("|---|---|---|---|---|")
+    names = {"mid": "mid", "tiny": "tiny", "tiny-warm": "tiny, after a mid check (pool running)"}
+    for w, name in names.items():
         p = R[f"pairs-{w}"]
         rng = "-" if "error" in p else f"{p['ratio']:.2f}x ({p['low']:.2f}-{p['high']:.2f})"
-        print(f"| {w} | {_f(p, 'loop')} | {_f(p, 'check')} | {rng} |")
+        print(
+            f"| {name} | {_f(p, 'loop')} | {_f(p, 'check')} | {rng} | "
+            f"{p.get('executor', '')[:60]} |"
+        )
     print("\n### n_jobs=2 vs n_jobs=1, mid MLP, second check of a process\n")
     print("| version | n_jobs=1 (s) | n_jobs=2 (s) | speed-up |")
     print("|---|---|---|---|")
