@@ -157,7 +157,8 @@ def _loop(task: dict) -> dict:
 
 def _pairs(task: dict) -> dict:
     """The classic loop and the default check in turn in one process, from the second check
-    on (the first starts the pool): the ratio pair by pair, both under the same load.
+    on (the first starts the pool where its plan pays): the ratio pair by pair, both under
+    the same load.
     ``after_mid``: a mid MLP check first, which starts the pool (a suite's later checks)."""
     import numpy as np
 

@@ -40,7 +40,8 @@ class DispatchPolicy:
         more than this: publishing the check's state, the workers attaching to it and the
         chunks' round trips cost ~10 ms (measured on 2 cores: the tiny example MLP's plan of
         1,684 evaluations, ~63 ms serial, took 57 ms with the pool against 72 ms without; a
-        plan of ~20 ms stays here, its blocks too small to pay their round trips).
+        plan of ~20 ms saves too little, and at ~40 ms its blocks are still too small to pay
+        their own round trips: ``block_dispatch_seconds``).
     chunks_per_worker : int
         Chunks of entries per worker (and per numba thread): enough to balance uneven chunks
         and to check the deadline between rounds, few enough that per-task overhead stays
