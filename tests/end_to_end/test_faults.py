@@ -135,20 +135,24 @@ def test_loss_raising_names_parameter_and_entry(path):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("path", ["serial", "threading"])
 def test_loss_raising_at_the_kth_evaluation(path):
-    """A counter, not a value, triggers the fault: whatever entry the k-th call perturbs."""
+    """A counter, not a value, triggers the fault: the k-th evaluation of an entry of "b",
+    whatever entry it perturbs. Only those are counted: threads evaluate the first blocks
+    while this thread runs the pre-flight, so the calls before them come in no fixed order."""
     kwargs, backend = PATHS[path]
     lock = threading.Lock()
     calls = [0]
+    params = _params()
+    base_a, base_b = params["a"].copy(), params["b"].copy()
 
     def loss(p):
-        with lock:
-            calls[0] += 1
-            k = calls[0]
-        if k == 25:  # after the base point, pre-flight and the 6 evaluations of "a"
-            raise RuntimeError("k-th call")
+        if np.array_equal(p["a"], base_a) and np.count_nonzero(p["b"] != base_b) == 1:
+            with lock:
+                calls[0] += 1
+                k = calls[0]
+            if k == 9:
+                raise RuntimeError("k-th call")
         return _value(p["a"], p["b"])
 
-    params = _params()
     saved = snapshot(params)
     with (
         joblib.parallel_config(backend=backend or "loky"),
