@@ -75,9 +75,12 @@ def _checks(task: dict) -> dict:
     walls, r = [], None
     # When the first samples are drawn and their blocks could go to workers: the check's
     # serial prefix (base point, gradient, first samples), before which no worker has
-    # anything to do. Timed where api draws them (in-process placements no longer hand the
+    # anything to do. Timed where the run draws them (in-process placements no longer hand the
     # blocks over), else at the evaluator's prefetch; neither exists before 6c2d79d.
-    import gradprobe.api as api
+    try:  # where the run draws them (gradprobe.api's own module before the run moved out)
+        import gradprobe.checking.run as api
+    except ImportError:
+        import gradprobe.api as api  # type: ignore[no-redef]
     from gradprobe.evaluate import Evaluator
 
     sent: list[float] = []

@@ -120,7 +120,7 @@ def test_threads_take_the_first_blocks_while_the_preflight_runs(monkeypatch, eve
 
     import joblib
 
-    import gradprobe.api as api
+    import gradprobe.checking.run as run_module
 
     seen = threading.Event()
 
@@ -130,14 +130,14 @@ def test_threads_take_the_first_blocks_while_the_preflight_runs(monkeypatch, eve
         time.sleep(0.0005)  # releases the GIL, as numpy's larger calls do
         return _loss(p)
 
-    preflight = api.run_preflight
+    preflight = run_module.run_preflight
     waited = []
 
     def waiting_preflight(*args, **kwargs):
         waited.append(seen.wait(10.0))
         return preflight(*args, **kwargs)
 
-    monkeypatch.setattr(api, "run_preflight", waiting_preflight)
+    monkeypatch.setattr(run_module, "run_preflight", waiting_preflight)
     with joblib.parallel_config(backend="threading"):
         report = gradprobe.check(loss, _grad, PARAMS, n_jobs=2, seed=2)
     assert waited == [True]

@@ -534,11 +534,11 @@ def test_loss_and_grad_handed_to_check_pickle(monkeypatch):
     """Worker processes receive the loss and grad: the layer's included, they pickle."""
     captured = {}
 
-    def fake_check(loss, grad, inputs, **options):
-        captured.update(loss=loss, grad=grad, inputs=inputs)
+    def fake_check(loss, grad, layout, base, sources, options, recheck, start=None):
+        captured.update(loss=loss, grad=grad, inputs=layout.pack(base))
         raise gradprobe.InvalidInputError("stop")
 
-    monkeypatch.setattr(reduction_module, "check", fake_check)
+    monkeypatch.setattr(reduction_module, "check_normalized", fake_check)
     with pytest.raises(gradprobe.InvalidInputError):
         gradprobe.check_layer(layers.Conv2D(), np.ones((1, 2, 4, 4)), params=["W", "b"])
     inputs = captured["inputs"]

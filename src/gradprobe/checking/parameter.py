@@ -81,11 +81,16 @@ class EvidenceSink:
 
     def evidence(self, sample: Sample, entries: EntryResults, **more: Any) -> Evidence:
         """The :class:`Evidence` of ``entries`` checked for ``sample`` so far."""
-        in_sample = np.isin(entries.flat_index, sample.flat_index)
+        failed = entries.failed
+        n_failed_sampled = 0
+        if failed.any():
+            n_failed_sampled = int(
+                np.count_nonzero(failed & np.isin(entries.flat_index, sample.flat_index))
+            )
         return Evidence(
             sample=sample,
             entries=entries,
-            n_failed_sampled=int(np.count_nonzero(entries.failed & in_sample)),
+            n_failed_sampled=n_failed_sampled,
             outcome=self.outcome,
             nonfinite=self.nonfinite,
             n_evaluations=self.ctx.evaluator.n_evaluations - self.n0,

@@ -60,10 +60,13 @@ class EntryResults:
     def worst_order(self) -> np.ndarray:
         """Positions, worst first: failures by how far past tolerance, then kinks, then the
         rest by relative error."""
+        failed = self.failed
+        if not failed.any() and not self.kink.any():  # every entry passed: the rest alone
+            return np.argsort(-self.rel_error, kind="stable")
+        failing = np.flatnonzero(failed)
         with np.errstate(invalid="ignore", divide="ignore"):
-            excess = np.nan_to_num(self.abs_error / self.allowed, nan=np.inf)
-        failing = np.flatnonzero(self.failed)
-        failing = failing[np.argsort(-excess[failing], kind="stable")]
+            excess = np.nan_to_num(self.abs_error[failing] / self.allowed[failing], nan=np.inf)
+        failing = failing[np.argsort(-excess, kind="stable")]
         kinks = np.flatnonzero(self.kink)
         rest = np.flatnonzero(self.passed & ~self.kink)
         rest = rest[np.argsort(-self.rel_error[rest], kind="stable")]

@@ -94,6 +94,7 @@ def build_report(
         if passes(evidence):
             diagnosis = None
     entries, outcome, sample = evidence.entries, evidence.outcome, evidence.sample
+    passed = passes(evidence)
     order = entries.worst_order()
     worst = tuple(
         EntryCheck(
@@ -121,7 +122,7 @@ def build_report(
         n_unverified=int(np.count_nonzero(~resolved & ~entries.kink & ~entries.failed)),
         unfinished=not evidence.finished,
         jump_note=jump_note(entries, ctx.shape, finer),
-        passed=passes(evidence),
+        passed=passed,
         probe_note=(
             probe_note(outcome, ctx.shape)
             if evidence.finished
@@ -142,7 +143,7 @@ def build_report(
         ),
         n_at_floor=int(np.count_nonzero(~resolved & ~entries.kink)),
         worst_index=worst[0].index if worst else None,
-        passed=passes(evidence),
+        passed=passed,
         n_failed=int(np.count_nonzero(entries.failed)),
         worst_entries=worst,
         rtol=tol.rtol,
@@ -168,6 +169,8 @@ def _jumps(entries) -> np.ndarray:
 def jump_note(entries, shape: tuple[int, ...], finer: np.ndarray | None = None) -> str:
     """Where the loss jumps, in words ('' where it does not); ``finer``: the entries found
     flat at steps finer than the check's (a staircase finer than the step)."""
+    if entries.jump is None and (finer is None or not finer.size):
+        return ""
     jumps = entries.flat_index[_jumps(entries)]
     finer = np.empty(0, np.int64) if finer is None else finer
     at_step = jumps[~np.isin(jumps, finer)]

@@ -110,12 +110,14 @@ def check(
         leaves, names, _is_float_tensor, _requires_grad, "torch.Tensor"
     )
     args = [_private(a) for a in leaves]
+    # Every input a leaf (no list of tensors among them): fn takes the leaves as they are.
+    flat = len(leaves) == len(inputs) and spec == pytree.tree_structure(list(range(len(leaves))))
 
     def call(*xs: torch.Tensor) -> Any:
         full = list(args)
         for i, x in zip(checked.positions, xs, strict=True):
             full[i] = x
-        return fn(*pytree.tree_unflatten(full, spec))
+        return fn(*full) if flat else fn(*pytree.tree_unflatten(full, spec))
 
     values = [leaves[i] for i in checked.positions]
     adapted = _adapt(call, checked, values)
@@ -210,7 +212,9 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     autograd returns for some gradients, as zeros)."""
     if tensor._is_zerotensor():
         return np.zeros(tuple(tensor.shape), dtype=torch.empty(0, dtype=tensor.dtype).numpy().dtype)
-    return np.array(tensor.detach().to("cpu").resolve_conj().resolve_neg().numpy(), copy=True)
+    if tensor.device.type != "cpu" or tensor.is_conj() or tensor.is_neg():
+        tensor = tensor.detach().to("cpu").resolve_conj().resolve_neg()
+    return np.array(tensor.detach().numpy(), copy=True)
 
 
 def _real_view(t: torch.Tensor) -> torch.Tensor:
@@ -248,7 +252,8 @@ def _differentiable(out: Any) -> tuple[list[int], list[str]]:
 def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Tensor]) -> Adapted:
     """``call`` of the checked tensors over numpy arrays: the value at the inputs (one forward,
     autograd on), the forward, vmap and autograd's vector-Jacobian product."""
-    devices = [t.device for t in values]
+    # None for a CPU tensor: torch.from_numpy already gives one there.
+    devices = [None if t.device.type == "cpu" else t.device for t in values]
     with ours("copying the inputs to numpy"):
         held = hold_fixed({n: _as_numpy(n, t) for n, t in zip(checked.names, values, strict=True)})
     live = list(held.base)
@@ -261,9 +266,10 @@ def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Te
         with ours("converting the inputs to tensors"):
             arrays, mapped = held.arrays(params, batched)
             xs = [
-                torch.from_numpy(np.array(a, copy=True)).to(d)  # a 0-d input too
-                for a, d in zip(arrays, devices, strict=True)
+                torch.from_numpy(np.array(a, copy=True))  # a 0-d input too
+                for a in arrays
             ]
+            xs = [x if d is None else x.to(d) for x, d in zip(xs, devices, strict=True)]
         if grad:
             for n, x in zip(checked.names, xs, strict=True):
                 x.requires_grad_(n in held.base)
@@ -290,7 +296,8 @@ def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Te
     count = len(_tensor_leaves(out))
 
     def selected(out: Any) -> list[torch.Tensor]:
-        leaves = pytree.tree_leaves(out)  # per evaluation: without the paths (~5x faster)
+        # Per evaluation: without the paths (~5x faster), a lone tensor without pytree.
+        leaves = [out] if type(out) is torch.Tensor else pytree.tree_leaves(out)
         if len(leaves) != count:
             raise InvalidInputError(
                 f"fn's output: expected {count} leaves (as at the inputs given), found "
@@ -352,7 +359,7 @@ def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Te
 
     with ours("reading fn's outputs at the inputs given"):
         value = [_numpy(t) for t in selected(out)]
-    names = sorted({str(d) for d in devices})
+    names = sorted({str(t.device) for t in values})
     return Adapted(
         base=held.base,
         value=value,

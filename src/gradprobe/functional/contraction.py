@@ -162,7 +162,7 @@ def contract(flat: Flat, cotangent: Sequence[np.ndarray], batched: bool, lead: i
     """``sum vdot(G, y)`` over the leaves (in float64), per row when ``batched``."""
     if not batched:
         total = sum(
-            float(a.reshape(-1).astype(np.float64) @ g)
+            float(a.reshape(-1).astype(np.float64, copy=False) @ g)
             for a, g in zip(flat.arrays, cotangent, strict=True)
         )
         return np.nan if flat.bad.any() else total
@@ -174,8 +174,9 @@ def contract(flat: Flat, cotangent: Sequence[np.ndarray], batched: bool, lead: i
                 f"{lead}, found shape {a.shape}."
             )
     for a, g in zip(flat.arrays, cotangent, strict=True):
-        out += a.reshape(a.shape[0], -1).astype(np.float64) @ g
-    return np.where(np.broadcast_to(flat.bad, (lead,)), np.nan, out)
+        out += a.reshape(a.shape[0], -1).astype(np.float64, copy=False) @ g
+    bad = np.broadcast_to(flat.bad, (lead,))
+    return np.where(bad, np.nan, out) if bad.any() else out
 
 
 def leading(value: Any) -> int:

@@ -19,6 +19,7 @@ adapters (:mod:`.adapted`). So there is one of each rule:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..api import check
+from ..checking.run import check_normalized
 from ..errors import CheckAborted, GradCheckError, InvalidInputError, LossEvaluationError
 from ..layout import ParamLayout, normalize_params, validate_callable
 from ..options import CheckOptions, validate_options
@@ -45,8 +47,15 @@ def cotangent_setting(seed: int, f: str = "f") -> str:
 def draw_cotangent(seed: int, outputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Standard-normal cotangents shaped like ``outputs``, each rounded to its output's dtype
     (so the backward and the loss use the same values); reproducible from ``seed``."""
-    rng = np.random.default_rng([COTANGENT_STREAM, int(seed)])
+    rng = np.random.default_rng(_cotangent_sequence(int(seed)))
     return [rng.standard_normal(a.shape).astype(a.dtype) for a in outputs]
+
+
+@functools.lru_cache(maxsize=64)
+def _cotangent_sequence(seed: int) -> np.random.SeedSequence:
+    """The cotangent stream's ``SeedSequence([COTANGENT_STREAM, seed])``, kept for the next
+    check with the same seed (its entropy pool costs ~5 us); never spawned from."""
+    return np.random.SeedSequence([COTANGENT_STREAM, seed])
 
 
 def cotangent_seed(value: Any, seed: int) -> int:
@@ -91,6 +100,8 @@ class Setup:
     eps: float = float(np.finfo(np.float64).eps)
     #: What the report's settings gain (the cotangent; a framework, device, vectorization).
     settings: Mapping[str, Any] = field(default_factory=dict)
+    #: The caller's arrays ``base`` was copied from (None where converted).
+    sources: Sequence[np.ndarray | None] = ()
 
     @property
     def batched(self) -> bool:
@@ -113,7 +124,7 @@ def prepare(
     inputs, without the batch axis; called once here when not handed on) and draw the
     cotangent from its seed."""
     validate_callable(roles.f, f)
-    layout, base, _ = normalize_params(inputs)
+    layout, base, sources = normalize_params(inputs)
     checked = validate_options(layout.names, **options)
     refuse_complex_step(checked.method, roles.api)
     frozen = freeze_static(static)
@@ -171,6 +182,7 @@ def prepare(
             default=float(np.finfo(np.float64).eps),
         ),
         settings={"cotangent": cotangent_setting(seed, roles.f)},
+        sources=sources,
     )
 
 
@@ -189,6 +201,11 @@ def amend(
         timings={**report.timings, **(timings or {})},
         warnings=(*warnings, *report.warnings),
     )
+
+
+#: Options the float64 recheck sets itself (promote, timeout) or leaves at the default, as
+#: :func:`~gradprobe.check`'s own recheck does.
+_NOT_RECHECKED = ("promote", "timeout", "thread_safe")
 
 
 def run(
@@ -212,8 +229,18 @@ def run(
         report = amend(report, setup, settings, timings, warnings)
         return report if found is None else found(report)
 
+    # As check(loss, grad, inputs, **options), without normalizing the inputs again.
+    recheck_options = {k: v for k, v in options.items() if k not in _NOT_RECHECKED}
     try:
-        report = check(loss, grad, inputs, **options)
+        report = check_normalized(
+            loss,
+            grad,
+            setup.layout,
+            [b.copy() for b in setup.base],
+            setup.sources,
+            validate_options(setup.layout.names, **options),
+            lambda **more: check(loss, grad, inputs, **recheck_options, **more),
+        )
     except GradCheckError as exc:
         if isinstance(exc.partial_report, Report):
             exc.partial_report = finish(exc.partial_report)
