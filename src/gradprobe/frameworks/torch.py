@@ -293,7 +293,7 @@ def _adapt(call: Callable[..., Any], checked: Checked, values: Sequence[torch.Te
             + (f" ({'; '.join(notes)})" if notes else "")
             + "; nothing to check."
         )
-    count = len(_tensor_leaves(out))
+    count = len(pytree.tree_leaves(out))  # as selected() counts them
 
     def selected(out: Any) -> list[torch.Tensor]:
         # Per evaluation: without the paths (~5x faster), a lone tensor without pytree.
