@@ -21,6 +21,7 @@ dozen values, where numpy's per-call cost would dominate).
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,13 +72,16 @@ def pairwise(lo: int, hi: int, leaf_sums: Callable[[int, int], Any], leaf: int =
     ``leaf_sums`` returns ``np.sum`` of its node's values (or an array of several such sums,
     added elementwise): the total is then ``np.sum`` over ``lo:hi`` bit for bit. (Older numpy,
     2.2 for one, sums a long array in blocks of its buffer size, one tree each, added one after
-    another: :data:`NUMPY_BLOCK`, found at import.)
+    another: :func:`numpy_block`.)
     """
-    if NUMPY_BLOCK is None or hi - lo <= NUMPY_BLOCK:
+    if hi - lo <= int(np.getbufsize()):  # within one buffer: one tree in every numpy
         return _tree(lo, hi, leaf_sums, leaf)
-    total = _tree(lo, lo + NUMPY_BLOCK, leaf_sums, leaf)
-    for a in range(lo + NUMPY_BLOCK, hi, NUMPY_BLOCK):
-        total = total + _tree(a, min(hi, a + NUMPY_BLOCK), leaf_sums, leaf)
+    block = numpy_block()
+    if block is None or hi - lo <= block:
+        return _tree(lo, hi, leaf_sums, leaf)
+    total = _tree(lo, lo + block, leaf_sums, leaf)
+    for a in range(lo + block, hi, block):
+        total = total + _tree(a, min(hi, a + block), leaf_sums, leaf)
     return total
 
 
@@ -91,9 +95,12 @@ def _tree(lo: int, hi: int, leaf_sums: Callable[[int, int], Any], leaf: int) -> 
     return left + _tree(lo + half, hi, leaf_sums, leaf)
 
 
-def _numpy_block() -> int | None:
+@functools.cache
+def numpy_block() -> int | None:
     """How this numpy sums a long contiguous float64 array: one pairwise tree (None), or one
-    tree per block of its buffer size, added one after another (the block's size)."""
+    tree per block of its buffer size, added one after another (the block's size). Found on
+    first use, not at import: the probe's sums cost ~10 ms, which every process importing
+    gradprobe would pay (the command line, each worker)."""
     block = int(np.getbufsize())
     rng = np.random.default_rng(0)
     for n in (2 * block + 3627, 4 * block + 1011, 12 * block + 7):
@@ -102,9 +109,6 @@ def _numpy_block() -> int | None:
             return block
     return None
 
-
-#: The block this numpy sums a long array in (None: the whole array is one pairwise tree).
-NUMPY_BLOCK = _numpy_block()
 
 
 def pairwise_nodes(n: int, leaf: int = LEAF) -> list[tuple[int, int]]:
