@@ -110,7 +110,6 @@ def numpy_block() -> int | None:
     return None
 
 
-
 def pairwise_nodes(n: int, leaf: int = LEAF) -> list[tuple[int, int]]:
     """The nodes :func:`pairwise` sums over ``0:n``, left to right."""
     nodes: list[tuple[int, int]] = []
