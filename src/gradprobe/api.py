@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .checking.run import check_normalized
+from .checking.run import check_normalized, passed_to_recheck
 from .errors import raised_at_the_call
 from .layout import normalize_params, validate_callable
 from .options import DEFAULT_PROBES, validate_options
@@ -160,31 +160,14 @@ def check(
     start = time.perf_counter()
     validate_callable("loss", loss)
     layout, base, sources = normalize_params(params, loss)
-    options = validate_options(
-        layout.names,
-        seed=seed,
-        samples=samples,
-        eps=eps,
-        rtol=rtol,
-        atol=atol,
-        method=method,
-        n_jobs=n_jobs,
-        batched=batched,
-        timeout=timeout,
-        budget=budget,
-        progress=progress,
-        promote=promote,
-        probes=probes,
-        slice_probes=slice_probes,
-        backend=backend,
-        nondet_tol=nondet_tol,
-        thread_safe=thread_safe,
-    )
-    kw = dict(seed=seed, samples=samples, eps=eps, rtol=rtol, atol=atol, method=method,
-              n_jobs=n_jobs, batched=batched, budget=budget, progress=progress, probes=probes,
-              slice_probes=slice_probes, backend=backend, nondet_tol=nondet_tol)  # fmt: skip
+    raw = dict(seed=seed, samples=samples, eps=eps, rtol=rtol, atol=atol, method=method,
+               n_jobs=n_jobs, batched=batched, timeout=timeout, budget=budget, progress=progress,
+               promote=promote, probes=probes, slice_probes=slice_probes, backend=backend,
+               nondet_tol=nondet_tol, thread_safe=thread_safe)  # fmt: skip
+    options = validate_options(layout.names, **raw)
+    kept = passed_to_recheck(raw)
 
     def recheck(**more: Any) -> Report:
-        return check(loss, grad, params, **kw, **more)
+        return check(loss, grad, params, **kept, **more)
 
     return check_normalized(loss, grad, layout, base, sources, options, recheck, start)

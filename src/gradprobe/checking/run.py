@@ -60,6 +60,16 @@ def check_normalized(
     return report
 
 
+#: Options the float64 recheck sets itself (promote, timeout) or leaves at their default
+#: (thread_safe), for every caller that asks for one.
+NOT_RECHECKED = ("promote", "timeout", "thread_safe")
+
+
+def passed_to_recheck(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's raw ``options`` that its ``recheck`` passes on (all but NOT_RECHECKED)."""
+    return {k: v for k, v in options.items() if k not in NOT_RECHECKED}
+
+
 def _checked(run: _Run, options: CheckOptions) -> Report:
     try:
         # One BLAS thread from the base point to the diagnosis (the gradient's calls too: their

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..api import check
-from ..checking.run import check_normalized
+from ..checking.run import check_normalized, passed_to_recheck
 from ..errors import CheckAborted, GradCheckError, InvalidInputError, LossEvaluationError
 from ..layout import ParamLayout, normalize_params, validate_callable
 from ..options import CheckOptions, validate_options
@@ -203,11 +203,6 @@ def amend(
     )
 
 
-#: Options the float64 recheck sets itself (promote, timeout) or leaves at the default, as
-#: :func:`~gradprobe.check`'s own recheck does.
-_NOT_RECHECKED = ("promote", "timeout", "thread_safe")
-
-
 def run(
     loss: Any,
     grad: Any,
@@ -230,7 +225,7 @@ def run(
         return report if found is None else found(report)
 
     # As check(loss, grad, inputs, **options), without normalizing the inputs again.
-    recheck_options = {k: v for k, v in options.items() if k not in _NOT_RECHECKED}
+    kept = passed_to_recheck(options)
     try:
         report = check_normalized(
             loss,
@@ -239,7 +234,7 @@ def run(
             [b.copy() for b in setup.base],
             setup.sources,
             validate_options(setup.layout.names, **options),
-            lambda **more: check(loss, grad, inputs, **recheck_options, **more),
+            lambda **more: check(loss, grad, inputs, **kept, **more),
         )
     except GradCheckError as exc:
         if isinstance(exc.partial_report, Report):
